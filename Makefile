@@ -1,0 +1,58 @@
+# khod developer entry points. `make run` and `make test` install what they need
+# (Debian packages through apt, Python packages into .venv inside the checkout).
+
+PYTHON   ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.khod-installed
+# Debian packages: build deps of systemd-python (libsystemd-dev, pkg-config) and
+# pylibfdt (swig), a compiler and headers, and dtc (a second FDT decoder in tests).
+DEB_PKGS ?= gcc python3-dev python3-venv pkg-config libsystemd-dev swig device-tree-compiler
+
+.PHONY: all deps sysdeps run test check lint typecheck pytest bench clean
+
+all: test
+
+sysdeps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml | sysdeps
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,postgres]'
+	touch $@
+
+deps: sysdeps $(STAMP)
+
+# khod's main job on this host: record this boot in the embedded SQLite default.
+run: deps
+	$(BIN)/khod --once $(ARGS)
+	$(BIN)/khoctl status
+
+lint: deps
+	$(BIN)/ruff check khod migrations tests bench
+	$(BIN)/ruff format --check khod migrations tests bench
+
+typecheck: deps
+	$(BIN)/mypy
+
+pytest: deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+check: lint typecheck
+
+test: check pytest
+
+bench: deps
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""The two entry points, khod and khoctl. Only these turn errors into exit codes."""

@@ -1,0 +1,69 @@
+"""What khod and khoctl share: root/db options and the one-line error contract."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from khod.errors import KhodError
+from khod.paths import HostPaths
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sysroot",
+        type=Path,
+        default=Path("/"),
+        metavar="DIR",
+        help="root of the host to read (default: /); a captured tree works too",
+    )
+    p.add_argument(
+        "--db",
+        metavar="URL",
+        default=None,
+        help="SQLAlchemy database URL (default: $KHOD_DB, else SQLite at "
+        "/var/lib/khod/khod.db for root, $XDG_STATE_HOME/khod/khod.db otherwise)",
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+def host_paths(args: argparse.Namespace) -> HostPaths:
+    root: Path = args.sysroot
+    if not root.is_dir():
+        raise KhodError(f"--sysroot {root}: not a directory")
+    return HostPaths(root)
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2, sort_keys=False, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def run_main(prog: str, main: Callable[[Sequence[str]], int], argv: Sequence[str]) -> int:
+    """Call main; turn errors into one line on stderr and an exit status."""
+    debug = "--debug" in argv
+    try:
+        return main(argv)
+    except KhodError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # the contract: one line, the traceback only with --debug
+        if debug:
+            traceback.print_exc()
+        print(
+            f"{prog}: error: internal error: {type(e).__name__}: {e} "
+            "(run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1

@@ -1,0 +1,174 @@
+"""khoctl: the operator's view of the store and of this host's KHO state."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from khod import __version__
+from khod.cli.common import add_common, host_paths, print_json, run_main
+from khod.errors import KhodError, ParseError, SourceError
+from khod.paths import HostPaths
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="khoctl", description="Inspect kexec handover history.")
+    p.add_argument("--version", action="version", version=f"khoctl {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_, description=help_)
+        add_common(c)
+        return c
+
+    c = cmd("status", "this boot: live from the sysroot, plus whether it is recorded")
+    c.add_argument("--json", action="store_true")
+    for name, help_ in (
+        ("history", "recorded boots, newest first"),
+        ("chain", "the boots since the last cold boot, oldest first"),
+    ):
+        c = cmd(name, help_)
+        c.add_argument("--json", action="store_true")
+        c.add_argument(
+            "--machine", metavar="ID", help="machine id (default: this host's; see --all)"
+        )
+        if name == "history":
+            c.add_argument("--limit", type=int, metavar="N")
+            c.add_argument("--all", action="store_true", help="boots of every machine")
+        else:
+            c.add_argument(
+                "--boot",
+                metavar="BOOT_ID",
+                help="end the chain at this boot (default: this boot, or the newest)",
+            )
+    c = cmd("db", "manage the store's schema")
+    c.add_argument("action", choices=("upgrade", "current"))
+    return p
+
+
+def this_machine(paths: HostPaths) -> str | None:
+    from khod.parse.proc import parse_machine_id  # noqa: PLC0415
+    from khod.sources.files import read_bytes  # noqa: PLC0415
+
+    try:
+        return parse_machine_id(read_bytes(paths.machine_id, "machine-id", 4096), "machine-id")
+    except (SourceError, ParseError):
+        return None
+
+
+def this_boot(paths: HostPaths) -> str | None:
+    from khod.parse.proc import parse_boot_id  # noqa: PLC0415
+    from khod.sources.files import read_bytes  # noqa: PLC0415
+
+    try:
+        return parse_boot_id(read_bytes(paths.boot_id, "boot_id", 4096), "boot_id")
+    except (SourceError, ParseError):
+        return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from khod.collect import collect  # noqa: PLC0415
+    from khod.store.boots import live_record, load_boot  # noqa: PLC0415
+    from khod.store.db import open_store  # noqa: PLC0415
+    from khod.views import boot_json, status_text  # noqa: PLC0415
+
+    obs = collect(host_paths(args))
+    d = boot_json(live_record(obs), history=True)
+    recorded = False
+    try:
+        store = open_store(args.db, create=False)
+    except KhodError as e:
+        if "no database at" not in str(e):
+            raise
+    else:
+        recorded = load_boot(store, obs.machine_id, obs.boot_id) is not None
+        store.dispose()
+    d["recorded"] = recorded
+    if args.json:
+        print_json(d)
+    else:
+        print(status_text(d))
+    return 0
+
+
+def _boots(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    from khod.store.boots import load_boots  # noqa: PLC0415
+    from khod.store.db import open_store  # noqa: PLC0415
+
+    store = open_store(args.db, create=False)
+    machine = args.machine
+    if machine is None and not getattr(args, "all", False):
+        machine = this_machine(host_paths(args))
+    try:
+        boots = list(load_boots(store, machine, getattr(args, "limit", None)))
+    finally:
+        store.dispose()
+    return machine, boots
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from khod.views import BOOT_COLUMNS, boot_json, table  # noqa: PLC0415
+
+    _, boots = _boots(args)
+    rows = [boot_json(b, history=True) for b in boots]
+    if args.json:
+        print_json(rows)
+    elif rows:
+        print(table(rows, BOOT_COLUMNS))
+    else:
+        print("no boots recorded")
+    return 0
+
+
+def cmd_chain(args: argparse.Namespace) -> int:
+    from khod.store.boots import chain_of  # noqa: PLC0415
+    from khod.views import BOOT_COLUMNS, chain_json, table  # noqa: PLC0415
+
+    _, boots = _boots(args)
+    boot_id = args.boot or this_boot(host_paths(args))
+    if args.boot and not any(b.boot_id == args.boot for b in boots):
+        raise KhodError(f"boot {args.boot} is not recorded")
+    if boot_id is not None and not any(b.boot_id == boot_id for b in boots):
+        boot_id = None  # this boot is not recorded (yet): end at the newest
+    rows = chain_json(chain_of(boots, boot_id))
+    if args.json:
+        print_json(rows)
+    elif rows:
+        print(table(rows, (*BOOT_COLUMNS, ("LINK", "link"))))
+    else:
+        print("no boots recorded")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from khod.store.db import current_revision, open_store  # noqa: PLC0415
+    from khod.store.schema import HEAD_REVISION  # noqa: PLC0415
+
+    store = open_store(args.db, create=args.action == "upgrade", migrate=False)
+    try:
+        before = current_revision(store)
+        if args.action == "upgrade":
+            from khod.store import migrate  # noqa: PLC0415
+
+            after = migrate.upgrade(store, before) if before != HEAD_REVISION else before
+            print(f"{store.location}: schema {before or 'empty'} -> {after} (head)")
+        else:
+            state = "head" if before == HEAD_REVISION else "needs upgrade"
+            print(f"{store.location}: schema {before or 'empty'} ({state})")
+    finally:
+        store.dispose()
+    return 0
+
+
+COMMANDS = {"status": cmd_status, "history": cmd_history, "chain": cmd_chain, "db": cmd_db}
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parser().parse_args(argv)
+    return COMMANDS[args.command](args)
+
+
+def run() -> None:
+    sys.exit(run_main("khoctl", main, sys.argv[1:]))

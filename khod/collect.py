@@ -1,0 +1,298 @@
+"""Collection: run every source and parser for this boot, one result per source.
+
+A source that fails becomes an Event; the others still land. Only the boot identity
+(boot_id, release) is required to record a boot at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+from khod.errors import KhodError, ParseError, SourceError
+from khod.observation import (
+    Blob,
+    BootKind,
+    BootObservation,
+    Event,
+    Severity,
+    Subtree,
+)
+from khod.parse import proc
+from khod.parse.fdt import TruncatedFdt
+from khod.parse.kho import KhoRoot, parse_kho_fdt
+from khod.parse.kmsg import KhoLog, parse_kho_log, parse_kmsg
+from khod.parse.metadata import KexecMetadata, UnsupportedMetadataVersion, parse_kexec_metadata
+from khod.paths import SCRATCH_NAMES, HostPaths
+from khod.sources.files import read_bytes, read_kmsg
+from khod.sources.kho import KhoFiles, read_kho_files
+
+T = TypeVar("T")
+META = "sub_fdts/kexec-metadata"
+
+
+class Collector:
+    def __init__(self, paths: HostPaths) -> None:
+        self.paths = paths
+        self.events: list[Event] = []
+
+    def event(self, kind: str, source: str, severity: Severity, message: str) -> None:
+        self.events.append(Event(kind, source, severity, message))
+
+    def failed(self, e: KhodError, severity: Severity = Severity.ERROR) -> None:
+        if isinstance(e, ParseError):
+            self.event("parse-error", e.source, severity, str(e))
+        elif isinstance(e, SourceError):
+            self.event("read-error", e.source, severity, str(e))
+        else:
+            self.event("error", "khod", severity, str(e))
+
+    def file(self, path_attr: str, parse: Callable[[bytes, str], T]) -> T | None:
+        path = getattr(self.paths, path_attr)
+        shown = self.paths.rel(path)
+        try:
+            return parse(read_bytes(path, shown, 1 << 20), shown)
+        except (SourceError, ParseError) as e:
+            self.failed(e)
+            return None
+
+    def kho_path(self, name: str) -> str:
+        return self.paths.rel(self.paths.kho / name)
+
+
+def collect(paths: HostPaths) -> BootObservation:
+    """Read this boot's identity, KHO state and kernel log from ``paths``."""
+    c = Collector(paths)
+    boot_id = c.file("boot_id", proc.parse_boot_id)
+    release = c.file("osrelease", proc.parse_osrelease)
+    if boot_id is None or release is None:
+        missing = [e.message for e in c.events]
+        raise KhodError("cannot identify this boot: " + "; ".join(missing))
+    machine_id = c.file("machine_id", proc.parse_machine_id) or "unknown"
+    cmdline = c.file("cmdline", proc.parse_cmdline) or ""
+    booted_at = c.file("proc_stat", proc.parse_btime)
+
+    log = _read_log(c)
+    kf = read_kho_files(paths)
+    for err in kf.errors:
+        c.failed(err)
+    blobs = tuple(
+        Blob(name.split("/", 1)[0], name.split("/", 1)[1], data)
+        for name, data in sorted(kf.files.items())
+    )
+
+    kho_enabled = _kho_enabled(c, kf, log, cmdline)
+    in_root = _parse_root(c, kf, "in")
+    if "out/fdt" in kf.files:
+        _parse_root(c, kf, "out")
+    meta = _parse_metadata(c, kf, "in")
+    out_meta = _parse_metadata(c, kf, "out")
+
+    kind, reason = _kind(c, kf, log, in_root, kho_enabled)
+    previous_release: str | None = None
+    previous_raw: bytes | None = None
+    count: int | None = 0
+    source: str | None = None
+    if kind is BootKind.KEXEC:
+        count = None
+        if meta is not None:
+            previous_release, previous_raw, count = (
+                meta.previous_release,
+                meta.previous_release_raw,
+                meta.kexec_count,
+            )
+            source = "kho"
+        elif log is not None and log.exec_from_count is not None:
+            previous_release, previous_raw, count = (
+                log.exec_from_release,
+                log.exec_from_release_raw,
+                log.exec_from_count,
+            )
+            source = "kmsg"
+        _cross_check(c, meta, log)
+
+    scratch = _scratch(c, kf)
+    if out_meta is not None:
+        expected = (count or 0) + 1
+        if out_meta.previous_release != release or (
+            count is not None and out_meta.kexec_count != expected
+        ):
+            c.event(
+                "outgoing-metadata-mismatch",
+                c.kho_path("out/" + META),
+                Severity.WARNING,
+                f"outgoing kexec-metadata says {out_meta.previous_release} count "
+                f"{out_meta.kexec_count}, expected {release} count {expected}",
+            )
+
+    return BootObservation(
+        machine_id=machine_id,
+        boot_id=boot_id,
+        release=release,
+        cmdline=cmdline,
+        booted_at=booted_at,
+        kind=kind,
+        kind_reason=reason,
+        kho_enabled=kho_enabled,
+        kho_abi=in_root.compatible if in_root else None,
+        memory_map_handed=(in_root.memory_map not in (None, 0)) if in_root else None,
+        previous_release=previous_release,
+        previous_release_raw=previous_raw,
+        kexec_count=count,
+        metadata_source=source,
+        subtrees=_subtrees(kf, "in", in_root),
+        out_subtrees=_subtrees(kf, "out", None),
+        out_release=out_meta.previous_release if out_meta else None,
+        out_kexec_count=out_meta.kexec_count if out_meta else None,
+        scratch=scratch,
+        blobs=blobs,
+        events=tuple(c.events),
+    )
+
+
+def _read_log(c: Collector) -> KhoLog | None:
+    shown = c.paths.rel(c.paths.kmsg)
+    try:
+        data = read_kmsg(c.paths.kmsg, shown)
+    except SourceError as e:
+        c.failed(e, Severity.WARNING)
+        return None
+    return parse_kho_log(parse_kmsg(data))
+
+
+def _kho_enabled(c: Collector, kf: KhoFiles, log: KhoLog | None, cmdline: str) -> bool:
+    if kf.present:
+        return True
+    if kf.debugfs_mounted:
+        return False  # debugfs is there and has no kho/: KHO is off (or compiled out)
+    c.event(
+        "debugfs-missing",
+        c.paths.rel(c.paths.debugfs),
+        Severity.INFO,
+        f"debugfs is not mounted at {c.paths.rel(c.paths.debugfs)}: KHO state taken "
+        "from the kernel command line and log",
+    )
+    if log is not None and (log.scratch_areas or log.exec_from_count is not None):
+        return True
+    return bool(proc.kho_cmdline_setting(cmdline))
+
+
+def _parse_root(c: Collector, kf: KhoFiles, direction: str) -> KhoRoot | None:
+    name = f"{direction}/fdt"
+    data = kf.get(name)
+    if data is None:
+        return None
+    try:
+        root = parse_kho_fdt(data, c.kho_path(name))
+    except TruncatedFdt as e:
+        # out/fdt is sized when debugfs registers it; later subtrees grow the FDT
+        severity = Severity.INFO if direction == "out" else Severity.ERROR
+        c.event("fdt-truncated", e.source, severity, str(e))
+        return None
+    except ParseError as e:
+        c.failed(e)
+        return None
+    if not root.known:
+        c.event(
+            "unknown-abi",
+            c.kho_path(name),
+            Severity.WARNING,
+            f"{c.kho_path(name)}: unknown KHO ABI {root.compatible!r}; kept as is",
+        )
+    return root
+
+
+def _parse_metadata(c: Collector, kf: KhoFiles, direction: str) -> KexecMetadata | None:
+    name = f"{direction}/{META}"
+    data = kf.get(name)
+    if data is None:
+        return None
+    shown = c.kho_path(name)
+    try:
+        meta = parse_kexec_metadata(data, shown)
+    except UnsupportedMetadataVersion as e:
+        c.event("unknown-metadata-version", shown, Severity.WARNING, str(e))
+        return None
+    except ParseError as e:
+        c.failed(e)
+        return None
+    for w in meta.warnings:
+        c.event("metadata-warning", shown, Severity.WARNING, f"{shown}: {w}")
+    return meta
+
+
+def _kind(
+    c: Collector, kf: KhoFiles, log: KhoLog | None, in_root: KhoRoot | None, enabled: bool
+) -> tuple[BootKind, str | None]:
+    if log is not None and (log.rejected or log.revival_disabled):
+        reason = log.rejected or log.revival_disabled
+        if log.rejected and log.revival_disabled:
+            reason = f"{log.rejected}; {log.revival_disabled}"
+        return BootKind.KEXEC_REJECTED, reason
+    if kf.in_present:  # debugfs creates kho/in/ only for an accepted handover
+        return BootKind.KEXEC, None
+    if log is not None and (log.found_handover or log.exec_from_count is not None):
+        if not enabled:
+            c.event(
+                "handover-ignored",
+                "kho",
+                Severity.WARNING,
+                "the kernel found KHO handover data but KHO is off in this kernel; "
+                "nothing was revived and the next kexec starts a new chain",
+            )
+            return BootKind.KEXEC, "handover found, KHO disabled in this kernel"
+        return BootKind.KEXEC, None
+    return BootKind.COLD, None
+
+
+def _cross_check(c: Collector, meta: KexecMetadata | None, log: KhoLog | None) -> None:
+    """The log line and the blob come from the same kernel struct: they must agree."""
+    if log is None:
+        return
+    for err in log.metadata_errors:
+        c.event("kernel-metadata-error", "kmsg", Severity.WARNING, err)
+    if meta is None or log.exec_from_count is None:
+        return
+    if (meta.previous_release_raw, meta.kexec_count) != (
+        log.exec_from_release_raw,
+        log.exec_from_count,
+    ):
+        c.event(
+            "metadata-log-mismatch",
+            "kmsg",
+            Severity.WARNING,
+            f"kexec-metadata says {meta.previous_release} count {meta.kexec_count}, the "
+            f"kernel log says {log.exec_from_release} count {log.exec_from_count}",
+        )
+
+
+def _scratch(c: Collector, kf: KhoFiles) -> tuple[tuple[int, int], ...]:
+    for phys_name, len_name in SCRATCH_NAMES:
+        phys, size = kf.get(f"out/{phys_name}"), kf.get(f"out/{len_name}")
+        if phys is None or size is None:
+            continue
+        try:
+            p = proc.parse_scratch(phys, c.kho_path(f"out/{phys_name}"))
+            n = proc.parse_scratch(size, c.kho_path(f"out/{len_name}"))
+        except ParseError as e:
+            c.failed(e)
+            return ()
+        if len(p) != len(n):
+            c.event(
+                "scratch-mismatch",
+                c.kho_path("out"),
+                Severity.WARNING,
+                f"{len(p)} scratch addresses but {len(n)} lengths",
+            )
+        return tuple(zip(p, n, strict=False))
+    return ()
+
+
+def _subtrees(kf: KhoFiles, direction: str, root: KhoRoot | None) -> tuple[Subtree, ...]:
+    sizes: dict[str, int | None] = {}
+    if root is not None:
+        for s in root.subtrees:
+            sizes[s.name] = s.blob_size
+    for name in kf.subtree_names(direction):
+        sizes[name] = len(kf.files[f"{direction}/sub_fdts/{name}"])
+    return tuple(Subtree(n, sizes[n]) for n in sorted(sizes))

@@ -1,0 +1,76 @@
+"""The frozen records that flow from collection into the store and out to users."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class BootKind(StrEnum):
+    KEXEC = "kexec"  # a KHO handover was accepted
+    KEXEC_REJECTED = "kexec-rejected"  # one was offered and the kernel refused it
+    COLD = "cold"  # no sign of a handover (firmware boot, or kexec without KHO)
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # short stable name, e.g. "parse-error", "metadata-log-mismatch"
+    source: str  # the path or subsystem it is about
+    severity: Severity
+    message: str
+
+    @property
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(f"{self.kind}\0{self.source}\0{self.message}".encode())
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A raw KHO file as read, kept so a later version can re-parse it."""
+
+    direction: str  # "in" | "out"
+    name: str  # relative to kho/<direction>/, e.g. "fdt", "sub_fdts/kexec-metadata"
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Subtree:
+    name: str
+    size: int | None
+
+
+@dataclass(frozen=True)
+class BootObservation:
+    machine_id: str
+    boot_id: str
+    release: str
+    cmdline: str
+    booted_at: int | None  # btime, seconds since the epoch
+    kind: BootKind
+    kind_reason: str | None
+    kho_enabled: bool
+    kho_abi: str | None  # incoming root compatible
+    memory_map_handed: bool | None  # incoming preserved-memory-map != 0
+    previous_release: str | None
+    previous_release_raw: bytes | None
+    kexec_count: int | None  # None: a handover without metadata (pre-7.1 or unreadable)
+    metadata_source: str | None  # "kho" (the blob) or "kmsg" (the log line)
+    subtrees: tuple[Subtree, ...]  # incoming
+    out_subtrees: tuple[Subtree, ...]
+    out_release: str | None
+    out_kexec_count: int | None
+    scratch: tuple[tuple[int, int], ...]  # (phys, len) per area
+    blobs: tuple[Blob, ...]
+    events: tuple[Event, ...]

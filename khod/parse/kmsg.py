@@ -1,0 +1,138 @@
+"""Kernel log records as ``/dev/kmsg`` returns them, and the KHO facts in them.
+
+Record format (``Documentation/ABI/testing/dev-kmsg``)::
+
+    <prefix>,<seq>,<usec>,<flags>[,...];<message>\\n
+     KEY=value\\n            (optional continuation lines, leading space)
+
+Non-printable bytes (and backslash) in the message are escaped as ``\\xNN``.
+
+KHO lines (``kernel/liveupdate/kexec_handover.c``, 6.16-7.3), all prefixed ``KHO: ``:
+
+- ``found kexec handover data.`` (6.16+; 6.16 appended "Will skip init ...")
+- ``setup: handover FDT (0x...) is invalid: -N`` / ``is incompatible with 'kho-vN'``
+- ``disabling KHO revival`` (7.1+) or ``disabling KHO revival: -N`` (6.16-7.0)
+- ``exec from: <release> (count <n>)`` (7.1+, from ``kho_in_kexec_metadata``)
+- ``Failed to reserve scratch area, disabling kexec handover``
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from khod.parse.metadata import decode_release
+
+MAX_RECORDS = 1_000_000
+
+
+@dataclass(frozen=True)
+class KmsgRecord:
+    facility: int
+    level: int
+    seq: int
+    usec: int
+    message: bytes  # unescaped bytes
+
+    @property
+    def text(self) -> str:
+        return self.message.decode("utf-8", errors="backslashreplace")
+
+
+_ESC = re.compile(rb"\\x([0-9a-fA-F]{2})")
+
+
+def unescape(msg: bytes) -> bytes:
+    return _ESC.sub(lambda m: bytes([int(m.group(1), 16)]), msg)
+
+
+def parse_kmsg(data: bytes) -> list[KmsgRecord]:
+    """Decode every well-formed record; malformed lines are skipped, never fatal."""
+    records: list[KmsgRecord] = []
+    for line in data.split(b"\n"):
+        if not line or line.startswith(b" "):
+            continue  # continuation (dictionary) line
+        prefix, sep, msg = line.partition(b";")
+        if not sep:
+            continue
+        fields = prefix.split(b",")
+        if len(fields) < 3:
+            continue
+        try:
+            pri, seq, usec = (int(f) for f in fields[:3])
+        except ValueError:
+            continue
+        if pri < 0 or seq < 0 or usec < 0:
+            continue
+        records.append(KmsgRecord(pri >> 3, pri & 7, seq, usec, unescape(msg)))
+        if len(records) >= MAX_RECORDS:
+            break
+    return records
+
+
+_EXEC_FROM = re.compile(rb"^KHO: exec from: (.*) \(count (\d{1,10})\)$", re.S)
+_REJECT = re.compile(rb"^KHO: setup: handover FDT \((0x[0-9a-fA-F]+)\) is (invalid|incompatible)")
+_DISABLE = re.compile(rb"disabling KHO revival|Disabling KHO revival")
+_META_ERR = re.compile(rb"^KHO: .*(blob too small|version \d+ not supported|too small for v\d+)")
+
+
+@dataclass(frozen=True)
+class KhoLog:
+    """What the kernel log of this boot says about the incoming handover."""
+
+    exec_from_release: str | None = None
+    exec_from_release_raw: bytes | None = None
+    exec_from_count: int | None = None
+    found_handover: bool = False
+    rejected: str | None = None  # "setup: handover FDT (...) is incompatible with 'kho-v4'"
+    revival_disabled: str | None = None  # the "disabling KHO revival" line
+    scratch_failed: bool = False
+    scratch_areas: bool = False  # "KHO: scratch areas: ..." (KHO enabled, scratch reserved)
+    metadata_errors: tuple[str, ...] = ()
+    lines: tuple[str, ...] = ()  # every KHO line, in order
+
+
+def parse_kho_log(records: list[KmsgRecord]) -> KhoLog:
+    exec_release: str | None = None
+    exec_raw: bytes | None = None
+    exec_count: int | None = None
+    found = scratch_failed = scratch_areas = False
+    rejected = disabled = None
+    meta_errors: list[str] = []
+    lines: list[str] = []
+    for rec in records:
+        msg = rec.message
+        is_kho = msg.startswith(b"KHO: ") or b"KHO revival" in msg or b"kexec handover" in msg
+        if not is_kho:
+            continue
+        lines.append(rec.text)
+        m = _EXEC_FROM.match(msg)
+        if m:
+            exec_raw = m.group(1)
+            exec_release, _ = decode_release(exec_raw)
+            exec_count = int(m.group(2))
+            continue
+        if msg.startswith(b"KHO: found kexec handover data"):
+            found = True
+        elif msg.startswith(b"KHO: scratch areas:"):
+            scratch_areas = True
+        elif _REJECT.match(msg):
+            rejected = rec.text.removeprefix("KHO: ")
+        elif _DISABLE.search(msg):
+            disabled = rec.text.removeprefix("KHO: ")
+        elif b"Failed to reserve scratch area" in msg:
+            scratch_failed = True
+        if _META_ERR.match(msg):
+            meta_errors.append(rec.text)
+    return KhoLog(
+        exec_release,
+        exec_raw,
+        exec_count,
+        found,
+        rejected,
+        disabled,
+        scratch_failed,
+        scratch_areas,
+        tuple(meta_errors),
+        tuple(lines),
+    )

@@ -1,0 +1,81 @@
+"""Small procfs/etc/debugfs text files: boot identity, btime, KHO scratch lists."""
+
+from __future__ import annotations
+
+import re
+
+from khod.errors import ParseError
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_MACHINE_ID = re.compile(r"^[0-9a-f]{32}$")
+_HEX = re.compile(r"^0x[0-9a-fA-F]{1,16}$")
+
+
+def _text(data: bytes, source: str, limit: int = 4096) -> str:
+    if len(data) > limit:
+        raise ParseError(source, limit, f"longer than {limit} bytes")
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise ParseError(source, e.start, "not UTF-8 text") from e
+
+
+def parse_boot_id(data: bytes, source: str) -> str:
+    text = _text(data, source).lower()
+    if not _UUID.match(text):
+        raise ParseError(source, 0, f"not a boot id: {text[:40]!r}")
+    return text
+
+
+def parse_machine_id(data: bytes, source: str) -> str:
+    text = _text(data, source).lower()
+    if not _MACHINE_ID.match(text):
+        raise ParseError(source, 0, f"not a machine id: {text[:40]!r}")
+    return text
+
+
+def parse_osrelease(data: bytes, source: str) -> str:
+    text = _text(data, source, 256)
+    if not text or not text.isprintable():
+        raise ParseError(source, 0, "empty or unprintable kernel release")
+    return text
+
+
+def parse_cmdline(data: bytes, source: str) -> str:
+    return _text(data.replace(b"\0", b" "), source, 1 << 16)
+
+
+def parse_btime(data: bytes, source: str) -> int:
+    """``btime`` from /proc/stat: boot time in seconds since the epoch."""
+    for line in data.split(b"\n"):
+        if line.startswith(b"btime "):
+            try:
+                return int(line.split()[1])
+            except (ValueError, IndexError):
+                break
+    raise ParseError(source, None, "no btime line")
+
+
+def parse_scratch(data: bytes, source: str) -> tuple[int, ...]:
+    """``out/scratch_phys`` / ``scratch_len`` (7.4: ``bootmem_*``): one ``0x%llx`` per area
+    (lowmem, global, then one per NUMA node)."""
+    values = []
+    for n, raw in enumerate(_text(data, source).splitlines()):
+        line = raw.strip()
+        if not _HEX.match(line):
+            raise ParseError(source, None, f"line {n + 1} is not a hex value: {line[:30]!r}")
+        values.append(int(line, 16))
+    return tuple(values)
+
+
+def kho_cmdline_setting(cmdline: str) -> bool | None:
+    """The ``kho=`` boot parameter (kstrtobool), or None when it is not given."""
+    value = None
+    for word in cmdline.split():
+        if word.startswith("kho="):
+            v = word[4:].lower()
+            if v in ("1", "y", "yes", "on", "true"):
+                value = True
+            elif v in ("0", "n", "no", "off", "false"):
+                value = False
+    return value

@@ -1,0 +1,111 @@
+"""HostPaths: the one place where host paths are spelled.
+
+Every path to the kernel is derived from one root (``--sysroot``), so the same
+code reads a live host (root ``/``) and a captured fixture tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# KHO debugfs names: scratch_* until 7.3, bootmem_* from 7.4 (liveupdate 8fe64603a475).
+SCRATCH_NAMES = (("scratch_phys", "scratch_len"), ("bootmem_phys", "bootmem_len"))
+
+
+@dataclass(frozen=True)
+class HostPaths:
+    root: Path = Path("/")
+
+    def _p(self, rel: str) -> Path:
+        return self.root / rel
+
+    def rel(self, path: Path) -> str:
+        """The path as shown to users and stored: relative to the root, with a leading /."""
+        try:
+            return "/" + str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+    # --- KHO debugfs (6.16+) ---
+    @property
+    def debugfs(self) -> Path:
+        return self._p("sys/kernel/debug")
+
+    @property
+    def kho(self) -> Path:
+        return self._p("sys/kernel/debug/kho")
+
+    @property
+    def kho_in(self) -> Path:
+        return self.kho / "in"
+
+    @property
+    def kho_out(self) -> Path:
+        return self.kho / "out"
+
+    @property
+    def kho_in_fdt(self) -> Path:
+        return self.kho_in / "fdt"
+
+    @property
+    def kho_in_subtrees(self) -> Path:
+        return self.kho_in / "sub_fdts"
+
+    @property
+    def kho_out_fdt(self) -> Path:
+        return self.kho_out / "fdt"
+
+    @property
+    def kho_out_subtrees(self) -> Path:
+        return self.kho_out / "sub_fdts"
+
+    @property
+    def kho_out_finalize(self) -> Path:
+        return self.kho_out / "finalize"
+
+    # --- pstore ---
+    @property
+    def pstore(self) -> Path:
+        return self._p("sys/fs/pstore")
+
+    @property
+    def systemd_pstore_archive(self) -> Path:
+        return self._p("var/lib/systemd/pstore")
+
+    # --- boot identity ---
+    @property
+    def boot_id(self) -> Path:
+        return self._p("proc/sys/kernel/random/boot_id")
+
+    @property
+    def osrelease(self) -> Path:
+        return self._p("proc/sys/kernel/osrelease")
+
+    @property
+    def cmdline(self) -> Path:
+        return self._p("proc/cmdline")
+
+    @property
+    def proc_stat(self) -> Path:
+        return self._p("proc/stat")
+
+    @property
+    def machine_id(self) -> Path:
+        return self._p("etc/machine-id")
+
+    @property
+    def kmsg(self) -> Path:
+        return self._p("dev/kmsg")
+
+    # --- kexec and LUO ---
+    @property
+    def kexec_loaded(self) -> tuple[Path, Path]:
+        return (self._p("sys/kernel/kexec_loaded"), self._p("sys/kernel/kexec/loaded"))
+
+    @property
+    def liveupdate(self) -> Path:
+        return self._p("dev/liveupdate")
+
+    def boot_config(self, release: str) -> tuple[Path, Path]:
+        return (self._p(f"boot/config-{release}"), self._p(f"lib/modules/{release}/config"))

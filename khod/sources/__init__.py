@@ -1,0 +1,1 @@
+"""Readers: bytes from host paths (via HostPaths). They know no formats."""

@@ -1,0 +1,214 @@
+"""save_* and load_* for boots, their raw blobs and events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from sqlalchemy import Connection, insert, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from khod import __version__
+from khod.errors import StoreError
+from khod.observation import BootKind, BootObservation, Event
+from khod.store.db import Store, describe_db_error
+from khod.store.schema import blobs, boots, events
+
+
+@dataclass(frozen=True)
+class BootRecord:
+    """A boot as stored (or as it would be stored: ``khoctl status`` renders live ones)."""
+
+    machine_id: str
+    boot_id: str
+    booted_at: int | None
+    release: str
+    cmdline: str
+    kind: str
+    kind_reason: str | None
+    kho_enabled: bool
+    kho_abi: str | None
+    memory_map_handed: bool | None
+    previous_release: str | None
+    previous_release_raw: bytes | None
+    kexec_count: int | None
+    metadata_source: str | None
+    subtrees: list[Any]
+    out_subtrees: list[Any]
+    out_release: str | None
+    out_kexec_count: int | None
+    scratch: list[Any]
+    khod_version: str
+    id: int | None = None
+    ingested_at: float | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> BootRecord:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    boot_pk: int
+    created: bool
+    new_blobs: int
+    new_events: int
+
+
+def boot_values(obs: BootObservation) -> dict[str, Any]:
+    """The boots row for an observation."""
+    return {
+        "machine_id": obs.machine_id,
+        "boot_id": obs.boot_id,
+        "booted_at": obs.booted_at,
+        "release": obs.release,
+        "cmdline": obs.cmdline,
+        "kind": str(obs.kind),
+        "kind_reason": obs.kind_reason,
+        "kho_enabled": obs.kho_enabled,
+        "kho_abi": obs.kho_abi,
+        "memory_map_handed": obs.memory_map_handed,
+        "previous_release": obs.previous_release,
+        "previous_release_raw": obs.previous_release_raw,
+        "kexec_count": obs.kexec_count,
+        "metadata_source": obs.metadata_source,
+        "subtrees": [{"name": s.name, "size": s.size} for s in obs.subtrees],
+        "out_subtrees": [{"name": s.name, "size": s.size} for s in obs.out_subtrees],
+        "out_release": obs.out_release,
+        "out_kexec_count": obs.out_kexec_count,
+        "scratch": [[p, n] for p, n in obs.scratch],
+        "khod_version": __version__,
+    }
+
+
+def live_record(obs: BootObservation) -> BootRecord:
+    return BootRecord(**boot_values(obs))
+
+
+def _event_values(boot_pk: int | None, e: Event, now: float) -> dict[str, Any]:
+    return {
+        "boot_pk": boot_pk,
+        "created_at": now,
+        "kind": e.kind,
+        "source": e.source,
+        "severity": str(e.severity),
+        "message": e.message,
+        "fingerprint": e.fingerprint,
+    }
+
+
+def save_observation(store: Store, obs: BootObservation) -> SaveResult:
+    """Insert the boot (once per machine_id, boot_id) and whatever blobs and events are
+    not stored yet, in one transaction: a crash mid-way leaves nothing half-written."""
+    for attempt in range(3):
+        try:
+            with store.writer.begin() as conn:
+                return _save(conn, obs)
+        except IntegrityError:
+            if attempt == 2:
+                raise StoreError(f"cannot record boot {obs.boot_id}: conflicting writers") from None
+        except SQLAlchemyError as e:
+            raise StoreError(
+                f"cannot write to database {store.location}: {describe_db_error(e)}"
+            ) from None
+    raise AssertionError("unreachable")
+
+
+def _save(conn: Connection, obs: BootObservation) -> SaveResult:
+    now = time.time()
+    pk = conn.execute(
+        select(boots.c.id).where(
+            boots.c.machine_id == obs.machine_id, boots.c.boot_id == obs.boot_id
+        )
+    ).scalar()
+    created = pk is None
+    if pk is None:
+        pk = conn.execute(
+            insert(boots).values(**boot_values(obs), ingested_at=now).returning(boots.c.id)
+        ).scalar_one()
+    have_blobs = {
+        (d, n)
+        for d, n in conn.execute(
+            select(blobs.c.direction, blobs.c.name).where(blobs.c.boot_pk == pk)
+        )
+    }
+    new_blobs = [
+        {
+            "boot_pk": pk,
+            "direction": b.direction,
+            "name": b.name,
+            "size": len(b.data),
+            "sha256": b.sha256,
+            "data": b.data,
+        }
+        for b in obs.blobs
+        if (b.direction, b.name) not in have_blobs
+    ]
+    if new_blobs:
+        conn.execute(insert(blobs), new_blobs)
+    have_events = set(
+        conn.execute(select(events.c.fingerprint).where(events.c.boot_pk == pk)).scalars()
+    )
+    new_events = []
+    for e in obs.events:
+        if e.fingerprint not in have_events:
+            have_events.add(e.fingerprint)
+            new_events.append(_event_values(pk, e, now))
+    if new_events:
+        conn.execute(insert(events), new_events)
+    return SaveResult(pk, created, len(new_blobs), len(new_events))
+
+
+def load_boot(store: Store, machine_id: str, boot_id: str) -> BootRecord | None:
+    with store.engine.connect() as conn:
+        row = (
+            conn.execute(
+                select(boots).where(boots.c.machine_id == machine_id, boots.c.boot_id == boot_id)
+            )
+            .mappings()
+            .first()
+        )
+    return BootRecord.from_row(row) if row else None
+
+
+def load_boots(
+    store: Store, machine_id: str | None = None, limit: int | None = None
+) -> list[BootRecord]:
+    """Boots newest first (by boot time, then by ingest order)."""
+    q = select(boots).order_by(boots.c.booted_at.desc().nulls_last(), boots.c.id.desc())
+    if machine_id is not None:
+        q = q.where(boots.c.machine_id == machine_id)
+    if limit is not None:
+        q = q.limit(limit)
+    with store.engine.connect() as conn:
+        return [BootRecord.from_row(r) for r in conn.execute(q).mappings()]
+
+
+def load_events(store: Store, boot_pk: int) -> list[dict[str, Any]]:
+    with store.engine.connect() as conn:
+        return [
+            dict(r)
+            for r in conn.execute(
+                select(events).where(events.c.boot_pk == boot_pk).order_by(events.c.id)
+            ).mappings()
+        ]
+
+
+def chain_of(boots_newest_first: Sequence[BootRecord], boot_id: str | None) -> list[BootRecord]:
+    """The boots since the last cold (or rejected) boot, oldest first, ending at boot_id
+    (or at the newest boot)."""
+    start = 0
+    if boot_id is not None:
+        for i, b in enumerate(boots_newest_first):
+            if b.boot_id == boot_id:
+                start = i
+                break
+    chain: list[BootRecord] = []
+    for b in boots_newest_first[start:]:
+        chain.append(b)
+        if b.kind != BootKind.KEXEC:
+            break
+    chain.reverse()
+    return chain

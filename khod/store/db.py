@@ -1,0 +1,166 @@
+"""Opening the store: URL defaults, SQLite pragmas, schema migrations at start.
+
+SQLite (the default) runs in WAL mode with a busy timeout so that khoctl can read
+while khod writes. The schema is checked against HEAD_REVISION with one query;
+Alembic is imported only when the database actually needs migrating.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError, SQLAlchemyError
+
+from khod.errors import StoreError
+from khod.store.schema import HEAD_REVISION
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def default_db_url() -> str:
+    env = os.environ.get("KHOD_DB")
+    if env:
+        return env
+    if os.geteuid() == 0:
+        return "sqlite:////var/lib/khod/khod.db"
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return f"sqlite:///{Path(state) / 'khod' / 'khod.db'}"
+
+
+def describe_db_error(e: BaseException) -> str:
+    orig = getattr(e, "orig", None)
+    msg = str(orig if orig is not None else e).strip().splitlines()
+    return msg[0] if msg else type(e).__name__
+
+
+@dataclass
+class Store:
+    engine: Engine
+    url: URL
+
+    @property
+    def location(self) -> str:
+        if self.url.get_backend_name() == "sqlite":
+            return str(Path(self.url.database or ":memory:").resolve())
+        return self.url.render_as_string(hide_password=True)
+
+    @property
+    def writer(self) -> Engine:
+        """The engine for write transactions (BEGIN IMMEDIATE on SQLite)."""
+        return self.engine.execution_options(khod_begin="IMMEDIATE")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_path(url: URL) -> Path | None:
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def _prepare_sqlite_file(path: Path, create: bool) -> None:
+    if path.exists():
+        if not path.is_file():
+            raise StoreError(f"database {path} is not a regular file")
+        if not os.access(path, os.R_OK | os.W_OK) or not os.access(path.parent, os.W_OK):
+            raise StoreError(f"cannot write database {path}: permission denied")
+        return
+    if not create:
+        raise StoreError(f"no database at {path} (run `khod --once` first, or pass --db)")
+    parent = path.parent
+    try:
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FileExistsError:
+        raise StoreError(f"cannot create database {path}: {parent} is not a directory") from None
+    except OSError as e:
+        raise StoreError(f"cannot create database directory {parent}: {e.strerror}") from None
+    if not parent.is_dir():
+        raise StoreError(f"cannot create database {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(f"cannot create database {path}: directory {parent} is not writable")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise StoreError(f"cannot create database {path}: {e.strerror}") from None
+
+
+def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+    # take transaction control from the driver: BEGIN is emitted by _on_sqlite_begin
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _on_sqlite_begin(conn: Any) -> None:
+    # writers take the write lock up front (BEGIN IMMEDIATE): a deferred transaction
+    # that upgrades from read to write fails with "database is locked" at once, without
+    # waiting for the busy timeout
+    mode = conn.get_execution_options().get("khod_begin", "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def open_store(url_text: str | None = None, *, create: bool = True, migrate: bool = True) -> Store:
+    url_text = url_text or default_db_url()
+    try:
+        url = make_url(url_text)
+    except ArgumentError:
+        raise StoreError(f"not a database URL: {url_text!r}") from None
+    path = _sqlite_path(url)
+    if path is not None:
+        _prepare_sqlite_file(path, create)
+    try:
+        kwargs: dict[str, Any] = {}
+        if url.get_backend_name() == "sqlite":
+            kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_MS / 1000}
+        engine = create_engine(url, **kwargs)
+    except (ArgumentError, ImportError) as e:
+        raise StoreError(f"cannot use database {url_text!r}: {e}") from None
+    if url.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _on_sqlite_connect)
+        event.listen(engine, "begin", _on_sqlite_begin)
+    store = Store(engine, url)
+    if migrate:
+        ensure_schema(store)
+    return store
+
+
+def current_revision(store: Store) -> str | None:
+    try:
+        with store.engine.connect() as conn:
+            row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
+            return str(row[0]) if row else None
+    except OperationalError as e:
+        msg = describe_db_error(e)
+        if "no such table" in msg or "does not exist" in msg:
+            return None
+        raise StoreError(f"cannot open database {store.location}: {msg}") from None
+    except DatabaseError as e:
+        msg = describe_db_error(e)
+        if "does not exist" in msg:  # PostgreSQL: relation "alembic_version" does not exist
+            return None
+        raise StoreError(f"database {store.location} is unusable: {msg}") from None
+    except SQLAlchemyError as e:
+        raise StoreError(f"cannot open database {store.location}: {describe_db_error(e)}") from None
+
+
+def ensure_schema(store: Store) -> str:
+    """Bring the schema to head; return the revision. Cheap when already current."""
+    rev = current_revision(store)
+    if rev == HEAD_REVISION:
+        return rev
+    from khod.store import migrate  # noqa: PLC0415  (Alembic only when needed)
+
+    return migrate.upgrade(store, rev)

@@ -1,0 +1,59 @@
+"""Alembic, driven from code on a shared connection (the "Sharing a Connection" recipe)."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy.exc import SQLAlchemyError
+
+from khod.errors import StoreError
+from khod.store.db import Store, describe_db_error
+
+
+def alembic_config(store: Store | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(files("khod.migrations")))
+    if store is not None:
+        cfg.set_main_option(
+            "sqlalchemy.url", store.url.render_as_string(hide_password=False).replace("%", "%%")
+        )
+    return cfg
+
+
+def script_head() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def upgrade(store: Store, current: str | None, target: str = "head") -> str:
+    cfg = alembic_config(store)
+    script = ScriptDirectory.from_config(cfg)
+    if current is not None:
+        try:
+            script.get_revision(current)
+        except CommandError:
+            raise StoreError(
+                f"database {store.location} is at schema revision {current!r}, which this "
+                f"khod does not know (a newer version wrote it)"
+            ) from None
+    try:
+        with store.writer.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, target)
+    except SQLAlchemyError as e:
+        raise StoreError(
+            f"cannot migrate database {store.location}: {describe_db_error(e)}"
+        ) from None
+    return script_head() if target == "head" else target
+
+
+def downgrade(store: Store, target: str) -> None:
+    cfg = alembic_config(store)
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, target)

@@ -1,0 +1,96 @@
+"""Tables (SQLAlchemy Core). Schema changes go through Alembic migrations in
+``migrations/`` only; ``command.check`` in the tests catches drift between the two.
+
+Core, not the ORM: the boot path imports this module, and the ORM costs more start-up
+time than the whole of khod's own work.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+# The revision ``migrations/versions`` ends at; a test checks they agree. Knowing it
+# here lets start-up skip importing Alembic when the database is already current.
+HEAD_REVISION = "0001"
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING)
+
+# One row per boot, keyed by (machine_id, boot_id).
+boots = Table(
+    "boots",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("machine_id", String(64), nullable=False, index=True),
+    Column("boot_id", String(64), nullable=False),
+    Column("booted_at", BigInteger),  # btime, seconds since the epoch
+    Column("release", Text, nullable=False),
+    Column("cmdline", Text, nullable=False),
+    Column("kind", String(20), nullable=False),  # kexec | kexec-rejected | cold
+    Column("kind_reason", Text),
+    Column("kho_enabled", Boolean, nullable=False),
+    Column("kho_abi", Text),  # incoming root compatible, verbatim
+    Column("memory_map_handed", Boolean),
+    Column("previous_release", Text),
+    Column("previous_release_raw", LargeBinary),
+    Column("kexec_count", Integer),  # NULL: handover without metadata (pre-7.1, unreadable)
+    Column("metadata_source", String(8)),  # kho | kmsg
+    Column("subtrees", JSON, nullable=False),  # [{"name", "size"}], incoming
+    Column("out_subtrees", JSON, nullable=False),
+    Column("out_release", Text),
+    Column("out_kexec_count", Integer),
+    Column("scratch", JSON, nullable=False),  # [[phys, len], ...]
+    Column("ingested_at", Float, nullable=False),
+    Column("khod_version", String(32), nullable=False),
+    UniqueConstraint("machine_id", "boot_id"),
+)
+
+# Every raw KHO file read, so a later version can re-parse what this one could not.
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("boot_pk", ForeignKey("boots.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("direction", String(8), nullable=False),  # in | out
+    Column("name", String(255), nullable=False),  # fdt, sub_fdts/<name>, scratch_len, ...
+    Column("size", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    UniqueConstraint("boot_pk", "direction", "name"),
+)
+
+# Parse errors, anomalies, verdicts; deduplicated per boot by fingerprint.
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("boot_pk", ForeignKey("boots.id", ondelete="CASCADE"), index=True),
+    Column("created_at", Float, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("severity", String(8), nullable=False),
+    Column("message", Text, nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    UniqueConstraint("boot_pk", "fingerprint"),
+)

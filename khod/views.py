@@ -1,0 +1,111 @@
+"""The JSON contract (DESIGN.md) and human tables for boots."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from khod.store.boots import BootRecord
+
+
+def iso(ts: int | float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def boot_json(b: BootRecord, *, history: bool = False) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "boot_id": b.boot_id,
+        "machine_id": b.machine_id,
+        "release": b.release,
+        "kind": b.kind,
+        "kind_reason": b.kind_reason,
+        "previous_release": b.previous_release,
+        "kexec_count": b.kexec_count,
+        "kho": {
+            "enabled": b.kho_enabled,
+            "abi": b.kho_abi,
+            "subtrees": list(b.subtrees or []),
+        },
+    }
+    if history:
+        d["booted_at"] = iso(b.booted_at)
+    return d
+
+
+def chain_json(chain: Sequence[BootRecord]) -> list[dict[str, Any]]:
+    """Each boot with ``link``: ``start``, ``ok`` (previous_release and count follow on
+    from the boot before), or ``gap`` (a boot in between is missing from the store)."""
+    out = []
+    prev: BootRecord | None = None
+    for b in chain:
+        d = boot_json(b, history=True)
+        if prev is None:
+            d["link"] = "start"
+        elif (
+            b.previous_release == prev.release
+            and b.kexec_count is not None
+            and (prev.kexec_count is not None and b.kexec_count == prev.kexec_count + 1)
+        ):
+            d["link"] = "ok"
+        else:
+            d["link"] = "gap"
+        out.append(d)
+        prev = b
+    return out
+
+
+def _cell(v: Any) -> str:
+    return "-" if v is None else str(v)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """A plain aligned table: columns are (header, key) with dotted keys into the dicts."""
+
+    def get(d: dict[str, Any], key: str) -> Any:
+        for part in key.split("."):
+            d = d.get(part) if isinstance(d, dict) else None  # type: ignore[assignment]
+        return d
+
+    cells = [[h for h, _ in columns]] + [[_cell(get(r, k)) for _, k in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+BOOT_COLUMNS = (
+    ("BOOTED (UTC)", "booted_at"),
+    ("BOOT", "boot_id"),
+    ("RELEASE", "release"),
+    ("KIND", "kind"),
+    ("FROM", "previous_release"),
+    ("COUNT", "kexec_count"),
+    ("ABI", "kho.abi"),
+)
+
+
+def status_text(d: dict[str, Any]) -> str:
+    kho = d["kho"]
+    subtrees = (
+        ", ".join(
+            f"{s['name']} ({s['size']} B)" if s.get("size") is not None else s["name"]
+            for s in kho["subtrees"]
+        )
+        or "-"
+    )
+    lines = [
+        f"boot:              {d['boot_id']}",
+        f"release:           {d['release']}",
+        f"kind:              {d['kind']}" + (f" ({d['kind_reason']})" if d["kind_reason"] else ""),
+        f"previous release:  {_cell(d['previous_release'])}",
+        f"kexec count:       {_cell(d['kexec_count'])}",
+        f"KHO:               {'enabled' if kho['enabled'] else 'disabled'}, "
+        f"ABI {_cell(kho['abi'])}",
+        f"incoming subtrees: {subtrees}",
+    ]
+    if "recorded" in d:
+        lines.append(f"recorded:          {'yes' if d['recorded'] else 'no'}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Alembic migrations for the khod store (installed as the ``khod.migrations`` package)."""

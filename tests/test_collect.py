@@ -1,0 +1,249 @@
+"""Collection over every real fixture, checked against the kernel's own log line as the
+lab recorded it in each scenario's README, and over variants derived from them."""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+import pytest
+
+from khod.collect import collect
+from khod.errors import KhodError
+from khod.observation import BootKind, Severity
+from khod.paths import HostPaths
+from tests import variants
+from tests.conftest import FIXTURES, SysrootFactory, fixture_steps
+from tests.fdtbuild import Node, kho_root, v1_subtree, v2_subtree, v3_subtree
+
+KHO = "sys/kernel/debug/kho"
+META_IN = f"{KHO}/in/sub_fdts/kexec-metadata"
+
+
+def readme_expectations() -> dict[str, tuple[str, str | None, int | None]]:
+    """'scenario/step' -> (boot_id, previous_release, count) from the lab's README.txt."""
+    out = {}
+    for readme in FIXTURES.glob("*/README.txt"):
+        scenario = readme.parent.name
+        for block in readme.read_text().split("\n== ")[1:]:
+            step = block.split()[0]
+            boot_id = re.search(r"boot_id:\s+(\S+)", block)
+            exec_from = re.search(r"KHO: exec from: (\S+) \(count (\d+)\)\s", block)
+            assert boot_id
+            out[f"{scenario}/{step}"] = (
+                boot_id.group(1),
+                exec_from.group(1) if exec_from else None,
+                int(exec_from.group(2)) if exec_from else None,
+            )
+    return out
+
+
+EXPECTED = readme_expectations()
+
+
+def test_every_fixture_step_has_a_readme_expectation() -> None:
+    assert sorted(EXPECTED) == fixture_steps()
+
+
+@pytest.mark.parametrize("step", fixture_steps())
+def test_fixture_matches_what_the_kernel_logged(step: str) -> None:
+    boot_id, release, count = EXPECTED[step]
+    obs = collect(HostPaths(FIXTURES / step))
+    assert obs.boot_id == boot_id
+    if release is None:
+        assert obs.kind is BootKind.COLD
+        assert (obs.previous_release, obs.kexec_count) == (None, 0)
+    else:
+        assert obs.kind is BootKind.KEXEC
+        assert (obs.previous_release, obs.kexec_count, obs.metadata_source) == (
+            release,
+            count,
+            "kho",
+        )
+        assert obs.kho_abi == "kho-v4" and obs.memory_map_handed
+    # the outgoing metadata always says: this release, count + 1
+    if obs.kho_enabled:
+        assert (obs.out_release, obs.out_kexec_count) == (obs.release, (count or 0) + 1)
+    assert not [e for e in obs.events if e.severity is Severity.ERROR]
+
+
+def test_kho_enabled_per_scenario() -> None:
+    assert collect(HostPaths(FIXTURES / "cold/step0")).kho_enabled
+    assert not collect(HostPaths(FIXTURES / "nokho/step2")).kho_enabled
+
+
+def test_incoming_subtrees_of_the_pstore_kho_kernel() -> None:
+    obs = collect(HostPaths(FIXTURES / "pstore-kho/step2"))
+    assert [(s.name, s.size) for s in obs.subtrees] == [
+        ("kexec-metadata", 73),
+        ("pstore-kho", 262192),
+    ]
+
+
+def test_scratch_areas_and_blobs_are_kept() -> None:
+    obs = collect(HostPaths(FIXTURES / "kexec1/step1"))
+    assert [n for _, n in obs.scratch] == [16 << 20, 64 << 20, 16 << 20]
+    names = {(b.direction, b.name) for b in obs.blobs}
+    assert {
+        ("in", "fdt"),
+        ("in", "sub_fdts/kexec-metadata"),
+        ("out", "sub_fdts/kexec-metadata"),
+        ("out", "scratch_phys"),
+    } <= names
+
+
+def test_truncated_out_fdt_is_an_info_event_not_an_error() -> None:
+    obs = collect(HostPaths(FIXTURES / "pstore/step0"))
+    (ev,) = [e for e in obs.events if e.kind == "fdt-truncated"]
+    assert ev.severity is Severity.INFO and "out/fdt" in ev.source
+
+
+# --- older ABIs, built from the spec into a real sysroot ---
+
+
+@pytest.mark.parametrize(
+    ("compatible", "subtree", "address_prop"),
+    [
+        ("kho-v1", v1_subtree("memblock", 0x7000), "fdt"),
+        ("kho-v2", v2_subtree("LUO", 0x7000), "preserved-data"),
+        ("kho-v3", v3_subtree("kexec-metadata", 0x7000, 73), "preserved-data"),
+        ("kho-v4;radix-v1;vmalloc-v1", v3_subtree("kexec-metadata", 0x7000, 73), "preserved-data"),
+    ],
+)
+def test_older_abis_in_a_real_tree(
+    sysroot: SysrootFactory,
+    compatible: str,
+    subtree: Node,
+    address_prop: str,
+) -> None:
+    root = sysroot("kexec1/step1")
+    variants.replace(root, f"{KHO}/in/fdt", kho_root(compatible, 0x1000, [subtree]))
+    obs = collect(HostPaths(root))
+    assert obs.kind is BootKind.KEXEC and obs.kho_abi == compatible
+    assert [s.name for s in obs.subtrees] == sorted({subtree.name, "kexec-metadata"})
+    assert not [e for e in obs.events if e.severity is not Severity.INFO]
+
+
+def test_pre_7_1_handover_has_no_metadata(sysroot: SysrootFactory) -> None:
+    # 6.16-7.0 (kho-v1): no kexec-metadata subtree, no exec-from line: count is unknown
+    root = sysroot("kexec1/step1")
+    variants.replace(root, f"{KHO}/in/fdt", kho_root("kho-v1", 0x1000, []))
+    variants.remove(root, META_IN)
+    variants.drop_kmsg_lines(root, b"KHO: exec from")
+    obs = collect(HostPaths(root))
+    assert (obs.kind, obs.kho_abi, obs.previous_release, obs.kexec_count) == (
+        BootKind.KEXEC,
+        "kho-v1",
+        None,
+        None,
+    )
+
+
+def test_unknown_abi_is_recorded_as_such(sysroot: SysrootFactory) -> None:
+    root = sysroot("kexec1/step1")
+    variants.replace(root, f"{KHO}/in/fdt", kho_root("kho-v9", 0x1000, []))
+    obs = collect(HostPaths(root))
+    assert obs.kind is BootKind.KEXEC and obs.kho_abi == "kho-v9"
+    assert any(e.kind == "unknown-abi" for e in obs.events)
+    assert any(b.name == "fdt" and b.direction == "in" for b in obs.blobs)
+
+
+# --- rejected handovers (the kernel's own log lines) ---
+
+
+def test_abi_mismatch_is_kexec_rejected_with_the_reason(sysroot: SysrootFactory) -> None:
+    root = sysroot("kexec1/step1")
+    variants.strip_handover(root)
+    variants.append_kmsg(
+        root,
+        b"KHO: setup: handover FDT (0x10116b000) is incompatible with 'kho-v4'",
+        b"KHO: disabling KHO revival",
+    )
+    obs = collect(HostPaths(root))
+    assert obs.kind is BootKind.KEXEC_REJECTED
+    assert obs.kind_reason is not None and "incompatible with 'kho-v4'" in obs.kind_reason
+    assert (obs.previous_release, obs.kexec_count) == (None, 0)
+
+
+# --- bad input: one event each, the boot still recorded ---
+
+
+@pytest.mark.parametrize(
+    ("data", "kind", "text"),
+    [
+        (b"\x01\x00", "parse-error", "blob too small"),
+        (b"\x01\x00\x00\x00" + bytes(68), "parse-error", "too small for v1"),
+        (struct.pack("<I", 2) + bytes(69), "unknown-metadata-version", "version 2 not supported"),
+    ],
+)
+def test_bad_metadata_falls_back_to_the_kernel_log(
+    sysroot: SysrootFactory, data: bytes, kind: str, text: str
+) -> None:
+    root = sysroot("kexec1/step1")
+    variants.replace(root, META_IN, data)
+    obs = collect(HostPaths(root))
+    assert (obs.previous_release, obs.kexec_count, obs.metadata_source) == (
+        "7.3.4-khlab-a",
+        1,
+        "kmsg",
+    )
+    assert any(e.kind == kind and text in e.message for e in obs.events)
+    assert any(b.name == "sub_fdts/kexec-metadata" and b.data == data for b in obs.blobs)
+
+
+def test_log_and_blob_disagreeing_is_an_event(sysroot: SysrootFactory) -> None:
+    root = sysroot("kexec1/step1")
+    blob = bytearray((root / META_IN).read_bytes())
+    struct.pack_into("<I", blob, 69, 5)
+    variants.replace(root, META_IN, bytes(blob))
+    obs = collect(HostPaths(root))
+    assert obs.kexec_count == 5
+    (ev,) = [e for e in obs.events if e.kind == "metadata-log-mismatch"]
+    assert "count 5" in ev.message and "count 1" in ev.message
+
+
+def test_missing_debugfs_uses_the_log_line(sysroot: SysrootFactory) -> None:
+    root = sysroot("kexec1/step1")
+    variants.remove(root, "sys/kernel/debug")
+    obs = collect(HostPaths(root))
+    assert (obs.kind, obs.previous_release, obs.kexec_count, obs.metadata_source) == (
+        BootKind.KEXEC,
+        "7.3.4-khlab-a",
+        1,
+        "kmsg",
+    )
+    assert obs.kho_enabled
+    assert any(e.kind == "debugfs-missing" for e in obs.events)
+
+
+def test_unreadable_files_are_events(sysroot: SysrootFactory) -> None:
+    root = sysroot("kexec1/step1")
+    variants.make_dir_in_place_of(root, f"{KHO}/in/fdt")
+    variants.make_dir_in_place_of(root, "dev/kmsg")
+    obs = collect(HostPaths(root))
+    assert obs.kind is BootKind.KEXEC  # the metadata blob is still there
+    assert obs.kexec_count == 1
+    msgs = [e.message for e in obs.events if e.kind == "read-error"]
+    assert any("in/fdt: is a directory" in m for m in msgs)
+    assert any("dev/kmsg: is a directory" in m for m in msgs)
+
+
+def test_garbage_in_fdt(sysroot: SysrootFactory) -> None:
+    root = sysroot("kexec1/step1")
+    variants.replace(root, f"{KHO}/in/fdt", b"\x00" * 64)
+    obs = collect(HostPaths(root))
+    assert obs.kind is BootKind.KEXEC and obs.kexec_count == 1 and obs.kho_abi is None
+    assert any("not an FDT" in e.message for e in obs.events)
+
+
+def test_no_boot_id_is_one_clear_error(sysroot: SysrootFactory) -> None:
+    root = sysroot("cold/step0")
+    variants.remove(root, "proc/sys/kernel/random/boot_id")
+    with pytest.raises(KhodError, match=r"cannot identify this boot: .*boot_id: not found"):
+        collect(HostPaths(root))
+
+
+def test_empty_root(tmp_path: Path) -> None:
+    with pytest.raises(KhodError, match="cannot identify this boot"):
+        collect(HostPaths(tmp_path))

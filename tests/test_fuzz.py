@@ -1,0 +1,84 @@
+"""Mutated real blobs into every parser: only ParseError may come out."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from khod.errors import ParseError
+from khod.parse import proc
+from khod.parse.kho import parse_kho_fdt
+from khod.parse.kmsg import parse_kho_log, parse_kmsg
+from khod.parse.metadata import parse_kexec_metadata
+from tests.conftest import FIXTURES
+
+KHO = "sys/kernel/debug/kho"
+SEEDS: dict[str, bytes] = {
+    "in-fdt": (FIXTURES / "pstore-kho/step1" / KHO / "in/fdt").read_bytes(),
+    "out-fdt": (FIXTURES / "pstore/step0" / KHO / "out/fdt").read_bytes(),
+    "metadata": (FIXTURES / "kexec1/step1" / KHO / "in/sub_fdts/kexec-metadata").read_bytes(),
+    "kmsg": b"".join((FIXTURES / "kexec1/step1/dev/kmsg").read_bytes().splitlines(True)[-40:]),
+    "scratch": (FIXTURES / "kexec1/step1" / KHO / "out/scratch_phys").read_bytes(),
+    "stat": (FIXTURES / "kexec1/step1/proc/stat").read_bytes(),
+}
+
+
+def kmsg_parser(data: bytes, _source: str) -> object:
+    return parse_kho_log(parse_kmsg(data))
+
+
+PARSERS: dict[str, list[Callable[[bytes, str], object]]] = {
+    "in-fdt": [parse_kho_fdt],
+    "out-fdt": [parse_kho_fdt],
+    "metadata": [parse_kexec_metadata],
+    "kmsg": [kmsg_parser],
+    "scratch": [proc.parse_scratch],
+    "stat": [proc.parse_btime, proc.parse_boot_id, proc.parse_osrelease, proc.parse_cmdline],
+}
+
+
+@st.composite
+def mutated(draw: st.DrawFn, seed: bytes) -> bytes:
+    data = bytearray(seed)
+    for _ in range(draw(st.integers(1, 8))):
+        op = draw(st.sampled_from(["flip", "set", "cut", "insert", "u32"]))
+        if not data:
+            break
+        i = draw(st.integers(0, len(data) - 1))
+        if op == "flip":
+            data[i] ^= 1 << draw(st.integers(0, 7))
+        elif op == "set":
+            data[i] = draw(st.integers(0, 255))
+        elif op == "cut":
+            del data[i : i + draw(st.integers(1, 64))]
+        elif op == "insert":
+            data[i:i] = draw(st.binary(min_size=1, max_size=16))
+        else:  # overwrite an aligned big-endian u32 (header fields, tokens, offsets)
+            j = i & ~3
+            data[j : j + 4] = draw(
+                st.sampled_from([0, 1, 2, 3, 9, 0xFFFFFFFF, 0x7FFFFFFF, len(seed), len(seed) + 4])
+            ).to_bytes(4, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("name", sorted(SEEDS))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_mutations_raise_only_parse_error(name: str, data: st.DataObject) -> None:
+    blob = data.draw(mutated(SEEDS[name]))
+    for parse in PARSERS[name]:
+        with contextlib.suppress(ParseError):
+            parse(blob, name)
+
+
+@pytest.mark.parametrize("name", sorted(SEEDS))
+@settings(max_examples=100, deadline=None)
+@given(blob=st.binary(max_size=512))
+def test_random_bytes_raise_only_parse_error(name: str, blob: bytes) -> None:
+    for parse in PARSERS[name]:
+        with contextlib.suppress(ParseError):
+            parse(blob, name)

@@ -1,0 +1,144 @@
+"""The store: migrations as a contract, idempotent ingest, concurrent writers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import pytest
+from alembic import command
+from sqlalchemy import func, select, text
+
+from khod.collect import collect
+from khod.errors import StoreError
+from khod.paths import HostPaths
+from khod.store import migrate
+from khod.store.boots import load_boots, load_events, save_observation
+from khod.store.db import current_revision, open_store
+from khod.store.schema import HEAD_REVISION, blobs, boots, events
+from tests import variants
+from tests.conftest import FIXTURES, SysrootFactory
+
+
+def test_head_constant_matches_the_migrations() -> None:
+    assert migrate.script_head() == HEAD_REVISION
+
+
+def test_migrations_up_check_down_up(db_url: str) -> None:
+    store = open_store(db_url)
+    assert current_revision(store) == HEAD_REVISION
+    cfg = migrate.alembic_config(store)
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.check(cfg)  # models and migrations agree
+    migrate.downgrade(store, "base")
+    with store.engine.connect() as conn:
+        tables = {
+            r[0] for r in conn.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))
+        }
+    assert tables == {"alembic_version"}
+    store = open_store(db_url)
+    assert current_revision(store) == HEAD_REVISION
+
+
+def test_sqlite_runs_in_wal_mode(db_url: str) -> None:
+    store = open_store(db_url)
+    with store.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_db_file_is_private(tmp_path: Path) -> None:
+    open_store(f"sqlite:///{tmp_path / 'new' / 'k.db'}")
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "new" / "k.db").stat().st_mode & 0o777 == 0o600
+
+
+def counts(db_url: str) -> tuple[int, int, int]:
+    store = open_store(db_url)
+    with store.engine.connect() as conn:
+        return tuple(
+            conn.execute(select(func.count()).select_from(t)).scalar_one()
+            for t in (boots, blobs, events)
+        )  # type: ignore[return-value]
+
+
+def test_ingest_is_idempotent(db_url: str) -> None:
+    obs = collect(HostPaths(FIXTURES / "pstore/step0"))  # has an info event (truncated out/fdt)
+    store = open_store(db_url)
+    first = save_observation(store, obs)
+    second = save_observation(store, obs)
+    assert first.created and not second.created
+    assert (second.new_blobs, second.new_events) == (0, 0)
+    assert counts(db_url) == (1, len(obs.blobs), len(obs.events))
+
+
+def test_raw_blobs_are_stored_byte_for_byte(db_url: str) -> None:
+    step = FIXTURES / "pstore-kho/step1"
+    store = open_store(db_url)
+    save_observation(store, collect(HostPaths(step)))
+    with store.engine.connect() as conn:
+        data = conn.execute(
+            select(blobs.c.data).where(
+                blobs.c.direction == "in", blobs.c.name == "sub_fdts/pstore-kho"
+            )
+        ).scalar_one()
+    assert data == (step / "sys/kernel/debug/kho/in/sub_fdts/pstore-kho").read_bytes()
+
+
+def test_events_of_a_bad_blob_are_stored_with_the_boot(
+    sysroot: SysrootFactory, db_url: str
+) -> None:
+    root = sysroot("kexec1/step1")
+    variants.replace(root, "sys/kernel/debug/kho/in/fdt", b"\xd0\x0d\xfe\xed" + bytes(10))
+    store = open_store(db_url)
+    res = save_observation(store, collect(HostPaths(root)))
+    (boot,) = load_boots(store)
+    assert boot.kexec_count == 1
+    assert any("in/fdt" in e["message"] for e in load_events(store, res.boot_pk))
+
+
+def _ingest(args: tuple[str, str]) -> bool:
+    url, step = args
+    return save_observation(open_store(url), collect(HostPaths(FIXTURES / step))).created
+
+
+def test_concurrent_writers_record_each_boot_once(db_url: str) -> None:
+    steps = ["kexec1/step0", "kexec1/step1", "pstore-kho/step1", "pstore-kho/step2"] * 4
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        created = pool.map(_ingest, [(db_url, s) for s in steps])
+    assert sum(created) == 4
+    assert counts(db_url)[0] == 4
+
+
+def test_corrupt_database_is_one_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "k.db"
+    db.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match=r"k\.db is unusable: file is not a database"):
+        open_store(f"sqlite:///{db}")
+    assert db.read_bytes().startswith(b"this is not a database")  # nothing destroyed
+
+
+def test_database_from_a_newer_khod_is_refused(db_url: str) -> None:
+    store = open_store(db_url)
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num='9999'"))
+    with pytest.raises(StoreError, match=r"revision '9999'.*newer version"):
+        open_store(db_url)
+
+
+def test_db_directory_is_a_file(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("")
+    with pytest.raises(StoreError, match="not a directory"):
+        open_store(f"sqlite:///{tmp_path / 'f' / 'k.db'}")
+
+
+def test_sqlite_file_is_a_real_sqlite_database(db_url: str) -> None:
+    store = open_store(db_url)
+    save_observation(store, collect(HostPaths(FIXTURES / "cold/step0")))
+    path = db_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("SELECT kind, kexec_count FROM boots").fetchall() == [("cold", 0)]
