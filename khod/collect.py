@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from khod.collect_pstore import collect_pstore
 from khod.errors import KhodError, ParseError, SourceError
 from khod.observation import (
     Blob,
@@ -23,6 +24,7 @@ from khod.parse.fdt import TruncatedFdt
 from khod.parse.kho import KhoRoot, parse_kho_fdt
 from khod.parse.kmsg import KhoLog, parse_kho_log, parse_kmsg
 from khod.parse.metadata import KexecMetadata, UnsupportedMetadataVersion, parse_kexec_metadata
+from khod.parse.pstore import DEFAULT_INFLATE_LIMIT
 from khod.paths import SCRATCH_NAMES, HostPaths
 from khod.sources.files import read_bytes, read_kmsg
 from khod.sources.kho import KhoFiles, read_kho_files
@@ -60,8 +62,8 @@ class Collector:
         return self.paths.rel(self.paths.kho / name)
 
 
-def collect(paths: HostPaths) -> BootObservation:
-    """Read this boot's identity, KHO state and kernel log from ``paths``."""
+def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> BootObservation:
+    """Read this boot's identity, KHO state, kernel log and pstore records."""
     c = Collector(paths)
     boot_id = c.file("boot_id", proc.parse_boot_id)
     release = c.file("osrelease", proc.parse_osrelease)
@@ -112,6 +114,8 @@ def collect(paths: HostPaths) -> BootObservation:
         _cross_check(c, meta, log)
 
     scratch = _scratch(c, kf)
+    pstore, pstore_events = collect_pstore(paths, kf.get("in/sub_fdts/pstore-kho"), inflate_limit)
+    c.events.extend(pstore_events)
     if out_meta is not None:
         expected = (count or 0) + 1
         if out_meta.previous_release != release or (
@@ -147,6 +151,7 @@ def collect(paths: HostPaths) -> BootObservation:
         scratch=scratch,
         blobs=blobs,
         events=tuple(c.events),
+        pstore=tuple(pstore),
     )
 
 

@@ -52,6 +52,38 @@ class Subtree:
 
 
 @dataclass(frozen=True)
+class PstoreRecord:
+    location: str  # "pstore" | "archive" | "kho"
+    path: str  # where it was read, relative to the sysroot
+    name: str
+    type: str
+    backend: str
+    record_id: int | None
+    part: int | None
+    reason: str | None
+    count: int | None
+    record_time: float | None  # seconds since the epoch (pstore mtime)
+    compressed: bool
+    inflate_status: str
+    raw: bytes
+    text: str | None  # the log text, dmesg header removed; None when undecodable
+    release: str | None  # the kernel that wrote it, from its "Linux version" banner
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.raw).hexdigest()
+
+    @property
+    def dump_key(self) -> str:
+        """Parts of one dump share this key (EFI/ERST ids differ in their last six
+        digits, as systemd-pstore groups them); other records stand alone."""
+        rid = "" if self.record_id is None else str(self.record_id)
+        if self.type == "dmesg" and len(rid) > 6:
+            return f"{self.backend}:{self.reason}#{self.count}:{rid[:-6]}"
+        return f"{self.backend}:{self.type}:{rid}:{self.sha256[:16]}"
+
+
+@dataclass(frozen=True)
 class BootObservation:
     machine_id: str
     boot_id: str
@@ -74,3 +106,4 @@ class BootObservation:
     scratch: tuple[tuple[int, int], ...]  # (phys, len) per area
     blobs: tuple[Blob, ...]
     events: tuple[Event, ...]
+    pstore: tuple[PstoreRecord, ...] = ()

@@ -109,3 +109,70 @@ def status_text(d: dict[str, Any]) -> str:
     if "recorded" in d:
         lines.append(f"recorded:          {'yes' if d['recorded'] else 'no'}")
     return "\n".join(lines)
+
+
+def dumps_json(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records grouped into dumps (the parts of one EFI/ERST dump joined, oldest part
+    first); records come from load_pstore, already in that order."""
+    out: list[dict[str, Any]] = []
+    by_key: dict[str, dict[str, Any]] = {}
+    for r in records:
+        d = by_key.get(r["dump_key"])
+        if d is None:
+            d = {
+                "type": r["type"],
+                "backend": r["backend"],
+                "reason": r["reason"],
+                "count": r["count"],
+                "record_time": None,
+                "release": r["release"],
+                "records": [],
+                "text": "",
+                "complete": True,
+            }
+            by_key[r["dump_key"]] = d
+            out.append(d)
+        d["records"].append(
+            {
+                "name": r["name"],
+                "location": r["location"],
+                "path": r["path"],
+                "part": r["part"],
+                "size": r["size"],
+                "sha256": r["sha256"],
+                "compressed": r["compressed"],
+                "inflate_status": r["inflate_status"],
+            }
+        )
+        if r["record_time"] is not None:
+            d["record_time"] = max(d["record_time"] or 0, r["record_time"])
+        if r["text"] is None:
+            d["complete"] = False
+        else:
+            d["text"] += r["text"]
+        d["release"] = d["release"] or r["release"]
+    for d in out:
+        d["record_time"] = iso(d["record_time"])
+    return out
+
+
+def dumps_text(dumps: Sequence[dict[str, Any]]) -> str:
+    chunks = []
+    for d in dumps:
+        names = ", ".join(r["name"] for r in d["records"])
+        what = d["type"] + (f" {d['reason']}#{d['count']}" if d["reason"] else "")
+        head = f"== {what} from {d['backend']} ({names})"
+        if d["record_time"]:
+            head += f", written {d['record_time']}"
+        if d["release"]:
+            head += f" by {d['release']}"
+        chunks.append(head)
+        text = d["text"].rstrip("\n")
+        if not d["complete"]:
+            size = sum(r["size"] for r in d["records"])
+            text += (
+                f"\n(a compressed part could not be decoded here; its {size} raw bytes "
+                "are kept in the store)"
+            )
+        chunks.append(text)
+    return "\n".join(chunks)

@@ -12,6 +12,7 @@ import pytest
 
 from khod.cli import khoctl, khod_main
 from khod.cli.common import run_main
+from khod.store.schema import HEAD_REVISION
 from tests import variants
 from tests.conftest import FIXTURES, SysrootFactory
 
@@ -108,8 +109,18 @@ def test_tables_without_json(db_url: str, capsys: pytest.CaptureFixture[str]) ->
         == 0
     )
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["BOOTED", "(UTC)", "BOOT", "RELEASE", "KIND", "FROM", "COUNT", "ABI"]
-    assert out[1].split()[2:] == ["7.3.4-khlab-a", "kexec", "7.3.4-khlab-a", "1", "kho-v4"]
+    assert out[0].split() == [
+        "BOOTED",
+        "(UTC)",
+        "BOOT",
+        "RELEASE",
+        "KIND",
+        "FROM",
+        "COUNT",
+        "ABI",
+        "PSTORE",
+    ]
+    assert out[1].split()[2:] == ["7.3.4-khlab-a", "kexec", "7.3.4-khlab-a", "1", "kho-v4", "0"]
     assert (
         run_main("khoctl", khoctl.main, ["status", "--sysroot", str(steps[-1]), "--db", db_url])
         == 0
@@ -119,9 +130,9 @@ def test_tables_without_json(db_url: str, capsys: pytest.CaptureFixture[str]) ->
 
 def test_db_upgrade_and_current(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_main("khoctl", khoctl.main, ["db", "upgrade", "--db", db_url]) == 0
-    assert "schema empty -> 0001 (head)" in capsys.readouterr().out
+    assert f"schema empty -> {HEAD_REVISION} (head)" in capsys.readouterr().out
     assert run_main("khoctl", khoctl.main, ["db", "current", "--db", db_url]) == 0
-    assert "schema 0001 (head)" in capsys.readouterr().out
+    assert f"schema {HEAD_REVISION} (head)" in capsys.readouterr().out
 
 
 def test_read_commands_do_not_create_a_database(

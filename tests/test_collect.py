@@ -247,3 +247,14 @@ def test_no_boot_id_is_one_clear_error(sysroot: SysrootFactory) -> None:
 def test_empty_root(tmp_path: Path) -> None:
     with pytest.raises(KhodError, match="cannot identify this boot"):
         collect(HostPaths(tmp_path))
+
+
+def test_7_4_bootmem_names_are_read_like_scratch(sysroot: SysrootFactory) -> None:
+    # 7.4 renamed out/scratch_{phys,len} to out/bootmem_{phys,len}
+    root = sysroot("kexec1/step1")
+    out = root / KHO / "out"
+    (out / "scratch_phys").rename(out / "bootmem_phys")
+    (out / "scratch_len").rename(out / "bootmem_len")
+    obs = collect(HostPaths(root))
+    assert [n for _, n in obs.scratch] == [16 << 20, 64 << 20, 16 << 20]
+    assert {b.name for b in obs.blobs} >= {"bootmem_phys", "bootmem_len"}

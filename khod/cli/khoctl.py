@@ -43,6 +43,11 @@ def parser() -> argparse.ArgumentParser:
                 metavar="BOOT_ID",
                 help="end the chain at this boot (default: this boot, or the newest)",
             )
+    c = cmd("dmesg", "what a boot's predecessor left in pstore (default: this boot's)")
+    c.add_argument("boot", nargs="?", metavar="BOOT", help="boot id, or a unique prefix of one")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--type", metavar="TYPE", help="only records of this type (dmesg, console...)")
+    c.add_argument("--machine", metavar="ID", help="machine id (default: this host's)")
     c = cmd("db", "manage the store's schema")
     c.add_argument("action", choices=("upgrade", "current"))
     return p
@@ -99,7 +104,9 @@ def _boots(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 
     store = open_store(args.db, create=False)
     machine = args.machine
-    if machine is None and not getattr(args, "all", False):
+    # a boot named by id is looked up on every machine unless one is given
+    named = getattr(args, "boot", None)
+    if machine is None and not getattr(args, "all", False) and not named:
         machine = this_machine(host_paths(args))
     try:
         boots = list(load_boots(store, machine, getattr(args, "limit", None)))
@@ -109,14 +116,25 @@ def _boots(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    from khod.store.boots import pstore_counts  # noqa: PLC0415
+    from khod.store.db import open_store  # noqa: PLC0415
     from khod.views import BOOT_COLUMNS, boot_json, table  # noqa: PLC0415
 
     _, boots = _boots(args)
-    rows = [boot_json(b, history=True) for b in boots]
+    store = open_store(args.db, create=False)
+    try:
+        counts = pstore_counts(store, [b.id for b in boots if b.id is not None])
+    finally:
+        store.dispose()
+    rows = []
+    for b in boots:
+        d = boot_json(b, history=True)
+        d["pstore_records"] = counts.get(b.id or 0, 0)
+        rows.append(d)
     if args.json:
         print_json(rows)
     elif rows:
-        print(table(rows, BOOT_COLUMNS))
+        print(table(rows, (*BOOT_COLUMNS, ("PSTORE", "pstore_records"))))
     else:
         print("no boots recorded")
     return 0
@@ -142,6 +160,49 @@ def cmd_chain(args: argparse.Namespace) -> int:
     return 0
 
 
+def pick_boot(boots: Sequence[Any], wanted: str | None, current: str | None) -> Any:
+    """A boot by id or unique prefix; by default this boot, else the newest."""
+    if wanted:
+        hits = [b for b in boots if b.boot_id.startswith(wanted.lower())]
+        if len(hits) > 1:
+            raise KhodError(f"boot {wanted!r} is ambiguous: {len(hits)} boots match")
+        if not hits:
+            raise KhodError(f"boot {wanted!r} is not recorded")
+        return hits[0]
+    for b in boots:
+        if b.boot_id == current:
+            return b
+    if not boots:
+        raise KhodError("no boots recorded")
+    return boots[0]
+
+
+def cmd_dmesg(args: argparse.Namespace) -> int:
+    from khod.store.boots import load_pstore  # noqa: PLC0415
+    from khod.store.db import open_store  # noqa: PLC0415
+    from khod.views import dumps_json, dumps_text  # noqa: PLC0415
+
+    _, boots = _boots(args)
+    boot = pick_boot(boots, args.boot, this_boot(host_paths(args)))
+    store = open_store(args.db, create=False)
+    try:
+        records = load_pstore(store, boot.id)
+    finally:
+        store.dispose()
+    if args.type:
+        records = [r for r in records if r["type"] == args.type]
+    described = {r["describes"] for r in records} - {None}
+    prev = next((b.boot_id for b in boots if b.id in described), None)
+    dumps = dumps_json(records)
+    if args.json:
+        print_json({"boot_id": boot.boot_id, "previous_boot_id": prev, "dumps": dumps})
+    elif dumps:
+        print(dumps_text(dumps))
+    else:
+        print(f"no pstore records were found at boot {boot.boot_id}")
+    return 0
+
+
 def cmd_db(args: argparse.Namespace) -> int:
     from khod.store.db import current_revision, open_store  # noqa: PLC0415
     from khod.store.schema import HEAD_REVISION  # noqa: PLC0415
@@ -162,7 +223,13 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"status": cmd_status, "history": cmd_history, "chain": cmd_chain, "db": cmd_db}
+COMMANDS = {
+    "status": cmd_status,
+    "history": cmd_history,
+    "chain": cmd_chain,
+    "dmesg": cmd_dmesg,
+    "db": cmd_db,
+}
 
 
 def main(argv: Sequence[str]) -> int:

@@ -7,14 +7,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from khod import __version__
 from khod.errors import StoreError
-from khod.observation import BootKind, BootObservation, Event
+from khod.observation import BootKind, BootObservation, Event, PstoreRecord
 from khod.store.db import Store, describe_db_error
-from khod.store.schema import blobs, boots, events
+from khod.store.schema import blobs, boots, events, pstore_records
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class SaveResult:
     created: bool
     new_blobs: int
     new_events: int
+    new_pstore: int = 0
 
 
 def boot_values(obs: BootObservation) -> dict[str, Any]:
@@ -106,9 +107,12 @@ def save_observation(store: Store, obs: BootObservation) -> SaveResult:
         try:
             with store.writer.begin() as conn:
                 return _save(conn, obs)
-        except IntegrityError:
-            if attempt == 2:
-                raise StoreError(f"cannot record boot {obs.boot_id}: conflicting writers") from None
+        except IntegrityError as e:
+            msg = describe_db_error(e)
+            # a concurrent writer inserted the same boot or record first: look again
+            race = "UNIQUE constraint" in msg or "duplicate key" in msg
+            if not race or attempt == 2:
+                raise StoreError(f"cannot record boot {obs.boot_id}: {msg}") from None
         except SQLAlchemyError as e:
             raise StoreError(
                 f"cannot write to database {store.location}: {describe_db_error(e)}"
@@ -158,7 +162,100 @@ def _save(conn: Connection, obs: BootObservation) -> SaveResult:
             new_events.append(_event_values(pk, e, now))
     if new_events:
         conn.execute(insert(events), new_events)
-    return SaveResult(pk, created, len(new_blobs), len(new_events))
+    new_pstore = _save_pstore(conn, obs.machine_id, pk, obs.pstore, now)
+    return SaveResult(pk, created, len(new_blobs), len(new_events), new_pstore)
+
+
+def save_later(
+    store: Store,
+    boot_pk: int,
+    machine_id: str,
+    records: Sequence[PstoreRecord] = (),
+    evs: Sequence[Event] = (),
+) -> SaveResult:
+    """Add pstore records and events to a boot already recorded (a late pstore backend,
+    the outcome of unlinking pstore files)."""
+    now = time.time()
+    try:
+        with store.writer.begin() as conn:
+            have = set(
+                conn.execute(
+                    select(events.c.fingerprint).where(events.c.boot_pk == boot_pk)
+                ).scalars()
+            )
+            rows = []
+            for e in evs:
+                if e.fingerprint not in have:
+                    have.add(e.fingerprint)
+                    rows.append(_event_values(boot_pk, e, now))
+            if rows:
+                conn.execute(insert(events), rows)
+            new_pstore = _save_pstore(conn, machine_id, boot_pk, records, now)
+            return SaveResult(boot_pk, False, 0, len(rows), new_pstore)
+    except SQLAlchemyError as e:
+        raise StoreError(
+            f"cannot write to database {store.location}: {describe_db_error(e)}"
+        ) from None
+
+
+def predecessor(conn: Connection, machine_id: str, boot_pk: int) -> int | None:
+    """The boot recorded just before this one on the same machine (by boot time)."""
+    me = conn.execute(select(boots.c.booted_at).where(boots.c.id == boot_pk)).scalar()
+    q = select(boots.c.id).where(boots.c.machine_id == machine_id, boots.c.id != boot_pk)
+    if me is not None:
+        q = q.where(boots.c.booted_at < me).order_by(boots.c.booted_at.desc(), boots.c.id.desc())
+    else:
+        q = q.where(boots.c.id < boot_pk).order_by(boots.c.id.desc())
+    return conn.execute(q.limit(1)).scalar()
+
+
+def _pstore_values(
+    r: PstoreRecord, machine_id: str, pk: int, prev: int | None, now: float
+) -> dict[str, Any]:
+    return {
+        "machine_id": machine_id,
+        "sha256": r.sha256,
+        "collected_by": pk,
+        "describes": prev,
+        "location": r.location,
+        "path": r.path,
+        "name": r.name,
+        "type": r.type,
+        "backend": r.backend,
+        "record_id": r.record_id if r.record_id is not None and r.record_id < 2**63 else None,
+        "part": r.part,
+        "reason": r.reason,
+        "count": r.count,
+        "record_time": r.record_time,
+        "compressed": r.compressed,
+        "inflate_status": r.inflate_status,
+        "size": len(r.raw),
+        "raw": r.raw,
+        "text": r.text,
+        "release": r.release,
+        "dump_key": r.dump_key,
+        "collected_at": now,
+    }
+
+
+def _save_pstore(
+    conn: Connection, machine_id: str, pk: int, records: Sequence[PstoreRecord], now: float
+) -> int:
+    if not records:
+        return 0
+    have = set(
+        conn.execute(
+            select(pstore_records.c.sha256).where(
+                pstore_records.c.machine_id == machine_id,
+                pstore_records.c.sha256.in_([r.sha256 for r in records]),
+            )
+        ).scalars()
+    )
+    prev = predecessor(conn, machine_id, pk)
+    rows = [_pstore_values(r, machine_id, pk, prev, now) for r in records if r.sha256 not in have]
+    if rows:
+        conn.execute(insert(pstore_records), rows)
+    return len(rows)
 
 
 def load_boot(store: Store, machine_id: str, boot_id: str) -> BootRecord | None:
@@ -194,6 +291,26 @@ def load_events(store: Store, boot_pk: int) -> list[dict[str, Any]]:
                 select(events).where(events.c.boot_pk == boot_pk).order_by(events.c.id)
             ).mappings()
         ]
+
+
+def load_pstore(store: Store, boot_pk: int) -> list[dict[str, Any]]:
+    """Records found at this boot's ingest: what its predecessor left. Dumps in order of
+    their record time; the parts of one dump oldest first (highest part first)."""
+    q = select(pstore_records).where(pstore_records.c.collected_by == boot_pk)
+    with store.engine.connect() as conn:
+        rows = [dict(r) for r in conn.execute(q).mappings()]
+    rows.sort(key=lambda r: (r["type"] != "dmesg", r["dump_key"], -(r["part"] or 0), r["id"]))
+    return rows
+
+
+def pstore_counts(store: Store, boot_pks: Sequence[int]) -> dict[int, int]:
+    q = (
+        select(pstore_records.c.collected_by, func.count())
+        .where(pstore_records.c.collected_by.in_(list(boot_pks)))
+        .group_by(pstore_records.c.collected_by)
+    )
+    with store.engine.connect() as conn:
+        return {pk: n for pk, n in conn.execute(q)}
 
 
 def chain_of(boots_newest_first: Sequence[BootRecord], boot_id: str | None) -> list[BootRecord]:

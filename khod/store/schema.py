@@ -25,7 +25,7 @@ from sqlalchemy import (
 
 # The revision ``migrations/versions`` ends at; a test checks they agree. Knowing it
 # here lets start-up skip importing Alembic when the database is already current.
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -93,4 +93,37 @@ events = Table(
     Column("message", Text, nullable=False),
     Column("fingerprint", String(64), nullable=False),
     UniqueConstraint("boot_pk", "fingerprint"),
+)
+
+# One row per pstore record file (a dump may have several parts), once per machine and
+# content: the same bytes seen in /sys/fs/pstore, in systemd-pstore's archive and in the
+# pstore-kho subtree, or seen again at a later boot, are one row.
+pstore_records = Table(
+    "pstore_records",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("machine_id", String(64), nullable=False),
+    Column("sha256", String(64), nullable=False),  # of the raw bytes
+    # the boot whose ingest found it, and the boot it describes (the one before)
+    Column("collected_by", ForeignKey("boots.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("describes", ForeignKey("boots.id", ondelete="SET NULL"), index=True),
+    Column("location", String(8), nullable=False),  # pstore | archive | kho
+    Column("path", Text, nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("backend", String(64), nullable=False),
+    Column("record_id", BigInteger),  # EFI/ERST ids are 64-bit CPER record ids
+    Column("part", Integer),
+    Column("reason", String(32)),
+    Column("count", Integer),
+    Column("record_time", Float),
+    Column("compressed", Boolean, nullable=False),
+    Column("inflate_status", String(16), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+    Column("text", Text),
+    Column("release", Text),  # the kernel that wrote it (its "Linux version" banner)
+    Column("dump_key", Text, nullable=False),
+    Column("collected_at", Float, nullable=False),
+    UniqueConstraint("machine_id", "sha256"),
 )

@@ -1,0 +1,72 @@
+"""Ingest: collect this boot and save it; rescan pstore alone when a backend loads late."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from khod.collect import collect
+from khod.collect_pstore import collect_pstore
+from khod.errors import KhodError, SourceError
+from khod.observation import BootObservation, Event, PstoreRecord, Severity
+from khod.parse.pstore import DEFAULT_INFLATE_LIMIT
+from khod.paths import HostPaths
+from khod.sources.files import read_optional
+from khod.store.boots import SaveResult, load_boot, save_later, save_observation
+from khod.store.db import Store
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    own_pstore: bool = False
+    inflate_limit: int = DEFAULT_INFLATE_LIMIT
+
+
+def _release(
+    paths: HostPaths,
+    store: Store,
+    boot_pk: int,
+    machine_id: str,
+    *,
+    records: Sequence[PstoreRecord],
+    opts: IngestOptions,
+) -> list[Event]:
+    """Unlink owned pstore files; only called once their rows are committed."""
+    if not opts.own_pstore:
+        return []
+    from khod.pstore_owner import release_pstore_files  # noqa: PLC0415
+
+    released = release_pstore_files(paths, records)
+    save_later(store, boot_pk, machine_id, evs=released)
+    return released
+
+
+def ingest_boot(
+    paths: HostPaths, store: Store, opts: IngestOptions
+) -> tuple[BootObservation, SaveResult, list[Event]]:
+    """Collect and save this boot (committed, synchronous=FULL), then release pstore."""
+    obs = collect(paths, opts.inflate_limit)
+    result = save_observation(store, obs)
+    later = _release(paths, store, result.boot_pk, obs.machine_id, records=obs.pstore, opts=opts)
+    return obs, result, later
+
+
+def rescan_pstore(
+    paths: HostPaths, store: Store, machine_id: str, boot_id: str, opts: IngestOptions
+) -> tuple[SaveResult, list[Event]]:
+    """A pstore backend registered late: add its records to this (recorded) boot."""
+    boot = load_boot(store, machine_id, boot_id)
+    if boot is None or boot.id is None:
+        raise KhodError(f"boot {boot_id} is not recorded yet; ingest it first")
+    shown = paths.rel(paths.kho_in_subtrees / "pstore-kho")
+    events: list[Event] = []
+    try:
+        subtree = read_optional(paths.kho_in_subtrees / "pstore-kho", shown)
+    except SourceError as e:
+        events.append(Event("read-error", e.source, Severity.WARNING, str(e)))
+        subtree = None
+    records, more = collect_pstore(paths, subtree, opts.inflate_limit)
+    events += more
+    result = save_later(store, boot.id, machine_id, records, events)
+    later = _release(paths, store, boot.id, machine_id, records=records, opts=opts)
+    return result, events + later

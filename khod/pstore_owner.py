@@ -1,0 +1,59 @@
+"""Unlinking pstore files, for a host configured to let khod own pstore.
+
+Unlinking a pstore file calls the backend's ``erase()`` (``fs/pstore/inode.c``); a
+backend without one (pstore_kho, some firmware) answers EPERM, which is expected. Only
+called after the records' rows are committed with ``synchronous=FULL``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable
+
+from khod.observation import Event, PstoreRecord, Severity
+from khod.paths import HostPaths
+
+
+def release_pstore_files(paths: HostPaths, records: Iterable[PstoreRecord]) -> list[Event]:
+    events = []
+    for r in records:
+        if r.location != "pstore":
+            continue  # never touch systemd-pstore's archive or KHO
+        path = paths.pstore / r.name
+        if path.parent != paths.pstore or "/" in r.name:
+            continue
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            if e.errno == errno.EPERM:
+                events.append(
+                    Event(
+                        "pstore-unlink-eperm",
+                        r.path,
+                        Severity.INFO,
+                        f"{r.path}: backend {r.backend} cannot erase records "
+                        "(EPERM); left in place",
+                    )
+                )
+            else:
+                events.append(
+                    Event(
+                        "pstore-unlink-failed",
+                        r.path,
+                        Severity.WARNING,
+                        f"{r.path}: cannot unlink: {e.strerror}",
+                    )
+                )
+            continue
+        events.append(
+            Event(
+                "pstore-unlinked",
+                r.path,
+                Severity.INFO,
+                f"{r.path}: unlinked after its record was committed",
+            )
+        )
+    return events

@@ -1,0 +1,88 @@
+"""Read pstore records as raw files: ``/sys/fs/pstore`` and systemd-pstore's archive.
+
+systemd-pstore (``src/pstore/pstore.c``) copies each file byte for byte into
+``/var/lib/systemd/pstore``: flat for most backends (so the next boot overwrites
+``dmesg-ramoops-0``), and for EFI/ERST into a directory named after the record id's
+leading digits, next to a reassembled ``dmesg.txt``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from khod.errors import SourceError
+from khod.paths import HostPaths
+from khod.sources.files import describe_oserror, read_bytes
+
+PSTORE_READ_LIMIT = 32 << 20
+MAX_FILES = 4096
+
+
+@dataclass(frozen=True)
+class PstoreFile:
+    location: str  # "pstore" | "archive" | "kho" (the pstore-kho subtree)
+    path: Path | None  # None for a record that came from a KHO subtree
+    shown: str  # path relative to the sysroot, for messages and the store
+    name: str  # file name (dmesg.txt for a reassembled archive record)
+    data: bytes
+    mtime_ns: int
+
+
+def _entries(d: Path) -> list[os.DirEntry[str]]:
+    with os.scandir(d) as it:
+        return sorted(it, key=lambda e: e.name)[:MAX_FILES]
+
+
+def _read(
+    paths: HostPaths, location: str, path: Path, errors: list[SourceError]
+) -> PstoreFile | None:
+    shown = paths.rel(path)
+    try:
+        st = os.stat(path, follow_symlinks=False)
+        if stat.S_ISLNK(st.st_mode):
+            raise SourceError(shown, "is a symbolic link; not followed")
+        data = read_bytes(path, shown, PSTORE_READ_LIMIT)
+    except SourceError as e:
+        errors.append(e)
+        return None
+    except OSError as e:
+        errors.append(SourceError(shown, describe_oserror(e)))
+        return None
+    return PstoreFile(location, path, shown, path.name, data, st.st_mtime_ns)
+
+
+def read_pstore_files(paths: HostPaths) -> tuple[list[PstoreFile], list[SourceError]]:
+    """Every record file in both places; errors for what could not be read."""
+    files: list[PstoreFile] = []
+    errors: list[SourceError] = []
+    for location, base in (("pstore", paths.pstore), ("archive", paths.systemd_pstore_archive)):
+        try:
+            entries = _entries(base)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            errors.append(SourceError(paths.rel(base), describe_oserror(e)))
+            continue
+        for entry in entries:
+            p = Path(entry.path)
+            if location == "archive" and entry.is_dir(follow_symlinks=False):
+                try:
+                    sub = _entries(p)
+                except OSError as err:
+                    errors.append(SourceError(paths.rel(p), describe_oserror(err)))
+                    continue
+                parts = [e for e in sub if e.name != "dmesg.txt"]
+                # dmesg.txt only reassembles the part files beside it: read it alone
+                # when the parts are gone
+                for part in parts or sub:
+                    f = _read(paths, location, Path(part.path), errors)
+                    if f:
+                        files.append(f)
+                continue
+            f = _read(paths, location, p, errors)
+            if f:
+                files.append(f)
+    return files, errors
