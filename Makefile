@@ -6,8 +6,12 @@ VENV     ?= .venv
 BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.khod-installed
 # Debian packages: build deps of systemd-python (libsystemd-dev, pkg-config) and
-# pylibfdt (swig), a compiler and headers, and dtc (a second FDT decoder in tests).
-DEB_PKGS ?= gcc python3-dev python3-venv pkg-config libsystemd-dev swig device-tree-compiler
+# pylibfdt (swig), a compiler and headers; for the tests: dtc (a second FDT decoder),
+# systemd (systemd-analyze, journalctl), prometheus (promtool), util-linux (setpriv).
+DEB_PKGS ?= gcc python3-dev python3-venv pkg-config libsystemd-dev swig device-tree-compiler \
+            systemd prometheus util-linux
+# benchmarks compare against node_exporter
+BENCH_PKGS ?= prometheus-node-exporter
 
 .PHONY: all deps sysdeps run test check lint typecheck pytest bench clean
 
@@ -52,7 +56,8 @@ check: lint typecheck
 test: check pytest
 
 bench: deps
-	$(BIN)/python bench/run.py
+	$(MAKE) sysdeps DEB_PKGS="$(BENCH_PKGS)"
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

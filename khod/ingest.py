@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from khod.collect import collect
 from khod.collect_pstore import collect_pstore
@@ -70,3 +71,39 @@ def rescan_pstore(
     result = save_later(store, boot.id, machine_id, records, events)
     later = _release(paths, store, boot.id, machine_id, records=records, opts=opts)
     return result, events + later
+
+
+def recover_spools(
+    spool_dir: Path, store: Store, opts: IngestOptions, current: str | None
+) -> list[str]:
+    """Ingest boots captured by an earlier daemon start that never finished ingesting
+    (e.g. a boot that crashed within seconds). Each spool is unpacked into a temporary
+    tree shaped like ``/`` and ingested from there; pstore files are not unlinked."""
+    import shutil  # noqa: PLC0415
+    import tempfile  # noqa: PLC0415
+
+    from khod.capture import unpack  # noqa: PLC0415
+
+    lines = []
+    try:
+        spools = sorted(spool_dir.glob("*.spool"))
+    except OSError:
+        return []
+    for sp in spools:
+        if sp.stem == current:
+            continue  # this boot (current = its boot id): ingested live right after
+        tmp = Path(tempfile.mkdtemp(prefix="khod-spool-"))
+        try:
+            unpack(str(sp), str(tmp))
+            obs = collect(HostPaths(tmp), opts.inflate_limit)
+            result = save_observation(store, obs)
+            lines.append(
+                f"recovered boot {obs.boot_id} from its spool "
+                f"({'recorded' if result.created else 'already recorded'})"
+            )
+            sp.unlink()
+        except (OSError, ValueError, KhodError) as e:
+            lines.append(f"warning: spool {sp.name} not ingested: {e}")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return lines

@@ -54,3 +54,9 @@ def test_bad_boot_id(data: bytes) -> None:
 def test_bad_scratch() -> None:
     with pytest.raises(ParseError, match="line 2"):
         proc.parse_scratch(b"0x10\nzz\n", "s")
+
+
+def test_hostile_release_is_kept_visible() -> None:
+    assert proc.parse_osrelease(b'7.3.4-"a\\b\xff\n', "r") == '7.3.4-"a\\b\\xff'
+    with pytest.raises(ParseError):
+        proc.parse_osrelease(b"\n", "r")

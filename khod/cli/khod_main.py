@@ -1,18 +1,61 @@
-"""khod: record this boot's KHO state (and, later, stay up to serve metrics)."""
+"""khod: record this boot's kexec handover (KHO) state and pstore records; without
+``--once``, stay up to serve Prometheus metrics.
+
+The daemon's first act is the boot capture (``khod.capture``, standard library only):
+this module imports nothing else at the top, so that capture happens before argparse,
+SQLAlchemy or prometheus-client are loaded.
+"""
 
 from __future__ import annotations
 
-import argparse
+import os
 import sys
 from collections.abc import Sequence
-
-from khod import __version__
-from khod.cli.common import add_common, host_paths, run_main
-from khod.errors import KhodError
-from khod.observation import Severity
+from typing import Any
 
 
-def parser() -> argparse.ArgumentParser:
+def _argv_value(argv: Sequence[str], name: str) -> str | None:
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def default_state_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/khod"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(base, "khod")
+
+
+def early_capture(argv: Sequence[str]) -> str | None:
+    """Daemon start: spool this boot's incoming state before anything heavy is imported.
+    The state dir comes from the command line or the default (not the config file, whose
+    parser is not loaded yet)."""
+    if "--once" in argv or any(a in argv for a in ("-h", "--help", "--version")):
+        return None
+    from khod.capture import capture  # noqa: PLC0415
+
+    root = _argv_value(argv, "--sysroot") or "/"
+    state = _argv_value(argv, "--state-dir") or default_state_dir()
+    try:
+        return capture(root, os.path.join(state, "spool"))
+    except OSError as e:
+        print(f"khod: warning: boot capture failed: {e.strerror}", file=sys.stderr)
+        return None
+
+
+def parser() -> Any:
+    import argparse  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from khod import __version__  # noqa: PLC0415
+    from khod.cli.common import add_common  # noqa: PLC0415
+
     p = argparse.ArgumentParser(
         prog="khod",
         description="Record this boot's kexec handover "
@@ -21,48 +64,211 @@ def parser() -> argparse.ArgumentParser:
     add_common(p)
     p.add_argument("--once", action="store_true", help="ingest this boot and exit")
     p.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="configuration file (default: /etc/khod/khod.toml, if present)",
+    )
+    p.add_argument(
+        "--listen",
+        metavar="ADDR:PORT",
+        help="serve /metrics here (daemon.listen; default 127.0.0.1:9733)",
+    )
+    p.add_argument(
+        "--textfile",
+        metavar="PATH",
+        help="also write the metrics here, for node_exporter (daemon.textfile)",
+    )
+    p.add_argument(
+        "--no-watch-modules",
+        action="store_true",
+        help="do not rescan pstore when a module loads (daemon.watch_modules)",
+    )
+    p.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="spool and metrics snapshot (store.state_dir; default /var/lib/khod for root)",
+    )
+    p.add_argument(
         "--own-pstore",
         action="store_true",
+        default=None,
         help="unlink /sys/fs/pstore files once their records are committed "
-        "(only where nothing else, e.g. systemd-pstore, collects them)",
+        "(pstore.own; only where nothing else collects them)",
     )
     p.add_argument(
         "--pstore-inflate-limit",
-        type=int,
-        default=16 << 20,
-        metavar="BYTES",
-        help="store a compressed pstore record raw if it would inflate past this (default: 16 MiB)",
+        metavar="SIZE",
+        help="keep a compressed pstore record raw past this size (pstore.inflate_"
+        "limit; default 16MiB)",
     )
+    p.add_argument("--max-boots", metavar="N", help="retention.max_boots (default 10000)")
+    p.add_argument("--max-age", metavar="AGE", help="retention.max_age (default 730d)")
+    p.add_argument("--max-bytes", metavar="SIZE", help="retention.max_bytes (default 1GiB)")
+    # used by the daemon for its ingest child
+    p.add_argument("--snapshot", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--journal", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--pstore-rescan", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"khod {__version__}")
     return p
 
 
+def effective_config(args: Any) -> Any:
+    """The config file, then the command line over it; errors name the key."""
+    from dataclasses import replace  # noqa: PLC0415
+
+    from khod.config import (  # noqa: PLC0415
+        load_config,
+        parse_duration,
+        parse_listen,
+        parse_size,
+    )
+
+    cfg = load_config(args.config)
+    over: dict[str, Any] = {}
+    if args.listen is not None:
+        over["listen"] = parse_listen(args.listen, "--listen")
+    if args.textfile is not None:
+        over["textfile"] = args.textfile
+    if args.no_watch_modules:
+        over["watch_modules"] = False
+    if args.db is not None:
+        over["db"] = args.db
+    if args.state_dir is not None:
+        over["state_dir"] = args.state_dir
+    if args.own_pstore:
+        over["own_pstore"] = True
+    if args.pstore_inflate_limit is not None:
+        over["inflate_limit"] = parse_size(args.pstore_inflate_limit, "--pstore-inflate-limit")
+    for flag, key in (("max_boots", "max_boots"), ("max_bytes", "max_bytes")):
+        v = getattr(args, flag)
+        if v is not None:
+            over[key] = (
+                parse_size(v, "--" + flag.replace("_", "-"))
+                if key == "max_bytes"
+                else (_count(v, "--max-boots"))
+            )
+    if args.max_age is not None:
+        over["max_age"] = parse_duration(args.max_age, "--max-age")
+    if not (over.get("state_dir") or cfg.state_dir != "/var/lib/khod"):
+        over["state_dir"] = default_state_dir()
+    return replace(cfg, **over)
+
+
+def _count(v: str, key: str) -> int:
+    from khod.config import ConfigError  # noqa: PLC0415
+
+    if not v.isdigit():
+        raise ConfigError(f"{key}: expected a whole number >= 0, got {v!r}")
+    return int(v)
+
+
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
-    if not args.once:
-        raise KhodError("the resident daemon is not available in this version; use --once")
+    cfg = effective_config(args)
+    from khod.cli.common import host_paths  # noqa: PLC0415
+
     paths = host_paths(args)
-    from khod.ingest import IngestOptions, ingest_boot  # noqa: PLC0415
+    if not args.once:
+        from khod.daemon import Daemon, Settings  # noqa: PLC0415
+
+        def settings() -> Settings:
+            c = effective_config(args)
+            return Settings(
+                args.sysroot,
+                args.config,
+                c,
+                __import__("pathlib").Path(c.state_dir),
+                c.db or None,
+                args.debug,
+            )
+
+        return Daemon(settings(), settings).run()
+    return once(args, cfg, paths)
+
+
+def once(args: Any, cfg: Any, paths: Any) -> int:
+    import time  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from khod.ingest import IngestOptions, ingest_boot, recover_spools, rescan_pstore  # noqa: PLC0415
+    from khod.observation import Severity  # noqa: PLC0415
     from khod.store.db import open_store  # noqa: PLC0415
 
-    opts = IngestOptions(own_pstore=args.own_pstore, inflate_limit=args.pstore_inflate_limit)
-    store = open_store(args.db)
+    t0 = time.monotonic()
+    opts = IngestOptions(own_pstore=cfg.own_pstore, inflate_limit=cfg.inflate_limit)
+    store = open_store(cfg.db or None)
+    spool = Path(cfg.state_dir) / "spool"
     try:
-        obs, result, later = ingest_boot(paths, store, opts)
+        from khod.capture import read_boot_id  # noqa: PLC0415
+
+        for line in recover_spools(spool, store, opts, read_boot_id(str(paths.root))):
+            print(f"khod: {line}", file=sys.stderr)
+        if args.pstore_rescan:
+            from khod.cli.khoctl import this_boot, this_machine  # noqa: PLC0415
+
+            machine, boot = this_machine(paths), this_boot(paths)
+            if machine is None or boot is None:
+                from khod.errors import KhodError  # noqa: PLC0415
+
+                raise KhodError("cannot identify this boot for the pstore rescan")
+            result, new = rescan_pstore(paths, store, machine, boot, opts)
+            print(f"khod: pstore rescan: {result.new_pstore} new records")
+            obs = None
+        else:
+            obs, result, later = ingest_boot(paths, store, opts)
+            machine, boot = obs.machine_id, obs.boot_id
+            new = [*obs.events, *(e for e in later if e.severity is not Severity.INFO)]
+        for e in new:
+            print(f"khod: {e.severity}: {e.message}", file=sys.stderr)
+        from khod.store.retention import apply_retention  # noqa: PLC0415
+
+        dropped = apply_retention(
+            store,
+            machine,
+            result.boot_pk,
+            max_boots=cfg.max_boots,
+            max_age=cfg.max_age,
+            max_bytes=cfg.max_bytes,
+        )
+        if dropped:
+            print(f"khod: retention: removed {dropped} old boots", file=sys.stderr)
+        if args.journal and obs is not None and result.created:
+            from khod import sd  # noqa: PLC0415
+
+            sd.journal_boot(obs, list(obs.events))
+        if args.snapshot:
+            from khod.snapshot import compute_snapshot, write_snapshot  # noqa: PLC0415
+
+            write_snapshot(
+                args.snapshot,
+                compute_snapshot(
+                    store, machine, boot, ingested_at=time.time(), duration=time.monotonic() - t0
+                ),
+            )
+        (spool / f"{boot}.spool").unlink(missing_ok=True)
     finally:
         store.dispose()
-    # every problem with this boot's sources is one line; of the pstore unlinks, only
-    # the failures (EPERM and success are routine)
-    for e in [*obs.events, *(e for e in later if e.severity is not Severity.INFO)]:
-        print(f"khod: {e.severity}: {e.message}", file=sys.stderr)
-    what = f"{obs.kind}"
-    if obs.previous_release is not None or obs.kexec_count:
-        what += f" from {obs.previous_release or '?'}, count {obs.kexec_count}"
-    verb = "recorded" if result.created else "already recorded"
-    pstore = f"; {result.new_pstore} new pstore records" if result.new_pstore else ""
-    print(f"khod: {verb} boot {obs.boot_id} ({obs.release}, {what}){pstore} in {store.location}")
+    if obs is not None:
+        what = f"{obs.kind}"
+        if obs.previous_release is not None or obs.kexec_count:
+            what += f" from {obs.previous_release or '?'}, count {obs.kexec_count}"
+        verb = "recorded" if result.created else "already recorded"
+        ps = f"; {result.new_pstore} new pstore records" if result.new_pstore else ""
+        print(f"khod: {verb} boot {obs.boot_id} ({obs.release}, {what}){ps} in {store.location}")
     return 0
 
 
 def run() -> None:
-    sys.exit(run_main("khod", main, sys.argv[1:]))
+    argv = sys.argv[1:]
+    os.umask(0o077)  # the state dir, spool, database and snapshot are private
+    if "--capture-only" in argv:  # the boot-capture benchmark
+        sys.exit(0 if early_capture([a for a in argv if a != "--capture-only"]) else 1)
+    early_capture(argv)
+    from khod.cli.common import run_main  # noqa: PLC0415
+
+    sys.exit(run_main("khod", main, argv))
+
+
+if __name__ == "__main__":
+    run()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from khod.errors import ParseError
+from khod.parse.metadata import decode_release
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _MACHINE_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -35,9 +36,13 @@ def parse_machine_id(data: bytes, source: str) -> str:
 
 
 def parse_osrelease(data: bytes, source: str) -> str:
-    text = _text(data, source, 256)
-    if not text or not text.isprintable():
-        raise ParseError(source, 0, "empty or unprintable kernel release")
+    """The running release. Odd bytes (a hostile LOCALVERSION) are shown as \\xNN rather
+    than refused: the boot must still be recorded."""
+    if len(data) > 256:
+        raise ParseError(source, 256, "longer than 256 bytes")
+    text, _ = decode_release(data.strip())
+    if not text:
+        raise ParseError(source, 0, "empty kernel release")
     return text
 
 

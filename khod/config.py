@@ -1,0 +1,159 @@
+"""``/etc/khod/khod.toml``: every key, its default, and one-line errors naming the key.
+
+[daemon]
+listen = "127.0.0.1:9733"     # /metrics; another address is an explicit choice
+textfile = ""                 # also write the exposition here (node_exporter)
+watch_modules = true          # rescan pstore when a module (backend) loads
+
+[store]
+db = ""                       # SQLAlchemy URL; "" = the default SQLite file
+state_dir = "/var/lib/khod"   # spool of captured boots, metrics snapshot
+
+[pstore]
+own = false                   # unlink /sys/fs/pstore files once committed
+inflate_limit = "16MiB"       # larger .enc.z records are kept compressed
+
+[retention]                   # applied after every ingest; this boot is always kept
+max_boots = 10000             # per machine; 0 = no limit
+max_age = "730d"              # s, m, h, d; "0" = no limit
+max_bytes = "1GiB"            # raw blobs and pstore bytes per machine; "0" = no limit
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from khod.errors import KhodError
+
+DEFAULT_PATH = Path("/etc/khod/khod.toml")
+_SIZE = re.compile(r"^(\d+)\s*(B|KiB|MiB|GiB|TiB|K|M|G|T)?$")
+_DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)?$")
+_UNITS = {
+    None: 1,
+    "B": 1,
+    "K": 1 << 10,
+    "KiB": 1 << 10,
+    "M": 1 << 20,
+    "MiB": 1 << 20,
+    "G": 1 << 30,
+    "GiB": 1 << 30,
+    "T": 1 << 40,
+    "TiB": 1 << 40,
+}
+_SECONDS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ConfigError(KhodError):
+    pass
+
+
+def parse_size(value: object, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    m = _SIZE.match(str(value).strip()) if isinstance(value, str) else None
+    if not m:
+        raise ConfigError(f"{key}: expected a size like '16MiB', got {value!r}")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_duration(value: object, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    m = _DURATION.match(str(value).strip()) if isinstance(value, str) else None
+    if not m:
+        raise ConfigError(f"{key}: expected a duration like '30d', got {value!r}")
+    return int(m.group(1)) * _SECONDS[m.group(2)]
+
+
+def parse_listen(value: object, key: str) -> tuple[str, int]:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected 'ADDRESS:PORT', got {value!r}")
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key}: expected 'ADDRESS:PORT', got {value!r}")
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: tuple[str, int] = ("127.0.0.1", 9733)
+    textfile: str = ""
+    watch_modules: bool = True
+    db: str = ""
+    state_dir: str = "/var/lib/khod"
+    own_pstore: bool = False
+    inflate_limit: int = 16 << 20
+    max_boots: int = 10000
+    max_age: int = 730 * 86400
+    max_bytes: int = 1 << 30
+    source: str = field(default="defaults", compare=False)
+
+
+# (section, key) -> (Config field, converter)
+def _bool(v: object, key: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{key}: expected true or false, got {v!r}")
+    return v
+
+
+def _str(v: object, key: str) -> str:
+    if not isinstance(v, str):
+        raise ConfigError(f"{key}: expected a string, got {v!r}")
+    return v
+
+
+def _count(v: object, key: str) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise ConfigError(f"{key}: expected a whole number >= 0, got {v!r}")
+    return v
+
+
+KEYS: dict[tuple[str, str], tuple[str, Any]] = {
+    ("daemon", "listen"): ("listen", parse_listen),
+    ("daemon", "textfile"): ("textfile", _str),
+    ("daemon", "watch_modules"): ("watch_modules", _bool),
+    ("store", "db"): ("db", _str),
+    ("store", "state_dir"): ("state_dir", _str),
+    ("pstore", "own"): ("own_pstore", _bool),
+    ("pstore", "inflate_limit"): ("inflate_limit", parse_size),
+    ("retention", "max_boots"): ("max_boots", _count),
+    ("retention", "max_age"): ("max_age", parse_duration),
+    ("retention", "max_bytes"): ("max_bytes", parse_size),
+}
+assert {f for f, _ in KEYS.values()} == {f.name for f in fields(Config)} - {"source"}
+
+
+def load_config(path: Path | None, *, required: bool = False) -> Config:
+    """Read the file (a missing default file means defaults)."""
+    p = path or DEFAULT_PATH
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        if required or path is not None:
+            raise ConfigError(f"{p}: not found") from None
+        return Config()
+    except OSError as e:
+        raise ConfigError(f"{p}: {e.strerror}") from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    values: dict[str, Any] = {}
+    for section, table in doc.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{p}: {section}: expected a [{section}] table")
+        for key, value in table.items():
+            spec = KEYS.get((section, key))
+            if spec is None:
+                raise ConfigError(f"{p}: {section}.{key}: unknown key")
+            name, conv = spec
+            try:
+                values[name] = conv(value, f"{section}.{key}")
+            except ConfigError as e:
+                raise ConfigError(f"{p}: {e}") from None
+    return Config(**values, source=str(p))

@@ -1,0 +1,254 @@
+"""The resident daemon. It never imports SQLAlchemy: ingests run in a child process
+(``khod --once ... --snapshot``) that writes the metrics snapshot this process serves.
+
+Start: (capture already done by the entry point) -> child ingest, while this process
+binds /metrics -> READY=1 -> loop: watchdog, late pstore backends (module uevents),
+SIGHUP (reload config, ingest again), SIGTERM (stop), retry after a failed ingest.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from khod import sd
+from khod.config import Config
+from khod.errors import KhodError
+
+RETRY_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    sysroot: Path
+    config_path: Path | None
+    cfg: Config
+    state_dir: Path
+    db: str | None
+    debug: bool = False
+
+    @property
+    def snapshot(self) -> Path:
+        return self.state_dir / "metrics.json"
+
+
+def child_argv(s: Settings, *extra: str) -> list[str]:
+    c = s.cfg
+    argv = [
+        sys.executable,
+        "-m",
+        "khod.cli.khod_main",
+        "--once",
+        "--sysroot",
+        str(s.sysroot),
+        "--state-dir",
+        str(s.state_dir),
+        "--snapshot",
+        str(s.snapshot),
+        "--journal",
+        "--pstore-inflate-limit",
+        str(c.inflate_limit),
+        "--max-boots",
+        str(c.max_boots),
+        "--max-age",
+        str(c.max_age),
+        "--max-bytes",
+        str(c.max_bytes),
+    ]
+    if s.db:
+        argv += ["--db", s.db]
+    if c.own_pstore:
+        argv.append("--own-pstore")
+    return argv + list(extra)
+
+
+class Daemon:
+    def __init__(self, settings: Settings, reload: Any) -> None:
+        self.s = settings
+        self._reload = reload  # () -> Settings, re-reading the config file
+        self.stop = False
+        self.hup = False
+        self.retry_at: float | None = None
+
+    def log(self, msg: str) -> None:
+        print(f"khod: {msg}", file=sys.stderr, flush=True)
+
+    def _signals(self) -> socket.socket:
+        rsock, wsock = socket.socketpair()
+        rsock.setblocking(False)
+        wsock.setblocking(False)
+        signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
+
+        def on_signal(signum: int, _frame: object) -> None:
+            if signum == signal.SIGHUP:
+                self.hup = True
+            else:
+                self.stop = True
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, on_signal)
+        self._wsock = wsock
+        return rsock
+
+    def ingest(self, *extra: str) -> bool:
+        """Run a child ingest to completion; reload the snapshot it wrote."""
+        t0 = time.monotonic()
+        proc = subprocess.run(
+            child_argv(self.s, *extra),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return self._after(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - t0)
+
+    def _after(self, rc: int, output: str, seconds: float) -> bool:
+        for line in output.splitlines():
+            if line.strip():
+                self.log(line.removeprefix("khod: "))
+        if rc != 0:
+            self.collector.store_error()
+            self.retry_at = time.monotonic() + RETRY_SECONDS
+            sd.notify(f"STATUS=ingest failed; retrying in {RETRY_SECONDS:.0f}s")
+            return False
+        self.retry_at = None
+        self.collector.load(self.s.snapshot)
+        self.write_textfile()
+        sd.notify(f"STATUS=boot recorded ({seconds:.2f}s); serving metrics")
+        return True
+
+    def write_textfile(self) -> None:
+        if not self.s.cfg.textfile:
+            return
+        from khod.metrics import write_textfile  # noqa: PLC0415
+
+        try:
+            write_textfile(self.s.cfg.textfile, self.registry)
+        except OSError as e:
+            self.log(f"warning: cannot write {self.s.cfg.textfile}: {e.strerror}")
+
+    def run(self) -> int:
+        wake = self._signals()
+        # the first ingest runs while this process imports and binds the HTTP server
+        first = subprocess.Popen(
+            child_argv(self.s),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        t0 = time.monotonic()
+        from prometheus_client import start_http_server  # noqa: PLC0415
+
+        from khod.metrics import SnapshotCollector, make_registry  # noqa: PLC0415
+
+        self.collector = SnapshotCollector()
+        self.registry = make_registry(self.collector)
+        self.collector.load(self.s.snapshot)  # the last known state, until the child is done
+        host, port = self.s.cfg.listen
+        try:
+            httpd, _thread = start_http_server(port, host, registry=self.registry)
+        except OSError as e:
+            first.kill()
+            first.wait()
+            raise KhodError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        out, _ = first.communicate()
+        self._after(first.returncode, out, time.monotonic() - t0)
+        sd.notify("READY=1")
+        watcher = self._watcher()
+        watchdog = _watchdog_interval()
+        next_dog = time.monotonic()
+        try:
+            while not self.stop:
+                now = time.monotonic()
+                if watchdog and now >= next_dog:
+                    sd.notify("WATCHDOG=1")
+                    next_dog = now + watchdog
+                deadlines = [d for d in (next_dog if watchdog else None, self.retry_at) if d]
+                timeout = max(0.0, min(deadlines) - now) if deadlines else None
+                fds: list[Any] = [wake] + ([watcher] if watcher else [])
+                try:
+                    ready, _, _ = select.select(fds, [], [], timeout)
+                except InterruptedError:
+                    ready = []
+                if wake in ready:
+                    _drain(wake)
+                if self.stop:
+                    break
+                if self.hup:
+                    self.hup = False
+                    self._on_hup()
+                if watcher is not None and watcher in ready and watcher.drain():
+                    self.log("a kernel module loaded: rescanning pstore")
+                    self.ingest("--pstore-rescan")
+                if self.retry_at is not None and time.monotonic() >= self.retry_at:
+                    self.ingest()
+        finally:
+            sd.notify("STOPPING=1")
+            httpd.shutdown()
+            httpd.server_close()
+            if watcher is not None:
+                watcher.close()
+        return 0
+
+    def _on_hup(self) -> None:
+        try:
+            new = self._reload()
+        except KhodError as e:
+            self.log(f"error: reload failed, keeping the old configuration: {e}")
+            return
+        if new.cfg.listen != self.s.cfg.listen:
+            self.log("warning: daemon.listen changed; restart khod to apply it")
+        self.s = Settings(
+            self.s.sysroot,
+            new.config_path,
+            _with_listen(new.cfg, self.s.cfg.listen),
+            new.state_dir,
+            new.db,
+            new.debug,
+        )
+        sd.notify("RELOADING=1")
+        self.log(f"configuration reloaded from {new.cfg.source}")
+        self.ingest()
+        sd.notify("READY=1")
+
+    def _watcher(self) -> Any:
+        if not self.s.cfg.watch_modules:
+            return None
+        try:
+            from khod.udev import PyudevWatcher  # noqa: PLC0415
+
+            return PyudevWatcher("module", ("add",))
+        except Exception as e:  # no netlink (containers), no libudev: run without it
+            self.log(f"warning: not watching for late pstore backends: {e}")
+            return None
+
+
+def _with_listen(cfg: Config, listen: tuple[str, int]) -> Config:
+    from dataclasses import replace  # noqa: PLC0415
+
+    return replace(cfg, listen=listen)
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(64):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _watchdog_interval() -> float | None:
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or not usec.isdigit() or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2 / 1e6

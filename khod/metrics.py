@@ -1,0 +1,145 @@
+"""Prometheus exposition of the metrics snapshot, from a private registry and a custom
+collector that reads the snapshot at scrape time. No per-boot labels."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+
+VERDICTS = ("landed", "cold-boot", "abi-mismatch", "mismatch")
+KINDS = ("kexec", "kexec-rejected", "cold")
+SOURCES = ("kho", "kmsg", "pstore", "identity", "store")
+
+
+class SnapshotCollector:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._snap: dict[str, Any] = {}
+        self._store_errors = 0
+
+    def set(self, snap: dict[str, Any]) -> None:
+        with self._lock:
+            self._snap = snap
+
+    def load(self, path: Path) -> bool:
+        try:
+            snap = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False
+        if not isinstance(snap, dict):
+            return False
+        self.set(snap)
+        return True
+
+    def store_error(self) -> None:
+        with self._lock:
+            self._store_errors += 1
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            s = self._snap
+            store_errors = self._store_errors
+        boot = s.get("boot") or {}
+        g = GaugeMetricFamily(
+            "khod_kexecs_since_cold_boot",
+            "Kexecs since the last cold boot (kexec_count of this boot)",
+        )
+        if boot.get("kexec_count") is not None:
+            g.add_metric([], boot["kexec_count"])
+        yield g
+        info = GaugeMetricFamily(
+            "khod_boot_info",
+            "This boot: release, where it came from",
+            labels=["release", "previous_release", "kind", "kho_abi"],
+        )
+        if boot:
+            info.add_metric(
+                [
+                    boot.get("release") or "",
+                    boot.get("previous_release") or "",
+                    boot.get("kind") or "",
+                    boot.get("kho_abi") or "",
+                ],
+                1,
+            )
+        yield info
+        g = GaugeMetricFamily("khod_kho_enabled", "1 when KHO is enabled in this kernel")
+        if boot:
+            g.add_metric([], 1 if boot.get("kho_enabled") else 0)
+        yield g
+        g = GaugeMetricFamily("khod_boot_timestamp_seconds", "When this boot started")
+        if boot.get("booted_at") is not None:
+            g.add_metric([], boot["booted_at"])
+        yield g
+        g = GaugeMetricFamily("khod_kho_scratch_bytes", "KHO scratch (7.4: bootmem) bytes")
+        if boot:
+            g.add_metric([], boot.get("scratch_bytes") or 0)
+        yield g
+        g = GaugeMetricFamily("khod_boots", "Boots of this machine in the store", labels=["kind"])
+        kinds = s.get("boots_by_kind") or {}
+        for k in sorted(set(KINDS) | set(kinds)):
+            g.add_metric([k], kinds.get(k, 0))
+        yield g
+        g = GaugeMetricFamily(
+            "khod_pstore_records",
+            "pstore records of this machine in the store",
+            labels=["backend", "type"],
+        )
+        for backend, type_, n in s.get("pstore") or []:
+            g.add_metric([backend, type_], n)
+        yield g
+        c = CounterMetricFamily(
+            "khod_kexec_attempts", "Kexec attempts by their verdict", labels=["verdict"]
+        )
+        verdicts = s.get("attempts_by_verdict") or {}
+        for v in sorted(set(VERDICTS) | set(verdicts)):
+            c.add_metric([v], verdicts.get(v, 0))
+        yield c
+        c = CounterMetricFamily(
+            "khod_source_errors",
+            "Problems reading or decoding this boot's sources",
+            labels=["source"],
+        )
+        errors = dict(s.get("source_errors") or {})
+        errors["store"] = errors.get("store", 0) + store_errors
+        for src in sorted(set(SOURCES) | set(errors)):
+            c.add_metric([src], errors.get(src, 0))
+        yield c
+        g = GaugeMetricFamily(
+            "khod_last_ingest_timestamp_seconds", "When khod last ingested this boot successfully"
+        )
+        g.add_metric([], s.get("last_ingest") or math.nan)
+        yield g
+        g = GaugeMetricFamily("khod_ingest_duration_seconds", "How long the last ingest took")
+        g.add_metric([], s.get("ingest_duration") or math.nan)
+        yield g
+
+
+def make_registry(collector: SnapshotCollector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
+
+
+def write_textfile(path: str, registry: CollectorRegistry) -> None:
+    """For node_exporter's textfile collector: temp file in the same directory, rename."""
+    data = exposition(registry)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o644)  # node_exporter reads it as another user
+        f.write(data)
+    os.replace(tmp, path)

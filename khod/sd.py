@@ -1,0 +1,120 @@
+"""The one module that imports systemd-python: sd_notify and the journal.
+
+sd_notify falls back to a plain datagram on ``$NOTIFY_SOCKET`` when systemd-python is
+not importable; the journal falls back to stderr lines.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any
+
+from khod.observation import BootObservation, Event, Severity
+
+# MESSAGE_IDs of khod's journal entries; systemd/khod.catalog explains each one
+MESSAGE_IDS = {
+    "boot-recorded": "b0d3c4a7e0f14f3c9a61d2e58c7f0a11",
+    "kexec-rejected": "5a1f0e7c3b2d4e6f8a9b0c1d2e3f4a52",
+    "source-error": "c7e2b9a4d6f8410e93b5a7c1e0d2f463",
+    "anomaly": "9e4d2c1b0a3f4e5d8c7b6a5f4e3d2c74",
+    "pstore-crash": "3f8a6c2e1d4b4a9c8e7f6d5c4b3a2e85",
+    "pstore-record": "4c2e8a6f1b3d4c5e9f8a7b6c5d4e3f96",
+}
+PRIORITY = {Severity.INFO: 6, Severity.WARNING: 4, Severity.ERROR: 3}
+
+
+def notify(state: str) -> bool:
+    """sd_notify(3): READY=1, STATUS=..., WATCHDOG=1. False when not under systemd."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return False
+    try:
+        import systemd.daemon  # noqa: PLC0415
+    except ImportError:
+        return _notify_datagram(state)
+    return bool(systemd.daemon.notify(state))
+
+
+def _notify_datagram(state: str) -> bool:
+    addr = os.environ.get("NOTIFY_SOCKET", "")
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.sendto(state.encode(), addr)
+        return True
+    except OSError:
+        return False
+
+
+def event_message_id(e: Event) -> str:
+    if e.kind in ("parse-error", "read-error"):
+        return MESSAGE_IDS["source-error"]
+    return MESSAGE_IDS["anomaly"]
+
+
+def journal_fields_for_boot(obs: BootObservation) -> dict[str, Any]:
+    return {
+        "KHOD_BOOT_ID": obs.boot_id,
+        "KHOD_MACHINE_ID": obs.machine_id,
+        "KHOD_RELEASE": obs.release,
+        "KHOD_KIND": str(obs.kind),
+        "KHOD_PREVIOUS_RELEASE": obs.previous_release or "",
+        "KHOD_KEXEC_COUNT": "" if obs.kexec_count is None else str(obs.kexec_count),
+        "KHOD_KHO_ABI": obs.kho_abi or "",
+    }
+
+
+def send(message: str, message_id: str, priority: int, **fields: Any) -> None:
+    try:
+        import systemd.journal  # noqa: PLC0415
+    except ImportError:
+        print(f"khod: {message}", file=sys.stderr)
+        return
+    systemd.journal.send(
+        message, MESSAGE_ID=message_id, PRIORITY=str(priority), SYSLOG_IDENTIFIER="khod", **fields
+    )
+
+
+def journal_boot(obs: BootObservation, new_events: list[Event]) -> None:
+    """One entry for the boot, one per problem, one per crash record found."""
+    f = journal_fields_for_boot(obs)
+    what = str(obs.kind)
+    if obs.previous_release:
+        what += f" from {obs.previous_release} (count {obs.kexec_count})"
+    send(
+        f"khod recorded boot {obs.boot_id}: {obs.release}, {what}",
+        MESSAGE_IDS["boot-recorded"],
+        6,
+        **f,
+    )
+    if obs.kind == "kexec-rejected":
+        send(
+            f"kexec handover rejected: {obs.kind_reason}",
+            MESSAGE_IDS["kexec-rejected"],
+            4,
+            KHOD_REASON=obs.kind_reason or "",
+            **f,
+        )
+    for e in new_events:
+        send(
+            e.message,
+            event_message_id(e),
+            PRIORITY[e.severity],
+            KHOD_EVENT=e.kind,
+            KHOD_SOURCE=e.source,
+            **f,
+        )
+    for r in obs.pstore:
+        crash = r.reason in ("Panic", "Oops", "Emergency")
+        what = f"{r.reason}#{r.count}" if r.reason else r.type
+        send(
+            f"pstore record {r.name} ({what}) from {r.release or 'the previous kernel'}",
+            MESSAGE_IDS["pstore-crash" if crash else "pstore-record"],
+            3 if crash else 6,
+            KHOD_PSTORE_NAME=r.name,
+            KHOD_PSTORE_REASON=r.reason or "",
+            KHOD_PSTORE_BACKEND=r.backend,
+            **f,
+        )

@@ -1,0 +1,96 @@
+"""The metrics snapshot: what the resident daemon serves, computed from the store by the
+ingest child (the daemon itself never imports SQLAlchemy), written atomically as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from khod.store.boots import load_boot
+from khod.store.db import Store
+from khod.store.schema import boots, events, pstore_records
+
+SNAPSHOT_VERSION = 1
+
+
+def source_of(path: str) -> str:
+    """A low-cardinality name for where an event came from."""
+    if "/kho" in path or path in ("kho",) or "/sys/kernel/debug" in path:
+        return "kho"
+    if "kmsg" in path:
+        return "kmsg"
+    if "pstore" in path:
+        return "pstore"
+    return "identity"
+
+
+def compute_snapshot(
+    store: Store, machine_id: str, boot_id: str, *, ingested_at: float, duration: float
+) -> dict[str, Any]:
+    boot = load_boot(store, machine_id, boot_id)
+    with store.engine.connect() as conn:
+        kinds = {
+            k: n
+            for k, n in conn.execute(
+                select(boots.c.kind, func.count())
+                .where(boots.c.machine_id == machine_id)
+                .group_by(boots.c.kind)
+            )
+        }
+        pstore = [
+            [b, t, n]
+            for b, t, n in conn.execute(
+                select(pstore_records.c.backend, pstore_records.c.type, func.count())
+                .where(pstore_records.c.machine_id == machine_id)
+                .group_by(pstore_records.c.backend, pstore_records.c.type)
+                .order_by(pstore_records.c.backend, pstore_records.c.type)
+            )
+        ]
+        errors: dict[str, int] = {}
+        if boot is not None and boot.id is not None:
+            for src, n in conn.execute(
+                select(events.c.source, func.count())
+                .where(events.c.boot_pk == boot.id, events.c.severity.in_(["warning", "error"]))
+                .group_by(events.c.source)
+            ):
+                key = source_of(src)
+                errors[key] = errors.get(key, 0) + n
+    b: dict[str, Any] | None = None
+    if boot is not None:
+        b = {
+            "boot_id": boot.boot_id,
+            "release": boot.release,
+            "previous_release": boot.previous_release,
+            "kind": boot.kind,
+            "kho_abi": boot.kho_abi,
+            "kho_enabled": boot.kho_enabled,
+            "kexec_count": boot.kexec_count,
+            "booted_at": boot.booted_at,
+            "scratch_bytes": sum(n for _, n in boot.scratch or []),
+        }
+    return {
+        "version": SNAPSHOT_VERSION,
+        "machine_id": machine_id,
+        "boot": b,
+        "boots_by_kind": kinds,
+        "pstore": pstore,
+        "attempts_by_verdict": {},
+        "source_errors": errors,
+        "last_ingest": ingested_at,
+        "ingest_duration": duration,
+    }
+
+
+def write_snapshot(path: Path, snap: dict[str, Any]) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(snap, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,137 @@
+"""Journal entries: received on journald's own socket path (bound by the test where no
+journald runs), and the catalog checked by systemd's own parser."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from khod import sd
+from tests.conftest import FIXTURES
+from tests.daemon_helpers import BIN
+
+CATALOG = Path(__file__).parent.parent / "systemd" / "khod.catalog"
+JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+
+
+def test_catalog_parses_and_covers_every_message_id(tmp_path: Path) -> None:
+    d = tmp_path / "usr/lib/systemd/catalog"
+    d.mkdir(parents=True)
+    shutil.copy(CATALOG, d)
+    subprocess.run(["journalctl", f"--root={tmp_path}", "--update-catalog"], check=True)
+    listed = subprocess.run(
+        ["journalctl", f"--root={tmp_path}", "--list-catalog"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    ids = {line.split()[0] for line in listed.splitlines() if line.strip()}
+    assert ids == set(sd.MESSAGE_IDS.values())
+
+
+def parse_native(datagram: bytes) -> dict[str, str]:
+    """The journal native protocol: KEY=value lines (binary form for values with \\n)."""
+    fields: dict[str, str] = {}
+    i = 0
+    while i < len(datagram):
+        nl = datagram.index(b"\n", i)
+        line = datagram[i:nl]
+        if b"=" in line:
+            k, v = line.split(b"=", 1)
+            fields[k.decode()] = v.decode()
+            i = nl + 1
+        else:
+            size = int.from_bytes(datagram[nl + 1 : nl + 9], "little")
+            fields[line.decode()] = datagram[nl + 9 : nl + 9 + size].decode()
+            i = nl + 9 + size + 1
+    return fields
+
+
+@pytest.fixture
+def journal() -> Iterator[socket.socket]:
+    if JOURNAL_SOCKET.exists() or os.geteuid() != 0:
+        pytest.skip("a journald is running here (or not root): its socket is not ours")
+    JOURNAL_SOCKET.parent.mkdir(parents=True, exist_ok=True)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(str(JOURNAL_SOCKET))
+    s.settimeout(5)
+    try:
+        yield s
+    finally:
+        s.close()
+        JOURNAL_SOCKET.unlink()
+
+
+def receive_all(s: socket.socket) -> list[dict[str, str]]:
+    out = []
+    s.settimeout(1)
+    try:
+        while True:
+            out.append(parse_native(s.recv(1 << 20)))
+    except TimeoutError:
+        pass
+    return out
+
+
+def test_journal_entries_of_a_kexec_boot_with_a_crash_record(
+    journal: socket.socket, tmp_path: Path
+) -> None:
+    r = subprocess.run(
+        [
+            str(BIN / "khod"),
+            "--once",
+            "--journal",
+            "--sysroot",
+            str(FIXTURES / "pstore/step0-boot2"),
+            "--db",
+            f"sqlite:///{tmp_path / 'k.db'}",
+            "--state-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    entries = receive_all(journal)
+    by_id: dict[str, list[dict[str, str]]] = {}
+    for e in entries:
+        by_id.setdefault(e["MESSAGE_ID"], []).append(e)
+    (boot,) = by_id[sd.MESSAGE_IDS["boot-recorded"]]
+    assert boot["KHOD_BOOT_ID"] == "c8be1a8f-766f-4cb8-8a3b-fc30c50a300f"
+    assert (boot["KHOD_KIND"], boot["KHOD_KEXEC_COUNT"]) == ("cold", "0")
+    assert boot["SYSLOG_IDENTIFIER"] == "khod" and boot["PRIORITY"] == "6"
+    crashes = by_id[sd.MESSAGE_IDS["pstore-crash"]]
+    assert sorted(e["KHOD_PSTORE_REASON"] for e in crashes) == ["Emergency", "Panic"]
+    assert all(e["PRIORITY"] == "3" for e in crashes)
+
+
+def test_journal_entry_of_a_kexec(journal: socket.socket, tmp_path: Path) -> None:
+    r = subprocess.run(
+        [
+            str(BIN / "khod"),
+            "--once",
+            "--journal",
+            "--sysroot",
+            str(FIXTURES / "kexec1/step1"),
+            "--db",
+            f"sqlite:///{tmp_path / 'k.db'}",
+            "--state-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    (boot,) = [
+        e for e in receive_all(journal) if e["MESSAGE_ID"] == sd.MESSAGE_IDS["boot-recorded"]
+    ]
+    assert (boot["KHOD_PREVIOUS_RELEASE"], boot["KHOD_KEXEC_COUNT"]) == ("7.3.4-khlab-a", "1")
+    assert boot["MESSAGE"].endswith("kexec from 7.3.4-khlab-a (count 1)")

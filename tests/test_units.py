@@ -1,0 +1,58 @@
+"""The systemd units: systemd-analyze verify (no output at all: it exits 0 even on an
+ordering cycle) and the offline security exposure, reported and held at <= 2.5."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+UNITS = Path(__file__).parent.parent / "systemd"
+KHOD = str(Path(sys.executable).parent / "khod")
+
+
+def installed_copy(tmp_path: Path, name: str) -> Path:
+    """The unit with ExecStart pointing at this checkout's khod (verify checks it)."""
+    text = (UNITS / name).read_text().replace("/usr/bin/khod", KHOD)
+    (tmp_path / name).write_text(text)
+    return tmp_path / name
+
+
+def test_units_verify_cleanly(tmp_path: Path) -> None:
+    units = [str(installed_copy(tmp_path, n)) for n in ("khod.service", "khod-pstore.service")]
+    r = subprocess.run(
+        ["systemd-analyze", "verify", *units], capture_output=True, text=True, check=False
+    )
+    assert (r.returncode, r.stdout + r.stderr) == (0, "")
+
+
+@pytest.mark.parametrize("name", ["khod.service", "khod-pstore.service"])
+def test_security_exposure(tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    r = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", str(installed_copy(tmp_path, name))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
+    assert m, r.stdout + r.stderr
+    with capsys.disabled():
+        print(f"\n{name}: systemd-analyze security exposure {m.group(1)}")
+    assert float(m.group(1)) <= 2.5
+
+
+def test_khod_service_keeps_the_contract() -> None:
+    text = (UNITS / "khod.service").read_text()
+    for line in (
+        "Type=notify",
+        "StateDirectory=khod",
+        "Before=systemd-pstore.service",
+        "After=sys-kernel-debug.mount",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "IPAddressAllow=localhost",
+    ):
+        assert line in text, line
+    assert re.search(r"^WatchdogSec=\d+", text, re.M)
