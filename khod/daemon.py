@@ -135,17 +135,11 @@ class Daemon:
         except OSError as e:
             self.log(f"warning: cannot write {self.s.cfg.textfile}: {e.strerror}")
 
-    def run(self) -> int:
-        wake = self._signals()
-        # the first ingest runs while this process imports and binds the HTTP server
-        first = subprocess.Popen(
-            child_argv(self.s),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+    def run(self, first: Any) -> int:
+        """``first`` is the forked first ingest (khod.firstingest), already sent its job;
+        it runs while this process imports prometheus-client and binds /metrics."""
         t0 = time.monotonic()
+        wake = self._signals()
         from prometheus_client import start_http_server  # noqa: PLC0415
 
         from khod.metrics import SnapshotCollector, make_registry  # noqa: PLC0415
@@ -158,11 +152,14 @@ class Daemon:
             httpd, _thread = start_http_server(port, host, registry=self.registry)
         except OSError as e:
             first.kill()
-            first.wait()
             raise KhodError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-        out, _ = first.communicate()
-        self._after(first.returncode, out, time.monotonic() - t0)
-        sd.notify("READY=1")
+        if first.wait_ready():  # committed and snapshot written
+            self._after(0, "", time.monotonic() - t0)
+            sd.notify("READY=1")
+            first.wait()
+        else:
+            self._after(first.wait() or 1, "", time.monotonic() - t0)
+            sd.notify("READY=1")
         watcher = self._watcher()
         watchdog = _watchdog_interval()
         next_dog = time.monotonic()

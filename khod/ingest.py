@@ -42,13 +42,21 @@ def _release(
     return released
 
 
+def save_boot(
+    paths: HostPaths, store: Store, obs: BootObservation, opts: IngestOptions
+) -> tuple[SaveResult, list[Event]]:
+    """Save a collected boot (committed, synchronous=FULL), then release pstore."""
+    result = save_observation(store, obs)
+    later = _release(paths, store, result.boot_pk, obs.machine_id, records=obs.pstore, opts=opts)
+    return result, later
+
+
 def ingest_boot(
     paths: HostPaths, store: Store, opts: IngestOptions
 ) -> tuple[BootObservation, SaveResult, list[Event]]:
-    """Collect and save this boot (committed, synchronous=FULL), then release pstore."""
+    """Collect and save this boot."""
     obs = collect(paths, opts.inflate_limit)
-    result = save_observation(store, obs)
-    later = _release(paths, store, result.boot_pk, obs.machine_id, records=obs.pstore, opts=opts)
+    result, later = save_boot(paths, store, obs, opts)
     return obs, result, later
 
 

@@ -194,3 +194,31 @@ def test_snapshot_is_private(sysroot: SysrootFactory, tmp_path: Path) -> None:
     assert json.loads(snap.read_text())["boot"]["kind"] == "cold"
     assert oct(d.state.stat().st_mode & 0o777) == oct(0o700)
     assert os.stat(d.db.removeprefix("sqlite:///")).st_mode & 0o777 == 0o600
+
+
+def test_bad_config_in_daemon_mode_is_one_line_too(tmp_path: Path) -> None:
+    # the first ingest is forked before the config is read: it must exit quietly
+    conf = tmp_path / "khod.toml"
+    conf.write_text("[retention]\nmax_bytes = 'lots'\n")
+    r = subprocess.run(
+        [
+            str(BIN / "khod"),
+            "--config",
+            str(conf),
+            "--sysroot",
+            str(FIXTURES / "cold/step0"),
+            "--db",
+            f"sqlite:///{tmp_path / 'k.db'}",
+            "--state-dir",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert r.returncode == 1
+    assert r.stderr == (
+        f"khod: error: {conf}: retention.max_bytes: expected a size like '16MiB', got 'lots'\n"
+    )
+    assert not (tmp_path / "k.db").exists()  # nothing was stored with a config it rejects

@@ -170,28 +170,57 @@ def main(argv: Sequence[str]) -> int:
 
     paths = host_paths(args)
     if not args.once:
+        from pathlib import Path  # noqa: PLC0415
+
+        from khod.collect import collect  # noqa: PLC0415
         from khod.daemon import Daemon, Settings  # noqa: PLC0415
 
         def settings() -> Settings:
             c = effective_config(args)
             return Settings(
-                args.sysroot,
-                args.config,
-                c,
-                __import__("pathlib").Path(c.state_dir),
-                c.db or None,
-                args.debug,
+                args.sysroot, args.config, c, Path(c.state_dir), c.db or None, args.debug
             )
 
-        return Daemon(settings(), settings).run()
+        s = settings()
+        args.snapshot, args.journal = s.snapshot, True
+        obs = collect(paths, s.cfg.inflate_limit)
+        print_events(obs.events)
+        if FIRST_INGEST is None:  # main() called in-process (tests): fork here
+            from khod.firstingest import FirstIngest  # noqa: PLC0415
+
+            first = FirstIngest.fork(store_part)
+        else:
+            first = FIRST_INGEST
+        first.send((args, s.cfg, paths, obs))
+        del obs  # the child has it; the resident process keeps none of its bytes
+        return Daemon(s, settings).run(first)
     return once(args, cfg, paths)
 
 
 def once(args: Any, cfg: Any, paths: Any) -> int:
+    """``khod --once``: collect and store in this process."""
+    if args.pstore_rescan:
+        return store_part(args, cfg, paths, None)
+    from khod.collect import collect  # noqa: PLC0415
+
+    obs = collect(paths, cfg.inflate_limit)
+    print_events(obs.events)
+    return store_part(args, cfg, paths, obs)
+
+
+def print_events(events: Any) -> None:
+    for e in events:
+        print(f"khod: {e.severity}: {e.message}", file=sys.stderr)
+
+
+def store_part(args: Any, cfg: Any, paths: Any, obs: Any, on_ready: Any = None) -> int:
+    """Save a collected boot (or rescan pstore when ``obs`` is None), then retention,
+    the metrics snapshot, ``on_ready`` (the daemon's READY=1), the journal."""
     import time  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
-    from khod.ingest import IngestOptions, ingest_boot, recover_spools, rescan_pstore  # noqa: PLC0415
+    from khod.capture import read_boot_id  # noqa: PLC0415
+    from khod.ingest import IngestOptions, recover_spools, rescan_pstore, save_boot  # noqa: PLC0415
     from khod.observation import Severity  # noqa: PLC0415
     from khod.store.db import open_store  # noqa: PLC0415
 
@@ -200,11 +229,9 @@ def once(args: Any, cfg: Any, paths: Any) -> int:
     store = open_store(cfg.db or None)
     spool = Path(cfg.state_dir) / "spool"
     try:
-        from khod.capture import read_boot_id  # noqa: PLC0415
-
         for line in recover_spools(spool, store, opts, read_boot_id(str(paths.root))):
             print(f"khod: {line}", file=sys.stderr)
-        if args.pstore_rescan:
+        if obs is None:
             from khod.cli.khoctl import this_boot, this_machine  # noqa: PLC0415
 
             machine, boot = this_machine(paths), this_boot(paths)
@@ -214,13 +241,11 @@ def once(args: Any, cfg: Any, paths: Any) -> int:
                 raise KhodError("cannot identify this boot for the pstore rescan")
             result, new = rescan_pstore(paths, store, machine, boot, opts)
             print(f"khod: pstore rescan: {result.new_pstore} new records")
-            obs = None
         else:
-            obs, result, later = ingest_boot(paths, store, opts)
+            result, later = save_boot(paths, store, obs, opts)
             machine, boot = obs.machine_id, obs.boot_id
-            new = [*obs.events, *(e for e in later if e.severity is not Severity.INFO)]
-        for e in new:
-            print(f"khod: {e.severity}: {e.message}", file=sys.stderr)
+            new = [e for e in later if e.severity is not Severity.INFO]
+        print_events(new)
         from khod.store.retention import apply_retention  # noqa: PLC0415
 
         dropped = apply_retention(
@@ -233,10 +258,6 @@ def once(args: Any, cfg: Any, paths: Any) -> int:
         )
         if dropped:
             print(f"khod: retention: removed {dropped} old boots", file=sys.stderr)
-        if args.journal and obs is not None and result.created:
-            from khod import sd  # noqa: PLC0415
-
-            sd.journal_boot(obs, list(obs.events))
         if args.snapshot:
             from khod.snapshot import compute_snapshot, write_snapshot  # noqa: PLC0415
 
@@ -246,6 +267,12 @@ def once(args: Any, cfg: Any, paths: Any) -> int:
                     store, machine, boot, ingested_at=time.time(), duration=time.monotonic() - t0
                 ),
             )
+        if on_ready is not None:
+            on_ready()
+        if args.journal and obs is not None and result.created:
+            from khod import sd  # noqa: PLC0415
+
+            sd.journal_boot(obs, list(obs.events))
         (spool / f"{boot}.spool").unlink(missing_ok=True)
     finally:
         store.dispose()
@@ -259,15 +286,31 @@ def once(args: Any, cfg: Any, paths: Any) -> int:
     return 0
 
 
+FIRST_INGEST: Any = None  # the daemon's pre-forked first ingest (khod.firstingest)
+
+
 def run() -> None:
+    global FIRST_INGEST  # noqa: PLW0603
     argv = sys.argv[1:]
     os.umask(0o077)  # the state dir, spool, database and snapshot are private
     if "--capture-only" in argv:  # the boot-capture benchmark
         sys.exit(0 if early_capture([a for a in argv if a != "--capture-only"]) else 1)
-    early_capture(argv)
+    if early_capture(argv) is not None or _daemon_mode(argv):
+        # the daemon: fork the first ingest now; it loads SQLAlchemy while this process
+        # parses the command line and collects, then it stores what it is sent
+        from khod.firstingest import FirstIngest  # noqa: PLC0415
+
+        FIRST_INGEST = FirstIngest.fork(store_part)
     from khod.cli.common import run_main  # noqa: PLC0415
 
-    sys.exit(run_main("khod", main, argv))
+    code = run_main("khod", main, argv)
+    if FIRST_INGEST is not None:
+        FIRST_INGEST.abandon()  # never sent (an error before the daemon started): quietly
+    sys.exit(code)
+
+
+def _daemon_mode(argv: Sequence[str]) -> bool:
+    return "--once" not in argv and not any(a in argv for a in ("-h", "--help", "--version"))
 
 
 if __name__ == "__main__":

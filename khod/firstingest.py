@@ -1,0 +1,103 @@
+"""The daemon's first ingest, forked right after the boot capture.
+
+The child imports the store (SQLAlchemy: most of an ingest's time) at once, while the
+parent parses its command line and collects this boot; the parent then sends the job
+(arguments, configuration, paths, the observation) down a pipe, and the child stores
+it and writes one byte back when the boot is committed and the snapshot written: the
+parent's cue for READY=1. A parent that fails before sending closes the pipe, and the
+child exits quietly (the parent reports the error, once).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+class FirstIngest:
+    def __init__(self, pid: int, job_w: int, ready_r: int) -> None:
+        self.pid = pid
+        self.job_w = job_w
+        self.ready_r = ready_r
+
+    @classmethod
+    def fork(cls, store_part: Callable[..., int]) -> FirstIngest:
+        job_r, job_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(job_w)
+            os.close(ready_r)
+            _child(store_part, job_r, ready_w)
+        os.close(job_r)
+        os.close(ready_w)
+        return cls(pid, job_w, ready_r)
+
+    def send(self, job: Any) -> None:
+        data = pickle.dumps(job)
+        with os.fdopen(self.job_w, "wb") as f:
+            f.write(data)
+        self.job_w = -1
+
+    def wait_ready(self) -> bool:
+        """True once the boot is committed; False when the child ended without."""
+        while True:
+            try:
+                ok = os.read(self.ready_r, 1) == b"1"
+                break
+            except InterruptedError:
+                continue
+        os.close(self.ready_r)
+        self.ready_r = -1
+        return ok
+
+    def wait(self) -> int:
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = 0
+        return os.waitstatus_to_exitcode(status)
+
+    def kill(self) -> None:
+        if self.pid:
+            os.kill(self.pid, signal.SIGKILL)
+            self.wait()
+
+    def abandon(self) -> None:
+        """The parent is exiting without having used the child."""
+        if self.job_w >= 0:
+            os.close(self.job_w)
+            self.job_w = -1
+        if self.pid:
+            self.wait()
+
+
+def _child(store_part: Callable[..., int], job_r: int, ready_w: int) -> None:
+    code = 1
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        import khod.snapshot  # noqa: PLC0415
+        import khod.store.boots  # noqa: PLC0415  (load SQLAlchemy while waiting)
+        import khod.store.retention  # noqa: F401, PLC0415
+
+        with os.fdopen(job_r, "rb") as f:
+            data = f.read()
+        if not data:
+            code = 0  # the parent stopped before the daemon started; it said why
+        else:
+            from khod.cli.common import run_main  # noqa: PLC0415
+
+            args, cfg, paths, obs = pickle.loads(data)  # noqa: S301  (our own parent)
+            code = run_main(
+                "khod",
+                lambda _argv: store_part(args, cfg, paths, obs, lambda: os.write(ready_w, b"1")),
+                [],
+            )
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
