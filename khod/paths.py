@@ -104,6 +104,10 @@ class HostPaths:
         return (self._p("sys/kernel/kexec_loaded"), self._p("sys/kernel/kexec/loaded"))
 
     @property
+    def lockdown(self) -> Path:
+        return self._p("sys/kernel/security/lockdown")
+
+    @property
     def liveupdate(self) -> Path:
         return self._p("dev/liveupdate")
 

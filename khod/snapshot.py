@@ -50,6 +50,9 @@ def compute_snapshot(
                 .order_by(pstore_records.c.backend, pstore_records.c.type)
             )
         ]
+        from khod.store.attempts import verdict_counts  # noqa: PLC0415
+
+        verdicts = verdict_counts(conn, machine_id)
         errors: dict[str, int] = {}
         if boot is not None and boot.id is not None:
             for src, n in conn.execute(
@@ -78,7 +81,7 @@ def compute_snapshot(
         "boot": b,
         "boots_by_kind": kinds,
         "pstore": pstore,
-        "attempts_by_verdict": {},
+        "attempts_by_verdict": verdicts,
         "source_errors": errors,
         "last_ingest": ingested_at,
         "ingest_duration": duration,

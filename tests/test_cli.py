@@ -119,8 +119,17 @@ def test_tables_without_json(db_url: str, capsys: pytest.CaptureFixture[str]) ->
         "COUNT",
         "ABI",
         "PSTORE",
+        "VERDICT",
     ]
-    assert out[1].split()[2:] == ["7.3.4-khlab-a", "kexec", "7.3.4-khlab-a", "1", "kho-v4", "0"]
+    assert out[1].split()[2:] == [
+        "7.3.4-khlab-a",
+        "kexec",
+        "7.3.4-khlab-a",
+        "1",
+        "kho-v4",
+        "0",
+        "-",
+    ]
     assert (
         run_main("khoctl", khoctl.main, ["status", "--sysroot", str(steps[-1]), "--db", db_url])
         == 0

@@ -12,24 +12,30 @@ import pytest
 
 UNITS = Path(__file__).parent.parent / "systemd"
 KHOD = str(Path(sys.executable).parent / "khod")
+KHOCTL = str(Path(sys.executable).parent / "khoctl")
 
 
 def installed_copy(tmp_path: Path, name: str) -> Path:
-    """The unit with ExecStart pointing at this checkout's khod (verify checks it)."""
-    text = (UNITS / name).read_text().replace("/usr/bin/khod", KHOD)
+    """The unit with ExecStart pointing at this checkout's scripts (verify checks it)."""
+    text = (
+        (UNITS / name).read_text().replace("/usr/bin/khoctl", KHOCTL).replace("/usr/bin/khod", KHOD)
+    )
     (tmp_path / name).write_text(text)
     return tmp_path / name
 
 
 def test_units_verify_cleanly(tmp_path: Path) -> None:
-    units = [str(installed_copy(tmp_path, n)) for n in ("khod.service", "khod-pstore.service")]
+    units = [
+        str(installed_copy(tmp_path, n))
+        for n in ("khod.service", "khod-pstore.service", "khod-kexec.service")
+    ]
     r = subprocess.run(
         ["systemd-analyze", "verify", *units], capture_output=True, text=True, check=False
     )
     assert (r.returncode, r.stdout + r.stderr) == (0, "")
 
 
-@pytest.mark.parametrize("name", ["khod.service", "khod-pstore.service"])
+@pytest.mark.parametrize("name", ["khod.service", "khod-pstore.service", "khod-kexec.service"])
 def test_security_exposure(tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
     r = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", str(installed_copy(tmp_path, name))],
@@ -56,3 +62,10 @@ def test_khod_service_keeps_the_contract() -> None:
     ):
         assert line in text, line
     assert re.search(r"^WatchdogSec=\d+", text, re.M)
+
+
+def test_kexec_hook_runs_at_kexec_target_before_the_kexec() -> None:
+    text = (UNITS / "khod-kexec.service").read_text()
+    assert "WantedBy=kexec.target" in text
+    assert re.search(r"^Before=.*systemd-kexec.service", text, re.M)
+    assert "ExecStart=/usr/bin/khoctl record-kexec" in text

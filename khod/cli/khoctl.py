@@ -48,6 +48,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.add_argument("--type", metavar="TYPE", help="only records of this type (dmesg, console...)")
     c.add_argument("--machine", metavar="ID", help="machine id (default: this host's)")
+    from khod.cli import kexec  # noqa: PLC0415
+
+    kexec.add_parsers(cmd)
     c = cmd("db", "manage the store's schema")
     c.add_argument("action", choices=("upgrade", "current"))
     return p
@@ -123,18 +126,23 @@ def cmd_history(args: argparse.Namespace) -> int:
     _, boots = _boots(args)
     store = open_store(args.db, create=False)
     try:
-        counts = pstore_counts(store, [b.id for b in boots if b.id is not None])
+        pks = [b.id for b in boots if b.id is not None]
+        counts = pstore_counts(store, pks)
+        from khod.store.attempts import verdicts_by_boot  # noqa: PLC0415
+
+        verdicts = verdicts_by_boot(store, pks)
     finally:
         store.dispose()
     rows = []
     for b in boots:
         d = boot_json(b, history=True)
         d["pstore_records"] = counts.get(b.id or 0, 0)
+        d["verdict"] = verdicts.get(b.id or 0)  # of the kexec attempt that led here
         rows.append(d)
     if args.json:
         print_json(rows)
     elif rows:
-        print(table(rows, (*BOOT_COLUMNS, ("PSTORE", "pstore_records"))))
+        print(table(rows, (*BOOT_COLUMNS, ("PSTORE", "pstore_records"), ("VERDICT", "verdict"))))
     else:
         print("no boots recorded")
     return 0
@@ -234,6 +242,14 @@ COMMANDS = {
 
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
+    if args.command in ("check", "kexec", "record-kexec"):
+        from khod.cli import kexec  # noqa: PLC0415
+
+        return {
+            "check": kexec.cmd_check,
+            "kexec": kexec.cmd_kexec,
+            "record-kexec": kexec.cmd_record_kexec,
+        }[args.command](args)
     return COMMANDS[args.command](args)
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from khod import __version__
 from khod.errors import StoreError
-from khod.observation import BootKind, BootObservation, Event, PstoreRecord
+from khod.observation import BootKind, BootObservation, Event, PstoreRecord, Severity
 from khod.store.db import Store, describe_db_error
 from khod.store.schema import blobs, boots, events, pstore_records
 
@@ -56,6 +56,7 @@ class SaveResult:
     new_blobs: int
     new_events: int
     new_pstore: int = 0
+    verdict: Any = None  # khod.store.attempts.Verdict: the attempt this boot closed
 
 
 def boot_values(obs: BootObservation) -> dict[str, Any]:
@@ -163,7 +164,21 @@ def _save(conn: Connection, obs: BootObservation) -> SaveResult:
     if new_events:
         conn.execute(insert(events), new_events)
     new_pstore = _save_pstore(conn, obs.machine_id, pk, obs.pstore, now)
-    return SaveResult(pk, created, len(new_blobs), len(new_events), new_pstore)
+    verdict = None
+    if created:
+        from khod.store.attempts import close_attempts  # noqa: PLC0415
+
+        verdict = close_attempts(conn, obs.machine_id, pk, predecessor(conn, obs.machine_id, pk))
+        if verdict is not None:
+            sev = "info" if verdict.verdict == "landed" else "warning"
+            e = Event(
+                "kexec-verdict",
+                "kexec",
+                Severity(sev),
+                f"kexec attempt #{verdict.attempt_id}: {verdict.verdict} ({verdict.detail})",
+            )
+            conn.execute(insert(events).values(**_event_values(pk, e, now)))
+    return SaveResult(pk, created, len(new_blobs), len(new_events), new_pstore, verdict)
 
 
 def save_later(

@@ -25,7 +25,7 @@ from sqlalchemy import (
 
 # The revision ``migrations/versions`` ends at; a test checks they agree. Knowing it
 # here lets start-up skip importing Alembic when the database is already current.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -126,4 +126,30 @@ pstore_records = Table(
     Column("dump_key", Text, nullable=False),
     Column("collected_at", Float, nullable=False),
     UniqueConstraint("machine_id", "sha256"),
+)
+
+# What `khoctl kexec` (or the kexec.target hook) saw and did, and what the next boot
+# must show; the next boot's ingest gives it a verdict.
+kexec_attempts = Table(
+    "kexec_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("machine_id", String(64), nullable=False, index=True),
+    Column("from_boot", ForeignKey("boots.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("created_at", Float, nullable=False),
+    Column("source", String(16), nullable=False),  # khoctl | hook
+    Column("target_image", Text),
+    Column("target_release", Text),
+    Column("target_abi", Text),
+    Column("initrd", Text),
+    Column("cmdline", Text),
+    Column("checks", JSON, nullable=False),
+    Column("forced", Boolean, nullable=False),
+    Column("argv", JSON, nullable=False),  # every command run, as argv lists
+    Column("expected_previous_release", Text, nullable=False),
+    Column("expected_kexec_count", Integer, nullable=False),
+    # landed | cold-boot | abi-mismatch | mismatch | superseded; NULL while open
+    Column("verdict", String(16)),
+    Column("verdict_boot", ForeignKey("boots.id", ondelete="SET NULL"), index=True),
+    Column("verdict_detail", Text),
 )

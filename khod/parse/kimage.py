@@ -1,0 +1,166 @@
+"""Kernel images a kexec may load, and what they say about themselves.
+
+- x86 bzImage (``Documentation/arch/x86/boot.rst``): setup header at 0x1F1, ``HdrS``
+  at 0x202, protocol version at 0x206, ``kernel_version`` at 0x20E (string offset - 0x200),
+  ``setup_sects`` at 0x1F1, ``payload_offset``/``payload_length`` at 0x248/0x24C (2.08+),
+  relative to the protected-mode code at ``(setup_sects + 1) * 512``.
+- arm64 ``Image`` (``Documentation/arch/arm64/booting.rst``): magic ``ARM\\x64`` at 0x38.
+- EFI zboot (``drivers/firmware/efi/libstub/zboot-header.S``): ``MZ``, then ``zimg`` at 4,
+  payload offset/size at 8/12, compression name at 0x18.
+
+The payload, when gzip or xz (the standard library decodes both), is the vmlinux: its
+``KHO_FDT_COMPATIBLE`` string and an embedded config (``CONFIG_IKCONFIG``) are read from
+there, which beats guessing the ABI from a release number.
+"""
+
+from __future__ import annotations
+
+import lzma
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+
+from khod.errors import ParseError
+
+MAX_VMLINUX = 256 << 20
+_KHO_COMPAT = re.compile(rb"\0(kho-v\d+(?:;[a-z0-9-]+)*)\0")
+_IKCFG = re.compile(rb"IKCFG_ST(.{0,8388608}?)IKCFG_ED", re.S)
+_BANNER = re.compile(rb"Linux version (\S+) ")
+
+
+@dataclass(frozen=True)
+class KernelImage:
+    kind: str  # "bzImage" | "arm64-Image" | "efi-zboot"
+    version: str | None  # the image's version string
+    release: str | None  # its first word
+    protocol: str | None  # x86 boot protocol, "2.15"
+    compression: str | None  # of the payload: gzip, xz, zstd, lz4, ... or None (plain)
+    payload: bytes  # compressed payload (bzImage/zboot) or the image itself
+
+
+def _cstr(data: bytes, off: int, limit: int = 512) -> str | None:
+    if not 0 <= off < len(data):
+        return None
+    end = data.find(b"\0", off, off + limit)
+    if end < 0:
+        return None
+    return data[off:end].decode("utf-8", errors="backslashreplace")
+
+
+def compression_of(payload: bytes) -> str | None:
+    for magic, name in (
+        (b"\x1f\x8b", "gzip"),
+        (b"\xfd7zXZ\x00", "xz"),
+        (b"\x28\xb5\x2f\xfd", "zstd"),
+        (b"\x02\x21\x4c\x18", "lz4"),
+        (b"BZh", "bzip2"),
+        (b"\x89LZO", "lzo"),
+        (b"\x5d\x00\x00", "lzma"),
+    ):
+        if payload.startswith(magic):
+            return name
+    return None
+
+
+def parse_kernel_image(data: bytes, source: str) -> KernelImage:
+    if len(data) >= 0x250 and data[0x202:0x206] == b"HdrS":
+        setup_sects = data[0x1F1] or 4
+        (proto,) = struct.unpack_from("<H", data, 0x206)
+        (kv,) = struct.unpack_from("<H", data, 0x20E)
+        version = _cstr(data, kv + 0x200) if kv else None
+        payload = b""
+        if proto >= 0x208:
+            off, length = struct.unpack_from("<II", data, 0x248)
+            start = (setup_sects + 1) * 512 + off
+            if start + length > len(data) or length == 0:
+                raise ParseError(
+                    source,
+                    0x248,
+                    f"bzImage payload [{start}, +{length}) is outside the {len(data)}-byte file",
+                )
+            payload = data[start : start + length]
+        return KernelImage(
+            "bzImage",
+            version,
+            version.split()[0] if version else None,
+            f"{proto >> 8}.{proto & 0xFF:02d}",
+            compression_of(payload),
+            payload,
+        )
+    if len(data) >= 0x40 and data[0x38:0x3C] == b"ARM\x64":
+        m = _BANNER.search(data)
+        rel = m.group(1).decode("utf-8", "backslashreplace") if m else None
+        return KernelImage("arm64-Image", None, rel, None, None, data)
+    if len(data) >= 0x20 and data[:2] == b"MZ" and data[4:8] == b"zimg":
+        off, size = struct.unpack_from("<II", data, 8)
+        if off + size > len(data):
+            raise ParseError(source, 8, "EFI zboot payload outside the file")
+        payload = data[off : off + size]
+        return KernelImage(
+            "efi-zboot", None, None, None, compression_of(payload) or _cstr(data, 0x18, 32), payload
+        )
+    raise ParseError(source, 0, "not a bzImage, arm64 Image or EFI zboot image")
+
+
+def decompress_payload(img: KernelImage, source: str, limit: int = MAX_VMLINUX) -> bytes | None:
+    """The vmlinux inside, when its compression is one the standard library has."""
+    if img.compression is None:
+        return img.payload
+    try:
+        if img.compression == "gzip":
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out = d.decompress(img.payload, limit)
+        elif img.compression == "xz":
+            x = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+            out = x.decompress(img.payload, limit)
+        else:
+            return None
+    except (zlib.error, lzma.LZMAError) as e:
+        raise ParseError(source, None, f"{img.compression} payload does not decode: {e}") from e
+    return out
+
+
+def kho_abis_in(vmlinux: bytes) -> list[str]:
+    """The KHO root compatibles the kernel carries (normally exactly one)."""
+    return sorted({m.group(1).decode() for m in _KHO_COMPAT.finditer(vmlinux)})
+
+
+def ikconfig_in(vmlinux: bytes) -> str | None:
+    """The config embedded by CONFIG_IKCONFIG (gzip between IKCFG_ST and IKCFG_ED)."""
+    m = _IKCFG.search(vmlinux)
+    if not m:
+        return None
+    try:
+        return zlib.decompress(m.group(1), 16 + zlib.MAX_WBITS).decode("utf-8", "replace")
+    except zlib.error:
+        return None
+
+
+def release_of_vmlinux(vmlinux: bytes) -> str | None:
+    m = _BANNER.search(vmlinux)
+    return m.group(1).decode("utf-8", "backslashreplace") if m else None
+
+
+def config_value(config: str, key: str) -> str | None:
+    """``CONFIG_X=y`` -> "y"; ``# CONFIG_X is not set`` and absent -> None."""
+    m = re.search(rf"^{re.escape(key)}=(.*)$", config, re.M)
+    return m.group(1).strip() if m else None
+
+
+def release_version(release: str) -> tuple[int, int] | None:
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def kho_abi_for_release(release: str) -> str | None:
+    """Mainline's KHO root ABI by release (KERNEL-INTERFACES.md section 0): a fallback,
+    since a patched kernel may differ (read the image's own string when possible)."""
+    v = release_version(release)
+    if v is None or v < (6, 16):
+        return None
+    if v <= (7, 0):
+        return "kho-v1"
+    if v == (7, 1):
+        return "kho-v3"
+    return "kho-v4"

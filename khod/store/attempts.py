@@ -1,0 +1,146 @@
+"""Kexec attempts: recorded before a kexec, given a verdict by the next boot's ingest."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from khod.errors import StoreError
+from khod.observation import BootKind
+from khod.store.db import Store, describe_db_error
+from khod.store.schema import boots, kexec_attempts
+
+VERDICTS = ("landed", "cold-boot", "abi-mismatch", "mismatch", "superseded", "failed")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    attempt_id: int
+    verdict: str
+    detail: str
+
+
+def save_attempt(store: Store, values: dict[str, Any]) -> int:
+    try:
+        with store.writer.begin() as conn:
+            return int(
+                conn.execute(
+                    insert(kexec_attempts)
+                    .values(created_at=time.time(), **values)
+                    .returning(kexec_attempts.c.id)
+                ).scalar_one()
+            )
+    except SQLAlchemyError as e:
+        raise StoreError(
+            f"cannot record the kexec attempt in {store.location}: {describe_db_error(e)}"
+        ) from None
+
+
+def fail_attempt(store: Store, attempt_id: int, detail: str) -> None:
+    """The load or exec step failed: nothing happened, nothing to wait for."""
+    with store.writer.begin() as conn:
+        conn.execute(
+            update(kexec_attempts)
+            .where(kexec_attempts.c.id == attempt_id)
+            .values(verdict="failed", verdict_detail=detail)
+        )
+
+
+def has_open_attempt(store: Store, machine_id: str, boot_pk: int) -> bool:
+    with store.engine.connect() as conn:
+        return (
+            conn.execute(
+                select(func.count())
+                .select_from(kexec_attempts)
+                .where(
+                    kexec_attempts.c.machine_id == machine_id,
+                    kexec_attempts.c.from_boot == boot_pk,
+                    kexec_attempts.c.verdict.is_(None),
+                )
+            ).scalar_one()
+            > 0
+        )
+
+
+def judge(expected_release: str, expected_count: int, boot: Any) -> tuple[str, str]:
+    """The verdict on one attempt from the boot that followed it."""
+    got = f"{boot.kind} from {boot.previous_release} count {boot.kexec_count}"
+    want = f"kexec from {expected_release} count {expected_count}"
+    if boot.kind == BootKind.KEXEC_REJECTED:
+        return "abi-mismatch", f"the handover was rejected: {boot.kind_reason}"
+    if boot.kind == BootKind.COLD:
+        return "cold-boot", f"no handover data: expected {want}"
+    if boot.previous_release == expected_release and boot.kexec_count == expected_count:
+        return "landed", want
+    return "mismatch", f"expected {want}, got {got}"
+
+
+def close_attempts(
+    conn: Connection, machine_id: str, boot_pk: int, prev_pk: int | None
+) -> Verdict | None:
+    """Give the open attempts made in the previous boot their verdict (the newest one is
+    what happened; earlier ones in the same boot were superseded by it)."""
+    if prev_pk is None:
+        return None
+    open_ = conn.execute(
+        select(kexec_attempts)
+        .where(
+            kexec_attempts.c.machine_id == machine_id,
+            kexec_attempts.c.from_boot == prev_pk,
+            kexec_attempts.c.verdict.is_(None),
+        )
+        .order_by(kexec_attempts.c.id.desc())
+    ).all()
+    if not open_:
+        return None
+    boot = conn.execute(select(boots).where(boots.c.id == boot_pk)).one()
+    newest, *older = open_
+    verdict, detail = judge(newest.expected_previous_release, newest.expected_kexec_count, boot)
+    conn.execute(
+        update(kexec_attempts)
+        .where(kexec_attempts.c.id == newest.id)
+        .values(verdict=verdict, verdict_boot=boot_pk, verdict_detail=detail)
+    )
+    if older:
+        conn.execute(
+            update(kexec_attempts)
+            .where(kexec_attempts.c.id.in_([a.id for a in older]))
+            .values(
+                verdict="superseded",
+                verdict_boot=boot_pk,
+                verdict_detail=f"a later attempt (#{newest.id}) was the one that ran",
+            )
+        )
+    return Verdict(newest.id, verdict, detail)
+
+
+def verdicts_by_boot(store: Store, boot_pks: Sequence[int]) -> dict[int, str]:
+    q = select(kexec_attempts.c.verdict_boot, kexec_attempts.c.verdict).where(
+        kexec_attempts.c.verdict_boot.in_(list(boot_pks)), kexec_attempts.c.verdict != "superseded"
+    )
+    with store.engine.connect() as conn:
+        return {b: v for b, v in conn.execute(q)}
+
+
+def verdict_counts(conn: Connection, machine_id: str) -> dict[str, int]:
+    return {
+        v: n
+        for v, n in conn.execute(
+            select(kexec_attempts.c.verdict, func.count())
+            .where(kexec_attempts.c.machine_id == machine_id, kexec_attempts.c.verdict.is_not(None))
+            .group_by(kexec_attempts.c.verdict)
+        )
+    }
+
+
+def load_attempts(store: Store, machine_id: str | None = None) -> list[dict[str, Any]]:
+    q = select(kexec_attempts).order_by(kexec_attempts.c.id)
+    if machine_id:
+        q = q.where(kexec_attempts.c.machine_id == machine_id)
+    with store.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(q).mappings()]

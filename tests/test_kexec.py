@@ -1,0 +1,648 @@
+"""khoctl check / kexec / record-kexec on the real outgoing-state captures and variants
+derived from them, with a fake kexec and systemctl on PATH that record their argv (the
+real kexec runs in the end-to-end suite), and the verdict at the next boot."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from khod.cli import khoctl, khod_main
+from khod.cli.common import run_main
+from khod.parse import kimage
+from tests import variants
+from tests.conftest import SysrootFactory
+from tests.fdtbuild import kho_root
+from tests.kimagebuild import NO_KHO_CONFIG, arm64_image, bzimage
+
+KHO = "sys/kernel/debug/kho"
+FAKE = """#!{python}
+import json, os, sys
+with open({log!r}, "a") as f:
+    f.write(json.dumps([os.path.basename(sys.argv[0])] + sys.argv[1:]) + "\\n")
+if sys.argv[1:] == ["--version"]:
+    print("kexec-tools 2.0.25")
+elif {fail!r} and "-l" in sys.argv:
+    print("Cannot load the kernel: Invalid argument", file=sys.stderr)
+    sys.exit(1)
+"""
+
+
+@pytest.fixture
+def fakebin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    d = tmp_path / "bin"
+    d.mkdir()
+    for name in ("kexec", "systemctl"):
+        write_fake(d, name, fail=False)
+    monkeypatch.setenv("PATH", f"{d}:{os.environ['PATH']}")
+    return d
+
+
+def write_fake(d: Path, name: str, *, fail: bool) -> None:
+    p = d / name
+    p.write_text(
+        FAKE.format(
+            python=os.path.realpath(sys.executable),
+            log=str(d / "calls.log"),
+            fail=fail,
+        )
+    )
+    p.chmod(p.stat().st_mode | stat.S_IXUSR)
+
+
+def calls(fakebin: Path) -> list[list[str]]:
+    log = fakebin / "calls.log"
+    if not log.exists():
+        return []
+    return [c for c in map(json.loads, log.read_text().splitlines()) if c[1:] != ["--version"]]
+
+
+def ctl(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
+    capsys.readouterr()
+    rc = run_main("khoctl", khoctl.main, list(argv))
+    out = capsys.readouterr()
+    try:
+        return rc, json.loads(out.out), out.err
+    except ValueError:
+        return rc, out.out, out.err
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    p = tmp_path / "vmlinuz-7.3.4-khlab-b"
+    p.write_bytes(bzimage("7.3.4-khlab-b"))
+    return p
+
+
+def by_name(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in result["checks"]}
+
+
+# --- the image parser ---
+
+
+def test_bzimage_from_the_spec_is_read() -> None:
+    img = kimage.parse_kernel_image(bzimage("7.3.4-khlab-b"), "x")
+    assert (img.kind, img.release, img.protocol, img.compression) == (
+        "bzImage",
+        "7.3.4-khlab-b",
+        "2.15",
+        "gzip",
+    )
+    vm = kimage.decompress_payload(img, "x")
+    assert vm is not None and kimage.kho_abis_in(vm) == ["kho-v4"]
+    cfg = kimage.ikconfig_in(vm)
+    assert cfg is not None and kimage.config_value(cfg, "CONFIG_KEXEC_HANDOVER") == "y"
+
+
+def test_xz_payload_and_arm64() -> None:
+    img = kimage.parse_kernel_image(bzimage("7.2.0", compression="xz", abi="kho-v4"), "x")
+    vm = kimage.decompress_payload(img, "x")
+    assert img.compression == "xz" and vm is not None and kimage.kho_abis_in(vm) == ["kho-v4"]
+    a = kimage.parse_kernel_image(arm64_image("7.3.4-arm"), "a")
+    assert (a.kind, a.release) == ("arm64-Image", "7.3.4-arm")
+
+
+@pytest.mark.parametrize(
+    ("release", "abi"),
+    [
+        ("6.15.0", None),
+        ("6.16.1", "kho-v1"),
+        ("6.19.3", "kho-v1"),
+        ("7.0.0", "kho-v1"),
+        ("7.1.2", "kho-v3"),
+        ("7.2.0", "kho-v4"),
+        ("7.3.4-khlab-a", "kho-v4"),
+    ],
+)
+def test_release_table(release: str, abi: str | None) -> None:
+    assert kimage.kho_abi_for_release(release) == abi
+
+
+# --- khoctl check on real captures and derived variants ---
+
+
+def test_check_passes_on_a_real_cold_boot(
+    sysroot: SysrootFactory, image: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = sysroot("kexec1/step0")
+    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(image))
+    assert rc == 0 and res["ok"] is True
+    c = by_name(res)
+    assert set(c) >= {
+        "kho-enabled",
+        "debugfs",
+        "scratch",
+        "out-fdt",
+        "outgoing-metadata",
+        "finalize",
+        "image",
+        "image-config",
+        "abi",
+        "kexec-tools",
+        "lockdown",
+        "kexec-loaded",
+        "liveupdate",
+    }
+    assert all(set(x) == {"name", "ok", "severity", "detail"} for x in res["checks"])
+    assert c["outgoing-metadata"]["detail"] == "7.3.4-khlab-a count 1"
+    assert "both speak 'kho-v4' (target: image)" in c["abi"]["detail"]
+    assert c["scratch"]["detail"] == "3 areas: 16 MiB, 64 MiB, 16 MiB"
+
+
+def test_check_on_a_real_kexecd_boot_without_out_fdt(
+    sysroot: SysrootFactory, image: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, res, _ = ctl(
+        capsys, "check", "--json", "--sysroot", str(sysroot("kexec1/step1")), "--kernel", str(image)
+    )
+    c = by_name(res)
+    assert rc == 0 and c["out-fdt"]["ok"] and c["out-fdt"]["severity"] == "info"
+    assert c["outgoing-metadata"]["detail"] == "7.3.4-khlab-a count 2"
+
+
+def test_check_on_a_truncated_out_fdt_is_informational(
+    sysroot: SysrootFactory, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(sysroot("pstore/step0")))
+    c = by_name(res)
+    assert rc == 0 and not c["out-fdt"]["ok"] and c["out-fdt"]["severity"] == "info"
+
+
+def test_kho_off_is_an_error(
+    sysroot: SysrootFactory, image: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc, res, _ = ctl(
+        capsys, "check", "--json", "--sysroot", str(sysroot("nokho/step0")), "--kernel", str(image)
+    )
+    assert rc == 1 and res["ok"] is False
+    assert by_name(res)["kho-enabled"]["ok"] is False
+
+
+@pytest.mark.parametrize(
+    ("lens", "ok", "severity"),
+    [
+        (b"0x10\n0x10\n0x10\n", False, "warning"),  # 48 bytes: smaller than the image
+        (b"0x0\n0x0\n0x0\n", False, "error"),
+    ],
+)
+def test_scratch_too_small(
+    sysroot: SysrootFactory,
+    image: Path,
+    fakebin: Path,
+    lens: bytes,
+    ok: bool,
+    severity: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = sysroot("kexec1/step0")
+    variants.replace(root, f"{KHO}/out/scratch_len", lens)
+    _, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(image))
+    s = by_name(res)["scratch"]
+    assert (s["ok"], s["severity"]) == (ok, severity)
+
+
+def test_foreign_abi_target_is_an_error(
+    sysroot: SysrootFactory, tmp_path: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a stand-in for the lab's 7.3.4-khlab-v3abi: a 7.3 release that speaks kho-v3
+    img = tmp_path / "vmlinuz"
+    img.write_bytes(bzimage("7.3.4-khlab-v3abi", abi="kho-v3"))
+    rc, res, _ = ctl(
+        capsys, "check", "--json", "--sysroot", str(sysroot("kexec1/step0")), "--kernel", str(img)
+    )
+    a = by_name(res)["abi"]
+    assert rc == 1 and not a["ok"] and a["severity"] == "error"
+    assert "'kho-v4' (out/fdt)" in a["detail"] and "'kho-v3' (image)" in a["detail"]
+
+
+def test_abi_from_the_release_table_when_the_image_does_not_say(
+    sysroot: SysrootFactory, tmp_path: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    img = tmp_path / "vmlinuz"
+    img.write_bytes(bzimage("7.0.3", abi=None))
+    _, res, _ = ctl(
+        capsys, "check", "--json", "--sysroot", str(sysroot("kexec1/step0")), "--kernel", str(img)
+    )
+    a = by_name(res)["abi"]
+    assert not a["ok"] and "'kho-v1' (release table)" in a["detail"]
+
+
+def test_missing_outgoing_metadata(
+    sysroot: SysrootFactory, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = sysroot("kexec1/step1")
+    variants.remove(root, f"{KHO}/out/sub_fdts/kexec-metadata")
+    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root))
+    m = by_name(res)["outgoing-metadata"]
+    assert rc == 1 and not m["ok"] and "no out/sub_fdts/kexec-metadata" in m["detail"]
+
+
+def seven_oh(root: Path, finalize: bytes) -> None:
+    """A 7.0-style tree: kho-v1 out/fdt, no kexec-metadata, out/finalize."""
+    variants.replace(root, "proc/sys/kernel/osrelease", b"7.0.2\n")
+    variants.replace(root, f"{KHO}/out/fdt", kho_root("kho-v1", 0, []))
+    variants.remove(root, f"{KHO}/out/sub_fdts/kexec-metadata")
+    variants.replace(root, f"{KHO}/out/finalize", finalize)
+
+
+@pytest.mark.parametrize(("finalize", "ok"), [(b"0\n", False), (b"1\n", True)])
+def test_unfinalized_7_0_tree(
+    sysroot: SysrootFactory,
+    fakebin: Path,
+    finalize: bytes,
+    ok: bool,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = sysroot("kexec1/step0")
+    seven_oh(root, finalize)
+    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root))
+    c = by_name(res)
+    assert c["finalize"]["ok"] is ok and rc == (0 if ok else 1)
+    assert c["outgoing-metadata"]["ok"] and c["outgoing-metadata"]["severity"] == "info"
+
+
+def test_target_without_handover_support(
+    sysroot: SysrootFactory, tmp_path: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    img = tmp_path / "vmlinuz"
+    img.write_bytes(bzimage("7.3.4-nokho", abi="kho-v4", config=NO_KHO_CONFIG))
+    rc, res, _ = ctl(
+        capsys, "check", "--json", "--sysroot", str(sysroot("kexec1/step0")), "--kernel", str(img)
+    )
+    c = by_name(res)["image-config"]
+    assert rc == 1 and not c["ok"] and "CONFIG_KEXEC_HANDOVER" in c["detail"]
+
+
+def test_target_config_from_boot(
+    sysroot: SysrootFactory, tmp_path: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = sysroot("kexec1/step0")
+    img = tmp_path / "vmlinuz"
+    img.write_bytes(bzimage("7.3.4-x", config=None))
+    variants.replace(root, "boot/config-7.3.4-x", NO_KHO_CONFIG.encode())
+    _, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(img))
+    c = by_name(res)["image-config"]
+    assert not c["ok"] and "/boot/config-7.3.4-x" in c["detail"]
+
+
+def test_not_a_kernel_image(
+    sysroot: SysrootFactory, tmp_path: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    img = tmp_path / "junk"
+    img.write_bytes(b"\x7fELF" + bytes(4096))
+    rc, res, _ = ctl(
+        capsys, "check", "--json", "--sysroot", str(sysroot("kexec1/step0")), "--kernel", str(img)
+    )
+    assert rc == 1 and "not a bzImage" in by_name(res)["image"]["detail"]
+
+
+def test_loaded_image_liveupdate_and_lockdown(
+    sysroot: SysrootFactory, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = sysroot("kexec1/step0")
+    variants.replace(root, "sys/kernel/kexec_loaded", b"1\n")
+    variants.replace(root, "dev/liveupdate", b"")
+    variants.replace(root, "sys/kernel/security/lockdown", b"none [integrity] confidentiality\n")
+    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root))
+    c = by_name(res)
+    assert rc == 0
+    assert (c["kexec-loaded"]["ok"], c["kexec-loaded"]["severity"]) == (False, "warning")
+    assert c["liveupdate"]["ok"] and "present" in c["liveupdate"]["detail"]
+    assert not c["lockdown"]["ok"] and "'integrity'" in c["lockdown"]["detail"]
+
+
+def test_no_kexec_tools(
+    sysroot: SysrootFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(sysroot("kexec1/step0")))
+    assert rc == 1 and not by_name(res)["kexec-tools"]["ok"]
+
+
+# --- khoctl kexec ---
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(
+    sysroot: SysrootFactory,
+    image: Path,
+    fakebin: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = tmp_path / "k.db"
+    rc, plan, _ = ctl(
+        capsys,
+        "kexec",
+        "--dry-run",
+        "--json",
+        "--sysroot",
+        str(sysroot("kexec1/step0")),
+        "--kernel",
+        str(image),
+        "--db",
+        f"sqlite:///{db}",
+    )
+    assert rc == 0 and plan["dry_run"] is True
+    assert plan["expect"] == {"previous_release": "7.3.4-khlab-a", "kexec_count": 1}
+    assert plan["argv"] == [
+        [str(fakebin / "kexec"), "-s", "-l", str(image), "--reuse-cmdline"],
+        [str(fakebin / "systemctl"), "kexec"],
+    ]
+    assert calls(fakebin) == [] and not db.exists()
+
+
+def test_kexec_runs_exact_argv_without_a_shell(
+    sysroot: SysrootFactory,
+    image: Path,
+    fakebin: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    initrd = tmp_path / "initrd.img"
+    initrd.write_bytes(b"\x1f\x8b" + bytes(100))
+    hostile = "console=ttyS0 kho=on ; rm -rf / $(reboot) `id`"
+    rc, _, err = ctl(
+        capsys,
+        "kexec",
+        "--sysroot",
+        str(sysroot("kexec1/step0")),
+        "--kernel",
+        str(image),
+        "--initrd",
+        str(initrd),
+        "--append",
+        hostile,
+        "--db",
+        f"sqlite:///{tmp_path / 'k.db'}",
+    )
+    assert rc == 0, err
+    assert calls(fakebin) == [
+        ["kexec", "-s", "-l", str(image), f"--initrd={initrd}", f"--append={hostile}"],
+        ["systemctl", "kexec"],
+    ]
+    with sqlite3.connect(tmp_path / "k.db") as conn:
+        rows = conn.execute(
+            "SELECT source, expected_previous_release, expected_kexec_count, "
+            "forced, verdict, argv FROM kexec_attempts"
+        ).fetchall()
+    assert [r[:5] for r in rows] == [("khoctl", "7.3.4-khlab-a", 1, 0, None)]
+    assert json.loads(rows[0][5])[0][-1] == f"--append={hostile}"
+
+
+def test_kexec_now_uses_kexec_e(
+    sysroot: SysrootFactory,
+    image: Path,
+    fakebin: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rc, _, _ = ctl(
+        capsys,
+        "kexec",
+        "--now",
+        "--sysroot",
+        str(sysroot("kexec1/step0")),
+        "--kernel",
+        str(image),
+        "--db",
+        f"sqlite:///{tmp_path / 'k.db'}",
+    )
+    assert rc == 0 and calls(fakebin)[-1] == ["kexec", "-e"]
+
+
+def test_kexec_refuses_on_an_error_and_force_goes_on(
+    sysroot: SysrootFactory,
+    image: Path,
+    fakebin: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = sysroot("nokho/step0")
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    rc, _, err = ctl(capsys, "kexec", "--sysroot", str(root), "--kernel", str(image), "--db", db)
+    assert rc == 1 and calls(fakebin) == []
+    assert err == "khoctl: error: refusing to kexec: kho-enabled failed (--force to go on)\n"
+    assert not (tmp_path / "k.db").exists()
+    rc, _, _ = ctl(
+        capsys, "kexec", "--force", "--sysroot", str(root), "--kernel", str(image), "--db", db
+    )
+    assert rc == 0 and [c[1] for c in calls(fakebin)] == ["-s", "kexec"]
+    with sqlite3.connect(tmp_path / "k.db") as conn:
+        assert conn.execute("SELECT forced FROM kexec_attempts").fetchall() == [(1,)]
+
+
+def test_a_failed_load_is_one_line_and_the_attempt_says_so(
+    sysroot: SysrootFactory,
+    image: Path,
+    fakebin: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    write_fake(fakebin, "kexec", fail=True)
+    rc, _, err = ctl(
+        capsys,
+        "kexec",
+        "--sysroot",
+        str(sysroot("kexec1/step0")),
+        "--kernel",
+        str(image),
+        "--db",
+        f"sqlite:///{tmp_path / 'k.db'}",
+    )
+    assert rc == 1
+    assert err.endswith("failed: Cannot load the kernel: Invalid argument\n")
+    assert err.count("\n") == 1 and [c[0] for c in calls(fakebin)] == ["kexec"]  # no exec
+    with sqlite3.connect(tmp_path / "k.db") as conn:
+        assert conn.execute("SELECT verdict FROM kexec_attempts").fetchall() == [("failed",)]
+
+
+# --- the verdict at the next boot ---
+
+
+def attempt_then_boot(
+    sysroot: SysrootFactory,
+    image: Path,
+    db: str,
+    before: str,
+    after: Path,
+    capsys: pytest.CaptureFixture[str],
+    *extra: str,
+) -> list[dict[str, Any]]:
+    rc, _, err = ctl(
+        capsys,
+        "kexec",
+        "--sysroot",
+        str(sysroot(before)),
+        "--kernel",
+        str(image),
+        "--db",
+        db,
+        *extra,
+    )
+    assert rc == 0, err
+    assert (
+        run_main(
+            "khod",
+            khod_main.main,
+            [
+                "--once",
+                "--sysroot",
+                str(after),
+                "--db",
+                db,
+                "--state-dir",
+                str(after.parent / "st"),
+            ],
+        )
+        == 0
+    )
+    _, rows, _ = ctl(capsys, "history", "--json", "--all", "--db", db)
+    assert isinstance(rows, list)
+    return rows
+
+
+def test_verdict_landed(
+    sysroot: SysrootFactory,
+    image: Path,
+    fakebin: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    rows = attempt_then_boot(sysroot, image, db, "kexec1/step0", sysroot("kexec1/step1"), capsys)
+    assert [(r["kind"], r["verdict"]) for r in rows] == [("kexec", "landed"), ("cold", None)]
+
+
+def test_verdict_cold_boot_after_a_panic(
+    sysroot: SysrootFactory,
+    image: Path,
+    fakebin: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # real: after step1 the VM panicked and was reset; step0-boot2 is a cold boot
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    rows = attempt_then_boot(
+        sysroot, image, db, "pstore/step1", sysroot("pstore/step0-boot2"), capsys
+    )
+    assert rows[0]["verdict"] == "cold-boot"
+
+
+def test_verdict_abi_mismatch(
+    sysroot: SysrootFactory,
+    image: Path,
+    fakebin: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    after = sysroot("kexec1/step1")
+    variants.strip_handover(after)
+    variants.append_kmsg(
+        after,
+        b"KHO: setup: handover FDT (0x10116b000) is incompatible with 'kho-v3'",
+        b"KHO: disabling KHO revival",
+    )
+    rows = attempt_then_boot(
+        sysroot, image, f"sqlite:///{tmp_path / 'k.db'}", "kexec1/step0", after, capsys
+    )
+    assert (rows[0]["kind"], rows[0]["verdict"]) == ("kexec-rejected", "abi-mismatch")
+
+
+def test_verdict_mismatch_and_superseded(
+    sysroot: SysrootFactory,
+    image: Path,
+    fakebin: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    before = sysroot("kexec1/step0")
+    assert (
+        ctl(capsys, "kexec", "--sysroot", str(before), "--kernel", str(image), "--db", db)[0] == 0
+    )
+    after = sysroot("kexec1/step1")
+    blob = bytearray((after / KHO / "in/sub_fdts/kexec-metadata").read_bytes())
+    blob[69] = 7  # the handover says count 7
+    variants.replace(after, f"{KHO}/in/sub_fdts/kexec-metadata", bytes(blob))
+    variants.drop_kmsg_lines(after, b"exec from")
+    rc, _, _ = ctl(capsys, "kexec", "--sysroot", str(before), "--kernel", str(image), "--db", db)
+    assert rc == 0
+    assert (
+        run_main(
+            "khod",
+            khod_main.main,
+            ["--once", "--sysroot", str(after), "--db", db, "--state-dir", str(tmp_path / "st")],
+        )
+        == 0
+    )
+    with sqlite3.connect(tmp_path / "k.db") as conn:
+        got = conn.execute(
+            "SELECT id, verdict, verdict_detail FROM kexec_attempts ORDER BY id"
+        ).fetchall()
+    assert [v for _, v, _ in got] == ["superseded", "mismatch"]
+    assert (
+        "expected kexec from 7.3.4-khlab-a count 1, got kexec from 7.3.4-khlab-a count 7"
+        in (got[1][2])
+    )
+
+
+def test_the_verdict_is_counted_in_the_metrics(
+    sysroot: SysrootFactory,
+    image: Path,
+    fakebin: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from khod.metrics import SnapshotCollector, exposition, make_registry
+    from khod.snapshot import compute_snapshot
+    from khod.store.db import open_store
+
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    attempt_then_boot(sysroot, image, db, "kexec1/step0", sysroot("kexec1/step1"), capsys)
+    snap = compute_snapshot(
+        open_store(db),
+        "65f7426a2b95da889897ce107b775321",
+        "30341bb4-f2be-44ce-9dc1-bc1efbab050a",
+        ingested_at=0,
+        duration=0,
+    )
+    c = SnapshotCollector()
+    c.set(snap)
+    assert (
+        'khod_kexec_attempts_total{verdict="landed"} 1.0' in exposition(make_registry(c)).decode()
+    )
+
+
+# --- the kexec.target hook ---
+
+
+def test_record_kexec_hook(
+    sysroot: SysrootFactory,
+    image: Path,
+    fakebin: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = sysroot("kexec1/step0")
+    variants.replace(root, "sys/kernel/kexec_loaded", b"1\n")
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    rc, out, err = ctl(capsys, "record-kexec", "--sysroot", str(root), "--db", db)
+    assert rc == 0 and "recorded (not through khoctl kexec)" in out
+    assert "may have used the classic loader" in err
+    rc, out, _ = ctl(capsys, "record-kexec", "--sysroot", str(root), "--db", db)
+    assert "was recorded by khoctl kexec" in out  # an open attempt exists: no second one
+    with sqlite3.connect(tmp_path / "k.db") as conn:
+        assert conn.execute(
+            "SELECT source, expected_kexec_count FROM kexec_attempts"
+        ).fetchall() == [("hook", 1)]
