@@ -13,9 +13,11 @@ size), the relative path (UTF-8), the bytes.
 
 from __future__ import annotations
 
-import errno
 import os
+import stat
 import struct
+
+from khod.sources.files import read_kmsg_device
 
 MAGIC = b"KHODSPOOL1\n"
 ENTRY = struct.Struct("<HQI")
@@ -56,28 +58,11 @@ def _read(path: str) -> bytes | None:
 
 def _read_kmsg(path: str) -> bytes | None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if stat.S_ISCHR(os.stat(path).st_mode):
+            return read_kmsg_device(path, FILE_LIMIT)
     except OSError:
         return None
-    out = []
-    total = 0
-    try:
-        while total < FILE_LIMIT:
-            try:
-                rec = os.read(fd, 8192)
-            except BlockingIOError:
-                break
-            except OSError as e:
-                if e.errno == errno.EPIPE:
-                    continue
-                break
-            if not rec:
-                break
-            out.append(rec)
-            total += len(rec)
-    finally:
-        os.close(fd)
-    return b"".join(out)
+    return _read(path)
 
 
 def _walk(root: str, rel: str) -> list[str]:

@@ -64,19 +64,11 @@ def read_optional(path: Path, shown: str, limit: int = DEFAULT_LIMIT) -> bytes |
         raise
 
 
-def read_kmsg(path: Path, shown: str, limit: int = DEFAULT_LIMIT) -> bytes:
-    """The kernel log records. On a host ``/dev/kmsg`` is a device that returns one record
-    per read() and EAGAIN at the end; in a captured tree it is a plain file of records."""
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise SourceError(shown, describe_oserror(e)) from None
-    if not stat.S_ISCHR(st.st_mode):
-        return read_bytes(path, shown, limit)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        raise SourceError(shown, describe_oserror(e)) from None
+def read_kmsg_device(path: str | Path, limit: int = DEFAULT_LIMIT) -> bytes:
+    """Every record ``/dev/kmsg`` still holds: one record per read(), EAGAIN at the end,
+    EPIPE for a record overwritten in the ring buffer meanwhile (skipped). OSError when
+    it cannot be opened or read. Standard library only: the boot capture uses it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     out: list[bytes] = []
     total = 0
     try:
@@ -87,10 +79,10 @@ def read_kmsg(path: Path, shown: str, limit: int = DEFAULT_LIMIT) -> bytes:
                 break
             except OSError as e:
                 if e.errno == errno.EPIPE:
-                    continue  # record overwritten in the ring buffer; go on
+                    continue
                 if e.errno == errno.EINVAL:
                     break
-                raise SourceError(shown, describe_oserror(e)) from None
+                raise
             if not rec:
                 break
             out.append(rec)
@@ -98,6 +90,17 @@ def read_kmsg(path: Path, shown: str, limit: int = DEFAULT_LIMIT) -> bytes:
     finally:
         os.close(fd)
     return b"".join(out)
+
+
+def read_kmsg(path: Path, shown: str, limit: int = DEFAULT_LIMIT) -> bytes:
+    """The kernel log records: from the device on a host, from a plain file of the same
+    records in a captured tree."""
+    try:
+        if not stat.S_ISCHR(os.stat(path).st_mode):
+            return read_bytes(path, shown, limit)
+        return read_kmsg_device(path, limit)
+    except OSError as e:
+        raise SourceError(shown, describe_oserror(e)) from None
 
 
 def list_dir(path: Path, shown: str) -> list[str] | None:
