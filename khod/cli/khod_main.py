@@ -273,7 +273,12 @@ def store_part(args: Any, cfg: Any, paths: Any, obs: Any, on_ready: Any = None) 
             from khod import sd  # noqa: PLC0415
 
             sd.journal_boot(obs, list(obs.events))
-        (spool / f"{boot}.spool").unlink(missing_ok=True)
+        try:
+            (spool / f"{boot}.spool").unlink(missing_ok=True)  # ingested: no longer needed
+        except OSError as e:
+            print(
+                f"khod: warning: cannot remove {spool / boot}.spool: {e.strerror}", file=sys.stderr
+            )
     finally:
         store.dispose()
     if obs is not None:

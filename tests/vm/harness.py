@@ -30,6 +30,9 @@ BASE_APPEND = (
 )
 
 
+TABLES: list[str] = []  # per-boot tables of this session's runs (tests/vm/conftest.py)
+
+
 @dataclass
 class Boot:
     step: str

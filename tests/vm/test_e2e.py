@@ -36,6 +36,7 @@ def kernels() -> Path:
 
 def finish(r: harness.Run) -> harness.Run:
     table = harness.table(r)
+    harness.TABLES.append(f"{table}\n(run directory: {r.dir})")
     (r.dir / "table.txt").write_text(table + "\n")
     print(f"\n{table}\n(run directory: {r.dir})", file=sys.stderr)
     return r
