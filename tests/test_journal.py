@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from tests.daemon_helpers import BIN
 
 CATALOG = Path(__file__).parent.parent / "systemd" / "khod.catalog"
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a private mount namespace needs root")
 
 
 def test_catalog_parses_and_covers_every_message_id(tmp_path: Path) -> None:
@@ -53,19 +56,36 @@ def parse_native(datagram: bytes) -> dict[str, str]:
     return fields
 
 
+@dataclass
+class Journal:
+    """A socket standing in for journald's, and the prefix that runs a command in a
+    private mount namespace where it sits at /run/systemd/journal/socket (whether or not
+    a journald runs on this host: its socket is left alone)."""
+
+    sock: socket.socket
+    prefix: list[str]
+
+
 @pytest.fixture
-def journal() -> Iterator[socket.socket]:
-    if JOURNAL_SOCKET.exists() or os.geteuid() != 0:
-        pytest.skip("a journald is running here (or not root): its socket is not ours")
-    JOURNAL_SOCKET.parent.mkdir(parents=True, exist_ok=True)
+def journal(tmp_path: Path) -> Iterator[Journal]:
+    d = tmp_path / "journal"
+    d.mkdir()
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.bind(str(JOURNAL_SOCKET))
-    s.settimeout(5)
+    s.bind(str(d / "socket"))
+    JOURNAL_SOCKET.parent.mkdir(parents=True, exist_ok=True)  # the mount point
+    prefix = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        f'mount --bind "{d}" {JOURNAL_SOCKET.parent} && exec "$0" "$@"',
+    ]
     try:
-        yield s
+        yield Journal(s, prefix)
     finally:
         s.close()
-        JOURNAL_SOCKET.unlink()
 
 
 def receive_all(s: socket.socket) -> list[dict[str, str]]:
@@ -80,10 +100,11 @@ def receive_all(s: socket.socket) -> list[dict[str, str]]:
 
 
 def test_journal_entries_of_a_kexec_boot_with_a_crash_record(
-    journal: socket.socket, tmp_path: Path
+    journal: Journal, tmp_path: Path
 ) -> None:
     r = subprocess.run(
         [
+            *journal.prefix,
             str(BIN / "khod"),
             "--once",
             "--journal",
@@ -99,7 +120,7 @@ def test_journal_entries_of_a_kexec_boot_with_a_crash_record(
         check=False,
     )
     assert r.returncode == 0, r.stderr
-    entries = receive_all(journal)
+    entries = receive_all(journal.sock)
     by_id: dict[str, list[dict[str, str]]] = {}
     for e in entries:
         by_id.setdefault(e["MESSAGE_ID"], []).append(e)
@@ -112,9 +133,10 @@ def test_journal_entries_of_a_kexec_boot_with_a_crash_record(
     assert all(e["PRIORITY"] == "3" for e in crashes)
 
 
-def test_journal_entry_of_a_kexec(journal: socket.socket, tmp_path: Path) -> None:
+def test_journal_entry_of_a_kexec(journal: Journal, tmp_path: Path) -> None:
     r = subprocess.run(
         [
+            *journal.prefix,
             str(BIN / "khod"),
             "--once",
             "--journal",
@@ -131,7 +153,7 @@ def test_journal_entry_of_a_kexec(journal: socket.socket, tmp_path: Path) -> Non
     )
     assert r.returncode == 0, r.stderr
     (boot,) = [
-        e for e in receive_all(journal) if e["MESSAGE_ID"] == sd.MESSAGE_IDS["boot-recorded"]
+        e for e in receive_all(journal.sock) if e["MESSAGE_ID"] == sd.MESSAGE_IDS["boot-recorded"]
     ]
     assert (boot["KHOD_PREVIOUS_RELEASE"], boot["KHOD_KEXEC_COUNT"]) == ("7.3.4-khlab-a", "1")
     assert boot["MESSAGE"].endswith("kexec from 7.3.4-khlab-a (count 1)")
