@@ -99,9 +99,8 @@ def receive_all(s: socket.socket) -> list[dict[str, str]]:
     return out
 
 
-def test_journal_entries_of_a_kexec_boot_with_a_crash_record(
-    journal: Journal, tmp_path: Path
-) -> None:
+def ingest_journaled(journal: Journal, tmp_path: Path, step: str) -> None:
+    """khod --once --journal on a fixture, inside the journal's mount namespace."""
     r = subprocess.run(
         [
             *journal.prefix,
@@ -109,7 +108,7 @@ def test_journal_entries_of_a_kexec_boot_with_a_crash_record(
             "--once",
             "--journal",
             "--sysroot",
-            str(FIXTURES / "pstore/step0-boot2"),
+            str(FIXTURES / step),
             "--db",
             f"sqlite:///{tmp_path / 'k.db'}",
             "--state-dir",
@@ -120,6 +119,12 @@ def test_journal_entries_of_a_kexec_boot_with_a_crash_record(
         check=False,
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_journal_entries_of_a_kexec_boot_with_a_crash_record(
+    journal: Journal, tmp_path: Path
+) -> None:
+    ingest_journaled(journal, tmp_path, "pstore/step0-boot2")
     entries = receive_all(journal.sock)
     by_id: dict[str, list[dict[str, str]]] = {}
     for e in entries:
@@ -134,24 +139,7 @@ def test_journal_entries_of_a_kexec_boot_with_a_crash_record(
 
 
 def test_journal_entry_of_a_kexec(journal: Journal, tmp_path: Path) -> None:
-    r = subprocess.run(
-        [
-            *journal.prefix,
-            str(BIN / "khod"),
-            "--once",
-            "--journal",
-            "--sysroot",
-            str(FIXTURES / "kexec1/step1"),
-            "--db",
-            f"sqlite:///{tmp_path / 'k.db'}",
-            "--state-dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert r.returncode == 0, r.stderr
+    ingest_journaled(journal, tmp_path, "kexec1/step1")
     (boot,) = [
         e for e in receive_all(journal.sock) if e["MESSAGE_ID"] == sd.MESSAGE_IDS["boot-recorded"]
     ]

@@ -140,14 +140,10 @@ def effective_config(args: Any) -> Any:
         over["own_pstore"] = True
     if args.pstore_inflate_limit is not None:
         over["inflate_limit"] = parse_size(args.pstore_inflate_limit, "--pstore-inflate-limit")
-    for flag, key in (("max_boots", "max_boots"), ("max_bytes", "max_bytes")):
-        v = getattr(args, flag)
-        if v is not None:
-            over[key] = (
-                parse_size(v, "--" + flag.replace("_", "-"))
-                if key == "max_bytes"
-                else (_count(v, "--max-boots"))
-            )
+    if args.max_boots is not None:
+        over["max_boots"] = _count(args.max_boots, "--max-boots")
+    if args.max_bytes is not None:
+        over["max_bytes"] = parse_size(args.max_bytes, "--max-bytes")
     if args.max_age is not None:
         over["max_age"] = parse_duration(args.max_age, "--max-age")
     if not (over.get("state_dir") or cfg.state_dir != "/var/lib/khod"):
