@@ -7,9 +7,10 @@ BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.khod-installed
 # Debian packages: build deps of systemd-python (libsystemd-dev, pkg-config) and
 # pylibfdt (swig), a compiler and headers; for the tests: dtc (a second FDT decoder),
-# systemd (systemd-analyze, journalctl), prometheus (promtool), util-linux (setpriv).
+# systemd (systemd-analyze, journalctl), prometheus (promtool and the server the
+# tests start), util-linux (setpriv), postgresql (the server the store tests start).
 DEB_PKGS ?= gcc python3-dev python3-venv pkg-config libsystemd-dev swig device-tree-compiler \
-            systemd prometheus util-linux \
+            systemd prometheus util-linux postgresql \
             qemu-system-x86 kexec-tools busybox-static cpio \
             make flex bison bc libelf-dev libssl-dev xz-utils dpkg-dev
 # benchmarks compare against node_exporter

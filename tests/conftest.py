@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Connection, Engine, event
+
+from tests.pgserver import PostgresServer, running_server
 
 DATA = Path(__file__).parent / "data"
 FIXTURES = DATA / "fixtures"
@@ -47,6 +50,42 @@ def sysroot(tmp_path: Path) -> SysrootFactory:
     return make
 
 
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL cluster for the session; each test gets its own database."""
+    with running_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store URL: every store test runs on both backends."""
+    if request.param == "postgresql":
+        server: PostgresServer = request.getfixturevalue("pg_server")
+        return server.url(server.create_database())
     return f"sqlite:///{tmp_path / 'state' / 'khod.db'}"
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """For what only SQLite has: a file, its permissions, WAL, a corrupt file."""
+    return f"sqlite:///{tmp_path / 'state' / 'khod.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _dispose_engines() -> Iterator[None]:
+    """Close every pooled connection a test's stores opened (the CLI's processes exit;
+    a test's stores would otherwise close at garbage collection, mid-way through a
+    later test)."""
+    engines: dict[int, Engine] = {}  # held until teardown: never collected mid-test
+
+    def seen(conn: Connection) -> None:
+        engines.setdefault(id(conn.engine), conn.engine)
+
+    event.listen(Engine, "engine_connect", seen)
+    try:
+        yield
+    finally:
+        event.remove(Engine, "engine_connect", seen)
+        for engine in engines.values():
+            engine.dispose()

@@ -69,7 +69,7 @@ def test_by_bytes_and_the_rows_go_with_the_boot(sysroot: SysrootFactory, db_url:
             conn.execute(select(func.sum(pstore_records.c.size))).scalar_one() // 5
         )
     n = apply_retention(
-        store, machine, pks[-1], max_boots=0, max_age=0, max_bytes=int(per_boot * 2.5)
+        store, machine, pks[-1], max_boots=0, max_age=0, max_bytes=int(int(per_boot) * 2.5)
     )
     assert n == 3 and remaining(db_url) == ["04", "03"]
     with store.engine.connect() as conn:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import sqlite3
 from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import func, select, text
+from sqlalchemy import func, inspect, select, text
 
 from khod.collect import collect
 from khod.errors import StoreError
+from khod.observation import Blob
 from khod.paths import HostPaths
 from khod.store import migrate
-from khod.store.boots import load_boots, load_events, save_observation
+from khod.store.boots import load_boots, load_events, load_pstore, save_observation
 from khod.store.db import current_revision, open_store
 from khod.store.schema import HEAD_REVISION, blobs, boots, events
 from tests import variants
@@ -33,17 +35,13 @@ def test_migrations_up_check_down_up(db_url: str) -> None:
         cfg.attributes["connection"] = conn
         command.check(cfg)  # models and migrations agree
     migrate.downgrade(store, "base")
-    with store.engine.connect() as conn:
-        tables = {
-            r[0] for r in conn.execute(text("SELECT name FROM sqlite_master WHERE type='table'"))
-        }
-    assert tables == {"alembic_version"}
+    assert set(inspect(store.engine).get_table_names()) == {"alembic_version"}
     store = open_store(db_url)
     assert current_revision(store) == HEAD_REVISION
 
 
-def test_sqlite_runs_in_wal_mode(db_url: str) -> None:
-    store = open_store(db_url)
+def test_sqlite_runs_in_wal_mode(sqlite_url: str) -> None:
+    store = open_store(sqlite_url)
     with store.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
@@ -135,10 +133,44 @@ def test_db_directory_is_a_file(tmp_path: Path) -> None:
         open_store(f"sqlite:///{tmp_path / 'f' / 'k.db'}")
 
 
-def test_sqlite_file_is_a_real_sqlite_database(db_url: str) -> None:
-    store = open_store(db_url)
+def test_sqlite_file_is_a_real_sqlite_database(sqlite_url: str) -> None:
+    store = open_store(sqlite_url)
     save_observation(store, collect(HostPaths(FIXTURES / "cold/step0")))
-    path = db_url.removeprefix("sqlite:///")
+    path = sqlite_url.removeprefix("sqlite:///")
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert conn.execute("SELECT kind, kexec_count FROM boots").fetchall() == [("cold", 0)]
+
+
+def test_hostile_strings_are_stored_alike_on_every_backend(db_url: str) -> None:
+    """PostgreSQL enforces VARCHAR lengths and refuses NUL in text; SQLite does neither.
+    Names and text from a hostile kernel or file store the same on both."""
+    obs = collect(HostPaths(FIXTURES / "pstore/step1"))
+    rec = obs.pstore[0]
+    long_name = "sub_fdts/" + "n" * 400
+    obs = dataclasses.replace(
+        obs,
+        previous_release="7.3.4\x00evil",
+        blobs=(*obs.blobs, Blob("in", long_name, b"\x00" * 8)),
+        pstore=(
+            dataclasses.replace(
+                rec,
+                backend="b" * 300,
+                type="t" * 100,
+                reason="R" * 100,
+                text="before\x00after",
+                raw=rec.raw + b"\x00",
+            ),
+            *obs.pstore[1:],
+        ),
+    )
+    store = open_store(db_url)
+    save_observation(store, obs)
+    (boot,) = load_boots(store)
+    assert boot.previous_release == "7.3.4\\x00evil"
+    assert boot.id is not None
+    with store.engine.connect() as conn:
+        assert conn.execute(select(blobs.c.size).where(blobs.c.name == long_name)).scalar() == 8
+    (row,) = [r for r in load_pstore(store, boot.id) if r["raw"] == rec.raw + b"\x00"]
+    assert (row["backend"], row["type"], row["reason"]) == ("b" * 300, "t" * 100, "R" * 100)
+    assert row["text"] == "before\\x00after"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ def save_attempt(store: Store, values: dict[str, Any]) -> int:
             return int(
                 conn.execute(
                     insert(kexec_attempts)
-                    .values(created_at=time.time(), **values)
+                    .values(uid=str(uuid.uuid4()), created_at=time.time(), **values)
                     .returning(kexec_attempts.c.id)
                 ).scalar_one()
             )

@@ -8,10 +8,13 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import StoreError
 from khod.store.db import Store, describe_db_error
+
+MIGRATION_LOCK = 0x6B686F64  # "khod"
 
 
 def alembic_config(store: Store | None = None) -> Config:
@@ -43,6 +46,11 @@ def upgrade(store: Store, current: str | None, target: str = "head") -> str:
             ) from None
     try:
         with store.writer.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # hosts starting together against a fresh fleet database: one migrates,
+                # the others wait here, then find the schema current (Alembic reads the
+                # version after the lock); SQLite's BEGIN IMMEDIATE does the same
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, target)
     except SQLAlchemyError as e:

@@ -20,12 +20,14 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 
 # The revision ``migrations/versions`` ends at; a test checks they agree. Knowing it
 # here lets start-up skip importing Alembic when the database is already current.
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -37,6 +39,24 @@ NAMING = {
 
 metadata = MetaData(naming_convention=NAMING)
 
+
+class KText(TypeDecorator[str]):
+    """Text that came from the kernel or a file. PostgreSQL's text cannot hold U+0000,
+    so a NUL is stored as the four characters ``\\x00`` on every backend (the escape
+    the decoders use for invalid UTF-8); the raw bytes are kept beside it."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is not None and "\x00" in value:
+            return value.replace("\x00", "\\x00")
+        return value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> str | None:
+        return value
+
+
 # One row per boot, keyed by (machine_id, boot_id).
 boots = Table(
     "boots",
@@ -45,20 +65,20 @@ boots = Table(
     Column("machine_id", String(64), nullable=False, index=True),
     Column("boot_id", String(64), nullable=False),
     Column("booted_at", BigInteger),  # btime, seconds since the epoch
-    Column("release", Text, nullable=False),
-    Column("cmdline", Text, nullable=False),
+    Column("release", KText, nullable=False),
+    Column("cmdline", KText, nullable=False),
     Column("kind", String(20), nullable=False),  # kexec | kexec-rejected | cold
-    Column("kind_reason", Text),
+    Column("kind_reason", KText),
     Column("kho_enabled", Boolean, nullable=False),
-    Column("kho_abi", Text),  # incoming root compatible, verbatim
+    Column("kho_abi", KText),  # incoming root compatible, verbatim
     Column("memory_map_handed", Boolean),
-    Column("previous_release", Text),
+    Column("previous_release", KText),
     Column("previous_release_raw", LargeBinary),
     Column("kexec_count", Integer),  # NULL: handover without metadata (pre-7.1, unreadable)
     Column("metadata_source", String(8)),  # kho | kmsg
     Column("subtrees", JSON, nullable=False),  # [{"name", "size"}], incoming
     Column("out_subtrees", JSON, nullable=False),
-    Column("out_release", Text),
+    Column("out_release", KText),
     Column("out_kexec_count", Integer),
     Column("scratch", JSON, nullable=False),  # [[phys, len], ...]
     Column("ingested_at", Float, nullable=False),
@@ -73,7 +93,7 @@ blobs = Table(
     Column("id", Integer, primary_key=True),
     Column("boot_pk", ForeignKey("boots.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("direction", String(8), nullable=False),  # in | out
-    Column("name", String(255), nullable=False),  # fdt, sub_fdts/<name>, scratch_len, ...
+    Column("name", KText, nullable=False),  # fdt, sub_fdts/<name>, scratch_len, ...
     Column("size", BigInteger, nullable=False),
     Column("sha256", String(64), nullable=False),
     Column("data", LargeBinary, nullable=False),
@@ -88,9 +108,9 @@ events = Table(
     Column("boot_pk", ForeignKey("boots.id", ondelete="CASCADE"), index=True),
     Column("created_at", Float, nullable=False),
     Column("kind", String(64), nullable=False),
-    Column("source", Text, nullable=False),
+    Column("source", KText, nullable=False),
     Column("severity", String(8), nullable=False),
-    Column("message", Text, nullable=False),
+    Column("message", KText, nullable=False),
     Column("fingerprint", String(64), nullable=False),
     UniqueConstraint("boot_pk", "fingerprint"),
 )
@@ -108,22 +128,22 @@ pstore_records = Table(
     Column("collected_by", ForeignKey("boots.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("describes", ForeignKey("boots.id", ondelete="SET NULL"), index=True),
     Column("location", String(8), nullable=False),  # pstore | archive | kho
-    Column("path", Text, nullable=False),
-    Column("name", String(255), nullable=False),
-    Column("type", String(32), nullable=False),
-    Column("backend", String(64), nullable=False),
+    Column("path", KText, nullable=False),
+    Column("name", KText, nullable=False),
+    Column("type", KText, nullable=False),
+    Column("backend", KText, nullable=False),
     Column("record_id", BigInteger),  # EFI/ERST ids are 64-bit CPER record ids
     Column("part", Integer),
-    Column("reason", String(32)),
+    Column("reason", KText),
     Column("count", Integer),
     Column("record_time", Float),
     Column("compressed", Boolean, nullable=False),
     Column("inflate_status", String(16), nullable=False),
     Column("size", BigInteger, nullable=False),
     Column("raw", LargeBinary, nullable=False),
-    Column("text", Text),
-    Column("release", Text),  # the kernel that wrote it (its "Linux version" banner)
-    Column("dump_key", Text, nullable=False),
+    Column("text", KText),
+    Column("release", KText),  # the kernel that wrote it (its "Linux version" banner)
+    Column("dump_key", KText, nullable=False),
     Column("collected_at", Float, nullable=False),
     UniqueConstraint("machine_id", "sha256"),
 )
@@ -134,22 +154,24 @@ kexec_attempts = Table(
     "kexec_attempts",
     metadata,
     Column("id", Integer, primary_key=True),
+    # the attempt's identity across stores (sync, export, import)
+    Column("uid", String(36), nullable=False, unique=True),
     Column("machine_id", String(64), nullable=False, index=True),
     Column("from_boot", ForeignKey("boots.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("created_at", Float, nullable=False),
     Column("source", String(16), nullable=False),  # khoctl | hook
-    Column("target_image", Text),
-    Column("target_release", Text),
-    Column("target_abi", Text),
-    Column("initrd", Text),
-    Column("cmdline", Text),
+    Column("target_image", KText),
+    Column("target_release", KText),
+    Column("target_abi", KText),
+    Column("initrd", KText),
+    Column("cmdline", KText),
     Column("checks", JSON, nullable=False),
     Column("forced", Boolean, nullable=False),
     Column("argv", JSON, nullable=False),  # every command run, as argv lists
-    Column("expected_previous_release", Text, nullable=False),
+    Column("expected_previous_release", KText, nullable=False),
     Column("expected_kexec_count", Integer, nullable=False),
     # landed | cold-boot | abi-mismatch | mismatch | superseded; NULL while open
     Column("verdict", String(16)),
     Column("verdict_boot", ForeignKey("boots.id", ondelete="SET NULL"), index=True),
-    Column("verdict_detail", Text),
+    Column("verdict_detail", KText),
 )

@@ -1,0 +1,155 @@
+"""A real PostgreSQL server for the tests: Debian's binaries, a cluster made by initdb
+in a temp directory, listening on loopback only, stopped at the end of the session.
+
+PostgreSQL refuses to run as root; as root the cluster belongs to the `postgres` user
+that the Debian package creates (or to `nobody` where it does not exist).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def pg_bindir() -> Path | None:
+    """The newest installed server's bin directory (/usr/lib/postgresql/<major>/bin)."""
+    found = []
+    for d in Path("/usr/lib/postgresql").glob("*/bin"):
+        if (d / "initdb").exists() and d.parent.name.isdigit():
+            found.append((int(d.parent.name), d))
+    return max(found)[1] if found else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PostgresServer:
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.port = free_port()
+        # not under pytest's tmp dir: that is 0700 and owned by root
+        self.dir = Path(tempfile.mkdtemp(prefix="khod-pg-"))
+        self.data = self.dir / "data"
+        self.log = self.dir / "server.log"
+        self.user: pwd.struct_passwd | None = None
+        if os.geteuid() == 0:
+            try:
+                self.user = pwd.getpwnam("postgres")
+            except KeyError:
+                self.user = pwd.getpwnam("nobody")
+            os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
+        self.dir.chmod(0o700)
+
+    def _run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = list(argv)
+        if self.user is not None:
+            cmd = [
+                "setpriv",
+                f"--reuid={self.user.pw_uid}",
+                f"--regid={self.user.pw_gid}",
+                "--clear-groups",
+                "--",
+                *cmd,
+            ]
+        return subprocess.run(
+            cmd, check=check, capture_output=True, text=True, cwd=self.dir, timeout=120
+        )
+
+    def init(self) -> None:
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+        )
+        conf = self.data / "postgresql.conf"
+        with conf.open("a") as f:
+            f.write(
+                f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
+                f"unix_socket_directories = '{self.dir}'\n"
+                "max_connections = 200\n"
+                # a test cluster: durability is not under test here
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+            )
+
+    def start(self) -> None:
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "start"
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop", check=False
+        )
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        out = self._run(
+            str(self.bindir / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        )
+        return out.stdout
+
+    def create_database(self) -> str:
+        name = "t_" + uuid.uuid4().hex[:16]
+        self.psql(f"CREATE DATABASE {name}")
+        return name
+
+    def wait_down(self, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
+                time.sleep(0.1)
+                continue
+            return
+
+    def cleanup(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_server() -> Iterator[PostgresServer]:
+    bindir = pg_bindir()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL is not installed: `make test` installs it (postgresql)")
+    server = PostgresServer(bindir)
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
