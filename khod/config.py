@@ -17,6 +17,10 @@ inflate_limit = "16MiB"       # larger .enc.z records are kept compressed
 max_boots = 10000             # per machine; 0 = no limit
 max_age = "730d"              # s, m, h, d; "0" = no limit
 max_bytes = "1GiB"            # raw blobs and pstore bytes per machine; "0" = no limit
+
+[sync]                        # store-and-forward to the fleet database
+to = ""                       # SQLAlchemy URL, e.g. postgresql+psycopg://khod@db/fleet
+interval = "5m"               # between pushes; failures retry sooner, backing off
 """
 
 from __future__ import annotations
@@ -91,6 +95,8 @@ class Config:
     max_boots: int = 10000
     max_age: int = 730 * 86400
     max_bytes: int = 1 << 30
+    sync_to: str = ""
+    sync_interval: int = 300
     source: str = field(default="defaults", compare=False)
 
 
@@ -124,6 +130,8 @@ KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("retention", "max_boots"): ("max_boots", _count),
     ("retention", "max_age"): ("max_age", parse_duration),
     ("retention", "max_bytes"): ("max_bytes", parse_size),
+    ("sync", "to"): ("sync_to", _str),
+    ("sync", "interval"): ("sync_interval", parse_duration),
 }
 assert {f for f, _ in KEYS.values()} == {f.name for f in fields(Config)} - {"source"}
 

@@ -24,6 +24,8 @@ from khod.config import Config
 from khod.errors import KhodError
 
 RETRY_SECONDS = 30.0
+SYNC_FIRST_RETRY = 30.0  # then doubling, up to sync.interval
+SYNC_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,13 @@ def child_argv(s: Settings, *extra: str) -> list[str]:
     return argv + list(extra)
 
 
+def sync_argv(s: Settings) -> list[str]:
+    argv = [sys.executable, "-m", "khod.cli.khoctl", "sync", "--to", s.cfg.sync_to]
+    if s.db:
+        argv += ["--db", s.db]
+    return argv
+
+
 class Daemon:
     def __init__(self, settings: Settings, reload: Any) -> None:
         self.s = settings
@@ -77,6 +86,11 @@ class Daemon:
         self.stop = False
         self.hup = False
         self.retry_at: float | None = None
+        self.sync_at: float | None = None  # the next push to the fleet database
+        self.sync_proc: subprocess.Popen[bytes] | None = None
+        self.sync_out = b""
+        self.sync_started = 0.0
+        self.sync_failures = 0
 
     def log(self, msg: str) -> None:
         print(f"khod: {msg}", file=sys.stderr, flush=True)
@@ -163,15 +177,28 @@ class Daemon:
         watcher = self._watcher()
         watchdog = _watchdog_interval()
         next_dog = time.monotonic()
+        ready: list[Any] = []
         try:
             while not self.stop:
+                self._sync_step(ready)
                 now = time.monotonic()
                 if watchdog and now >= next_dog:
                     sd.notify("WATCHDOG=1")
                     next_dog = now + watchdog
-                deadlines = [d for d in (next_dog if watchdog else None, self.retry_at) if d]
+                deadlines = [
+                    d
+                    for d in (
+                        next_dog if watchdog else None,
+                        self.retry_at,
+                        self.sync_at,
+                        self.sync_started + SYNC_TIMEOUT if self.sync_proc else None,
+                    )
+                    if d
+                ]
                 timeout = max(0.0, min(deadlines) - now) if deadlines else None
                 fds: list[Any] = [wake] + ([watcher] if watcher else [])
+                if self.sync_proc is not None and self.sync_proc.stdout is not None:
+                    fds.append(self.sync_proc.stdout)
                 try:
                     ready, _, _ = select.select(fds, [], [], timeout)
                 except InterruptedError:
@@ -189,12 +216,68 @@ class Daemon:
                 if self.retry_at is not None and time.monotonic() >= self.retry_at:
                     self.ingest()
         finally:
+            if self.sync_proc is not None:
+                self.sync_proc.kill()
+                self.sync_proc.wait()
             sd.notify("STOPPING=1")
             httpd.shutdown()
             httpd.server_close()
             if watcher is not None:
                 watcher.close()
         return 0
+
+    def _sync_step(self, ready: list[Any]) -> None:
+        """Store-and-forward: ``khoctl sync`` in a child, never blocking this loop (the
+        fleet database may hang); on failure retry after 30 s, doubling up to the
+        interval. Nothing is lost meanwhile: the local store is the source of truth."""
+        now = time.monotonic()
+        proc = self.sync_proc
+        if proc is not None:
+            assert proc.stdout is not None
+            done = False
+            if proc.stdout in ready:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                self.sync_out = (self.sync_out + chunk)[-65536:]
+                done = not chunk  # EOF: the child is exiting
+            if not done and now - self.sync_started > SYNC_TIMEOUT:
+                proc.kill()
+                self.sync_out += f"sync: no answer in {SYNC_TIMEOUT:.0f}s, stopped\n".encode()
+                done = True
+            if not done:
+                return
+            rc = proc.wait()
+            proc.stdout.close()
+            self.sync_proc = None
+            out, self.sync_out = self.sync_out.decode(errors="replace"), b""
+            for line in out.splitlines():
+                if line.strip():
+                    self.log(line.removeprefix("khoctl: "))
+            self.collector.sync_result(rc == 0)
+            interval = float(self.s.cfg.sync_interval)
+            if rc == 0:
+                self.sync_failures = 0
+                self.sync_at = now + interval
+            else:
+                self.sync_failures += 1
+                delay = min(interval, SYNC_FIRST_RETRY * 2 ** (self.sync_failures - 1))
+                self.log(f"sync failed ({self.sync_failures} in a row); retrying in {delay:.0f}s")
+                self.sync_at = now + delay
+            return
+        if not self.s.cfg.sync_to:
+            self.sync_at = None
+            return
+        if self.sync_at is None:
+            self.sync_at = now  # configured (at start or by a reload): push now
+        if now < self.sync_at:
+            return
+        self.sync_at = None
+        self.sync_started = now
+        self.sync_proc = subprocess.Popen(
+            sync_argv(self.s),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
 
     def _on_hup(self) -> None:
         try:

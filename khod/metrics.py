@@ -7,6 +7,7 @@ import json
 import math
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ class SnapshotCollector:
         self._lock = threading.Lock()
         self._snap: dict[str, Any] = {}
         self._store_errors = 0
+        self._sync: dict[str, float] | None = None  # set once sync.to is configured
 
     def set(self, snap: dict[str, Any]) -> None:
         with self._lock:
@@ -44,10 +46,32 @@ class SnapshotCollector:
         with self._lock:
             self._store_errors += 1
 
+    def sync_result(self, ok: bool) -> None:
+        with self._lock:
+            st = self._sync or {"failures": 0.0, "last_success": math.nan}
+            if ok:
+                st["last_success"] = time.time()
+            else:
+                st["failures"] += 1
+            self._sync = st
+
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             s = self._snap
             store_errors = self._store_errors
+            sync = dict(self._sync) if self._sync is not None else None
+        if sync is not None:
+            g = GaugeMetricFamily(
+                "khod_sync_last_success_timestamp_seconds",
+                "When khoctl sync last pushed this host's rows to the fleet database",
+            )
+            g.add_metric([], sync["last_success"])
+            yield g
+            c = CounterMetricFamily(
+                "khod_sync_failures", "Pushes to the fleet database that failed (retried)"
+            )
+            c.add_metric([], sync["failures"])
+            yield c
         boot = s.get("boot") or {}
         g = GaugeMetricFamily(
             "khod_kexecs_since_cold_boot",
@@ -136,7 +160,11 @@ def exposition(registry: CollectorRegistry) -> bytes:
 
 def write_textfile(path: str, registry: CollectorRegistry) -> None:
     """For node_exporter's textfile collector: temp file in the same directory, rename."""
-    data = exposition(registry)
+    atomic_write(path, exposition(registry))
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Readers see the old file or the new one, never half of it."""
     tmp = f"{path}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "wb") as f:

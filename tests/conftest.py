@@ -68,8 +68,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
-    """For what only SQLite has: a file, its permissions, WAL, a corrupt file."""
-    return f"sqlite:///{tmp_path / 'state' / 'khod.db'}"
+    """For what only SQLite has (a file, its permissions, WAL), and a host's own store
+    beside a db_url fleet database."""
+    return f"sqlite:///{tmp_path / 'host' / 'khod.db'}"
 
 
 @pytest.fixture(autouse=True)

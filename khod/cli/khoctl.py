@@ -51,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
     from khod.cli import kexec  # noqa: PLC0415
 
     kexec.add_parsers(cmd)
+    from khod.cli import fleet  # noqa: PLC0415
+
+    fleet.add_parsers(cmd)
     c = cmd("db", "manage the store's schema")
     c.add_argument("action", choices=("upgrade", "current"))
     return p
@@ -250,8 +253,16 @@ def main(argv: Sequence[str]) -> int:
             "kexec": kexec.cmd_kexec,
             "record-kexec": kexec.cmd_record_kexec,
         }[args.command](args)
+    if args.command in ("export", "import", "sync", "report"):
+        from khod.cli import fleet  # noqa: PLC0415
+
+        return fleet.COMMANDS[args.command](args)
     return COMMANDS[args.command](args)
 
 
 def run() -> None:
     sys.exit(run_main("khoctl", main, sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    run()

@@ -20,6 +20,7 @@ from khod.errors import StoreError
 from khod.store.schema import HEAD_REVISION
 
 BUSY_TIMEOUT_MS = 10_000
+CONNECT_TIMEOUT_S = 10
 
 
 def default_db_url() -> str:
@@ -127,6 +128,9 @@ def open_store(url_text: str | None = None, *, create: bool = True, migrate: boo
         kwargs: dict[str, Any] = {}
         if url.get_backend_name() == "sqlite":
             kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_MS / 1000}
+        elif url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
+            # a fleet database behind a dead route fails in seconds, not minutes
+            kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
         engine = create_engine(url, **kwargs)
     except (ArgumentError, ImportError) as e:
         raise StoreError(f"cannot use database {url_text!r}: {e}") from None

@@ -175,3 +175,14 @@ kexec_attempts = Table(
     Column("verdict_boot", ForeignKey("boots.id", ondelete="SET NULL"), index=True),
     Column("verdict_detail", KText),
 )
+
+# How far `khoctl sync` got, per target database and row type: the last local row id
+# the target has committed (for attempts: the first one that may still change).
+sync_state = Table(
+    "sync_state",
+    metadata,
+    Column("target", Text, primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("last_id", Integer, nullable=False),
+    Column("synced_at", Float, nullable=False),
+)

@@ -1,4 +1,4 @@
-"""Fleet: attempts get a uid that survives sync and export; kernel-derived names
+"""Fleet: sync watermarks; attempts get a uid that survives sync and export; kernel-derived names
 become unbounded text (PostgreSQL enforces VARCHAR lengths, SQLite never did).
 
 Revision ID: 0004
@@ -29,6 +29,14 @@ WIDENED = (
 
 
 def upgrade() -> None:
+    op.create_table(
+        "sync_state",
+        sa.Column("target", sa.Text(), nullable=False),
+        sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("last_id", sa.Integer(), nullable=False),
+        sa.Column("synced_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("target", "kind", name=op.f("pk_sync_state")),
+    )
     for table in ("blobs", "pstore_records"):
         with op.batch_alter_table(table) as batch:
             for t, column, length, nullable in WIDENED:
@@ -51,6 +59,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("sync_state")
     with op.batch_alter_table("kexec_attempts") as batch:
         batch.drop_constraint(batch.f("uq_kexec_attempts_uid"), type_="unique")
         batch.drop_column("uid")

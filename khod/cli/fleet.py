@@ -1,0 +1,353 @@
+"""khoctl export, import, sync and report: moving records to the fleet database and
+asking it which kernel transition is the bad one."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from khod.cli.common import print_json
+from khod.errors import KhodError
+
+Cmd = Callable[[str, str], argparse.ArgumentParser]
+
+
+def add_parsers(cmd: Cmd) -> None:
+    c = cmd("export", "write the store as JSON Lines (format khod-export, version 1)")
+    c.add_argument("--since", metavar="T", help="boots since T (2026-11-01, @EPOCH, 7d, 12h)")
+    c.add_argument(
+        "-o", "--output", metavar="FILE", help="write here (.gz compresses; default stdout)"
+    )
+    c = cmd("import", "read khod-export files into the store; rows already there are skipped")
+    c.add_argument("files", nargs="+", metavar="FILE", help="an export (.gz too), or - for stdin")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c = cmd("sync", "push the rows the fleet database has not had yet (store-and-forward)")
+    c.add_argument("--to", metavar="URL", help="the fleet database (default: sync.to in config)")
+    c.add_argument("--config", type=Path, metavar="PATH", help="default /etc/khod/khod.toml")
+    c.add_argument("--full", action="store_true", help="send everything again (it is deduped)")
+    c.add_argument("--json", action="store_true")
+    c = cmd("report", "fleet reports")
+    c.add_argument("report", choices=("transitions",))
+    c.add_argument("--since", metavar="T", help="boots since T (2026-11-01, @EPOCH, 7d, 12h)")
+    c.add_argument("--json", action="store_true")
+    c.add_argument(
+        "--include-cold", action="store_true", help="add each release's cold boots as a baseline"
+    )
+    c.add_argument("--min-boots", type=int, default=1, metavar="N", help="hide rarer rows")
+    c.add_argument(
+        "--textfile",
+        metavar="PATH",
+        help="also write the rows as Prometheus metrics (node_exporter's textfile collector)",
+    )
+    c.add_argument(
+        "--bad-rate",
+        type=float,
+        default=0.05,
+        metavar="R",
+        help="mark a transition bad at this crash rate (default 0.05), in --textfile",
+    )
+    c.add_argument(
+        "--bad-min-boots",
+        type=int,
+        default=20,
+        metavar="N",
+        help="... once it has at least N boots (default 20)",
+    )
+
+
+def _since(args: argparse.Namespace) -> float | None:
+    from khod.timespec import parse_since  # noqa: PLC0415
+
+    return None if args.since is None else parse_since(args.since)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from khod.store.db import open_store  # noqa: PLC0415
+    from khod.store.transfer import export  # noqa: PLC0415
+
+    since = _since(args)
+    store = open_store(args.db, create=False)
+    try:
+        if args.output in (None, "-"):
+            out: IO[str] = sys.stdout
+            counts = export(store, out, since)
+            out.flush()
+            where = "stdout"
+        else:
+            path = Path(args.output)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            except OSError as e:
+                raise KhodError(f"cannot write {path}: {e.strerror}") from None
+            try:
+                with os.fdopen(fd, "wb") as raw:
+                    binary: Any = (
+                        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)
+                        if path.suffix == ".gz"
+                        else raw
+                    )
+                    with io.TextIOWrapper(binary, encoding="utf-8") as text:
+                        counts = export(store, text, since)
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            where = str(path)
+    finally:
+        store.dispose()
+    summary = ", ".join(f"{n} {kind}s" for kind, n in counts.items())
+    print(f"khoctl: exported {summary} to {where}", file=sys.stderr)
+    return 0
+
+
+class Progress:
+    """One line on a terminal, redrawn at most five times a second."""
+
+    def __init__(self, name: str, total: int | None, stream: IO[str]) -> None:
+        self.name = name
+        self.total = total
+        self.stream = stream
+        self.start = time.monotonic()
+        self.last = 0.0
+        self.drawn = False
+
+    def update(self, done: int, rows: int) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.2:
+            return
+        self.last = now
+        rate = rows / max(now - self.start, 1e-6)
+        if self.total:
+            frac = min(done / self.total, 1.0)
+            bar = "#" * int(frac * 30)
+            head = f"{self.name} [{bar:<30}] {frac:4.0%}"
+        else:
+            head = f"{self.name} {done >> 20} MiB"
+        self.stream.write(f"\r{head} {rows} rows, {rate:,.0f}/s\x1b[K")
+        self.stream.flush()
+        self.drawn = True
+
+    def done(self) -> None:
+        if self.drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def _import_file(importer: Any, name: str, show: bool) -> Any:
+    from khod.store.transfer import import_stream  # noqa: PLC0415
+
+    raw: Any
+    if name == "-":
+        raw = sys.stdin.buffer
+    else:
+        try:
+            raw = open(name, "rb")  # noqa: SIM115  (closed below)
+        except OSError as e:
+            raise KhodError(f"cannot read {name}: {e.strerror}") from None
+    try:
+        gz = hasattr(raw, "peek") and raw.peek(2)[:2] == b"\x1f\x8b"
+        lines: Any = gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+        total = os.fstat(raw.fileno()).st_size if name != "-" else None
+        bar = Progress(name, total, sys.stderr) if show else None
+        before = sum(importer.counts.read.values())
+
+        def progress(consumed: int) -> None:
+            if bar is not None:
+                rows = sum(importer.counts.read.values()) - before
+                bar.update(raw.tell() if raw.seekable() else consumed, rows)
+
+        try:
+            result = import_stream(importer, lines, name, progress)
+            importer.flush()
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise KhodError(f"cannot read {name}: {e}") from None
+        finally:
+            if bar is not None:
+                bar.done()
+    finally:
+        if raw is not sys.stdin.buffer:
+            raw.close()
+    return result
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from khod.store.db import open_store  # noqa: PLC0415
+    from khod.store.transfer import Importer  # noqa: PLC0415
+
+    store = open_store(args.db)
+    importer = Importer(store)
+    bad = 0
+    files = []
+    show = sys.stderr.isatty() and not args.quiet and not args.json
+    try:
+        for name in args.files:
+            result = _import_file(importer, name, show)
+            for line in result.bad:
+                print(f"khoctl: warning: {line}", file=sys.stderr)
+            if result.bad_count > len(result.bad):
+                more = result.bad_count - len(result.bad)
+                print(f"khoctl: warning: {name}: {more} more bad lines", file=sys.stderr)
+            bad += result.bad_count
+            files.append({"file": name, "lines": result.lines, "bad": result.bad_count})
+    finally:
+        store.dispose()
+    c = importer.counts
+    if args.json:
+        print_json(
+            {
+                "files": files,
+                "read": c.read,
+                "new": c.new,
+                "unknown_boot": c.unknown_boot,
+                "bad": bad,
+            }
+        )
+    else:
+        parts = [f"{c.read.get(k, 0)} {k}s ({c.new.get(k, 0)} new)" for k in c.read]
+        print(f"imported {', '.join(parts) or 'nothing'} into {store.location}")
+        if c.unknown_boot:
+            print(f"{c.unknown_boot} rows skipped: their boot is in neither the file nor the store")
+        if bad:
+            print(f"{bad} bad lines skipped")
+    return 1 if bad else 0
+
+
+def sync_target(args: argparse.Namespace) -> str:
+    if args.to:
+        return str(args.to)
+    from khod.config import load_config  # noqa: PLC0415
+
+    cfg = load_config(args.config, required=args.config is not None)
+    if not cfg.sync_to:
+        raise KhodError(f"no fleet database: pass --to URL or set sync.to in {cfg.source}")
+    return cfg.sync_to
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from khod.store.db import open_store  # noqa: PLC0415
+    from khod.store.transfer import sync  # noqa: PLC0415
+
+    url = sync_target(args)
+    local = open_store(args.db, create=False)
+    try:
+        target = open_store(url)
+        try:
+            result = sync(local, target, full=args.full)
+        finally:
+            target.dispose()
+    finally:
+        local.dispose()
+    c = result.counts
+    if args.json:
+        print_json({"target": result.target, "sent": c.read, "new": c.new})
+    else:
+        parts = [f"{c.read.get(k, 0)} {k}s ({c.new.get(k, 0)} new)" for k in c.read]
+        print(f"synced {', '.join(parts) or 'nothing new'} to {result.target}")
+    return 0
+
+
+def _transition_metrics(rows: list[Any], bad_rate: float, bad_min: int) -> bytes:
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+    from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
+
+    from khod.metrics import exposition  # noqa: PLC0415
+
+    labels = ["previous_release", "release"]
+    fams = {
+        "boots": GaugeMetricFamily(
+            "khod_fleet_transition_boots", "Boots that came through this kexec", labels=labels
+        ),
+        "hosts": GaugeMetricFamily(
+            "khod_fleet_transition_hosts", "Hosts that took this kexec", labels=labels
+        ),
+        "crashes": GaugeMetricFamily(
+            "khod_fleet_transition_crashes",
+            "Boots through this kexec that left a Panic or Oops record",
+            labels=labels,
+        ),
+        "crash_rate": GaugeMetricFamily(
+            "khod_fleet_transition_crash_rate", "crashes / boots", labels=labels
+        ),
+        "bad": GaugeMetricFamily(
+            "khod_fleet_transition_bad",
+            f"1 when the crash rate is >= {bad_rate} over >= {bad_min} boots",
+            labels=labels,
+        ),
+    }
+    for t in rows:
+        lv = [t.previous_release or "", t.release]
+        for key in ("boots", "hosts", "crashes", "crash_rate"):
+            fams[key].add_metric(lv, getattr(t, key))
+        fams["bad"].add_metric(lv, 1.0 if t.boots >= bad_min and t.crash_rate >= bad_rate else 0.0)
+
+    class _C:
+        def collect(self) -> Any:
+            return list(fams.values())
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_C())
+    return exposition(registry)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from khod.store.db import open_store  # noqa: PLC0415
+    from khod.store.report import transitions  # noqa: PLC0415
+
+    since = _since(args)
+    store = open_store(args.db, create=False)
+    try:
+        rows = [
+            t
+            for t in transitions(store, since, include_cold=args.include_cold)
+            if t.boots >= args.min_boots
+        ]
+    finally:
+        store.dispose()
+    if args.textfile:
+        from khod.metrics import atomic_write  # noqa: PLC0415
+
+        atomic_write(args.textfile, _transition_metrics(rows, args.bad_rate, args.bad_min_boots))
+    if args.json:
+        print_json([t.as_json() for t in rows])
+        return 0
+    if not rows:
+        print("no kexec transitions recorded")
+        return 0
+    from khod.views import table  # noqa: PLC0415
+
+    print(
+        table(
+            [
+                {
+                    "from": t.previous_release or "(cold boot)",
+                    "to": t.release,
+                    "boots": t.boots,
+                    "hosts": t.hosts,
+                    "crashes": t.crashes,
+                    "rate": f"{t.crash_rate:.2%}",
+                }
+                for t in rows
+            ],
+            (
+                ("PREVIOUS_RELEASE", "from"),
+                ("RELEASE", "to"),
+                ("BOOTS", "boots"),
+                ("HOSTS", "hosts"),
+                ("CRASHES", "crashes"),
+                ("CRASH_RATE", "rate"),
+            ),
+        )
+    )
+    return 0
+
+
+COMMANDS = {"export": cmd_export, "import": cmd_import, "sync": cmd_sync, "report": cmd_report}

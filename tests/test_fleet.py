@@ -1,0 +1,505 @@
+"""Fleet scale: export and import, sync to the fleet database, the transition report.
+Every test taking db_url runs on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import math
+import multiprocessing
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from khod.cli import khoctl, khod_main
+from khod.cli.common import run_main
+from khod.store.db import open_store
+from khod.store.schema import blobs, boots, events, kexec_attempts, pstore_records
+from khod.store.transfer import VERSION
+from tests import daemon_helpers, pgserver
+from tests.conftest import FIXTURES, SysrootFactory
+
+CHAIN = ["pstore-kho/step0", "pstore-kho/step1", "pstore-kho/step2", "pstore-kho/step3"]
+OTHERS = ["kexec1/step0", "kexec1/step1", "pstore/step0", "pstore/step0-boot2"]
+TABLES = {"boot": boots, "blob": blobs, "event": events, "pstore": pstore_records}
+
+
+def ctl(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = run_main("khoctl", khoctl.main, list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def host_store(sysroot: SysrootFactory, url: str, steps: list[str]) -> None:
+    for step in steps:
+        root = sysroot(step)
+        assert (
+            run_main("khod", khod_main.main, ["--once", "--sysroot", str(root), "--db", url]) == 0
+        )
+
+
+def table_counts(url: str) -> dict[str, int]:
+    store = open_store(url)
+    with store.engine.connect() as conn:
+        out = {
+            k: conn.execute(select(func.count()).select_from(t)).scalar_one()
+            for k, t in TABLES.items()
+        }
+        out["attempt"] = conn.execute(select(func.count()).select_from(kexec_attempts)).scalar_one()
+    store.dispose()
+    return out
+
+
+def content(url: str) -> dict[str, Any]:
+    """What a store holds, without its row ids: comparable between stores."""
+    store = open_store(url)
+    with store.engine.connect() as conn:
+        boot_ids = {
+            pk: (m, b)
+            for pk, m, b in conn.execute(select(boots.c.id, boots.c.machine_id, boots.c.boot_id))
+        }
+        out: dict[str, Any] = {
+            "boots": sorted(
+                (
+                    r["machine_id"],
+                    r["boot_id"],
+                    r["release"],
+                    r["kind"],
+                    r["previous_release"],
+                    r["kexec_count"],
+                    r["previous_release_raw"],
+                    json.dumps(r["subtrees"]),
+                )
+                for r in conn.execute(select(boots)).mappings()
+            ),
+            "blobs": sorted(
+                (boot_ids[r["boot_pk"]], r["direction"], r["name"], r["data"])
+                for r in conn.execute(select(blobs)).mappings()
+            ),
+            "events": sorted(
+                (boot_ids[r["boot_pk"]], r["fingerprint"], r["message"])
+                for r in conn.execute(select(events)).mappings()
+            ),
+            "pstore": sorted(
+                (
+                    r["machine_id"],
+                    r["sha256"],
+                    boot_ids[r["collected_by"]],
+                    boot_ids.get(r["describes"]),
+                    r["raw"],
+                    r["text"],
+                    r["reason"],
+                )
+                for r in conn.execute(select(pstore_records)).mappings()
+            ),
+        }
+    store.dispose()
+    return out
+
+
+# --- export and import ------------------------------------------------------------
+
+
+def test_export_import_round_trip_is_exact_and_idempotent(
+    sysroot: SysrootFactory,
+    sqlite_url: str,
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    host_store(sysroot, sqlite_url, CHAIN + OTHERS)
+    dump = tmp_path / "fleet.jsonl.gz"
+    rc, _, err = ctl(capsys, "export", "--db", sqlite_url, "-o", str(dump))
+    assert rc == 0 and "exported 8 boots" in err
+    lines = gzip.decompress(dump.read_bytes()).splitlines()
+    head = json.loads(lines[0])
+    assert (head["object"], head["format"], head["version"]) == ("header", "khod-export", VERSION)
+    kinds = [json.loads(x)["object"] for x in lines[1:]]
+    assert kinds == sorted(kinds, key=["boot", "blob", "event", "pstore", "attempt"].index)
+
+    rc, out, _ = ctl(capsys, "import", str(dump), "--db", db_url, "--json")
+    first = json.loads(out)
+    assert rc == 0 and first["read"]["boot"] == 8 and first["new"]["boot"] == 8
+    assert first["new"]["pstore"] == first["read"]["pstore"] > 0
+    assert content(db_url) == content(sqlite_url)
+
+    rc, out, _ = ctl(capsys, "import", str(dump), "--db", db_url, "--json")
+    again = json.loads(out)
+    assert rc == 0 and again["read"] == first["read"]
+    assert set(again["new"].values()) == {0}
+    assert table_counts(db_url) == table_counts(sqlite_url)
+
+
+def test_export_since_takes_boots_after_a_time(
+    sysroot: SysrootFactory, sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host_store(sysroot, sqlite_url, CHAIN)
+    store = open_store(sqlite_url)
+    with store.engine.connect() as conn:
+        times = sorted(conn.execute(select(boots.c.booted_at)).scalars())
+    store.dispose()
+    rc, out, _ = ctl(capsys, "export", "--db", sqlite_url, "--since", f"@{times[2]}")
+    objs = [json.loads(x) for x in out.splitlines()[1:]]
+    assert rc == 0
+    assert sorted(o["booted_at"] for o in objs if o["object"] == "boot") == times[2:]
+    exported = {o["boot_id"] for o in objs if o["object"] == "boot"}
+    assert {o["collected_by"] for o in objs if o["object"] == "pstore"} <= exported
+
+
+def write_export(path: Path, objs: list[dict[str, Any]], version: int = VERSION) -> Path:
+    head = {"object": "header", "format": "khod-export", "version": version}
+    path.write_text("".join(json.dumps(o) + "\n" for o in [head, *objs]))
+    return path
+
+
+def boot_obj(machine: str, boot: str, release: str, prev: str | None, t: int) -> dict[str, Any]:
+    return {
+        "object": "boot",
+        "machine_id": machine,
+        "boot_id": boot,
+        "booted_at": t,
+        "release": release,
+        "cmdline": "console=ttyS0",
+        "kind": "kexec" if prev else "cold",
+        "kind_reason": None,
+        "kho_enabled": True,
+        "kho_abi": "kho-v4",
+        "memory_map_handed": None,
+        "previous_release": prev,
+        "previous_release_raw": None,
+        "kexec_count": 1 if prev else 0,
+        "metadata_source": "kho" if prev else None,
+        "subtrees": [],
+        "out_subtrees": [],
+        "out_release": None,
+        "out_kexec_count": None,
+        "scratch": [],
+        "ingested_at": float(t + 5),
+        "khod_version": "test",
+    }
+
+
+def pstore_obj(
+    machine: str, found_by: str, describes: str | None, reason: str, part: int = 1, salt: str = ""
+) -> dict[str, Any]:
+    raw = f"{reason}#1 Part{part}\n{found_by}{salt}\n".encode()
+    return {
+        "object": "pstore",
+        "machine_id": machine,
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "collected_by": found_by,
+        "describes": describes,
+        "location": "pstore",
+        "path": f"dmesg-efi-{part}",
+        "name": f"dmesg-efi-{part}",
+        "type": "dmesg",
+        "backend": "efi",
+        "record_id": part,
+        "part": part,
+        "reason": reason,
+        "count": 1,
+        "record_time": None,
+        "compressed": False,
+        "inflate_status": "plain",
+        "size": len(raw),
+        "raw": base64.b64encode(raw).decode(),
+        "text": raw.decode(),
+        "release": None,
+        "dump_key": f"efi:dmesg:{found_by}",
+        "collected_at": 0.0,
+    }
+
+
+def test_bad_import_lines_are_skipped_one_line_each(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = boot_obj("a" * 32, "b-1", "7.3.4", None, 1000)
+    bad_b64 = pstore_obj("a" * 32, "b-1", None, "Panic") | {"raw": "!!not base64!!"}
+    f = tmp_path / "x.jsonl"
+    write_export(
+        f,
+        [
+            good,
+            {"object": "boot"},
+            {"object": "kernel"},
+            good | {"kexec_count": 2**40},
+            good | {"boot_id": "x" * 100},
+            bad_b64,
+            pstore_obj("a" * 32, "no-such-boot", None, "Panic"),
+        ],
+    )
+    with f.open("a") as fh:
+        fh.write("{not json\n[1,2]\n")
+    rc, out, err = ctl(capsys, "import", str(f), "--db", db_url)
+    assert rc == 1
+    lines = err.splitlines()
+    assert lines[0].startswith(f"khoctl: warning: {f}:3: boot: missing boot_id, cmdline, ")
+    assert any(":4: unknown object 'kernel'" in x for x in lines)
+    assert any(":5: kexec_count: integer out of range" in x for x in lines)
+    assert any(":6: boot_id: longer than 64 characters" in x for x in lines)
+    assert any(":7: raw: not valid base64" in x for x in lines)
+    assert any(":9: not JSON" in x for x in lines)
+    assert any(":10: not a JSON object" in x for x in lines)
+    assert all("Traceback" not in x for x in lines)
+    assert "1 rows skipped: their boot is in neither" in out and "7 bad lines skipped" in out
+    assert table_counts(db_url)["boot"] == 1  # the good line is in
+
+
+@pytest.mark.parametrize(
+    ("first", "why"),
+    [
+        ('{"object": "boot"}', "not a khod export"),
+        ('{"object": "header", "format": "khod-export", "version": 2}', "version 2 is newer"),
+        ("\x00\x01garbage", "not a khod export"),
+    ],
+)
+def test_foreign_or_newer_files_are_refused(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], first: str, why: str
+) -> None:
+    f = tmp_path / "x.jsonl"
+    f.write_text(first + "\n")
+    rc, _, err = ctl(capsys, "import", str(f), "--db", db_url)
+    assert rc == 1 and err.count("\n") == 1 and why in err and err.startswith("khoctl: error: ")
+
+
+def _import(args: tuple[str, str]) -> int:
+    return run_main("khoctl", khoctl.main, ["import", args[1], "--db", args[0], "--quiet"])
+
+
+def test_concurrent_imports_of_the_same_file_store_each_row_once(
+    sysroot: SysrootFactory, sqlite_url: str, db_url: str, tmp_path: Path
+) -> None:
+    host_store(sysroot, sqlite_url, CHAIN + OTHERS)
+    dump = tmp_path / "x.jsonl"
+    assert run_main("khoctl", khoctl.main, ["export", "--db", sqlite_url, "-o", str(dump)]) == 0
+    open_store(db_url).dispose()  # schema first: the test is about rows
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        assert pool.map(_import, [(db_url, str(dump))] * 4) == [0] * 4
+    assert table_counts(db_url) == table_counts(sqlite_url)
+
+
+# --- the transition report ------------------------------------------------------
+
+
+def small_fleet() -> list[dict[str, Any]]:
+    """Three hosts, worked out by hand:
+
+    A -> B: h1 (boot 1), h2 (boots 1 and 3): 3 boots, 2 hosts. h1's boot 1 panicked
+        (a 2-part dump: one crash), h2's boot 3 oopsed then panicked (one crash): 2/3.
+    B -> A: h2 (boot 2), h3 (boot 1): 2 boots, 2 hosts, h3's Shutdown record is no
+        crash: 0/2.
+    A -> A: h3 (boot 2): 1 boot, crashed (Oops): 1/1.
+    Cold boots (A on h1, h2; B on h3): h3's cold boot left an Oops: baseline only.
+    Boot h1-2 (cold, after the panic) found the dump: it is not a transition.
+    """
+    h1, h2, h3 = "1" * 32, "2" * 32, "3" * 32
+    t = 1_790_000_000
+    return [
+        boot_obj(h1, "h1-0", "A", None, t),
+        boot_obj(h1, "h1-1", "B", "A", t + 100),
+        boot_obj(h1, "h1-2", "B", None, t + 200),
+        boot_obj(h2, "h2-0", "A", None, t),
+        boot_obj(h2, "h2-1", "B", "A", t + 100),
+        boot_obj(h2, "h2-2", "A", "B", t + 200),
+        boot_obj(h2, "h2-3", "B", "A", t + 300),
+        boot_obj(h2, "h2-4", "B", None, t + 400),
+        boot_obj(h3, "h3-0", "B", None, t),
+        boot_obj(h3, "h3-1", "A", "B", t + 100),
+        boot_obj(h3, "h3-2", "A", "A", t + 200),
+        boot_obj(h3, "h3-3", "A", None, t + 300),
+        pstore_obj(h1, "h1-2", "h1-1", "Panic", part=1),
+        pstore_obj(h1, "h1-2", "h1-1", "Panic", part=2),
+        pstore_obj(h2, "h2-4", "h2-3", "Oops"),
+        pstore_obj(h2, "h2-4", "h2-3", "Panic"),
+        pstore_obj(h3, "h3-2", "h3-1", "Shutdown"),
+        pstore_obj(h3, "h3-3", "h3-2", "Oops"),
+        pstore_obj(h3, "h3-1", "h3-0", "Oops"),
+    ]
+
+
+def test_report_transitions_matches_the_hand_computed_fleet(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = write_export(tmp_path / "fleet.jsonl", small_fleet())
+    assert ctl(capsys, "import", str(f), "--db", db_url)[0] == 0
+    rc, out, _ = ctl(capsys, "report", "transitions", "--db", db_url, "--json")
+    assert rc == 0
+    got = [
+        (r["previous_release"], r["release"], r["boots"], r["hosts"], r["crashes"])
+        for r in json.loads(out)
+    ]
+    assert got == [("A", "A", 1, 1, 1), ("A", "B", 3, 2, 2), ("B", "A", 2, 2, 0)]
+    rates = [r["crash_rate"] for r in json.loads(out)]
+    assert rates == [1.0, pytest.approx(2 / 3), 0.0]
+
+    rc, out, _ = ctl(capsys, "report", "transitions", "--db", db_url, "--json", "--include-cold")
+    cold = {r["release"]: r for r in json.loads(out) if r["previous_release"] is None}
+    assert (cold["A"]["boots"], cold["A"]["crashes"]) == (3, 0)  # h1-0, h2-0, h3-3
+    assert (cold["B"]["boots"], cold["B"]["crashes"]) == (3, 1)  # h1-2, h2-4, h3-0 (Oops)
+
+    since = "@1790000150"  # drops the boots at t+100
+    rc, out, _ = ctl(capsys, "report", "transitions", "--db", db_url, "--json", "--since", since)
+    recent = [
+        (r["previous_release"], r["release"], r["boots"], r["crashes"]) for r in json.loads(out)
+    ]
+    assert recent == [("A", "A", 1, 1), ("A", "B", 1, 1), ("B", "A", 1, 0)]
+
+    prom = tmp_path / "t.prom"
+    rc, out, _ = ctl(
+        capsys,
+        "report",
+        "transitions",
+        "--db",
+        db_url,
+        "--textfile",
+        str(prom),
+        "--bad-rate",
+        "0.5",
+        "--bad-min-boots",
+        "2",
+    )
+    assert rc == 0 and out.splitlines()[0].split() == [
+        "PREVIOUS_RELEASE",
+        "RELEASE",
+        "BOOTS",
+        "HOSTS",
+        "CRASHES",
+        "CRASH_RATE",
+    ]
+    assert out.splitlines()[2].split() == ["A", "B", "3", "2", "2", "66.67%"]
+    text = prom.read_text()
+    assert 'khod_fleet_transition_bad{previous_release="A",release="B"} 1.0' in text
+    # A -> A crashed every time but once: below --bad-min-boots
+    assert 'khod_fleet_transition_bad{previous_release="A",release="A"} 0.0' in text
+    assert 'khod_fleet_transition_crash_rate{previous_release="B",release="A"} 0.0' in text
+
+
+def test_report_on_real_captures(
+    sysroot: SysrootFactory, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host_store(sysroot, db_url, CHAIN)
+    rc, out, _ = ctl(capsys, "report", "transitions", "--db", db_url, "--json")
+    assert rc == 0
+    (row,) = json.loads(out)
+    # the chain kexecs 7.3.4-khlab-pk into itself three times; its records are Shutdowns
+    assert (row["previous_release"], row["release"], row["boots"], row["hosts"]) == (
+        "7.3.4-khlab-pk",
+        "7.3.4-khlab-pk",
+        3,
+        1,
+    )
+    assert row["crashes"] == 0
+
+
+# --- sync ------------------------------------------------------------------------
+
+
+def test_sync_sends_only_what_is_new(
+    sysroot: SysrootFactory, sqlite_url: str, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host_store(sysroot, sqlite_url, CHAIN[:2])
+    rc, out, _ = ctl(capsys, "sync", "--db", sqlite_url, "--to", db_url, "--json")
+    first = json.loads(out)
+    assert rc == 0 and first["new"]["boot"] == 2
+    rc, out, _ = ctl(capsys, "sync", "--db", sqlite_url, "--to", db_url, "--json")
+    assert rc == 0 and json.loads(out)["sent"] == {}  # nothing past the watermarks
+    host_store(sysroot, sqlite_url, CHAIN[2:])
+    rc, out, _ = ctl(capsys, "sync", "--db", sqlite_url, "--to", db_url, "--json")
+    assert rc == 0 and json.loads(out)["new"]["boot"] == 2 == json.loads(out)["sent"]["boot"]
+    assert content(db_url) == content(sqlite_url)
+    rc, out, _ = ctl(capsys, "sync", "--db", sqlite_url, "--to", db_url, "--full", "--json")
+    assert (
+        rc == 0
+        and json.loads(out)["sent"]["boot"] == 4
+        and set(json.loads(out)["new"].values()) == {0}
+    )
+
+
+def test_sync_survives_the_fleet_database_going_away(
+    sysroot: SysrootFactory, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pgserver.running_server() as pg:
+        fleet = pg.url(pg.create_database())
+        host_store(sysroot, sqlite_url, CHAIN[:2])
+        assert ctl(capsys, "sync", "--db", sqlite_url, "--to", fleet)[0] == 0
+        pg.stop()
+        host_store(sysroot, sqlite_url, CHAIN[2:])
+        rc, out, err = ctl(capsys, "sync", "--db", sqlite_url, "--to", fleet)
+        assert rc == 1 and out == "" and err.count("\n") == 1
+        assert err.startswith("khoctl: error: cannot open database postgresql+psycopg://")
+        assert "Connection refused" in err
+        pg.start()
+        rc, out, _ = ctl(capsys, "sync", "--db", sqlite_url, "--to", fleet, "--json")
+        assert rc == 0 and json.loads(out)["new"]["boot"] == 2
+        assert content(fleet) == content(sqlite_url)  # nothing lost, nothing doubled
+
+
+def test_attempt_verdicts_follow_the_attempt_to_the_fleet(
+    sysroot: SysrootFactory, sqlite_url: str, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An attempt synced while open gets its verdict in the fleet database later."""
+    root = sysroot("kexec1/step0")
+    assert (
+        run_main("khod", khod_main.main, ["--once", "--sysroot", str(root), "--db", sqlite_url])
+        == 0
+    )
+    rc = run_main(
+        "khoctl",
+        khoctl.main,
+        ["record-kexec", "--sysroot", str(root), "--db", sqlite_url],
+    )
+    assert rc == 0
+    assert ctl(capsys, "sync", "--db", sqlite_url, "--to", db_url)[0] == 0
+    host_store(sysroot, sqlite_url, ["kexec1/step1"])
+    assert ctl(capsys, "sync", "--db", sqlite_url, "--to", db_url)[0] == 0
+    store = open_store(db_url)
+    with store.engine.connect() as conn:
+        (verdict,) = conn.execute(select(kexec_attempts.c.verdict)).scalars().all()
+    store.dispose()
+    assert verdict == "landed"
+    assert FIXTURES.exists()
+
+
+def _metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def test_the_daemon_pushes_to_the_fleet_and_retries_until_it_is_back(
+    sysroot: SysrootFactory, tmp_path: Path
+) -> None:
+    root = sysroot("kexec1/step1")
+    with pgserver.running_server() as pg:
+        fleet = pg.url(pg.create_database())
+        pg.stop()  # the fleet database is down when the host boots
+        conf = tmp_path / "khod.toml"
+        conf.write_text(f'[sync]\nto = "{fleet}"\ninterval = "2s"\n')
+        with daemon_helpers.running_daemon(root, tmp_path, "--config", str(conf)) as d:
+            d.wait_for("READY=1")
+            deadline = time.monotonic() + 60
+            while (_metric(d.scrape(), "khod_sync_failures_total") or 0) < 2:
+                assert time.monotonic() < deadline, d.scrape()
+                time.sleep(0.2)
+            assert math.isnan(_metric(d.scrape(), "khod_sync_last_success_timestamp_seconds") or 0)
+            assert d.proc.poll() is None  # serving all along
+            pg.start()
+            while math.isnan(
+                _metric(d.scrape(), "khod_sync_last_success_timestamp_seconds") or math.nan
+            ):
+                assert time.monotonic() < deadline, d.scrape()
+                time.sleep(0.2)
+            local = d.db
+            d.proc.terminate()
+            d.proc.wait(10)
+            log = d.proc.stdout.read() if d.proc.stdout else ""
+        assert "sync failed (1 in a row); retrying in 2s" in log
+        assert "synced 1 boots (1 new)" in log
+        assert content(fleet) == content(local)
