@@ -8,13 +8,12 @@ STAMP    := $(VENV)/.khod-installed
 # Debian packages: build deps of systemd-python (libsystemd-dev, pkg-config) and
 # pylibfdt (swig), a compiler and headers; for the tests: dtc (a second FDT decoder),
 # systemd (systemd-analyze, journalctl), prometheus (promtool and the server the
-# tests start), util-linux (setpriv), postgresql (the server the store tests start).
+# tests start) with prometheus-node-exporter (serves the fleet report to it),
+# util-linux (setpriv), postgresql (the server the store tests start).
 DEB_PKGS ?= gcc python3-dev python3-venv pkg-config libsystemd-dev swig device-tree-compiler \
-            systemd prometheus util-linux postgresql \
+            systemd prometheus prometheus-node-exporter util-linux postgresql \
             qemu-system-x86 kexec-tools busybox-static cpio \
             make flex bison bc libelf-dev libssl-dev xz-utils dpkg-dev
-# benchmarks compare against node_exporter
-BENCH_PKGS ?= prometheus-node-exporter
 
 .PHONY: all deps sysdeps run test test-fast check lint typecheck pytest bench clean
 
@@ -65,7 +64,6 @@ test-fast: check
 	$(BIN)/python -m pytest -m "not vm" $(PYTEST_ARGS)
 
 bench: deps
-	$(MAKE) sysdeps DEB_PKGS="$(BENCH_PKGS)"
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:

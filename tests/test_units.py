@@ -13,6 +13,12 @@ import pytest
 UNITS = Path(__file__).parent.parent / "systemd"
 KHOD = str(Path(sys.executable).parent / "khod")
 KHOCTL = str(Path(sys.executable).parent / "khoctl")
+SERVICES = (
+    "khod.service",
+    "khod-pstore.service",
+    "khod-kexec.service",
+    "khod-fleet-report.service",
+)
 
 
 def installed_copy(tmp_path: Path, name: str) -> Path:
@@ -25,17 +31,14 @@ def installed_copy(tmp_path: Path, name: str) -> Path:
 
 
 def test_units_verify_cleanly(tmp_path: Path) -> None:
-    units = [
-        str(installed_copy(tmp_path, n))
-        for n in ("khod.service", "khod-pstore.service", "khod-kexec.service")
-    ]
+    units = [str(installed_copy(tmp_path, n)) for n in (*SERVICES, "khod-fleet-report.timer")]
     r = subprocess.run(
         ["systemd-analyze", "verify", *units], capture_output=True, text=True, check=False
     )
     assert (r.returncode, r.stdout + r.stderr) == (0, "")
 
 
-@pytest.mark.parametrize("name", ["khod.service", "khod-pstore.service", "khod-kexec.service"])
+@pytest.mark.parametrize("name", SERVICES)
 def test_security_exposure(tmp_path: Path, name: str, capsys: pytest.CaptureFixture[str]) -> None:
     r = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", str(installed_copy(tmp_path, name))],
