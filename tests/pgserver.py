@@ -67,7 +67,7 @@ class PostgresServer:
             cmd, check=check, capture_output=True, text=True, cwd=self.dir, timeout=120
         )
 
-    def init(self) -> None:
+    def init(self, durable: bool = False) -> None:
         self._run(
             str(self.bindir / "initdb"),
             "-D",
@@ -84,9 +84,9 @@ class PostgresServer:
                 f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
                 f"unix_socket_directories = '{self.dir}'\n"
                 "max_connections = 200\n"
-                # a test cluster: durability is not under test here
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
             )
+            if not durable:  # a test cluster: durability is not under test there
+                f.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
 
     def start(self) -> None:
         self._run(
@@ -142,13 +142,13 @@ class PostgresServer:
 
 
 @contextlib.contextmanager
-def running_server() -> Iterator[PostgresServer]:
+def running_server(durable: bool = False) -> Iterator[PostgresServer]:
     bindir = pg_bindir()
     if bindir is None:
         raise RuntimeError("PostgreSQL is not installed: `make test` installs it (postgresql)")
     server = PostgresServer(bindir)
     try:
-        server.init()
+        server.init(durable)
         server.start()
         yield server
     finally:

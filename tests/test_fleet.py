@@ -9,6 +9,9 @@ import hashlib
 import json
 import math
 import multiprocessing
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -126,6 +129,9 @@ def test_export_import_round_trip_is_exact_and_idempotent(
     rc, out, _ = ctl(capsys, "import", str(dump), "--db", db_url, "--json")
     first = json.loads(out)
     assert rc == 0 and first["read"]["boot"] == 8 and first["new"]["boot"] == 8
+    # PostgreSQL takes a clean file in bulk (in SQL); SQLite line by line
+    bulk = db_url.startswith("postgresql")
+    assert first["chunks"] == {"bulk": int(bulk), "line_by_line": int(not bulk)}
     assert first["new"]["pstore"] == first["read"]["pstore"] > 0
     assert content(db_url) == content(sqlite_url)
 
@@ -248,6 +254,7 @@ def test_bad_import_lines_are_skipped_one_line_each(
     assert any(":10: not a JSON object" in x for x in lines)
     assert all("Traceback" not in x for x in lines)
     assert "1 rows skipped: their boot is in neither" in out and "7 bad lines skipped" in out
+    # on PostgreSQL too, a chunk with bad lines is checked line by line, naming them
     assert table_counts(db_url)["boot"] == 1  # the good line is in
 
 
@@ -503,3 +510,145 @@ def test_the_daemon_pushes_to_the_fleet_and_retries_until_it_is_back(
         assert "sync failed (1 in a row); retrying in 2s" in log
         assert "synced 1 boots (1 new)" in log
         assert content(fleet) == content(local)
+
+
+def _mutants() -> list[tuple[str, dict[str, Any]]]:
+    """Each field of each object type given a wrong (or a borderline right) value."""
+    h = "a" * 32
+    base = {
+        "boot": boot_obj(h, "b-0", "7.3.4", "7.3.3", 1000),
+        "pstore": pstore_obj(h, "b-0", "b-0", "Panic"),
+        "blob": {
+            "object": "blob", "machine_id": h, "boot_id": "b-0", "direction": "in",
+            "name": "fdt", "size": 3, "sha256": "0" * 64, "data": "AAEC",
+        },
+        "event": {
+            "object": "event", "machine_id": h, "boot_id": "b-0", "created_at": 1.5,
+            "kind": "k", "source": "s", "severity": "info", "message": "m",
+            "fingerprint": "f" * 64,
+        },
+    }  # fmt: skip
+    values: list[Any] = [None, "x", "", 7, -1, 3.0, 2**31, 2**63, 1.5, 1e300, True, [], {}, "AA=="]
+    out = []
+    for kind, obj in base.items():
+        out.append((f"{kind}-as-is", obj))
+        for key in obj:
+            if key == "object":
+                continue
+            for v in values:
+                out.append((f"{kind}.{key}={v!r}", obj | {key: v}))
+            out.append((f"{kind}-without-{key}", {k: v for k, v in obj.items() if k != key}))
+    return out
+
+
+def test_bulk_path_refuses_exactly_what_the_line_path_refuses(
+    pg_server: pgserver.PostgresServer,
+) -> None:
+    """khod.store.pgfast checks in SQL what transfer.validate checks in Python: for
+    every mutant, both accept it or both refuse it."""
+    from khod.store import pgfast, transfer
+
+    url = pg_server.url(pg_server.create_database())
+    store = open_store(url)
+    seed = boot_obj("a" * 32, "b-0", "7.3.4", None, 1)
+    with store.writer.begin() as conn:
+        pgfast.load_chunk(conn, [json.dumps(seed).encode()])
+    disagree = []
+    mutants = _mutants()
+    for name, obj in mutants:
+        try:
+            transfer.validate(obj)
+            python_ok = True
+        except transfer.BadObject:
+            python_ok = False
+        conn = store.writer.connect()
+        tx = conn.begin()
+        try:
+            pgfast.load_chunk(conn, [json.dumps(obj).encode()])
+            sql_ok = True
+        except Exception:
+            sql_ok = False
+        finally:
+            tx.rollback()
+            conn.close()
+        if python_ok != sql_ok:
+            disagree.append((name, python_ok, sql_ok))
+    store.dispose()
+    assert len(mutants) > 500
+    assert disagree == []
+
+
+def test_import_draws_a_progress_bar_on_a_terminal_only(
+    sysroot: SysrootFactory, sqlite_url: str, db_url: str, tmp_path: Path
+) -> None:
+    host_store(sysroot, sqlite_url, CHAIN)
+    dump = tmp_path / "x.jsonl"
+    assert run_main("khoctl", khoctl.main, ["export", "--db", sqlite_url, "-o", str(dump)]) == 0
+    khoctl_bin = str(Path(sys.executable).parent / "khoctl")
+    primary, secondary = os.openpty()
+    try:
+        r = subprocess.run(
+            [khoctl_bin, "import", str(dump), "--db", db_url],
+            stderr=secondary,
+            stdout=subprocess.PIPE,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        os.close(secondary)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the other side is closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(primary)
+    assert r.returncode == 0 and r.stdout.startswith(
+        "imported 4 boots (4 new), 26 blobs (26 new), 1 events (1 new), 3 pstore records (3 new)"
+    )
+    text = seen.decode()
+    assert f"\r{dump} [" in text and "100%" in text and " rows, " in text
+    assert text.endswith("\r\x1b[K")  # the bar is cleared at the end
+    # not a terminal: no bar
+    r = subprocess.run(
+        [khoctl_bin, "import", str(dump), "--db", db_url],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert r.returncode == 0 and r.stderr == ""
+
+
+def test_many_chunks_in_parallel_with_a_bad_one_in_the_middle(
+    sysroot: SysrootFactory,
+    sqlite_url: str,
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Small chunks: on PostgreSQL two run at once; the boots are all in before any
+    row that names them; the chunk holding a bad line is imported line by line."""
+    from khod.store import transfer
+
+    monkeypatch.setattr(transfer, "CHUNK_LINES", 3)
+    host_store(sysroot, sqlite_url, CHAIN + OTHERS)
+    dump = tmp_path / "x.jsonl"
+    assert run_main("khoctl", khoctl.main, ["export", "--db", sqlite_url, "-o", str(dump)]) == 0
+    lines = dump.read_text().splitlines(keepends=True)
+    lines.insert(5, '{"object": "boot", "machine_id": 5}\n')  # line 6: in the 2nd chunk
+    dump.write_text("".join(lines))
+    rc, out, err = ctl(capsys, "import", str(dump), "--db", db_url, "--json")
+    res = json.loads(out)
+    assert rc == 1 and res["bad"] == 1 and f"{dump}:6: boot: missing boot_id" in err
+    assert content(db_url) == content(sqlite_url)
+    chunks = -(-(len(lines) - 1) // 3)
+    if db_url.startswith("postgresql"):
+        assert res["chunks"] == {"bulk": chunks - 1, "line_by_line": 1}
+    else:
+        assert res["chunks"] == {"bulk": 0, "line_by_line": chunks}

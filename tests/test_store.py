@@ -174,3 +174,37 @@ def test_hostile_strings_are_stored_alike_on_every_backend(db_url: str) -> None:
     (row,) = [r for r in load_pstore(store, boot.id) if r["raw"] == rec.raw + b"\x00"]
     assert (row["backend"], row["type"], row["reason"]) == ("b" * 300, "t" * 100, "R" * 100)
     assert row["text"] == "before\\x00after"
+
+
+def test_upgrade_from_0003_keeps_rows_and_gives_attempts_uids(db_url: str) -> None:
+    store = open_store(db_url, migrate=False)
+    migrate.upgrade(store, None, "0003")
+    with store.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO boots (id, machine_id, boot_id, release, cmdline, kind, "
+                "kho_enabled, subtrees, out_subtrees, scratch, ingested_at, khod_version) "
+                "VALUES (1, 'm', 'b', '7.3.4', '', 'cold', false, '[]', '[]', '[]', 0, 'x')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO blobs (boot_pk, direction, name, size, sha256, data) "
+                "VALUES (1, 'in', 'fdt', 1, 'h', :d)"
+            ),
+            {"d": b"\x01"},
+        )
+        for _ in range(2):
+            conn.execute(
+                text(
+                    "INSERT INTO kexec_attempts (machine_id, from_boot, created_at, source, "
+                    "checks, forced, argv, expected_previous_release, expected_kexec_count) "
+                    "VALUES ('m', 1, 0, 'khoctl', '[]', false, '[]', '7.3.4', 1)"
+                )
+            )
+    assert migrate.upgrade(store, "0003") == HEAD_REVISION
+    with store.engine.connect() as conn:
+        uids = conn.execute(text("SELECT uid FROM kexec_attempts")).scalars().all()
+        data = conn.execute(text("SELECT data FROM blobs WHERE name = 'fdt'")).scalar_one()
+    assert len(uids) == 2 and len(set(uids)) == 2 and all(len(u) == 36 for u in uids)
+    assert bytes(data) == b"\x01"

@@ -183,6 +183,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     from khod.store.db import open_store  # noqa: PLC0415
     from khod.store.transfer import Importer  # noqa: PLC0415
 
+    for name in args.files:  # before a database is created for nothing
+        if name != "-" and not os.path.isfile(name):
+            why = "not a file" if os.path.exists(name) else "No such file or directory"
+            raise KhodError(f"cannot read {name}: {why}")
     store = open_store(args.db)
     importer = Importer(store)
     bad = 0
@@ -209,10 +213,11 @@ def cmd_import(args: argparse.Namespace) -> int:
                 "new": c.new,
                 "unknown_boot": c.unknown_boot,
                 "bad": bad,
+                "chunks": {"bulk": c.bulk_chunks, "line_by_line": c.line_chunks},
             }
         )
     else:
-        parts = [f"{c.read.get(k, 0)} {k}s ({c.new.get(k, 0)} new)" for k in c.read]
+        parts = _summary(c)
         print(f"imported {', '.join(parts) or 'nothing'} into {store.location}")
         if c.unknown_boot:
             print(f"{c.unknown_boot} rows skipped: their boot is in neither the file nor the store")
@@ -221,14 +226,28 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+PLURAL = {
+    "boot": "boots",
+    "blob": "blobs",
+    "event": "events",
+    "pstore": "pstore records",
+    "attempt": "attempts",
+}
+
+
+def _summary(c: Any) -> list[str]:
+    return [f"{c.read[k]} {PLURAL[k]} ({c.new.get(k, 0)} new)" for k in PLURAL if c.read.get(k)]
+
+
 def sync_target(args: argparse.Namespace) -> str:
     if args.to:
         return str(args.to)
-    from khod.config import load_config  # noqa: PLC0415
+    from khod.config import DEFAULT_PATH, load_config  # noqa: PLC0415
 
     cfg = load_config(args.config, required=args.config is not None)
     if not cfg.sync_to:
-        raise KhodError(f"no fleet database: pass --to URL or set sync.to in {cfg.source}")
+        where = args.config or DEFAULT_PATH
+        raise KhodError(f"no fleet database: pass --to URL or set sync.to in {where}")
     return cfg.sync_to
 
 
@@ -250,7 +269,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"target": result.target, "sent": c.read, "new": c.new})
     else:
-        parts = [f"{c.read.get(k, 0)} {k}s ({c.new.get(k, 0)} new)" for k in c.read]
+        parts = _summary(c)
         print(f"synced {', '.join(parts) or 'nothing new'} to {result.target}")
     return 0
 

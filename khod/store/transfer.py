@@ -22,8 +22,10 @@ import binascii
 import io
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +67,10 @@ TABLES: dict[str, tuple[Table, tuple[str, ...]]] = {
 }
 # in an export object, a boot reference is named by the boot id under this key
 REF_KEY = {"boot_pk": "boot_id"}
+# a row whose boot is unknown to the target is skipped (counted in unknown_boot); the
+# other references (the boot a record describes, the boot that judged an attempt)
+# become NULL when unknown
+HARD_REFS = frozenset({"boot_pk", "collected_by", "from_boot"})
 CONFLICT = {
     "boot": ("machine_id", "boot_id"),
     "blob": ("boot_pk", "direction", "name"),
@@ -181,9 +187,8 @@ def export(store: Store, out: io.TextIOBase | Any, since: float | None = None) -
 Check = Callable[[Any], Any]
 
 
-def _checker(col: Any) -> Check:
+def _checker(col: Any, name: str) -> Check:
     t = col.type
-    name = col.name
 
     def bad(why: str) -> BadObject:
         return BadObject(f"{name}: {why}")
@@ -199,6 +204,9 @@ def _checker(col: Any) -> Check:
         limit = INT64 if isinstance(t, BigInteger) else INT32
 
         def check(v: Any) -> Any:
+            # JSON has one number type: 3, 3.0 and 3e0 are the same integer
+            if isinstance(v, float) and v.is_integer() and abs(v) < 2**64:
+                v = int(v)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise bad("expected an integer")
             if not -limit <= v < limit:
@@ -251,26 +259,28 @@ class _Shape:
     checks: dict[str, Check]
     required: frozenset[str]
     refs: tuple[str, ...]
+    columns: dict[str, Any]  # key -> the column its value goes to (or is checked as)
 
 
 def _shape(kind: str) -> _Shape:
     table, refs = TABLES[kind]
-    checks: dict[str, Check] = {}
+    columns: dict[str, Any] = {}
     required = set()
     for col in table.columns:
         if col.name == "id" or col.name in refs:
             continue
-        checks[col.name] = _checker(col)
+        columns[col.name] = col
         if not col.nullable:
             required.add(col.name)
-    if "machine_id" not in checks:
-        checks["machine_id"] = _checker(boots.c.machine_id)
+    if "machine_id" not in columns:
+        columns["machine_id"] = boots.c.machine_id
         required.add("machine_id")
     for ref in refs:
-        checks[ref_key(ref)] = _checker(boots.c.boot_id)
-        if not table.c[ref].nullable:
+        columns[ref_key(ref)] = boots.c.boot_id
+        if ref in HARD_REFS:
             required.add(ref_key(ref))
-    return _Shape(kind, table, checks, frozenset(required), refs)
+    checks = {key: _checker(col, key) for key, col in columns.items()}
+    return _Shape(kind, table, checks, frozenset(required), refs, columns)
 
 
 SHAPES = {kind: _shape(kind) for kind in TABLES}
@@ -316,13 +326,9 @@ class ImportCounts:
     read: dict[str, int] = field(default_factory=dict)
     new: dict[str, int] = field(default_factory=dict)
     unknown_boot: int = 0
-
-    def add(self, other: ImportCounts) -> None:
-        for k, v in other.read.items():
-            self.read[k] = self.read.get(k, 0) + v
-        for k, v in other.new.items():
-            self.new[k] = self.new.get(k, 0) + v
-        self.unknown_boot += other.unknown_boot
+    # chunks written in bulk by PostgreSQL, and chunks checked line by line in Python
+    bulk_chunks: int = 0
+    line_chunks: int = 0
 
 
 BootKey = tuple[str, str]
@@ -386,6 +392,34 @@ class Importer:
         if len(self.boot_ids) > self.cache_size:
             self.boot_ids.clear()
 
+    def bulk(self, lines: list[bytes]) -> Any:
+        """PostgreSQL: the whole chunk in SQL (khod.store.pgfast), in a transaction of
+        its own; None when it needs the line-by-line path (nothing of it was written).
+        Safe to run in a worker thread: it touches no state of the importer."""
+        from psycopg import Error as PgError  # noqa: PLC0415
+
+        from khod.store import pgfast  # noqa: PLC0415
+
+        try:
+            with self.store.writer.begin() as conn:
+                return pgfast.load_chunk(conn, lines)
+        except (pgfast.Fallback, PgError, SQLAlchemyError):
+            return None
+
+    def apply(self, res: Any) -> None:
+        """Count what a bulk chunk wrote; its attempts (few) go through the upsert."""
+        for k, n in res.read.items():
+            if k != "attempt":
+                self.counts.read[k] = self.counts.read.get(k, 0) + n
+        for k, n in res.new.items():
+            self.counts.new[k] = self.counts.new.get(k, 0) + n
+        self.counts.unknown_boot += res.unknown_boot
+        self.counts.bulk_chunks += 1
+        for text_ in res.attempts:
+            kind, values = validate(json.loads(text_))
+            self.add(kind, values)
+        self.flush()
+
     # boot references -> ids in the target
 
     def _resolve(self, conn: Connection, keys: Iterable[BootKey]) -> None:
@@ -418,7 +452,7 @@ class Importer:
                 for ref in shape.refs:
                     boot_id = r[ref_key(ref)]
                     pk = None if boot_id is None else self.boot_ids.get((r["machine_id"], boot_id))
-                    if pk is None and boot_id is not None and not table.c[ref].nullable:
+                    if pk is None and ref in HARD_REFS:
                         ok = False
                     values[ref] = pk
                 if ok:
@@ -503,51 +537,128 @@ class FileResult:
     bad_count: int = 0
 
 
+CHUNK_LINES = 20_000
+CHUNK_BYTES = 16 << 20
+
+
 def import_stream(
     importer: Importer,
     lines: Iterable[bytes],
     name: str,
     on_progress: Callable[[int], None] | None = None,
 ) -> FileResult:
-    """Feed one export's lines to the importer. A bad object is skipped and reported
-    (the first ten, with their line numbers); a file without the header is refused."""
+    """Feed one export's lines to the importer, a chunk at a time. A bad object is
+    skipped and reported (the first ten, with their line numbers); a file without the
+    header is refused."""
     result = FileResult()
-    consumed = 0
-    for lineno, line in enumerate(lines, 1):
-        consumed += len(line)
-        result.lines = lineno
-        if on_progress is not None and lineno % 4096 == 0:
-            on_progress(consumed)
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except (ValueError, RecursionError):
-            obj = _BAD
-        if lineno == 1:
-            try:
-                check_header(obj)
-            except BadObject as e:
-                raise BadObject(f"{name}: {e}") from None
-            continue
-        try:
-            if obj is _BAD:
-                raise BadObject("not JSON")
-            kind, values = validate(obj)
-        except BadObject as e:
-            result.bad_count += 1
-            if len(result.bad) < 10:
-                result.bad.append(f"{name}:{lineno}: {e}")
-            continue
-        importer.add(kind, values)
-    if result.lines == 0:
+    it = iter(lines)
+    first = next(it, None)
+    if first is None:
         raise BadObject(f"{name}: empty file, not a khod export")
+    try:
+        check_header(json.loads(first))
+    except (ValueError, RecursionError):
+        raise BadObject(f"{name}: not a khod export (the first line is not its header)") from None
+    except BadObject as e:
+        raise BadObject(f"{name}: {e}") from None
+    result.lines = 1
+    consumed = len(first)
+    chunk: list[bytes] = []
+    size = 0
+    start = 2
+    with _Chunks(importer, name, result) as chunks:
+        for lineno, line in enumerate(it, 2):
+            chunk.append(line)
+            size += len(line)
+            if len(chunk) >= CHUNK_LINES or size >= CHUNK_BYTES:
+                chunks.submit(chunk, start)
+                consumed += size
+                result.lines = lineno
+                if on_progress is not None:
+                    on_progress(consumed)
+                chunk, size, start = [], 0, lineno + 1
+        if chunk:
+            chunks.submit(chunk, start)
+            consumed += size
+            result.lines = start + len(chunk) - 1
     if on_progress is not None:
         on_progress(consumed)
     return result
 
 
-_BAD = object()
+_BOOT_LINE = re.compile(rb'"object"\s*:\s*"boot"')
+BULK_WORKERS = 2
+
+
+class _Chunks:
+    """Where chunks go. SQLite: line by line, in order. PostgreSQL: in bulk, two at a
+    time on two connections (the server's parsing and index upkeep are the cost, and
+    they run in its backends). Chunks run together only within one phase, boots or
+    the rest, so a row never arrives before the boot it names; a chunk that falls
+    back is imported line by line here."""
+
+    def __init__(self, importer: Importer, name: str, result: FileResult) -> None:
+        self.importer = importer
+        self.name = name
+        self.result = result
+        self.pool = ThreadPoolExecutor(BULK_WORKERS) if importer.pg else None
+        self.inflight: list[tuple[Future[Any], list[bytes], int]] = []
+        self.phase: bool | None = None  # True: boots only
+
+    def __enter__(self) -> _Chunks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self.drain()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, chunk: list[bytes], start: int) -> None:
+        if self.pool is None:
+            self._lines(chunk, start)
+            return
+        phase = all(_BOOT_LINE.search(line) for line in chunk)
+        if phase != self.phase:
+            self.drain()
+            self.phase = phase
+        while len(self.inflight) >= BULK_WORKERS:
+            self._finish(self.inflight.pop(0))
+        self.inflight.append((self.pool.submit(self.importer.bulk, chunk), chunk, start))
+
+    def drain(self) -> None:
+        while self.inflight:
+            self._finish(self.inflight.pop(0))
+
+    def _finish(self, job: tuple[Future[Any], list[bytes], int]) -> None:
+        future, chunk, start = job
+        res = future.result()
+        if res is not None:
+            self.importer.apply(res)
+        else:
+            self._lines(chunk, start)
+
+    def _lines(self, chunk: list[bytes], start: int) -> None:
+        importer, result = self.importer, self.result
+        importer.counts.line_chunks += 1
+        for lineno, line in enumerate(chunk, start):
+            if not line.strip():
+                continue
+            try:
+                try:
+                    obj = json.loads(line)
+                except (ValueError, RecursionError):
+                    raise BadObject("not JSON") from None
+                kind, values = validate(obj)
+            except BadObject as e:
+                result.bad_count += 1
+                if len(result.bad) < 10:
+                    result.bad.append(f"{self.name}:{lineno}: {e}")
+                continue
+            importer.add(kind, values)
+        importer.flush()
 
 
 # --- sync ---------------------------------------------------------------------

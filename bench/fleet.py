@@ -1,0 +1,378 @@
+"""Fleet-scale benchmarks, each printed against a baseline measured in the same run.
+
+    python bench/fleet.py [--boots 1000000] [--hosts 20000] [--pstore 100000]
+
+A generated fleet (N boots over H hosts, kexec chains across a dozen releases, P pstore
+records, one transition made crash-prone) is written as a khod export, then:
+
+import   `khoctl import` into PostgreSQL (a durable cluster: fsync on) and into SQLite,
+         in boots/s (target >= 50,000 on PostgreSQL), against a hand-written loader
+         of the same file (json.loads per line, then COPY / executemany of the boots);
+         peak RSS of the import, and of importing a tenth of the file (bounded: the
+         same, whatever the size)
+report   `report transitions` (khod.store.report, SQLAlchemy Core) against the same
+         query written by hand and run on the bare driver (psycopg, sqlite3):
+         target <= 1.5x on both; peak RSS of `khoctl report transitions --json`
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import random
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import pgserver  # noqa: E402
+
+PY = sys.executable
+KHOCTL = str(Path(PY).parent / "khoctl")
+
+RELEASES = [f"7.{minor}.{patch}-fleet" for minor in (1, 2, 3, 4) for patch in (0, 2, 4)]
+BAD = ("7.3.2-fleet", "7.3.4-fleet")  # the crash-prone transition
+
+
+def generate(
+    path: Path, n_boots: int, n_hosts: int, n_pstore: int, seed: int = 7
+) -> dict[str, Any]:
+    """Write the export; return what was generated (for the checks below)."""
+    rnd = random.Random(seed)
+    per_host = n_boots // n_hosts
+    t0 = 1_780_000_000
+    candidates: list[tuple[str, str, str, bool]] = []  # machine, describes, found_by, bad
+    with path.open("w") as out:
+        out.write(json.dumps({"object": "header", "format": "khod-export", "version": 1}) + "\n")
+        for h in range(n_hosts):
+            machine = f"{h:032x}"
+            rel = rnd.choice(RELEASES)
+            count = 0
+            prev_boot = None
+            prev_bad = False
+            for i in range(per_host):
+                boot_id = f"{h:08x}-0000-4000-8000-{i:012x}"
+                if i == 0 or rnd.random() < 0.1:
+                    prev, count, kind = None, 0, "cold"
+                else:
+                    prev, count, kind = rel, count + 1, "kexec"
+                    idx = RELEASES.index(rel)
+                    rel = RELEASES[min(len(RELEASES) - 1, max(0, idx + rnd.choice((-1, 0, 1, 1))))]
+                booted = t0 + h * 7 + i * 86_400
+                out.write(
+                    json.dumps(
+                        {
+                            "object": "boot",
+                            "machine_id": machine,
+                            "boot_id": boot_id,
+                            "booted_at": booted,
+                            "release": rel,
+                            "cmdline": "BOOT_IMAGE=/vmlinuz root=/dev/vda1 ro console=ttyS0 kho=on",
+                            "kind": kind,
+                            "kind_reason": None,
+                            "kho_enabled": True,
+                            "kho_abi": "kho-v4",
+                            "memory_map_handed": None,
+                            "previous_release": prev,
+                            "previous_release_raw": None,
+                            "kexec_count": count,
+                            "metadata_source": "kho" if prev else None,
+                            "subtrees": [{"name": "kexec-metadata", "size": 73}] if prev else [],
+                            "out_subtrees": [{"name": "kexec-metadata", "size": 73}],
+                            "out_release": rel,
+                            "out_kexec_count": count,
+                            "scratch": [[4294967296, 100663296]],
+                            "ingested_at": float(booted + 9),
+                            "khod_version": "bench",
+                        },
+                        separators=(",", ":"),
+                    )
+                    + "\n"
+                )
+                if prev_boot is not None:
+                    candidates.append((machine, prev_boot, boot_id, prev_bad))
+                prev_boot = boot_id
+                prev_bad = (prev, rel) == BAD
+    # pstore records: found by a boot, describing the boot before it; the bad
+    # transition's boots crash 20 times as often
+    weights = [20.0 if bad else 1.0 for *_, bad in candidates]
+    chosen = rnd.choices(range(len(candidates)), weights=weights, k=n_pstore * 2)
+    seen: set[int] = set()
+    picks = [c for c in chosen if not (c in seen or seen.add(c))][:n_pstore]  # type: ignore[func-returns-value]
+    with path.open("a") as out:
+        for j, c in enumerate(picks):
+            machine, describes, found_by, _bad = candidates[c]
+            reason = rnd.choice(("Panic", "Oops", "Shutdown", "Shutdown"))
+            raw = f"{reason}#1 Part1\n<0>[ 1.0] record {j}\n".encode()
+            out.write(
+                json.dumps(
+                    {
+                        "object": "pstore",
+                        "machine_id": machine,
+                        "sha256": f"{j:064x}",
+                        "collected_by": found_by,
+                        "describes": describes,
+                        "location": "pstore",
+                        "path": "/sys/fs/pstore/dmesg-ramoops-0",
+                        "name": "dmesg-ramoops-0",
+                        "type": "dmesg",
+                        "backend": "ramoops",
+                        "record_id": 0,
+                        "part": 1,
+                        "reason": reason,
+                        "count": 1,
+                        "record_time": None,
+                        "compressed": False,
+                        "inflate_status": "plain",
+                        "size": len(raw),
+                        "raw": base64.b64encode(raw).decode(),
+                        "text": raw.decode(),
+                        "release": None,
+                        "dump_key": f"ramoops:dmesg:0:{j:016x}",
+                        "collected_at": 0.0,
+                    },
+                    separators=(",", ":"),
+                )
+                + "\n"
+            )
+    return {"boots": per_host * n_hosts, "pstore": len(picks)}
+
+
+def head(path: Path, dst: Path, fraction: float) -> None:
+    """A smaller export: the first boots (and no pstore records)."""
+    lines = sum(1 for _ in path.open())
+    keep = int(lines * fraction)
+    with path.open() as src, dst.open("w") as out:
+        for i, line in enumerate(src):
+            if i > keep or '"object":"pstore"' in line:
+                break
+            out.write(line)
+
+
+# Runs the command and writes its peak RSS (KiB) to argv[1]. A child's ru_maxrss
+# starts at its parent's RSS at fork time (Linux keeps the old mm's high-water mark
+# at exec), so the measured command is forked from this small process, not from the
+# benchmark holding the generated fleet.
+RSS_WRAPPER = """
+import os, subprocess, sys
+p = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(p.pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def measured_child(argv: list[str]) -> tuple[float, int, str]:
+    """Wall time, peak RSS (KiB) and output of a command."""
+    with tempfile.NamedTemporaryFile("r") as rss:
+        t0 = time.perf_counter()
+        r = subprocess.run(
+            [PY, "-c", RSS_WRAPPER, rss.name, *argv], capture_output=True, text=True, check=False
+        )
+        dt = time.perf_counter() - t0
+        if r.returncode != 0:
+            raise SystemExit(f"{argv[:3]} failed: {r.stderr.strip()}")
+        return dt, int(rss.read() or 0), r.stdout
+
+
+HAND_SQL = """
+SELECT b.previous_release, b.release, count(*) AS boots,
+       count(DISTINCT b.machine_id) AS hosts, count(c.boot_pk) AS crashes,
+       min(b.booted_at), max(b.booted_at)
+FROM boots b
+LEFT JOIN (SELECT DISTINCT describes AS boot_pk FROM pstore_records
+           WHERE reason IN ('Panic', 'Oops') AND describes IS NOT NULL) c
+       ON c.boot_pk = b.id
+WHERE b.kind = 'kexec' AND b.previous_release IS NOT NULL
+GROUP BY b.previous_release, b.release
+ORDER BY count(c.boot_pk) * 1.0 / count(*) DESC, count(*) DESC
+"""
+
+
+BOOT_COLS = [
+    "machine_id", "boot_id", "booted_at", "release", "cmdline", "kind", "kind_reason",
+    "kho_enabled", "kho_abi", "memory_map_handed", "previous_release", "previous_release_raw",
+    "kexec_count", "metadata_source", "subtrees", "out_subtrees", "out_release",
+    "out_kexec_count", "scratch", "ingested_at", "khod_version",
+]  # fmt: skip
+
+
+def hand_load_pg(path: Path, dsn: str) -> float:
+    """The baseline loader: parse every line, COPY the boots. No validation, no
+    dedupe, no pstore records."""
+    import psycopg
+
+    t0 = time.perf_counter()
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE hand_boots AS SELECT * FROM boots WITH NO DATA")
+        cols = ", ".join(BOOT_COLS)
+        with cur.copy(f"COPY hand_boots ({cols}) FROM STDIN") as copy, path.open("rb") as f:
+            for line in f:
+                o = json.loads(line)
+                if o.get("object") != "boot":
+                    continue
+                copy.write_row(
+                    [
+                        json.dumps(o[c]) if c in ("subtrees", "out_subtrees", "scratch") else o[c]
+                        for c in BOOT_COLS
+                    ]
+                )
+        conn.commit()
+    return time.perf_counter() - t0
+
+
+def hand_load_sqlite(path: Path, db: Path) -> float:
+    t0 = time.perf_counter()
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE hand_boots AS SELECT * FROM boots WHERE 0")
+    marks = ", ".join("?" * len(BOOT_COLS))
+    q = f"INSERT INTO hand_boots ({', '.join(BOOT_COLS)}) VALUES ({marks})"
+    batch: list[list[Any]] = []
+    with path.open("rb") as f:
+        for line in f:
+            o = json.loads(line)
+            if o.get("object") != "boot":
+                continue
+            batch.append(
+                [
+                    json.dumps(o[c]) if c in ("subtrees", "out_subtrees", "scratch") else o[c]
+                    for c in BOOT_COLS
+                ]
+            )
+            if len(batch) >= 20_000:
+                conn.executemany(q, batch)
+                conn.commit()
+                batch.clear()
+    conn.executemany(q, batch)
+    conn.commit()
+    conn.close()
+    return time.perf_counter() - t0
+
+
+def time_report(url: str, runs: int) -> tuple[float, list[Any]]:
+    from khod.store.db import open_store
+    from khod.store.report import transitions
+
+    store = open_store(url)
+    times, rows = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        rows = transitions(store)
+        times.append(time.perf_counter() - t0)
+    store.dispose()
+    return statistics.median(times), rows
+
+
+def time_hand(run: Any, runs: int) -> tuple[float, list[Any]]:
+    times, rows = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        rows = run()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--boots", type=int, default=1_000_000)
+    ap.add_argument("--hosts", type=int, default=20_000)
+    ap.add_argument("--pstore", type=int, default=100_000)
+    ap.add_argument("--runs", type=int, default=5)
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="khod-fleet-bench-"))
+    try:
+        export = tmp / "fleet.jsonl"
+        t0 = time.perf_counter()
+        made = generate(export, a.boots, a.hosts, a.pstore)
+        print(
+            f"generated {made['boots']:,} boots over {a.hosts:,} hosts and {made['pstore']:,} "
+            f"pstore records: {export.stat().st_size / 2**20:.0f} MiB in "
+            f"{time.perf_counter() - t0:.1f} s",
+            flush=True,
+        )
+        small = tmp / "tenth.jsonl"
+        head(export, small, 0.1)
+        with pgserver.running_server(durable=True) as pg:
+            targets = {
+                "PostgreSQL": (pg.url(pg.create_database()), pg.url(pg.create_database())),
+                "SQLite": (f"sqlite:///{tmp / 'fleet.db'}", f"sqlite:///{tmp / 'tenth.db'}"),
+            }
+            for name, (url, small_url) in targets.items():
+                dt, rss, out = measured_child(
+                    [KHOCTL, "import", str(export), "--db", url, "--json", "--quiet"]
+                )
+                res = json.loads(out[: out.rindex("}") + 1])
+                assert res["new"]["boot"] == made["boots"], res
+                assert res["new"]["pstore"] == made["pstore"], res
+                _, rss_small, _ = measured_child(
+                    [KHOCTL, "import", str(small), "--db", small_url, "--json", "--quiet"]
+                )
+                if name == "PostgreSQL":
+                    base = hand_load_pg(export, url.replace("postgresql+psycopg", "postgresql"))
+                else:
+                    base = hand_load_sqlite(export, Path(url.removeprefix("sqlite:///")))
+                print(
+                    f"import ({name}): {made['boots']:,} boots + {made['pstore']:,} pstore "
+                    f"records in {dt:.1f} s = {made['boots'] / dt:,.0f} boots/s "
+                    f"(target >= 50,000 on PostgreSQL); hand-written loader of the boots "
+                    f"{base:.1f} s = {made['boots'] / base:,.0f} boots/s; ratio "
+                    f"{dt / base:.2f}x; peak RSS {rss / 1024:.0f} MiB for the whole file, "
+                    f"{rss_small / 1024:.0f} MiB for a tenth (ratio {rss / rss_small:.2f})",
+                    flush=True,
+                )
+                ours, rows = time_report(url, a.runs)
+                if name == "PostgreSQL":
+                    import psycopg
+
+                    conn = psycopg.connect(url.replace("postgresql+psycopg", "postgresql"))
+
+                    def run_pg(conn: Any = conn) -> list[Any]:
+                        with conn.cursor() as cur:
+                            cur.execute(HAND_SQL)
+                            return list(cur.fetchall())
+
+                    hand, hrows = time_hand(run_pg, a.runs)
+                    conn.close()
+                else:
+                    conn3 = sqlite3.connect(url.removeprefix("sqlite:///"))
+
+                    def run_sqlite(conn3: Any = conn3) -> list[Any]:
+                        return list(conn3.execute(HAND_SQL).fetchall())
+
+                    hand, hrows = time_hand(run_sqlite, a.runs)
+                    conn3.close()
+                # same answer both ways
+                assert {(r.previous_release, r.release, r.boots, r.crashes) for r in rows} == {
+                    (r[0], r[1], r[2], r[4]) for r in hrows
+                }
+                worst = rows[0]
+                assert (worst.previous_release, worst.release) == BAD, worst
+                cli, cli_rss, out = measured_child(
+                    [KHOCTL, "report", "transitions", "--db", url, "--json"]
+                )
+                assert json.loads(out)[0]["release"] == BAD[1]
+                print(
+                    f"report ({name}): transitions over {made['boots']:,} boots "
+                    f"{ours * 1000:.0f} ms, the same query by hand {hand * 1000:.0f} ms, ratio "
+                    f"{ours / hand:.2f}x (target <= 1.5x); worst {worst.previous_release} -> "
+                    f"{worst.release} {worst.crash_rate:.1%} of {worst.boots:,} boots; "
+                    f"`khoctl report transitions --json` {cli:.2f} s, peak RSS "
+                    f"{cli_rss / 1024:.0f} MiB",
+                    flush=True,
+                )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
