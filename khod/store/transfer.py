@@ -347,7 +347,7 @@ class Importer:
         store: Store,
         chunk_rows: int = 20_000,
         chunk_bytes: int = 64 << 20,
-        cache_size: int = 500_000,
+        cache_size: int = 100_000,
     ) -> None:
         self.store = store
         self.chunk_rows = chunk_rows
@@ -466,12 +466,39 @@ class Importer:
             return self._upsert_attempts(conn, rows)
         if self.pg and len(rows) >= 200:
             return self._pg_copy(conn, table, rows, CONFLICT[kind])
+        if not self.pg:
+            return self._sqlite_many(conn, table, rows, CONFLICT[kind])
         ins = (
             (pg_insert if self.pg else sqlite_insert)(table)
             .on_conflict_do_nothing(index_elements=list(CONFLICT[kind]))
             .returning(table.c.id)  # the rows inserted: executemany's rowcount is not kept
         )
         return len(conn.execute(ins, rows).all())
+
+    def _sqlite_many(
+        self, conn: Connection, table: Table, rows: list[dict[str, Any]], conflict: tuple[str, ...]
+    ) -> int:
+        """SQLite: one prepared INSERT ... ON CONFLICT DO NOTHING, executemany on the
+        driver; the connection's change counter says how many rows were new."""
+        cols = [c for c in table.c if c.name != "id"]
+        names = ", ".join(f'"{c.name}"' for c in cols)
+        marks = ", ".join("?" * len(cols))
+        json_cols = [isinstance(c.type, JSON) for c in cols]
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        before = raw.total_changes
+        raw.executemany(
+            f"INSERT INTO {table.name} ({names}) VALUES ({marks}) "
+            f"ON CONFLICT ({', '.join(conflict)}) DO NOTHING",
+            [
+                [
+                    json.dumps(r.get(c.name)) if is_json else r.get(c.name)
+                    for c, is_json in zip(cols, json_cols, strict=True)
+                ]
+                for r in rows
+            ],
+        )
+        return int(raw.total_changes - before)
 
     def _upsert_attempts(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
         t = kexec_attempts
