@@ -15,7 +15,7 @@ DEB_PKGS ?= gcc python3-dev python3-venv pkg-config libsystemd-dev swig device-t
             qemu-system-x86 kexec-tools busybox-static cpio \
             make flex bison bc libelf-dev libssl-dev xz-utils dpkg-dev
 
-.PHONY: all deps sysdeps run test test-fast check lint typecheck pytest bench clean
+.PHONY: all deps sysdeps run test test-fast check lint typecheck pytest bench bench-fleet clean
 
 all: test
 
@@ -65,6 +65,9 @@ test-fast: check
 
 bench: deps
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-fleet: deps
+	$(BIN)/python bench/fleet.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info
