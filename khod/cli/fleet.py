@@ -104,7 +104,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             where = str(path)
     finally:
         store.dispose()
-    summary = ", ".join(f"{n} {kind}s" for kind, n in counts.items())
+    summary = ", ".join(f"{n} {PLURAL[kind]}" for kind, n in counts.items())
     print(f"khoctl: exported {summary} to {where}", file=sys.stderr)
     return 0
 
@@ -209,8 +209,8 @@ def cmd_import(args: argparse.Namespace) -> int:
         print_json(
             {
                 "files": files,
-                "read": c.read,
-                "new": c.new,
+                "read": _ordered(c.read),
+                "new": _ordered(c.new),
                 "unknown_boot": c.unknown_boot,
                 "bad": bad,
                 "chunks": {"bulk": c.bulk_chunks, "line_by_line": c.line_chunks},
@@ -233,6 +233,10 @@ PLURAL = {
     "pstore": "pstore records",
     "attempt": "attempts",
 }
+
+
+def _ordered(counts: dict[str, int]) -> dict[str, int]:
+    return {k: counts[k] for k in PLURAL if k in counts}
 
 
 def _summary(c: Any) -> list[str]:
@@ -267,7 +271,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         local.dispose()
     c = result.counts
     if args.json:
-        print_json({"target": result.target, "sent": c.read, "new": c.new})
+        print_json({"target": result.target, "sent": _ordered(c.read), "new": _ordered(c.new)})
     else:
         parts = _summary(c)
         print(f"synced {', '.join(parts) or 'nothing new'} to {result.target}")
