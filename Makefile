@@ -9,13 +9,15 @@ STAMP    := $(VENV)/.khod-installed
 # pylibfdt (swig), a compiler and headers; for the tests: dtc (a second FDT decoder),
 # systemd (systemd-analyze, journalctl), prometheus (promtool and the server the
 # tests start) with prometheus-node-exporter (serves the fleet report to it),
-# util-linux (setpriv), postgresql (the server the store tests start).
+# util-linux (setpriv, unshare), postgresql (the server the store tests start),
+# debootstrap (the Debian 13 chroots the package is built and installed in), rpm.
 DEB_PKGS ?= gcc python3-dev python3-venv pkg-config libsystemd-dev swig device-tree-compiler \
             systemd prometheus prometheus-node-exporter util-linux postgresql \
+            debootstrap rpm \
             qemu-system-x86 kexec-tools busybox-static cpio \
             make flex bison bc libelf-dev libssl-dev xz-utils dpkg-dev
 
-.PHONY: all deps sysdeps run test test-fast check lint typecheck pytest bench bench-fleet clean
+.PHONY: all deps sysdeps run test test-fast check lint typecheck pytest package-test bench bench-fleet clean
 
 all: test
 
@@ -59,9 +61,14 @@ check: lint typecheck
 # cached under ~/.cache/khod-e2e: ~15 minutes the first time on 2 cores)
 test: check pytest
 
-# everything but the VM stage
+# everything but the VM stage and the package builds
 test-fast: check
-	$(BIN)/python -m pytest -m "not vm" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not vm and not package" $(PYTEST_ARGS)
+
+# the deb built and lintian'd in a trixie chroot, installed in another; the rpm spec
+# (also part of `make test`; needs root for debootstrap and chroot)
+package-test: deps
+	$(BIN)/python -m pytest -m package $(PYTEST_ARGS)
 
 bench: deps
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
