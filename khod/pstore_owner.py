@@ -11,6 +11,7 @@ import errno
 import os
 from collections.abc import Iterable
 
+from khod import faults
 from khod.observation import Event, PstoreRecord, Severity
 from khod.paths import HostPaths
 
@@ -24,7 +25,9 @@ def release_pstore_files(paths: HostPaths, records: Iterable[PstoreRecord]) -> l
         if path.parent != paths.pstore or "/" in r.name:
             continue
         try:
+            faults.point("unlink")
             os.unlink(path)
+            faults.point("unlinked")
         except FileNotFoundError:
             continue
         except OSError as e:

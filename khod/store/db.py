@@ -137,6 +137,10 @@ def open_store(url_text: str | None = None, *, create: bool = True, migrate: boo
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _on_sqlite_connect)
         event.listen(engine, "begin", _on_sqlite_begin)
+    from khod import faults  # noqa: PLC0415
+
+    if faults.enabled():  # the crash-consistency tests only
+        faults.instrument(engine)
     store = Store(engine, url)
     if migrate:
         ensure_schema(store)
