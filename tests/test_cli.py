@@ -192,8 +192,13 @@ def assert_one_line_error(r: subprocess.CompletedProcess[str], prog: str, text: 
 
 
 def test_corrupt_db_from_the_command_line(tmp_path: Path) -> None:
+    """khoctl refuses a garbage store in one line; khod moves it aside and starts a new
+    one (tests/test_powerloss.py has the rest)."""
     db = tmp_path / "k.db"
-    db.write_bytes(os.urandom(8192))
+    garbage = os.urandom(8192)
+    db.write_bytes(garbage)
+    r = run(str(BIN / "khoctl"), "history", "--db", f"sqlite:///{db}")
+    assert_one_line_error(r, "khoctl", "is unusable: file is not a database")
     r = run(
         str(BIN / "khod"),
         "--once",
@@ -202,7 +207,11 @@ def test_corrupt_db_from_the_command_line(tmp_path: Path) -> None:
         "--db",
         f"sqlite:///{db}",
     )
-    assert_one_line_error(r, "khod", "is unusable: file is not a database")
+    assert r.returncode == 0, r.stderr
+    (warning,) = r.stderr.splitlines()
+    assert warning.startswith(f"khod: warning: database {db} was damaged (not an SQLite")
+    (aside,) = tmp_path.glob("k.db.damaged-*")
+    assert aside.read_bytes() == garbage
 
 
 def test_missing_boot_identity_from_the_command_line(sysroot: SysrootFactory) -> None:

@@ -222,6 +222,16 @@ def store_part(args: Any, cfg: Any, paths: Any, obs: Any, on_ready: Any = None) 
 
     t0 = time.monotonic()
     opts = IngestOptions(own_pstore=cfg.own_pstore, inflate_limit=cfg.inflate_limit)
+    from khod.store.db import default_db_url  # noqa: PLC0415
+    from khod.store.salvage import salvage  # noqa: PLC0415
+
+    damaged = salvage(cfg.db or default_db_url())
+    if damaged is not None:
+        print_events([damaged])
+        if obs is not None:
+            import dataclasses  # noqa: PLC0415
+
+            obs = dataclasses.replace(obs, events=(*obs.events, damaged))
     store = open_store(cfg.db or None)
     spool = Path(cfg.state_dir) / "spool"
     try:

@@ -1,0 +1,110 @@
+"""A damaged SQLite store (power loss on a disk that lied about flushing, a torn page,
+a truncated file) is found at start, moved aside with a timestamp, and replaced by a
+new database; the event that says so is recorded with the boot. Nothing is deleted:
+the damaged file (and its -wal and -shm) stay beside the new one for a later look.
+
+The checks: the header (magic, page size, the file a whole number of pages and as
+long as the header says), then ``PRAGMA quick_check``, which reads every page: a few
+hundred milliseconds for a store of tens of megabytes, in the ingest child.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from khod.errors import StoreError
+from khod.observation import Event, Severity
+
+MAGIC = b"SQLite format 3\x00"
+
+
+def sqlite_file(url_text: str) -> Path | None:
+    try:
+        url = make_url(url_text)
+    except ArgumentError:
+        return None
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
+def damage(path: Path) -> str | None:
+    """Why the SQLite file cannot be trusted, or None (also when it is empty)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(100)
+    except OSError:
+        return None  # not there, or unreadable: open_store says which, in its words
+    if size == 0:
+        return None
+    if len(head) < 100 or head[:16] != MAGIC:
+        return "not an SQLite database: its header is gone"
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    if page < 512 or page & (page - 1):
+        return f"its header is damaged (page size {page})"
+    if size % page:
+        return f"truncated: {size} bytes is not a whole number of {page}-byte pages"
+    pages = int.from_bytes(head[28:32], "big")
+    if head[24:28] == head[92:96] and pages * page > size:
+        return f"truncated: its header counts {pages} pages, the file holds {size // page}"
+    try:
+        conn = sqlite3.connect(path, timeout=10)
+        try:
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        msg = str(e)
+        if "locked" in msg or "unable to open" in msg:
+            return None  # busy or unreadable is not damage
+        return msg
+    if rows != [("ok",)]:
+        first = " ".join(str(rows[0][0]).replace("*** in database main ***", "").split())
+        more = f" (and {len(rows) - 1} more)" if len(rows) > 1 else ""
+        return f"quick_check: {first[:200]}{more}"
+    return None
+
+
+def move_aside(path: Path) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dst = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while dst.exists():
+        n += 1
+        dst = path.with_name(f"{path.name}.damaged-{stamp}.{n}")
+    try:
+        for suffix in ("-wal", "-shm", ""):  # the main file last: it is what says "store"
+            src = Path(f"{path}{suffix}")
+            if src.exists() or src.is_symlink():
+                os.rename(src, f"{dst}{suffix}")
+    except OSError as e:
+        raise StoreError(
+            f"database {path} is damaged and cannot be moved aside: {e.strerror}"
+        ) from None
+    return dst
+
+
+def salvage(url_text: str) -> Event | None:
+    """Check the store behind this URL (SQLite only); when damaged, move it aside and
+    return the event to record with the boot."""
+    path = sqlite_file(url_text)
+    if path is None:
+        return None
+    why = damage(path)
+    if why is None:
+        return None
+    dst = move_aside(path)
+    return Event(
+        "store-damaged",
+        "store",
+        Severity.WARNING,
+        f"database {path} was damaged ({why}): moved aside to {dst}; a new one was created",
+    )
