@@ -13,6 +13,7 @@ size), the relative path (UTF-8), the bytes.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import struct
@@ -109,6 +110,10 @@ def capture(root: str, spool_dir: str) -> str | None:
         parts += [ENTRY.pack(len(name), mtime, len(data)), name, data]
         total += len(data)
     os.makedirs(spool_dir, mode=0o700, exist_ok=True)
+    st = os.lstat(spool_dir)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        # a planted symlink (or someone else's directory) would send this write elsewhere
+        raise OSError(errno.EPERM, f"{spool_dir}: not a directory of ours (a symlink?)")
     final = os.path.join(spool_dir, f"{boot_id}.spool")
     tmp = f"{final}.tmp{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

@@ -66,6 +66,8 @@ def _sqlite_path(url: URL) -> Path | None:
 
 
 def _prepare_sqlite_file(path: Path, create: bool) -> None:
+    if path.is_symlink():  # never follow a planted link to write somewhere else
+        raise StoreError(f"database {path} is a symbolic link: refusing to follow it")
     if path.exists():
         if not path.is_file():
             raise StoreError(f"database {path} is not a regular file")

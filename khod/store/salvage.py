@@ -36,6 +36,8 @@ def sqlite_file(url_text: str) -> Path | None:
 
 def damage(path: Path) -> str | None:
     """Why the SQLite file cannot be trusted, or None (also when it is empty)."""
+    if path.is_symlink():
+        return None  # not ours to judge or move: open_store refuses to follow it
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
