@@ -154,16 +154,17 @@ class Daemon:
         it runs while this process imports prometheus-client and binds /metrics."""
         t0 = time.monotonic()
         wake = self._signals()
-        from prometheus_client import start_http_server  # noqa: PLC0415
-
+        from khod.httpserve import ExpositionCache, MetricsServer  # noqa: PLC0415
         from khod.metrics import SnapshotCollector, make_registry  # noqa: PLC0415
 
         self.collector = SnapshotCollector()
         self.registry = make_registry(self.collector)
+        cache = ExpositionCache(self.registry)
+        self.collector.on_change = cache.invalidate
         self.collector.load(self.s.snapshot)  # the last known state, until the child is done
         host, port = self.s.cfg.listen
         try:
-            httpd, _thread = start_http_server(port, host, registry=self.registry)
+            httpd = MetricsServer(host, port, cache.render).start()
         except OSError as e:
             first.kill()
             raise KhodError(f"cannot listen on {host}:{port}: {e.strerror}") from None
@@ -221,7 +222,6 @@ class Daemon:
                 self.sync_proc.wait()
             sd.notify("STOPPING=1")
             httpd.shutdown()
-            httpd.server_close()
             if watcher is not None:
                 watcher.close()
         return 0

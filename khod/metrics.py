@@ -8,7 +8,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,16 @@ class SnapshotCollector:
         self._snap: dict[str, Any] = {}
         self._store_errors = 0
         self._sync: dict[str, float] | None = None  # set once sync.to is configured
+        self.on_change: Callable[[], None] | None = None  # e.g. drop a cached exposition
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def set(self, snap: dict[str, Any]) -> None:
         with self._lock:
             self._snap = snap
+        self._changed()
 
     def load(self, path: Path) -> bool:
         try:
@@ -45,6 +51,7 @@ class SnapshotCollector:
     def store_error(self) -> None:
         with self._lock:
             self._store_errors += 1
+        self._changed()
 
     def sync_result(self, ok: bool) -> None:
         with self._lock:
@@ -54,6 +61,7 @@ class SnapshotCollector:
             else:
                 st["failures"] += 1
             self._sync = st
+        self._changed()
 
     def collect(self) -> Iterator[Metric]:
         with self._lock:
