@@ -33,7 +33,16 @@ def notify(state: str) -> bool:
         import systemd.daemon  # noqa: PLC0415
     except ImportError:
         return _notify_datagram(state)
-    return bool(systemd.daemon.notify(state))
+    # sd_notify is a sendmsg: a signal (SIGHUP from systemctl reload, say) landing in it
+    # comes back as EINTR, which the C binding raises instead of retrying
+    for _ in range(5):
+        try:
+            return bool(systemd.daemon.notify(state))
+        except InterruptedError:
+            continue
+        except OSError:
+            return False  # the manager went away: nothing to tell, nothing to stop for
+    return False
 
 
 def _notify_datagram(state: str) -> bool:
