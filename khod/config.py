@@ -4,6 +4,7 @@
 listen = "127.0.0.1:9733"     # /metrics; another address is an explicit choice
 textfile = ""                 # also write the exposition here (node_exporter)
 watch_modules = true          # rescan pstore when a module (backend) loads
+retry_interval = "30s"        # after a failed ingest (disk full, database away)
 
 [store]
 db = ""                       # SQLAlchemy URL; "" = the default SQLite file
@@ -88,6 +89,7 @@ class Config:
     listen: tuple[str, int] = ("127.0.0.1", 9733)
     textfile: str = ""
     watch_modules: bool = True
+    retry_interval: int = 30
     db: str = ""
     state_dir: str = "/var/lib/khod"
     own_pstore: bool = False
@@ -123,6 +125,7 @@ KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("daemon", "listen"): ("listen", parse_listen),
     ("daemon", "textfile"): ("textfile", _str),
     ("daemon", "watch_modules"): ("watch_modules", _bool),
+    ("daemon", "retry_interval"): ("retry_interval", parse_duration),
     ("store", "db"): ("db", _str),
     ("store", "state_dir"): ("state_dir", _str),
     ("pstore", "own"): ("own_pstore", _bool),

@@ -23,7 +23,6 @@ from khod import sd
 from khod.config import Config
 from khod.errors import KhodError
 
-RETRY_SECONDS = 30.0
 SYNC_FIRST_RETRY = 30.0  # then doubling, up to sync.interval
 SYNC_TIMEOUT = 600.0
 
@@ -130,8 +129,10 @@ class Daemon:
                 self.log(line.removeprefix("khod: "))
         if rc != 0:
             self.collector.store_error()
-            self.retry_at = time.monotonic() + RETRY_SECONDS
-            sd.notify(f"STATUS=ingest failed; retrying in {RETRY_SECONDS:.0f}s")
+            wait = max(1, self.s.cfg.retry_interval)
+            self.retry_at = time.monotonic() + wait
+            self.log(f"ingest failed; retrying in {wait}s")
+            sd.notify(f"STATUS=ingest failed; retrying in {wait}s")
             return False
         self.retry_at = None
         self.collector.load(self.s.snapshot)
