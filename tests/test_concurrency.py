@@ -60,15 +60,18 @@ def test_queries_and_a_second_khod_while_the_daemon_ingests(
             ),
         ]
 
+        done = threading.Event()
+
         def drain() -> None:  # as systemd does: a full notify socket would block khod
             d.notify.settimeout(0.2)
-            while time.monotonic() < stop + 30 and d.proc.poll() is None:
+            while not done.is_set():
                 try:
                     d.messages.append(d.notify.recv(4096).decode())
                 except TimeoutError:
                     continue
 
-        threading.Thread(target=drain, daemon=True).start()
+        drainer = threading.Thread(target=drain)
+        drainer.start()
         threads = [threading.Thread(target=loop, args=(w,)) for w in workers]
         for t in threads:
             t.start()
@@ -82,6 +85,8 @@ def test_queries_and_a_second_khod_while_the_daemon_ingests(
         alive = d.proc.poll() is None
         d.proc.terminate()
         d.proc.wait(10)
+        done.set()
+        drainer.join()
         log = d.proc.stdout.read() if d.proc.stdout else ""
         assert alive, log[-3000:]
     failures = [r for r in results if r[1] != 0]

@@ -48,9 +48,10 @@ class Run:
     dir: Path
     share: Path
     serial: str
-    rc: int
+    rc: int  # qemu's exit status; -1 over the time limit, -2 stalled
     seconds: float
     boots: list[Boot]
+    stalled_before: Path | None = None  # the run dir of a first attempt that stalled
 
     @property
     def db(self) -> Path:
@@ -107,6 +108,9 @@ def parse_serial(serial: str) -> list[Boot]:
     return boots
 
 
+STALL_SECONDS = 240.0  # no serial output for this long: the guest is stuck
+
+
 def run(
     name: str,
     kernel: Path,
@@ -116,7 +120,32 @@ def run(
     reset_on_panic: bool = False,
     timeout: float = 1500,
 ) -> Run:
-    """Boot ``kernel`` cold with ``append`` (step 0) and let the guest follow ``steps``."""
+    """Boot ``kernel`` cold with ``append`` (step 0) and let the guest follow ``steps``.
+
+    A guest whose serial console stays silent for STALL_SECONDS is stopped and the
+    run starts over once (TCG on a busy 2-core host has stalled a guest kernel at
+    boot, before any of khod ran); the run says so in its table."""
+    first = _run_once(
+        name, kernel, steps, append=append, reset_on_panic=reset_on_panic, timeout=timeout
+    )
+    if first.rc != -2:
+        return first
+    again = _run_once(
+        name, kernel, steps, append=append, reset_on_panic=reset_on_panic, timeout=timeout
+    )
+    again.stalled_before = first.dir
+    return again
+
+
+def _run_once(
+    name: str,
+    kernel: Path,
+    steps: dict[str, list[list[str]]],
+    *,
+    append: str,
+    reset_on_panic: bool,
+    timeout: float,
+) -> Run:
     d = CACHE / "runs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     share = d / "share"
     (share / "out").mkdir(parents=True)
@@ -161,14 +190,28 @@ def run(
     if not reset_on_panic:
         argv.append("-no-reboot")
     t0 = time.monotonic()
-    try:
-        p = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False
-        )
-        rc = p.returncode
-        (d / "qemu.stderr").write_bytes(p.stderr)
-    except subprocess.TimeoutExpired:
-        rc = -1
+    log = d / "serial.log"
+    with open(d / "qemu.stderr", "wb") as err:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        size, since = -1, time.monotonic()
+        rc: int | None = None
+        while rc is None:
+            try:
+                rc = p.wait(2)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            cur = log.stat().st_size if log.exists() else 0
+            if cur != size:
+                size, since = cur, now
+            if now - t0 > timeout:
+                rc = -1  # overall time limit
+            elif now - since > STALL_SECONDS:
+                rc = -2  # stalled
+            if rc is not None:
+                p.kill()
+                p.wait()
     seconds = time.monotonic() - t0
     serial = (d / "serial.log").read_text(errors="replace") if (d / "serial.log").exists() else ""
     return Run(name, d, share, serial, rc, seconds, parse_serial(serial))
@@ -196,7 +239,8 @@ def table(r: Run) -> str:
     """The per-boot table: the kernel's own line next to what khod recorded."""
     recs = records(r) if r.db.exists() else {}
     lines = [
-        f"== {r.name}: {len(r.boots)} boots in {r.seconds:.0f}s (qemu rc {r.rc})",
+        f"== {r.name}: {len(r.boots)} boots in {r.seconds:.0f}s (qemu rc {r.rc})"
+        + (f"; a first attempt stalled ({r.stalled_before})" if r.stalled_before else ""),
         f"{'step':<6} {'boot':<8} {'release':<20} {'kernel: KHO: exec from':<32} "
         f"{'khod: kind':<15} {'previous_release':<20} {'count':<5} verdict",
     ]
