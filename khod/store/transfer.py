@@ -306,6 +306,15 @@ def validate(obj: Any) -> tuple[str, dict[str, Any]]:
     return kind, values
 
 
+def parse_line(line: bytes | str) -> tuple[str, dict[str, Any]]:
+    """One export line: its type and checked values, or BadObject."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        raise BadObject("not JSON") from None
+    return validate(obj)
+
+
 def check_header(obj: Any) -> None:
     if not isinstance(obj, dict) or obj.get("object") != "header" or obj.get("format") != FORMAT:
         raise BadObject("not a khod export (the first line is not its header)")
@@ -416,7 +425,7 @@ class Importer:
         self.counts.unknown_boot += res.unknown_boot
         self.counts.bulk_chunks += 1
         for text_ in res.attempts:
-            kind, values = validate(json.loads(text_))
+            kind, values = parse_line(text_)
             self.add(kind, values)
         self.flush()
 
@@ -674,11 +683,7 @@ class _Chunks:
             if not line.strip():
                 continue
             try:
-                try:
-                    obj = json.loads(line)
-                except (ValueError, RecursionError):
-                    raise BadObject("not JSON") from None
-                kind, values = validate(obj)
+                kind, values = parse_line(line)
             except BadObject as e:
                 result.bad_count += 1
                 if len(result.bad) < 10:
