@@ -10,6 +10,8 @@ import lzma
 import struct
 
 KHO_CONFIG = "CONFIG_KEXEC=y\nCONFIG_KEXEC_FILE=y\nCONFIG_KEXEC_HANDOVER=y\n"
+# the header's init_size of the lab's 10 MiB bzImage (KERNEL-INTERFACES.md section 10)
+INIT_SIZE = 0x2050000  # 32.3 MiB
 NO_KHO_CONFIG = "CONFIG_KEXEC=y\nCONFIG_KEXEC_FILE=y\n# CONFIG_KEXEC_HANDOVER is not set\n"
 
 
@@ -29,6 +31,8 @@ def bzimage(
     config: str | None = KHO_CONFIG,
     compression: str = "gzip",
     pad: int = 0,
+    init_size: int = INIT_SIZE,
+    kernel_alignment: int = 0x200000,
 ) -> bytes:
     payload = (
         gzip.compress
@@ -41,6 +45,13 @@ def bzimage(
     struct.pack_into("<H", setup, 0x1FE, 0xAA55)
     setup[0x202:0x206] = b"HdrS"
     struct.pack_into("<H", setup, 0x206, 0x020F)  # boot protocol 2.15
+    setup[0x211] = 0x01  # loadflags: LOADED_HIGH
+    struct.pack_into("<I", setup, 0x230, kernel_alignment)  # CONFIG_PHYSICAL_ALIGN
+    setup[0x234] = 1  # relocatable_kernel
+    struct.pack_into("<H", setup, 0x236, 0x3)  # xloadflags: KERNEL_64, CAN_BE_LOADED_ABOVE_4G
+    struct.pack_into("<I", setup, 0x238, 2047)  # cmdline_size
+    struct.pack_into("<Q", setup, 0x258, 0x1000000)  # pref_address: LOAD_PHYSICAL_ADDR
+    struct.pack_into("<I", setup, 0x260, init_size)
     version = f"{release} (root@vm) (gcc 12.2.0) #1 SMP PREEMPT_DYNAMIC\0".encode()
     struct.pack_into("<H", setup, 0x20E, 0x300 - 0x200)  # kernel_version - 0x200
     setup[0x300 : 0x300 + len(version)] = version

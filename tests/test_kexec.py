@@ -154,7 +154,7 @@ def test_check_passes_on_a_real_cold_boot(
     assert all(set(x) == {"name", "ok", "severity", "detail"} for x in res["checks"])
     assert c["outgoing-metadata"]["detail"] == "7.3.4-khlab-a count 1"
     assert "both speak 'kho-v4' (target: image)" in c["abi"]["detail"]
-    assert c["scratch"]["detail"] == "3 areas: 16 MiB, 64 MiB, 16 MiB"
+    assert c["scratch"]["detail"].startswith("3 areas: 16 MiB, 64 MiB, 16 MiB; ")
 
 
 def test_check_on_a_real_kexecd_boot_without_out_fdt(
@@ -189,7 +189,7 @@ def test_kho_off_is_an_error(
 @pytest.mark.parametrize(
     ("lens", "ok", "severity"),
     [
-        (b"0x10\n0x10\n0x10\n", False, "warning"),  # 48 bytes: smaller than the image
+        (b"0x10\n0x10\n0x10\n", False, "error"),  # 48 bytes: no segment fits
         (b"0x0\n0x0\n0x0\n", False, "error"),
     ],
 )
@@ -328,6 +328,92 @@ def test_no_kexec_tools(
     monkeypatch.setenv("PATH", str(tmp_path))
     rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(sysroot("kexec1/step0")))
     assert rc == 1 and not by_name(res)["kexec-tools"]["ok"]
+
+
+def scratch_lens(root: Path, *mib: int) -> None:
+    """The real areas' addresses (lowmem, global, node) with other lengths."""
+    variants.replace(root, f"{KHO}/out/scratch_len", b"".join(b"0x%x\n" % (m << 20) for m in mib))
+
+
+def test_scratch_areas_of_4_kib_are_an_error(
+    sysroot: SysrootFactory, image: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = sysroot("kexec1/step0")
+    variants.replace(root, f"{KHO}/out/scratch_len", b"0x1000\n0x1000\n0x1000\n")
+    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(image))
+    s = by_name(res)["scratch"]
+    assert (rc, res["ok"], s["ok"], s["severity"]) == (1, False, False, "error")
+    assert "-EADDRNOTAVAIL" in s["detail"]
+
+
+def test_a_kernel_that_fits_at_its_file_size_but_not_at_init_size_is_an_error(
+    sysroot: SysrootFactory, tmp_path: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the lab's shape: a 10 MiB bzImage whose header asks for 32.3 MiB (init_size)
+    img = tmp_path / "vmlinuz"
+    img.write_bytes(bzimage("7.3.4-khlab-b", pad=10 << 20))
+    root = sysroot("kexec1/step0")
+    scratch_lens(root, 16, 16, 16)  # 48 MiB in all, each area larger than the file
+    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(img))
+    s = by_name(res)["scratch"]
+    assert (rc, res["ok"], s["ok"], s["severity"]) == (1, False, False, "error")
+    assert "kernel (init_size 32.3 MiB)" in s["detail"]
+
+
+def test_a_real_fit_is_ok_and_says_where(
+    sysroot: SysrootFactory,
+    image: Path,
+    tmp_path: Path,
+    fakebin: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    initrd = tmp_path / "initrd.img"
+    with initrd.open("wb") as f:
+        f.truncate(12 << 20)
+    root = sysroot("kexec1/step0")
+    rc, res, _ = ctl(
+        capsys,
+        "check",
+        "--json",
+        "--sysroot",
+        str(root),
+        "--kernel",
+        str(image),
+        "--initrd",
+        str(initrd),
+    )
+    s = by_name(res)["scratch"]
+    assert (rc, res["ok"], s["ok"]) == (0, True, True)
+    # the kernel only fits the 64 MiB global area; the rest goes top-down into lowmem
+    assert "kernel (init_size 32.3 MiB) in area 1 at 0x7a600000" in s["detail"]
+    assert "initrd (12 MiB) in area 0" in s["detail"]
+
+
+def test_an_initrd_that_does_not_fit_is_an_error_naming_it(
+    sysroot: SysrootFactory,
+    image: Path,
+    tmp_path: Path,
+    fakebin: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    initrd = tmp_path / "initrd.img"
+    with initrd.open("wb") as f:
+        f.truncate(40 << 20)  # 96 MiB of scratch in all, but no area has 40 MiB left
+    root = sysroot("kexec1/step0")
+    rc, res, _ = ctl(
+        capsys,
+        "check",
+        "--json",
+        "--sysroot",
+        str(root),
+        "--kernel",
+        str(image),
+        "--initrd",
+        str(initrd),
+    )
+    s = by_name(res)["scratch"]
+    assert (rc, res["ok"], s["ok"], s["severity"]) == (1, False, False, "error")
+    assert s["detail"].startswith("initrd (40 MiB) fits in no scratch area")
 
 
 # --- khoctl kexec ---

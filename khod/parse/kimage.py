@@ -4,7 +4,10 @@
   at 0x202, protocol version at 0x206, ``kernel_version`` at 0x20E (string offset - 0x200),
   ``setup_sects`` at 0x1F1, ``payload_offset``/``payload_length`` at 0x248/0x24C (2.08+),
   relative to the protected-mode code at ``(setup_sects + 1) * 512``.
-- arm64 ``Image`` (``Documentation/arch/arm64/booting.rst``): magic ``ARM\\x64`` at 0x38.
+  What the kexec loader reserves (2.10+): ``kernel_alignment`` at 0x230, ``pref_address``
+  at 0x258, ``init_size`` at 0x260 (the memory the kernel needs to boot, not its size).
+- arm64 ``Image`` (``Documentation/arch/arm64/booting.rst``): magic ``ARM\\x64`` at 0x38,
+  ``image_size`` (le64) at 16.
 - EFI zboot (``drivers/firmware/efi/libstub/zboot-header.S``): ``MZ``, then ``zimg`` at 4,
   payload offset/size at 8/12, compression name at 0x18.
 
@@ -37,6 +40,9 @@ class KernelImage:
     protocol: str | None  # x86 boot protocol, "2.15"
     compression: str | None  # of the payload: gzip, xz, zstd, lz4, ... or None (plain)
     payload: bytes  # compressed payload (bzImage/zboot) or the image itself
+    init_size: int | None = None  # memory the kernel needs (bzImage 2.10+, arm64 image_size)
+    kernel_alignment: int | None = None  # bzImage 2.10+ (arm64: 2 MiB, MIN_KIMG_ALIGN)
+    pref_address: int | None = None  # bzImage 2.10+
 
 
 def _cstr(data: bytes, off: int, limit: int = 512) -> str | None:
@@ -80,6 +86,10 @@ def parse_kernel_image(data: bytes, source: str) -> KernelImage:
                     f"bzImage payload [{start}, +{length}) is outside the {len(data)}-byte file",
                 )
             payload = data[start : start + length]
+        align = pref = init = None
+        if proto >= 0x20A and len(data) >= 0x264:
+            (align,) = struct.unpack_from("<I", data, 0x230)
+            pref, init = struct.unpack_from("<QI", data, 0x258)
         return KernelImage(
             "bzImage",
             version,
@@ -87,11 +97,15 @@ def parse_kernel_image(data: bytes, source: str) -> KernelImage:
             f"{proto >> 8}.{proto & 0xFF:02d}",
             compression_of(payload),
             payload,
+            init,
+            align,
+            pref,
         )
     if len(data) >= 0x40 and data[0x38:0x3C] == b"ARM\x64":
         m = _BANNER.search(data)
         rel = m.group(1).decode("utf-8", "backslashreplace") if m else None
-        return KernelImage("arm64-Image", None, rel, None, None, data)
+        (image_size,) = struct.unpack_from("<Q", data, 16)
+        return KernelImage("arm64-Image", None, rel, None, None, data, image_size or None, 2 << 20)
     if len(data) >= 0x20 and data[:2] == b"MZ" and data[4:8] == b"zimg":
         off, size = struct.unpack_from("<II", data, 8)
         if off + size > len(data):
