@@ -15,13 +15,18 @@ INIT_SIZE = 0x2050000  # 32.3 MiB
 NO_KHO_CONFIG = "CONFIG_KEXEC=y\nCONFIG_KEXEC_FILE=y\n# CONFIG_KEXEC_HANDOVER is not set\n"
 
 
-def vmlinux(release: str, abi: str | None = "kho-v4", config: str | None = KHO_CONFIG) -> bytes:
+def vmlinux(
+    release: str,
+    abi: str | None = "kho-v4",
+    config: str | None = KHO_CONFIG,
+    tail: bytes = b"",
+) -> bytes:
     body = b"\x00" * 4096 + f"Linux version {release} (root@vm) #1 SMP\n\0".encode()
     if abi:
         body += b"\0" + abi.encode() + b"\0" + b"\x00" * 64
     if config is not None:
         body += b"IKCFG_ST" + gzip.compress(config.encode()) + b"IKCFG_ED"
-    return body + b"\x00" * 4096
+    return body + tail + b"\x00" * 4096
 
 
 def bzimage(
@@ -33,12 +38,13 @@ def bzimage(
     pad: int = 0,
     init_size: int = INIT_SIZE,
     kernel_alignment: int = 0x200000,
+    vmlinux_tail: bytes = b"",
 ) -> bytes:
     payload = (
         gzip.compress
         if compression == "gzip"
         else lambda b: lzma.compress(b, format=lzma.FORMAT_XZ)
-    )(vmlinux(release, abi, config))
+    )(vmlinux(release, abi, config, vmlinux_tail))
     setup_sects = 4
     setup = bytearray((setup_sects + 1) * 512)
     setup[0x1F1] = setup_sects

@@ -4,6 +4,7 @@ real kexec runs in the end-to-end suite), and the verdict at the next boot."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import sqlite3
@@ -20,7 +21,7 @@ from khod.parse import kimage
 from tests import variants
 from tests.conftest import SysrootFactory
 from tests.fdtbuild import kho_root
-from tests.kimagebuild import NO_KHO_CONFIG, arm64_image, bzimage
+from tests.kimagebuild import KHO_CONFIG, NO_KHO_CONFIG, arm64_image, bzimage
 
 KHO = "sys/kernel/debug/kho"
 FAKE = """#!{python}
@@ -108,6 +109,48 @@ def test_xz_payload_and_arm64() -> None:
     assert img.compression == "xz" and vm is not None and kimage.kho_abis_in(vm) == ["kho-v4"]
     a = kimage.parse_kernel_image(arm64_image("7.3.4-arm"), "a")
     assert (a.kind, a.release) == ("arm64-Image", "7.3.4-arm")
+
+
+def real_config_block(config: str = KHO_CONFIG) -> bytes:
+    return b"IKCFG_ST" + gzip.compress(config.encode()) + b"IKCFG_ED"
+
+
+def test_ikconfig_after_decoy_markers_is_found() -> None:
+    # decoys before the real block: markers with no gzip stream after them
+    vm = b"\0" * 64 + b"IKCFG_ST\0\0" * 1000 + b"IKCFG_STIKCFG_ED" + real_config_block()
+    cfg = kimage.ikconfig_in(vm)
+    assert cfg is not None and kimage.config_value(cfg, "CONFIG_KEXEC_HANDOVER") == "y"
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        b"IKCFG_ST" * (1 << 20),  # 8 MiB of start markers, no end marker
+        b"IKCFG_S" * (1 << 20) + b"IKCFG_ED",  # 7 MiB of partial markers
+        (b"IKCFG_ST" + b"\x1f\x8b\x08\0" + b"IKCFG_E") * (1 << 19),  # gzip magics, bad streams
+    ],
+    ids=["start-markers", "partial-markers", "bad-gzip"],
+)
+def test_hostile_ikconfig_is_no_config(hostile: bytes) -> None:
+    assert kimage.ikconfig_in(hostile) is None
+
+
+def test_an_ikconfig_bomb_is_no_config() -> None:
+    bomb = b"IKCFG_ST" + gzip.compress(b"CONFIG_X=y\n" * (1 << 20)) + b"IKCFG_ED"
+    assert kimage.ikconfig_in(bomb) is None
+
+
+def test_check_on_a_hostile_image_says_no_config(
+    sysroot: SysrootFactory, tmp_path: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    img = tmp_path / "vmlinuz"
+    img.write_bytes(bzimage("7.3.4-x", config=None, pad=0, vmlinux_tail=b"IKCFG_ST" * (1 << 20)))
+    rc, res, err = ctl(
+        capsys, "check", "--json", "--sysroot", str(sysroot("kexec1/step0")), "--kernel", str(img)
+    )
+    c = by_name(res)["image-config"]
+    assert (rc, c["ok"], c["severity"], err) == (0, False, "warning", "")
+    assert "no embedded IKCONFIG" in c["detail"]
 
 
 @pytest.mark.parametrize(
