@@ -20,7 +20,7 @@ from khod.observation import BootObservation
 from khod.parse import kimage
 from khod.parse.kho import parse_kho_fdt
 from khod.paths import HostPaths
-from khod.sources.files import read_bytes, read_optional
+from khod.sources.files import is_dir, read_bytes, read_optional
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 IMAGE_LIMIT = 512 << 20
@@ -112,7 +112,12 @@ def check_kho(paths: HostPaths, obs: BootObservation) -> list[Check]:
         )
         return out
     out.append(_ok("kho-enabled", f"{paths.rel(paths.kho)} is present"))
-    if not paths.kho_out.is_dir():
+    try:
+        readable = is_dir(paths.kho_out, paths.rel(paths.kho_out))
+    except SourceError as e:  # debugfs is 0700 root: a user, or root without CAP_DAC_OVERRIDE
+        out.append(_fail("debugfs", f"{e}; khoctl check reads debugfs: run it as root"))
+        return out
+    if not readable:
         out.append(
             _fail(
                 "debugfs",
@@ -504,7 +509,7 @@ def run_checks(
             target = inspect_target(paths, kernel)
         except (SourceError, ParseError) as e:
             checks.append(_fail("image", str(e)))
-    if obs.kho_enabled and paths.kho_out.is_dir():
+    if obs.kho_enabled and all(c.ok for c in checks if c.name == "debugfs"):
         checks.append(check_scratch(obs, target, initrd_size, obs.cmdline))
         checks.append(check_out_fdt(paths, obs))
         checks.append(check_metadata(obs, running))
