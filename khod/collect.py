@@ -76,6 +76,13 @@ def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> Boo
 
     log = _read_log(c)
     kf = read_kho_files(paths)
+    if kf.unreadable is not None:
+        c.event(
+            "read-error",
+            kf.unreadable.source,
+            Severity.INFO,
+            f"{kf.unreadable}: KHO state taken from the kernel command line and log",
+        )
     for err in kf.errors:
         c.failed(err)
     blobs = tuple(
@@ -168,15 +175,16 @@ def _read_log(c: Collector) -> KhoLog | None:
 def _kho_enabled(c: Collector, kf: KhoFiles, log: KhoLog | None, cmdline: str) -> bool:
     if kf.present:
         return True
-    if kf.debugfs_mounted:
-        return False  # debugfs is there and has no kho/: KHO is off (or compiled out)
-    c.event(
-        "debugfs-missing",
-        c.paths.rel(c.paths.debugfs),
-        Severity.INFO,
-        f"debugfs is not mounted at {c.paths.rel(c.paths.debugfs)}: KHO state taken "
-        "from the kernel command line and log",
-    )
+    if kf.unreadable is None:  # else collect() said so already
+        if kf.debugfs_mounted:
+            return False  # debugfs is there and has no kho/: KHO is off (or compiled out)
+        c.event(
+            "debugfs-missing",
+            c.paths.rel(c.paths.debugfs),
+            Severity.INFO,
+            f"debugfs is not mounted at {c.paths.rel(c.paths.debugfs)}: KHO state taken "
+            "from the kernel command line and log",
+        )
     if log is not None and (log.scratch_areas or log.exec_from_count is not None):
         return True
     return bool(proc.kho_cmdline_setting(cmdline))

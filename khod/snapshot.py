@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from khod.store.boots import load_boot
 from khod.store.db import Store
@@ -57,7 +57,12 @@ def compute_snapshot(
         if boot is not None and boot.id is not None:
             for src, n in conn.execute(
                 select(events.c.source, func.count())
-                .where(events.c.boot_pk == boot.id, events.c.severity.in_(["warning", "error"]))
+                .where(
+                    events.c.boot_pk == boot.id,
+                    # a source that could not be read counts, even when it is only told
+                    # as info (debugfs unreadable without privileges)
+                    or_(events.c.severity.in_(["warning", "error"]), events.c.kind == "read-error"),
+                )
                 .group_by(events.c.source)
             ):
                 key = source_of(src)

@@ -4,6 +4,7 @@ real kexec runs in the end-to-end suite), and the verdict at the next boot."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import sqlite3
@@ -20,7 +21,7 @@ from khod.parse import kimage
 from tests import variants
 from tests.conftest import SysrootFactory
 from tests.fdtbuild import kho_root
-from tests.kimagebuild import NO_KHO_CONFIG, arm64_image, bzimage
+from tests.kimagebuild import KHO_CONFIG, NO_KHO_CONFIG, arm64_image, bzimage
 
 KHO = "sys/kernel/debug/kho"
 FAKE = """#!{python}
@@ -110,6 +111,48 @@ def test_xz_payload_and_arm64() -> None:
     assert (a.kind, a.release) == ("arm64-Image", "7.3.4-arm")
 
 
+def real_config_block(config: str = KHO_CONFIG) -> bytes:
+    return b"IKCFG_ST" + gzip.compress(config.encode()) + b"IKCFG_ED"
+
+
+def test_ikconfig_after_decoy_markers_is_found() -> None:
+    # decoys before the real block: markers with no gzip stream after them
+    vm = b"\0" * 64 + b"IKCFG_ST\0\0" * 1000 + b"IKCFG_STIKCFG_ED" + real_config_block()
+    cfg = kimage.ikconfig_in(vm)
+    assert cfg is not None and kimage.config_value(cfg, "CONFIG_KEXEC_HANDOVER") == "y"
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        b"IKCFG_ST" * (1 << 20),  # 8 MiB of start markers, no end marker
+        b"IKCFG_S" * (1 << 20) + b"IKCFG_ED",  # 7 MiB of partial markers
+        (b"IKCFG_ST" + b"\x1f\x8b\x08\0" + b"IKCFG_E") * (1 << 19),  # gzip magics, bad streams
+    ],
+    ids=["start-markers", "partial-markers", "bad-gzip"],
+)
+def test_hostile_ikconfig_is_no_config(hostile: bytes) -> None:
+    assert kimage.ikconfig_in(hostile) is None
+
+
+def test_an_ikconfig_bomb_is_no_config() -> None:
+    bomb = b"IKCFG_ST" + gzip.compress(b"CONFIG_X=y\n" * (1 << 20)) + b"IKCFG_ED"
+    assert kimage.ikconfig_in(bomb) is None
+
+
+def test_check_on_a_hostile_image_says_no_config(
+    sysroot: SysrootFactory, tmp_path: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    img = tmp_path / "vmlinuz"
+    img.write_bytes(bzimage("7.3.4-x", config=None, pad=0, vmlinux_tail=b"IKCFG_ST" * (1 << 20)))
+    rc, res, err = ctl(
+        capsys, "check", "--json", "--sysroot", str(sysroot("kexec1/step0")), "--kernel", str(img)
+    )
+    c = by_name(res)["image-config"]
+    assert (rc, c["ok"], c["severity"], err) == (0, False, "warning", "")
+    assert "no embedded IKCONFIG" in c["detail"]
+
+
 @pytest.mark.parametrize(
     ("release", "abi"),
     [
@@ -154,7 +197,7 @@ def test_check_passes_on_a_real_cold_boot(
     assert all(set(x) == {"name", "ok", "severity", "detail"} for x in res["checks"])
     assert c["outgoing-metadata"]["detail"] == "7.3.4-khlab-a count 1"
     assert "both speak 'kho-v4' (target: image)" in c["abi"]["detail"]
-    assert c["scratch"]["detail"] == "3 areas: 16 MiB, 64 MiB, 16 MiB"
+    assert c["scratch"]["detail"].startswith("3 areas: 16 MiB, 64 MiB, 16 MiB; ")
 
 
 def test_check_on_a_real_kexecd_boot_without_out_fdt(
@@ -189,7 +232,7 @@ def test_kho_off_is_an_error(
 @pytest.mark.parametrize(
     ("lens", "ok", "severity"),
     [
-        (b"0x10\n0x10\n0x10\n", False, "warning"),  # 48 bytes: smaller than the image
+        (b"0x10\n0x10\n0x10\n", False, "error"),  # 48 bytes: no segment fits
         (b"0x0\n0x0\n0x0\n", False, "error"),
     ],
 )
@@ -328,6 +371,92 @@ def test_no_kexec_tools(
     monkeypatch.setenv("PATH", str(tmp_path))
     rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(sysroot("kexec1/step0")))
     assert rc == 1 and not by_name(res)["kexec-tools"]["ok"]
+
+
+def scratch_lens(root: Path, *mib: int) -> None:
+    """The real areas' addresses (lowmem, global, node) with other lengths."""
+    variants.replace(root, f"{KHO}/out/scratch_len", b"".join(b"0x%x\n" % (m << 20) for m in mib))
+
+
+def test_scratch_areas_of_4_kib_are_an_error(
+    sysroot: SysrootFactory, image: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = sysroot("kexec1/step0")
+    variants.replace(root, f"{KHO}/out/scratch_len", b"0x1000\n0x1000\n0x1000\n")
+    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(image))
+    s = by_name(res)["scratch"]
+    assert (rc, res["ok"], s["ok"], s["severity"]) == (1, False, False, "error")
+    assert "-EADDRNOTAVAIL" in s["detail"]
+
+
+def test_a_kernel_that_fits_at_its_file_size_but_not_at_init_size_is_an_error(
+    sysroot: SysrootFactory, tmp_path: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the lab's shape: a 10 MiB bzImage whose header asks for 32.3 MiB (init_size)
+    img = tmp_path / "vmlinuz"
+    img.write_bytes(bzimage("7.3.4-khlab-b", pad=10 << 20))
+    root = sysroot("kexec1/step0")
+    scratch_lens(root, 16, 16, 16)  # 48 MiB in all, each area larger than the file
+    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(img))
+    s = by_name(res)["scratch"]
+    assert (rc, res["ok"], s["ok"], s["severity"]) == (1, False, False, "error")
+    assert "kernel (init_size 32.3 MiB)" in s["detail"]
+
+
+def test_a_real_fit_is_ok_and_says_where(
+    sysroot: SysrootFactory,
+    image: Path,
+    tmp_path: Path,
+    fakebin: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    initrd = tmp_path / "initrd.img"
+    with initrd.open("wb") as f:
+        f.truncate(12 << 20)
+    root = sysroot("kexec1/step0")
+    rc, res, _ = ctl(
+        capsys,
+        "check",
+        "--json",
+        "--sysroot",
+        str(root),
+        "--kernel",
+        str(image),
+        "--initrd",
+        str(initrd),
+    )
+    s = by_name(res)["scratch"]
+    assert (rc, res["ok"], s["ok"]) == (0, True, True)
+    # the kernel only fits the 64 MiB global area; the rest goes top-down into lowmem
+    assert "kernel (init_size 32.3 MiB) in area 1 at 0x7a600000" in s["detail"]
+    assert "initrd (12 MiB) in area 0" in s["detail"]
+
+
+def test_an_initrd_that_does_not_fit_is_an_error_naming_it(
+    sysroot: SysrootFactory,
+    image: Path,
+    tmp_path: Path,
+    fakebin: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    initrd = tmp_path / "initrd.img"
+    with initrd.open("wb") as f:
+        f.truncate(40 << 20)  # 96 MiB of scratch in all, but no area has 40 MiB left
+    root = sysroot("kexec1/step0")
+    rc, res, _ = ctl(
+        capsys,
+        "check",
+        "--json",
+        "--sysroot",
+        str(root),
+        "--kernel",
+        str(image),
+        "--initrd",
+        str(initrd),
+    )
+    s = by_name(res)["scratch"]
+    assert (rc, res["ok"], s["ok"], s["severity"]) == (1, False, False, "error")
+    assert s["detail"].startswith("initrd (40 MiB) fits in no scratch area")
 
 
 # --- khoctl kexec ---

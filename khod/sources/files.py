@@ -103,6 +103,17 @@ def read_kmsg(path: Path, shown: str, limit: int = DEFAULT_LIMIT) -> bytes:
         raise SourceError(shown, describe_oserror(e)) from None
 
 
+def is_dir(path: Path, shown: str) -> bool:
+    """Whether ``path`` is a directory: False when it is not there, SourceError when that
+    cannot be told (a parent this process may not search: debugfs is 0700 root)."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as e:
+        raise SourceError(shown, describe_oserror(e)) from None
+
+
 def list_dir(path: Path, shown: str) -> list[str] | None:
     """Sorted entry names; None when the directory does not exist."""
     try:

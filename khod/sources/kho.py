@@ -13,9 +13,10 @@ from pathlib import Path
 
 from khod.errors import SourceError
 from khod.paths import SCRATCH_NAMES, HostPaths
-from khod.sources.files import list_dir, read_optional
+from khod.sources.files import is_dir, list_dir, read_optional
 
 MAX_SUBTREES = 256
+DENIED = "permission denied"
 
 
 @dataclass
@@ -27,6 +28,11 @@ class KhoFiles:
     debugfs_mounted: bool = False  # sys/kernel/debug has anything in it
     files: dict[str, bytes] = field(default_factory=dict)  # "in/fdt" -> bytes
     errors: list[SourceError] = field(default_factory=list)
+    # debugfs or kho/ could not be entered (not root, or root without CAP_DAC_OVERRIDE):
+    # whether KHO is on is not known from here
+    unreadable: SourceError | None = None
+    # (name, error) of each file or directory permission was denied on
+    denied: list[tuple[str, SourceError]] = field(default_factory=list)
 
     def get(self, name: str) -> bytes | None:
         return self.files.get(name)
@@ -40,7 +46,10 @@ def _read_into(kf: KhoFiles, paths: HostPaths, path: Path, name: str) -> None:
     try:
         data = read_optional(path, paths.rel(path))
     except SourceError as e:
-        kf.errors.append(e)
+        if e.why == DENIED:  # 0400 root files: see read_kho_files
+            kf.denied.append((name, e))
+        else:
+            kf.errors.append(e)
         return
     if data is not None:
         kf.files[name] = data
@@ -48,23 +57,32 @@ def _read_into(kf: KhoFiles, paths: HostPaths, path: Path, name: str) -> None:
 
 def read_kho_files(paths: HostPaths) -> KhoFiles:
     kf = KhoFiles()
+    listing: SourceError | None = None
     try:
         debugfs = list_dir(paths.debugfs, paths.rel(paths.debugfs))
     except SourceError as e:
-        kf.errors.append(e)
-        debugfs = None
+        listing, debugfs = e, None
     kf.debugfs_mounted = bool(debugfs)
-    if not paths.kho.is_dir():
+    try:
+        kf.present = is_dir(paths.kho, paths.rel(paths.kho))
+        if not kf.present:
+            kf.unreadable = listing
+            return kf
+        kf.debugfs_mounted = True
+        kf.in_present = is_dir(paths.kho_in, paths.rel(paths.kho_in))
+    except SourceError as e:
+        kf.unreadable = listing or e
         return kf
-    kf.present = True
-    kf.in_present = paths.kho_in.is_dir()
     for direction, base in (("in", paths.kho_in), ("out", paths.kho_out)):
         _read_into(kf, paths, base / "fdt", f"{direction}/fdt")
         sub = base / "sub_fdts"
         try:
             names = list_dir(sub, paths.rel(sub)) or []
         except SourceError as e:
-            kf.errors.append(e)
+            if e.why == DENIED:
+                kf.denied.append((f"{direction}/sub_fdts/", e))
+            else:
+                kf.errors.append(e)
             names = []
         for n in names[:MAX_SUBTREES]:
             _read_into(kf, paths, sub / n, f"{direction}/sub_fdts/{n}")
@@ -72,4 +90,13 @@ def read_kho_files(paths: HostPaths) -> KhoFiles:
         for n in pair:
             _read_into(kf, paths, paths.kho_out / n, f"out/{n}")
     _read_into(kf, paths, paths.kho_out_finalize, "out/finalize")
+    if kf.denied and not kf.files and not kf.errors:
+        # nothing could be read (debugfs mounted mode=755, files 0400 root): one event
+        names = [n for n, _ in kf.denied]
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        kf.unreadable = SourceError(
+            paths.rel(paths.kho), f"{DENIED} on {len(names)} files ({shown})"
+        )
+    else:  # one file among readable ones: an error of its own
+        kf.errors += [e for _, e in kf.denied]
     return kf

@@ -68,7 +68,12 @@ def read_pstore_files(paths: HostPaths) -> tuple[list[PstoreFile], list[SourceEr
             continue
         for entry in entries:
             p = Path(entry.path)
-            if location == "archive" and entry.is_dir(follow_symlinks=False):
+            try:
+                is_dir = location == "archive" and entry.is_dir(follow_symlinks=False)
+            except OSError as err:  # d_type unknown and the entry cannot be stat'd
+                errors.append(SourceError(paths.rel(p), describe_oserror(err)))
+                continue
+            if is_dir:
                 try:
                     sub = _entries(p)
                 except OSError as err:
