@@ -86,7 +86,7 @@ def content(url: str) -> dict[str, Any]:
                 for r in conn.execute(select(blobs)).mappings()
             ),
             "events": sorted(
-                (boot_ids[r["boot_pk"]], r["fingerprint"], r["message"])
+                (boot_ids[r["boot_pk"]], r["fingerprint"], r["message"], r["origin"] or "")
                 for r in conn.execute(select(events)).mappings()
             ),
             "pstore": sorted(
@@ -736,3 +736,28 @@ def test_a_chunk_that_ends_the_boots_is_in_before_the_next_chunk_runs(
     assert res["new"] == res["read"]
     assert content(pg_url) == content(line_url)
     assert table_counts(pg_url) == table_counts(line_url)
+
+
+def test_an_export_from_before_events_had_an_origin_still_imports(
+    sysroot: SysrootFactory,
+    sqlite_url: str,
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    host_store(sysroot, sqlite_url, CHAIN + OTHERS)
+    dump = tmp_path / "x.jsonl"
+    assert run_main("khoctl", khoctl.main, ["export", "--db", sqlite_url, "-o", str(dump)]) == 0
+    lines = dump.read_text().splitlines()
+    objs = [json.loads(x) for x in lines[1:]]
+    assert {o["origin"] for o in objs if o["object"] == "event"} == {"kho"}
+    old = [lines[0], *(json.dumps({k: v for k, v in o.items() if k != "origin"}) for o in objs)]
+    dump.write_text("\n".join(old) + "\n")
+    rc, out, err = ctl(capsys, "import", str(dump), "--db", db_url, "--json")
+    res = json.loads(out)
+    assert rc == 0, err
+    assert res["new"]["event"] == res["read"]["event"] > 0 and res["unknown_boot"] == 0
+    store = open_store(db_url)
+    with store.engine.connect() as conn:
+        assert set(conn.execute(select(events.c.origin)).scalars()) == {None}
+    store.dispose()
