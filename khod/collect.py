@@ -16,6 +16,7 @@ from khod.observation import (
     BootKind,
     BootObservation,
     Event,
+    EventSource,
     Severity,
     Subtree,
 )
@@ -38,16 +39,20 @@ class Collector:
         self.paths = paths
         self.events: list[Event] = []
 
-    def event(self, kind: str, source: str, severity: Severity, message: str) -> None:
-        self.events.append(Event(kind, source, severity, message))
+    def event(
+        self, kind: str, source: str, severity: Severity, message: str, *, origin: EventSource
+    ) -> None:
+        self.events.append(Event(kind, source, severity, message, origin=origin))
 
-    def failed(self, e: KhodError, severity: Severity = Severity.ERROR) -> None:
+    def failed(
+        self, e: KhodError, severity: Severity = Severity.ERROR, *, origin: EventSource
+    ) -> None:
         if isinstance(e, ParseError):
-            self.event("parse-error", e.source, severity, str(e))
+            self.event("parse-error", e.source, severity, str(e), origin=origin)
         elif isinstance(e, SourceError):
-            self.event("read-error", e.source, severity, str(e))
+            self.event("read-error", e.source, severity, str(e), origin=origin)
         else:
-            self.event("error", "khod", severity, str(e))
+            self.event("error", "khod", severity, str(e), origin=origin)
 
     def file(self, path_attr: str, parse: Callable[[bytes, str], T]) -> T | None:
         path = getattr(self.paths, path_attr)
@@ -55,7 +60,7 @@ class Collector:
         try:
             return parse(read_bytes(path, shown, 1 << 20), shown)
         except (SourceError, ParseError) as e:
-            self.failed(e)
+            self.failed(e, origin=EventSource.IDENTITY)
             return None
 
     def kho_path(self, name: str) -> str:
@@ -82,9 +87,10 @@ def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> Boo
             kf.unreadable.source,
             Severity.INFO,
             f"{kf.unreadable}: KHO state taken from the kernel command line and log",
+            origin=EventSource.KHO,
         )
     for err in kf.errors:
-        c.failed(err)
+        c.failed(err, origin=EventSource.KHO)
     blobs = tuple(
         Blob(name.split("/", 1)[0], name.split("/", 1)[1], data)
         for name, data in sorted(kf.files.items())
@@ -134,6 +140,7 @@ def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> Boo
                 Severity.WARNING,
                 f"outgoing kexec-metadata says {out_meta.previous_release} count "
                 f"{out_meta.kexec_count}, expected {release} count {expected}",
+                origin=EventSource.KHO,
             )
 
     return BootObservation(
@@ -167,7 +174,7 @@ def _read_log(c: Collector) -> KhoLog | None:
     try:
         data = read_kmsg(c.paths.kmsg, shown)
     except SourceError as e:
-        c.failed(e, Severity.WARNING)
+        c.failed(e, Severity.WARNING, origin=EventSource.KMSG)
         return None
     return parse_kho_log(parse_kmsg(data))
 
@@ -184,6 +191,7 @@ def _kho_enabled(c: Collector, kf: KhoFiles, log: KhoLog | None, cmdline: str) -
             Severity.INFO,
             f"debugfs is not mounted at {c.paths.rel(c.paths.debugfs)}: KHO state taken "
             "from the kernel command line and log",
+            origin=EventSource.KHO,
         )
     if log is not None and (log.scratch_areas or log.exec_from_count is not None):
         return True
@@ -200,10 +208,10 @@ def _parse_root(c: Collector, kf: KhoFiles, direction: str) -> KhoRoot | None:
     except TruncatedFdt as e:
         # out/fdt is sized when debugfs registers it; later subtrees grow the FDT
         severity = Severity.INFO if direction == "out" else Severity.ERROR
-        c.event("fdt-truncated", e.source, severity, str(e))
+        c.event("fdt-truncated", e.source, severity, str(e), origin=EventSource.KHO)
         return None
     except ParseError as e:
-        c.failed(e)
+        c.failed(e, origin=EventSource.KHO)
         return None
     if not root.known:
         c.event(
@@ -211,6 +219,7 @@ def _parse_root(c: Collector, kf: KhoFiles, direction: str) -> KhoRoot | None:
             c.kho_path(name),
             Severity.WARNING,
             f"{c.kho_path(name)}: unknown KHO ABI {root.compatible!r}; kept as is",
+            origin=EventSource.KHO,
         )
     return root
 
@@ -224,13 +233,15 @@ def _parse_metadata(c: Collector, kf: KhoFiles, direction: str) -> KexecMetadata
     try:
         meta = parse_kexec_metadata(data, shown)
     except UnsupportedMetadataVersion as e:
-        c.event("unknown-metadata-version", shown, Severity.WARNING, str(e))
+        c.event("unknown-metadata-version", shown, Severity.WARNING, str(e), origin=EventSource.KHO)
         return None
     except ParseError as e:
-        c.failed(e)
+        c.failed(e, origin=EventSource.KHO)
         return None
     for w in meta.warnings:
-        c.event("metadata-warning", shown, Severity.WARNING, f"{shown}: {w}")
+        c.event(
+            "metadata-warning", shown, Severity.WARNING, f"{shown}: {w}", origin=EventSource.KHO
+        )
     return meta
 
 
@@ -252,6 +263,7 @@ def _kind(
                 Severity.WARNING,
                 "the kernel found KHO handover data but KHO is off in this kernel; "
                 "nothing was revived and the next kexec starts a new chain",
+                origin=EventSource.KHO,
             )
             return BootKind.KEXEC, "handover found, KHO disabled in this kernel"
         return BootKind.KEXEC, None
@@ -263,7 +275,7 @@ def _cross_check(c: Collector, meta: KexecMetadata | None, log: KhoLog | None) -
     if log is None:
         return
     for err in log.metadata_errors:
-        c.event("kernel-metadata-error", "kmsg", Severity.WARNING, err)
+        c.event("kernel-metadata-error", "kmsg", Severity.WARNING, err, origin=EventSource.KMSG)
     if meta is None or log.exec_from_count is None:
         return
     if (meta.previous_release_raw, meta.kexec_count) != (
@@ -276,6 +288,7 @@ def _cross_check(c: Collector, meta: KexecMetadata | None, log: KhoLog | None) -
             Severity.WARNING,
             f"kexec-metadata says {meta.previous_release} count {meta.kexec_count}, the "
             f"kernel log says {log.exec_from_release} count {log.exec_from_count}",
+            origin=EventSource.KMSG,
         )
 
 
@@ -288,7 +301,7 @@ def _scratch(c: Collector, kf: KhoFiles) -> tuple[tuple[int, int], ...]:
             p = proc.parse_scratch(phys, c.kho_path(f"out/{phys_name}"))
             n = proc.parse_scratch(size, c.kho_path(f"out/{len_name}"))
         except ParseError as e:
-            c.failed(e)
+            c.failed(e, origin=EventSource.KHO)
             return ()
         if len(p) != len(n):
             c.event(
@@ -296,6 +309,7 @@ def _scratch(c: Collector, kf: KhoFiles) -> tuple[tuple[int, int], ...]:
                 c.kho_path("out"),
                 Severity.WARNING,
                 f"{len(p)} scratch addresses but {len(n)} lengths",
+                origin=EventSource.KHO,
             )
         return tuple(zip(p, n, strict=False))
     return ()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from khod.errors import ParseError
-from khod.observation import Event, PstoreRecord, Severity
+from khod.observation import Event, EventSource, PstoreRecord, Severity
 from khod.parse.pstore import (
     DEFAULT_INFLATE_LIMIT,
     InflateStatus,
@@ -42,6 +42,7 @@ def decode_record(
                     f.shown,
                     Severity.WARNING,
                     f"{f.shown}: {e.why}; kept as an unknown record",
+                    origin=EventSource.PSTORE,
                 )
             )
             type_, backend, rid, compressed = "unknown", "unknown", None, False
@@ -54,6 +55,7 @@ def decode_record(
                         f.shown,
                         Severity.INFO,
                         f"{f.shown}: unknown pstore type {pn.type!r}; kept raw",
+                        origin=EventSource.PSTORE,
                     )
                 )
     if not f.data:
@@ -63,6 +65,7 @@ def decode_record(
                 f.shown,
                 Severity.WARNING,
                 f"{f.shown}: empty pstore record; nothing to keep",
+                origin=EventSource.PSTORE,
             )
         )
         return None
@@ -77,6 +80,7 @@ def decode_record(
                     f.shown,
                     Severity.WARNING,
                     f"{f.shown}: inflates past {inflate_limit} bytes; stored compressed",
+                    origin=EventSource.PSTORE,
                 )
             )
         elif status is InflateStatus.UNDECODABLE:
@@ -87,6 +91,7 @@ def decode_record(
                     Severity.WARNING,
                     f"{f.shown}: compressed with something other than "
                     "deflate/zlib, or corrupt; stored raw",
+                    origin=EventSource.PSTORE,
                 )
             )
     reason = count = part = None
@@ -105,6 +110,7 @@ def decode_record(
                         f.shown,
                         Severity.INFO,
                         f"{f.shown}: dmesg record without a Reason#count header",
+                        origin=EventSource.PSTORE,
                     )
                 )
         text = to_text(body)
@@ -133,7 +139,9 @@ def kho_subtree_record(blob: bytes, shown: str, events: list[Event]) -> PstoreRe
     try:
         rec = parse_pstore_kho(blob, shown)
     except ParseError as e:
-        events.append(Event("parse-error", shown, Severity.WARNING, str(e)))
+        events.append(
+            Event("parse-error", shown, Severity.WARNING, str(e), origin=EventSource.PSTORE)
+        )
         return None
     if rec is None:
         return None
@@ -150,7 +158,9 @@ def collect_pstore(
     events: list[Event] = []
     files, errors = read_pstore_files(paths)
     for e in errors:
-        events.append(Event("read-error", e.source, Severity.WARNING, str(e)))
+        events.append(
+            Event("read-error", e.source, Severity.WARNING, str(e), origin=EventSource.PSTORE)
+        )
     records: list[PstoreRecord] = []
     seen: set[str] = set()
     for f in files:
@@ -169,6 +179,7 @@ def collect_pstore(
                         shown,
                         Severity.WARNING,
                         "the pstore-kho subtree and dmesg-kho-0 differ",
+                        origin=EventSource.PSTORE,
                     )
                 )
             seen.add(r.sha256)

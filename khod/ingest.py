@@ -9,7 +9,7 @@ from pathlib import Path
 from khod.collect import collect
 from khod.collect_pstore import collect_pstore
 from khod.errors import KhodError, SourceError
-from khod.observation import BootObservation, Event, PstoreRecord, Severity
+from khod.observation import BootObservation, Event, EventSource, PstoreRecord, Severity
 from khod.parse.pstore import DEFAULT_INFLATE_LIMIT
 from khod.paths import HostPaths
 from khod.sources.files import read_optional
@@ -72,7 +72,9 @@ def rescan_pstore(
     try:
         subtree = read_optional(paths.kho_in_subtrees / "pstore-kho", shown)
     except SourceError as e:
-        events.append(Event("read-error", e.source, Severity.WARNING, str(e)))
+        events.append(
+            Event("read-error", e.source, Severity.WARNING, str(e), origin=EventSource.PSTORE)
+        )
         subtree = None
     records, more = collect_pstore(paths, subtree, opts.inflate_limit)
     events += more

@@ -16,9 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
-VERDICTS = ("landed", "cold-boot", "abi-mismatch", "mismatch", "superseded", "failed")
-KINDS = ("kexec", "kexec-rejected", "cold")
-SOURCES = ("kho", "kmsg", "pstore", "identity", "store")
+from khod.records import KINDS, SOURCES, VERDICTS
 
 
 class SnapshotCollector:

@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from enum import StrEnum
+from dataclasses import dataclass, field
 
+from khod.records import BootKind, EventSource, Severity
 
-class BootKind(StrEnum):
-    KEXEC = "kexec"  # a KHO handover was accepted
-    KEXEC_REJECTED = "kexec-rejected"  # one was offered and the kernel refused it
-    COLD = "cold"  # no sign of a handover (firmware boot, or kexec without KHO)
-
-
-class Severity(StrEnum):
-    INFO = "info"
-    WARNING = "warning"
-    ERROR = "error"
+__all__ = [
+    "Blob",
+    "BootKind",
+    "BootObservation",
+    "Event",
+    "EventSource",
+    "PstoreRecord",
+    "Severity",
+    "Subtree",
+]
 
 
 @dataclass(frozen=True)
 class Event:
     kind: str  # short stable name, e.g. "parse-error", "metadata-log-mismatch"
-    source: str  # the path or subsystem it is about
+    source: str  # the path or subsystem it is about, as shown
     severity: Severity
     message: str
+    origin: EventSource = field(kw_only=True)  # where it comes from (the metric's label)
 
     @property
     def fingerprint(self) -> str:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 
 from khod import faults
-from khod.observation import Event, PstoreRecord, Severity
+from khod.observation import Event, EventSource, PstoreRecord, Severity
 from khod.paths import HostPaths
 
 
@@ -39,6 +39,7 @@ def release_pstore_files(paths: HostPaths, records: Iterable[PstoreRecord]) -> l
                         Severity.INFO,
                         f"{r.path}: backend {r.backend} cannot erase records "
                         "(EPERM); left in place",
+                        origin=EventSource.PSTORE,
                     )
                 )
             else:
@@ -48,6 +49,7 @@ def release_pstore_files(paths: HostPaths, records: Iterable[PstoreRecord]) -> l
                         r.path,
                         Severity.WARNING,
                         f"{r.path}: cannot unlink: {e.strerror}",
+                        origin=EventSource.PSTORE,
                     )
                 )
             continue
@@ -57,6 +59,7 @@ def release_pstore_files(paths: HostPaths, records: Iterable[PstoreRecord]) -> l
                 r.path,
                 Severity.INFO,
                 f"{r.path}: unlinked after its record was committed",
+                origin=EventSource.PSTORE,
             )
         )
     return events

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from khod.observation import BootObservation, Event, Severity
+from khod.records import is_crash
 
 # MESSAGE_IDs of khod's journal entries; systemd/khod.catalog explains each one
 MESSAGE_IDS = {
@@ -116,7 +117,7 @@ def journal_boot(obs: BootObservation, new_events: list[Event]) -> None:
             **f,
         )
     for r in obs.pstore:
-        crash = r.reason in ("Panic", "Oops", "Emergency")
+        crash = is_crash(r.reason)
         what = f"{r.reason}#{r.count}" if r.reason else r.type
         send(
             f"pstore record {r.name} ({what}) from {r.release or 'the previous kernel'}",

@@ -10,22 +10,12 @@ from typing import Any
 
 from sqlalchemy import func, or_, select
 
+from khod.records import Severity, legacy_source
 from khod.store.boots import load_boot
 from khod.store.db import Store
 from khod.store.schema import boots, events, pstore_records
 
 SNAPSHOT_VERSION = 1
-
-
-def source_of(path: str) -> str:
-    """A low-cardinality name for where an event came from."""
-    if "/kho" in path or path in ("kho",) or "/sys/kernel/debug" in path:
-        return "kho"
-    if "kmsg" in path:
-        return "kmsg"
-    if "pstore" in path:
-        return "pstore"
-    return "identity"
 
 
 def compute_snapshot(
@@ -55,17 +45,20 @@ def compute_snapshot(
         verdicts = verdict_counts(conn, machine_id)
         errors: dict[str, int] = {}
         if boot is not None and boot.id is not None:
-            for src, n in conn.execute(
-                select(events.c.source, func.count())
+            for origin, kind, path, n in conn.execute(
+                select(events.c.origin, events.c.kind, events.c.source, func.count())
                 .where(
                     events.c.boot_pk == boot.id,
                     # a source that could not be read counts, even when it is only told
                     # as info (debugfs unreadable without privileges)
-                    or_(events.c.severity.in_(["warning", "error"]), events.c.kind == "read-error"),
+                    or_(
+                        events.c.severity.in_([Severity.WARNING, Severity.ERROR]),
+                        events.c.kind == "read-error",
+                    ),
                 )
-                .group_by(events.c.source)
+                .group_by(events.c.origin, events.c.kind, events.c.source)
             ):
-                key = source_of(src)
+                key = str(origin or legacy_source(kind, path))
                 errors[key] = errors.get(key, 0) + n
     b: dict[str, Any] | None = None
     if boot is not None:

@@ -86,7 +86,7 @@ def content(url: str) -> dict[str, Any]:
                 for r in conn.execute(select(blobs)).mappings()
             ),
             "events": sorted(
-                (boot_ids[r["boot_pk"]], r["fingerprint"], r["message"])
+                (boot_ids[r["boot_pk"]], r["fingerprint"], r["message"], r["origin"] or "")
                 for r in conn.execute(select(events)).mappings()
             ),
             "pstore": sorted(
@@ -652,3 +652,112 @@ def test_many_chunks_in_parallel_with_a_bad_one_in_the_middle(
         assert res["chunks"] == {"bulk": chunks - 1, "line_by_line": 1}
     else:
         assert res["chunks"] == {"bulk": 0, "line_by_line": chunks}
+
+
+def _hold_boots_until_the_import_waits(url: str, ready: Any, done: Any) -> None:
+    """Hold a lock on the boots table that lets readers through but blocks the next
+    boot INSERT; once that INSERT waits (and any chunk running beside it has
+    finished), release it. Runs in a thread beside the import."""
+    store = open_store(url)
+    with store.engine.connect() as lock, store.engine.connect() as watch:
+        lock.exec_driver_sql("LOCK TABLE boots IN SHARE MODE")
+        ready.set()
+        me = lock.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        mine = (me, watch.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+        def others() -> list[tuple[str | None, str | None]]:
+            watch.rollback()
+            rows = watch.exec_driver_sql(
+                "SELECT state, wait_event_type FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> ALL(%(mine)s)",
+                {"mine": list(mine)},
+            ).all()
+            return [(r[0], r[1]) for r in rows]
+
+        while not done.is_set() and not any(w == "Lock" for _, w in others()):
+            time.sleep(0.01)
+        # the blocked chunk waits; a chunk beside it (if any) gets up to 3 s to finish
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and not done.is_set():
+            if any(s == "active" and w != "Lock" for s, w in others()):
+                while any(s == "active" and w != "Lock" for s, w in others()):
+                    time.sleep(0.01)
+                break
+            time.sleep(0.01)
+        lock.rollback()
+    store.dispose()
+
+
+def test_a_chunk_that_ends_the_boots_is_in_before_the_next_chunk_runs(
+    sysroot: SysrootFactory,
+    sqlite_url: str,
+    pg_server: pgserver.PostgresServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On PostgreSQL, a chunk holding the last boots and the first rows that name them
+    is committed before the next chunk (rows of those boots) runs: nothing is lost."""
+    import threading
+
+    from khod.store import transfer
+
+    host_store(sysroot, sqlite_url, CHAIN)
+    store = open_store(sqlite_url)
+    with store.engine.connect() as conn:
+        times = sorted(conn.execute(select(boots.c.booted_at)).scalars())
+    store.dispose()
+    dump = tmp_path / "x.jsonl"
+    argv = ["export", "--db", sqlite_url, "--since", f"@{times[2]}", "-o", str(dump)]
+    assert run_main("khoctl", khoctl.main, argv) == 0
+    kinds = [json.loads(x)["object"] for x in dump.read_text().splitlines()[1:]]
+    # chunks of 3 lines: the first holds both boots and a dependent row, the next
+    # only rows of those boots
+    assert kinds[:3] == ["boot", "boot", "blob"] and "boot" not in kinds[3:]
+    monkeypatch.setattr(transfer, "CHUNK_LINES", 3)
+
+    line_url = f"sqlite:///{tmp_path / 'line' / 'khod.db'}"
+    assert ctl(capsys, "import", str(dump), "--db", line_url)[0] == 0
+    pg_url = pg_server.url(pg_server.create_database())
+    open_store(pg_url).dispose()  # migrated before the lock is taken
+
+    ready, done = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold_boots_until_the_import_waits, args=(pg_url, ready, done))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        rc, out, err = ctl(capsys, "import", str(dump), "--db", pg_url, "--json")
+    finally:
+        done.set()
+        holder.join()
+    res = json.loads(out)
+    assert rc == 0, err
+    assert res["unknown_boot"] == 0
+    assert res["new"] == res["read"]
+    assert content(pg_url) == content(line_url)
+    assert table_counts(pg_url) == table_counts(line_url)
+
+
+def test_an_export_from_before_events_had_an_origin_still_imports(
+    sysroot: SysrootFactory,
+    sqlite_url: str,
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    host_store(sysroot, sqlite_url, CHAIN + OTHERS)
+    dump = tmp_path / "x.jsonl"
+    assert run_main("khoctl", khoctl.main, ["export", "--db", sqlite_url, "-o", str(dump)]) == 0
+    lines = dump.read_text().splitlines()
+    objs = [json.loads(x) for x in lines[1:]]
+    assert {o["origin"] for o in objs if o["object"] == "event"} == {"kho"}
+    old = [lines[0], *(json.dumps({k: v for k, v in o.items() if k != "origin"}) for o in objs)]
+    dump.write_text("\n".join(old) + "\n")
+    rc, out, err = ctl(capsys, "import", str(dump), "--db", db_url, "--json")
+    res = json.loads(out)
+    assert rc == 0, err
+    assert res["new"]["event"] == res["read"]["event"] > 0 and res["unknown_boot"] == 0
+    store = open_store(db_url)
+    with store.engine.connect() as conn:
+        assert set(conn.execute(select(events.c.origin)).scalars()) == {None}
+    store.dispose()

@@ -3,6 +3,7 @@ journald runs), and the catalog checked by systemd's own parser."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -14,7 +15,11 @@ from pathlib import Path
 import pytest
 
 from khod import sd
-from tests.conftest import FIXTURES
+from khod.cli import khoctl, khod_main
+from khod.cli.common import run_main
+from khod.parse import pstore
+from tests import variants
+from tests.conftest import FIXTURES, SysrootFactory
 from tests.daemon_helpers import BIN
 
 CATALOG = Path(__file__).parent.parent / "systemd" / "khod.catalog"
@@ -99,8 +104,9 @@ def receive_all(s: socket.socket) -> list[dict[str, str]]:
     return out
 
 
-def ingest_journaled(journal: Journal, tmp_path: Path, step: str) -> None:
-    """khod --once --journal on a fixture, inside the journal's mount namespace."""
+def ingest_journaled(journal: Journal, tmp_path: Path, step: str, root: Path | None = None) -> None:
+    """khod --once --journal on a fixture (or a copy of one, root), inside the
+    journal's mount namespace."""
     r = subprocess.run(
         [
             *journal.prefix,
@@ -108,7 +114,7 @@ def ingest_journaled(journal: Journal, tmp_path: Path, step: str) -> None:
             "--once",
             "--journal",
             "--sysroot",
-            str(FIXTURES / step),
+            str(root or FIXTURES / step),
             "--db",
             f"sqlite:///{tmp_path / 'k.db'}",
             "--state-dir",
@@ -134,8 +140,11 @@ def test_journal_entries_of_a_kexec_boot_with_a_crash_record(
     assert (boot["KHOD_KIND"], boot["KHOD_KEXEC_COUNT"]) == ("cold", "0")
     assert boot["SYSLOG_IDENTIFIER"] == "khod" and boot["PRIORITY"] == "6"
     crashes = by_id[sd.MESSAGE_IDS["pstore-crash"]]
-    assert sorted(e["KHOD_PSTORE_REASON"] for e in crashes) == ["Emergency", "Panic"]
+    # the Emergency record is the restart that followed the panic: a record, not a crash
+    assert sorted(e["KHOD_PSTORE_REASON"] for e in crashes) == ["Panic"]
     assert all(e["PRIORITY"] == "3" for e in crashes)
+    records = by_id[sd.MESSAGE_IDS["pstore-record"]]
+    assert "Emergency" in {e["KHOD_PSTORE_REASON"] for e in records}
 
 
 def test_journal_entry_of_a_kexec(journal: Journal, tmp_path: Path) -> None:
@@ -145,3 +154,43 @@ def test_journal_entry_of_a_kexec(journal: Journal, tmp_path: Path) -> None:
     ]
     assert (boot["KHOD_PREVIOUS_RELEASE"], boot["KHOD_KEXEC_COUNT"]) == ("7.3.4-khlab-a", "1")
     assert boot["MESSAGE"].endswith("kexec from 7.3.4-khlab-a (count 1)")
+
+
+@pytest.mark.parametrize(
+    "drop", [(), ("dmesg-ramoops-0",), ("dmesg-ramoops-1",)], ids=["both", "emergency", "panic"]
+)
+def test_the_report_the_journal_and_the_parser_agree_on_what_a_crash_is(
+    journal: Journal,
+    sysroot: SysrootFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    drop: tuple[str, ...],
+) -> None:
+    """The real capture of a kexec'd kernel that panicked (panic=-1: a Panic record,
+    then the Emergency record of the restart), and variants keeping one of the two."""
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    for step in ("pstore/step0", "pstore/step1"):
+        argv = ["--once", "--sysroot", str(sysroot(step)), "--db", db]
+        assert run_main("khod", khod_main.main, argv) == 0
+    root = sysroot("pstore/step0-boot2")
+    for name in drop:
+        variants.remove(root, f"sys/fs/pstore/{name}")
+
+    parser = set()
+    for f in (root / "sys/fs/pstore").iterdir():
+        head = pstore.parse_dmesg_header(f.read_bytes())
+        if head is not None and head.crash:
+            parser.add(f.name)
+
+    ingest_journaled(journal, tmp_path, "", root)
+    crash_id = sd.MESSAGE_IDS["pstore-crash"]
+    entries = receive_all(journal.sock)
+    journaled = {e["KHOD_PSTORE_NAME"] for e in entries if e["MESSAGE_ID"] == crash_id}
+
+    capsys.readouterr()
+    assert run_main("khoctl", khoctl.main, ["report", "transitions", "--json", "--db", db]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["previous_release"], row["release"]) == ("7.3.4-khlab-a", "7.3.4-khlab-b")
+
+    assert journaled == parser
+    assert row["crashes"] == (1 if parser else 0)

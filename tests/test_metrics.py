@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from khod.cli.common import run_main
 from khod.ingest import IngestOptions, ingest_boot
 from khod.metrics import SnapshotCollector, exposition, make_registry
 from khod.parse.metadata import decode_release
 from khod.paths import HostPaths
-from khod.snapshot import compute_snapshot, source_of
+from khod.records import legacy_source
+from khod.snapshot import compute_snapshot
 from khod.store.db import open_store
 from tests.conftest import SysrootFactory
 
@@ -88,11 +90,13 @@ def test_hostile_release_strings_are_escaped(release: str) -> None:
     assert line.startswith("khod_boot_info{") and line.endswith("} 1.0")
 
 
-def test_source_of() -> None:
-    assert source_of("/sys/kernel/debug/kho/in/fdt") == "kho"
-    assert source_of("/dev/kmsg") == "kmsg"
-    assert source_of("/var/lib/systemd/pstore/dmesg-ramoops-0") == "pstore"
-    assert source_of("/proc/sys/kernel/random/boot_id") == "identity"
+def test_legacy_source_of_events_stored_before_they_had_one() -> None:
+    assert legacy_source("parse-error", "/sys/kernel/debug/kho/in/fdt") == "kho"
+    assert legacy_source("read-error", "/dev/kmsg") == "kmsg"
+    assert legacy_source("parse-error", "/var/lib/systemd/pstore/dmesg-ramoops-0") == "pstore"
+    assert legacy_source("read-error", "/proc/sys/kernel/random/boot_id") == "identity"
+    assert legacy_source("kexec-verdict", "kexec") == "kexec"
+    assert legacy_source("store-damaged", "store") == "store"
 
 
 def test_an_empty_snapshot_still_exposes_every_family() -> None:
@@ -111,3 +115,68 @@ def test_an_empty_snapshot_still_exposes_every_family() -> None:
         "khod_last_ingest_timestamp_seconds",
         "khod_ingest_duration_seconds",
     }
+
+
+def _source_errors(db: Path, machine_id: str, boot_id: str) -> dict[str, float]:
+    store = open_store(f"sqlite:///{db}")
+    snap = compute_snapshot(store, machine_id, boot_id, ingested_at=0.0, duration=0.0)
+    store.dispose()
+    c = SnapshotCollector()
+    c.set(snap)
+    text = exposition(make_registry(c)).decode()
+    (fam,) = [f for f in text_string_to_metric_families(text) if f.name == "khod_source_errors"]
+    return {s.labels["source"]: s.value for s in fam.samples if s.name.endswith("_total")}
+
+
+def _origins(db: Path, kind: str) -> list[str | None]:
+    """What the stored events of this kind say they come from."""
+    from sqlalchemy import select
+
+    from khod.store.schema import events
+
+    store = open_store(f"sqlite:///{db}")
+    with store.engine.connect() as conn:
+        got = list(conn.execute(select(events.c.origin).where(events.c.kind == kind)).scalars())
+    store.dispose()
+    return got
+
+
+def test_a_damaged_store_is_counted_as_a_store_error(
+    sysroot: SysrootFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_powerloss import khod_once, seeded, truncated_mid_page
+
+    db = tmp_path / "state" / "khod.db"
+    seeded(sysroot, db, capsys)
+    truncated_mid_page(db)
+    rc, err = khod_once(sysroot("pstore-kho/step3"), db, capsys)
+    assert rc == 0 and "was damaged" in err
+    errors = _source_errors(
+        db, "36523389201885c96b08f3a4f23394ad", "577f767f-a59e-4b49-833d-15b669e7c796"
+    )
+    assert (errors["store"], errors["identity"]) == (1, 0)
+    assert _origins(db, "store-damaged") == ["store"]
+
+
+def test_a_kexec_that_did_not_land_is_counted_as_a_kexec_error(
+    sysroot: SysrootFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from khod.cli import khoctl
+    from tests import variants
+    from tests.test_powerloss import khod_once
+
+    db = tmp_path / "state" / "khod.db"
+    assert khod_once(sysroot("pstore/step0"), db, capsys)[0] == 0
+    before = sysroot("pstore/step1")
+    assert khod_once(before, db, capsys)[0] == 0
+    variants.replace(before, "sys/kernel/kexec_loaded", b"1\n")
+    argv = ["record-kexec", "--sysroot", str(before), "--db", f"sqlite:///{db}"]
+    assert run_main("khoctl", khoctl.main, argv) == 0
+    # the real capture: the kexec'd kernel panicked and the VM came back cold
+    rc, err = khod_once(sysroot("pstore/step0-boot2"), db, capsys)
+    assert rc == 0, err
+    errors = _source_errors(
+        db, "84ce2d5daaed6b971052fc40dfcd0a30", "c8be1a8f-766f-4cb8-8a3b-fc30c50a300f"
+    )
+    assert (errors.get("kexec"), errors["identity"]) == (1, 0)
+    assert _origins(db, "kexec-verdict") == ["kexec"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from khod.errors import ParseError
+from khod.records import is_crash
 
 # enum pstore_type_id names (fs/pstore/platform.c pstore_type_names), longest first
 TYPES = (
@@ -33,7 +34,6 @@ TYPES = (
     "unknown",
 )
 REASONS = ("Panic", "Oops", "Emergency", "Shutdown", "Restart", "Halt", "Poweroff", "Unknown")
-CRASH_REASONS = frozenset({"Panic", "Oops", "Emergency"})
 DEFAULT_INFLATE_LIMIT = 16 << 20
 
 _NAME = re.compile(r"^([a-z0-9_.]+)-(\d{1,20})(\.enc\.z)?$")
@@ -106,6 +106,10 @@ class DmesgHeader:
     @property
     def known_reason(self) -> bool:
         return self.reason in REASONS
+
+    @property
+    def crash(self) -> bool:
+        return is_crash(self.reason)
 
 
 def parse_dmesg_header(text: bytes) -> DmesgHeader | None:

@@ -11,12 +11,11 @@ from typing import Any
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from khod import records
 from khod.errors import StoreError
 from khod.observation import BootKind
 from khod.store.db import Store, describe_db_error
 from khod.store.schema import boots, kexec_attempts
-
-VERDICTS = ("landed", "cold-boot", "abi-mismatch", "mismatch", "superseded", "failed")
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ def fail_attempt(store: Store, attempt_id: int, detail: str) -> None:
         conn.execute(
             update(kexec_attempts)
             .where(kexec_attempts.c.id == attempt_id)
-            .values(verdict="failed", verdict_detail=detail)
+            .values(verdict=records.Verdict.FAILED, verdict_detail=detail)
         )
 
 
@@ -73,12 +72,12 @@ def judge(expected_release: str, expected_count: int, boot: Any) -> tuple[str, s
     got = f"{boot.kind} from {boot.previous_release} count {boot.kexec_count}"
     want = f"kexec from {expected_release} count {expected_count}"
     if boot.kind == BootKind.KEXEC_REJECTED:
-        return "abi-mismatch", f"the handover was rejected: {boot.kind_reason}"
+        return records.Verdict.ABI_MISMATCH, f"the handover was rejected: {boot.kind_reason}"
     if boot.kind == BootKind.COLD:
-        return "cold-boot", f"no handover data: expected {want}"
+        return records.Verdict.COLD_BOOT, f"no handover data: expected {want}"
     if boot.previous_release == expected_release and boot.kexec_count == expected_count:
-        return "landed", want
-    return "mismatch", f"expected {want}, got {got}"
+        return records.Verdict.LANDED, want
+    return records.Verdict.MISMATCH, f"expected {want}, got {got}"
 
 
 def close_attempts(
@@ -112,7 +111,7 @@ def close_attempts(
             update(kexec_attempts)
             .where(kexec_attempts.c.id.in_([a.id for a in older]))
             .values(
-                verdict="superseded",
+                verdict=records.Verdict.SUPERSEDED,
                 verdict_boot=boot_pk,
                 verdict_detail=f"a later attempt (#{newest.id}) was the one that ran",
             )
@@ -122,7 +121,8 @@ def close_attempts(
 
 def verdicts_by_boot(store: Store, boot_pks: Sequence[int]) -> dict[int, str]:
     q = select(kexec_attempts.c.verdict_boot, kexec_attempts.c.verdict).where(
-        kexec_attempts.c.verdict_boot.in_(list(boot_pks)), kexec_attempts.c.verdict != "superseded"
+        kexec_attempts.c.verdict_boot.in_(list(boot_pks)),
+        kexec_attempts.c.verdict != records.Verdict.SUPERSEDED,
     )
     with store.engine.connect() as conn:
         return {b: v for b, v in conn.execute(q)}

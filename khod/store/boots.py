@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from khod import __version__
 from khod.errors import StoreError
-from khod.observation import BootKind, BootObservation, Event, PstoreRecord, Severity
+from khod.observation import BootKind, BootObservation, Event, EventSource, PstoreRecord, Severity
 from khod.store.db import Store, describe_db_error
 from khod.store.schema import blobs, boots, events, pstore_records
 
@@ -98,6 +98,7 @@ def _event_values(boot_pk: int | None, e: Event, now: float) -> dict[str, Any]:
         "severity": str(e.severity),
         "message": e.message,
         "fingerprint": e.fingerprint,
+        "origin": e.origin,
     }
 
 
@@ -176,6 +177,7 @@ def _save(conn: Connection, obs: BootObservation) -> SaveResult:
                 "kexec",
                 Severity(sev),
                 f"kexec attempt #{verdict.attempt_id}: {verdict.verdict} ({verdict.detail})",
+                origin=EventSource.KEXEC,
             )
             conn.execute(insert(events).values(**_event_values(pk, e, now)))
     return SaveResult(pk, created, len(new_blobs), len(new_events), new_pstore, verdict)

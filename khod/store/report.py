@@ -16,10 +16,9 @@ from sqlalchemy import distinct, func, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import StoreError
+from khod.records import CRASH_REASONS
 from khod.store.db import Store, describe_db_error
 from khod.store.schema import boots, pstore_records
-
-CRASH_REASONS = ("Panic", "Oops")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from khod.errors import StoreError
-from khod.observation import Event, Severity
+from khod.observation import Event, EventSource, Severity
 
 MAGIC = b"SQLite format 3\x00"
 
@@ -109,4 +109,5 @@ def salvage(url_text: str) -> Event | None:
         "store",
         Severity.WARNING,
         f"database {path} was damaged ({why}): moved aside to {dst}; a new one was created",
+        origin=EventSource.STORE,
     )

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Dialect
 
 # The revision ``migrations/versions`` ends at; a test checks they agree. Knowing it
 # here lets start-up skip importing Alembic when the database is already current.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -112,6 +112,8 @@ events = Table(
     Column("severity", String(8), nullable=False),
     Column("message", KText, nullable=False),
     Column("fingerprint", String(64), nullable=False),
+    # khod.records.EventSource; NULL for events stored before 0005 (legacy_source)
+    Column("origin", String(16)),
     UniqueConstraint("boot_pk", "fingerprint"),
 )
 

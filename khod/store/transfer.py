@@ -630,8 +630,10 @@ class _Chunks:
     """Where chunks go. SQLite: line by line, in order. PostgreSQL: in bulk, two at a
     time on two connections (the server's parsing and index upkeep are the cost, and
     they run in its backends). Chunks run together only within one phase, boots or
-    the rest, so a row never arrives before the boot it names; a chunk that falls
-    back is imported line by line here."""
+    the rest; a chunk holding both (the last boots and the first rows that name them)
+    runs alone and is committed before the next one starts, so a row never arrives
+    before or beside the chunk that inserts its boot. A chunk that falls back is
+    imported line by line here."""
 
     def __init__(self, importer: Importer, name: str, result: FileResult) -> None:
         self.importer = importer
@@ -639,7 +641,7 @@ class _Chunks:
         self.result = result
         self.pool = ThreadPoolExecutor(BULK_WORKERS) if importer.pg else None
         self.inflight: list[tuple[Future[Any], list[bytes], int]] = []
-        self.phase: bool | None = None  # True: boots only
+        self.phase: str | None = None  # "boots", "mixed" (runs alone) or "rest"
 
     def __enter__(self) -> _Chunks:
         return self
@@ -656,8 +658,9 @@ class _Chunks:
         if self.pool is None:
             self._lines(chunk, start)
             return
-        phase = all(_BOOT_LINE.search(line) for line in chunk)
-        if phase != self.phase:
+        has_boots = [bool(_BOOT_LINE.search(line)) for line in chunk]
+        phase = "boots" if all(has_boots) else "mixed" if any(has_boots) else "rest"
+        if phase != self.phase or phase == "mixed":
             self.drain()
             self.phase = phase
         while len(self.inflight) >= BULK_WORKERS:

@@ -1,0 +1,71 @@
+"""khod's vocabulary, each fact defined once: kinds of boot, severities, kexec verdicts,
+where an event comes from, and what a crash is. Metric labels, JSON values, journal
+entries and the report all take their names from here."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class BootKind(StrEnum):
+    KEXEC = "kexec"  # a KHO handover was accepted
+    KEXEC_REJECTED = "kexec-rejected"  # one was offered and the kernel refused it
+    COLD = "cold"  # no sign of a handover (firmware boot, or kexec without KHO)
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class Verdict(StrEnum):
+    """What became of a kexec attempt, judged by the boot that followed it."""
+
+    LANDED = "landed"
+    COLD_BOOT = "cold-boot"  # the kexec did not happen or fell back to firmware
+    ABI_MISMATCH = "abi-mismatch"  # the handover was offered and rejected
+    MISMATCH = "mismatch"  # a handover, not the one expected
+    SUPERSEDED = "superseded"  # a later attempt in the same boot took its place
+    FAILED = "failed"  # loading or executing failed: nothing happened
+
+
+class EventSource(StrEnum):
+    """What an event is about: the ``source`` label of ``khod_source_errors_total``."""
+
+    KHO = "kho"  # the KHO debugfs tree and its blobs
+    KMSG = "kmsg"  # the kernel log
+    PSTORE = "pstore"  # pstore records, systemd-pstore's archive, the pstore-kho subtree
+    IDENTITY = "identity"  # boot id, machine id, release, command line, boot time
+    STORE = "store"  # the database
+    KEXEC = "kexec"  # kexec attempts and their verdicts
+
+
+KINDS = tuple(str(k) for k in BootKind)
+SEVERITIES = tuple(str(s) for s in Severity)
+VERDICTS = tuple(str(v) for v in Verdict)
+SOURCES = tuple(str(s) for s in EventSource)
+
+# kmsg_dump reasons of a crash: a boot that left one of these in pstore crashed (an
+# Emergency record is the restart that follows a panic, or an operator's sysrq reboot)
+CRASH_REASONS = ("Panic", "Oops")
+
+
+def is_crash(reason: str | None) -> bool:
+    return reason in CRASH_REASONS
+
+
+def legacy_source(kind: str, path: str) -> EventSource:
+    """The source of an event stored before events carried one (its ``origin`` is
+    NULL): from its kind, else from the path it names."""
+    if kind == "kexec-verdict":
+        return EventSource.KEXEC
+    if kind == "store-damaged":
+        return EventSource.STORE
+    if "/kho" in path or path == "kho" or "/sys/kernel/debug" in path:
+        return EventSource.KHO
+    if "kmsg" in path:
+        return EventSource.KMSG
+    if "pstore" in path:
+        return EventSource.PSTORE
+    return EventSource.IDENTITY
