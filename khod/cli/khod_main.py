@@ -141,6 +141,7 @@ def parser() -> Any:
     p.add_argument("--snapshot", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--journal", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--pstore-rescan", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--store-checked", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"khod {__version__}")
     return p
 
@@ -254,7 +255,12 @@ def store_part(args: Any, cfg: Any, paths: Any, obs: Any, on_ready: Any = None) 
     from khod.store.db import default_db_url  # noqa: PLC0415
     from khod.store.salvage import salvage  # noqa: PLC0415
 
-    damaged = salvage(cfg.db or default_db_url())
+    # the daemon checks the whole store in its first ingest; its later ones the header
+    damaged = salvage(cfg.db or default_db_url(), quick_check=not args.store_checked)
+    if damaged is not None and damaged.severity is Severity.INFO:  # checked, whole
+        if args.snapshot:  # a daemon's ingest: say so once per start
+            print(f"khod: {damaged.message}", file=sys.stderr)
+        damaged = None
     if damaged is not None:
         print_events([damaged])
         if obs is not None:
