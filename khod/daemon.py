@@ -180,7 +180,7 @@ class Daemon:
             extra = ("--store-checked", *extra)
         self.checked_db = self.s.db  # another store (a reload): this ingest checks it
         self.ingest_child = Child(
-            child_argv(self.s, *extra), float(self.s.cfg.ingest_timeout), "ingest"
+            child_argv(self.s, *extra), float(max(1, self.s.cfg.ingest_timeout)), "ingest"
         )
 
     def _ingest_step(self, ready: list[Any]) -> None:
