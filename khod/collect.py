@@ -67,6 +67,28 @@ class Collector:
         return self.paths.rel(self.paths.kho / name)
 
 
+def _machine_id(c: Collector, boot_id: str) -> str:
+    """/etc/machine-id; without a valid one (not initialized yet, missing, garbage) the
+    boot's provisional identity, adopted by the real id at a later ingest."""
+    path = c.paths.machine_id
+    shown = c.paths.rel(path)
+    provisional = proc.provisional_machine_id(boot_id)
+    try:
+        data = read_bytes(path, shown, 1 << 20)
+        if not proc.machine_id_pending(data):
+            return proc.parse_machine_id(data, shown)
+        c.event(
+            "machine-id-pending",
+            shown,
+            Severity.INFO,
+            f"{shown} is not initialized yet: this boot stands for its machine "
+            f"({provisional}) until it is",
+        )
+    except (SourceError, ParseError) as e:
+        c.failed(e)
+    return provisional
+
+
 def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> BootObservation:
     """Read this boot's identity, KHO state, kernel log and pstore records."""
     c = Collector(paths)
@@ -75,7 +97,7 @@ def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> Boo
     if boot_id is None or release is None:
         missing = [e.message for e in c.events]
         raise KhodError("cannot identify this boot: " + "; ".join(missing))
-    machine_id = c.file("machine_id", proc.parse_machine_id) or "unknown"
+    machine_id = _machine_id(c, boot_id)
     cmdline = c.file("cmdline", proc.parse_cmdline) or ""
     booted_at = c.file("proc_stat", proc.parse_btime)
 

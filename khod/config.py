@@ -5,6 +5,7 @@ listen = "127.0.0.1:9733"     # /metrics; another address is an explicit choice
 textfile = ""                 # also write the exposition here (node_exporter)
 watch_modules = true          # rescan pstore when a module (backend) loads
 retry_interval = "30s"        # after a failed ingest (disk full, database away)
+ingest_timeout = "5m"         # an ingest child still running then is killed (and retried)
 
 [store]
 db = ""                       # SQLAlchemy URL; "" = the default SQLite file
@@ -90,6 +91,7 @@ class Config:
     textfile: str = ""
     watch_modules: bool = True
     retry_interval: int = 30
+    ingest_timeout: int = 300
     db: str = ""
     state_dir: str = "/var/lib/khod"
     own_pstore: bool = False
@@ -126,6 +128,7 @@ KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("daemon", "textfile"): ("textfile", _str),
     ("daemon", "watch_modules"): ("watch_modules", _bool),
     ("daemon", "retry_interval"): ("retry_interval", parse_duration),
+    ("daemon", "ingest_timeout"): ("ingest_timeout", parse_duration),
     ("store", "db"): ("db", _str),
     ("store", "state_dir"): ("state_dir", _str),
     ("pstore", "own"): ("own_pstore", _bool),

@@ -4,6 +4,8 @@
 Start: (capture already done by the entry point) -> child ingest, while this process
 binds /metrics -> READY=1 -> loop: watchdog, late pstore backends (module uevents),
 SIGHUP (reload config, ingest again), SIGTERM (stop), retry after a failed ingest.
+The loop never waits on a child: an ingest or a sync runs as a ``Child`` it watches,
+killed past its deadline (``daemon.ingest_timeout``), so WATCHDOG=1 and /metrics go on.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from khod import sd
 from khod.config import Config
@@ -71,6 +73,52 @@ def child_argv(s: Settings, *extra: str) -> list[str]:
     return argv + list(extra)
 
 
+class Child:
+    """A child process the loop watches: its output (stderr too) read as it comes,
+    never blocking; killed when it is still running at its deadline."""
+
+    def __init__(self, argv: list[str], timeout: float, what: str) -> None:
+        self.what = what
+        self.timeout = timeout
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout
+        self.out = b""
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+
+    @property
+    def stdout(self) -> IO[bytes]:
+        assert self.proc.stdout is not None
+        return self.proc.stdout
+
+    def step(self, ready: list[Any]) -> int | None:
+        """Its exit status once it has ended (or was stopped at its deadline), else None."""
+        done = False
+        if self.stdout in ready:
+            chunk = os.read(self.stdout.fileno(), 65536)
+            self.out = (self.out + chunk)[-65536:]
+            done = not chunk  # EOF: the child is exiting
+        if not done and time.monotonic() > self.deadline:
+            self.proc.kill()
+            self.out += f"{self.what}: no answer in {self.timeout:.0f}s, stopped\n".encode()
+            done = True
+        if not done:
+            return None
+        rc = self.proc.wait()
+        self.stdout.close()
+        return rc
+
+    def lines(self, prefix: str) -> list[str]:
+        text = self.out.decode(errors="replace")
+        return [line.removeprefix(prefix) for line in text.splitlines() if line.strip()]
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.stdout.close()
+
+
 def sync_argv(s: Settings) -> list[str]:
     argv = [sys.executable, "-m", "khod.cli.khoctl", "sync", "--to", s.cfg.sync_to]
     if s.db:
@@ -86,10 +134,12 @@ class Daemon:
         self.hup = False
         self.retry_at: float | None = None
         self.sync_at: float | None = None  # the next push to the fleet database
-        self.sync_proc: subprocess.Popen[bytes] | None = None
-        self.sync_out = b""
-        self.sync_started = 0.0
+        self.sync: Child | None = None
         self.sync_failures = 0
+        self.ingest_child: Child | None = None
+        self.ingest_reload = False  # the running ingest is a reload's: READY=1 after it
+        self.pending: list[tuple[tuple[str, ...], bool]] = []  # (extra argv, reload)
+        self.checked_db = settings.db  # the first ingest checked this store whole
 
     def log(self, msg: str) -> None:
         print(f"khod: {msg}", file=sys.stderr, flush=True)
@@ -111,22 +161,45 @@ class Daemon:
         self._wsock = wsock
         return rsock
 
-    def ingest(self, *extra: str) -> bool:
-        """Run a child ingest to completion; reload the snapshot it wrote."""
-        t0 = time.monotonic()
-        proc = subprocess.run(
-            child_argv(self.s, *extra),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return self._after(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - t0)
+    def ingest(self, *extra: str, reload: bool = False) -> None:
+        """Queue a child ingest (one runs at a time; the same one is queued once) and
+        start it when none is running; the loop watches it (``_ingest_step``)."""
+        for i, (queued, was_reload) in enumerate(self.pending):
+            if queued == extra:
+                self.pending[i] = (queued, was_reload or reload)
+                break
+        else:
+            self.pending.append((extra, reload))
+        self._start_ingest()
 
-    def _after(self, rc: int, output: str, seconds: float) -> bool:
-        for line in output.splitlines():
-            if line.strip():
-                self.log(line.removeprefix("khod: "))
+    def _start_ingest(self) -> None:
+        if self.ingest_child is not None or not self.pending:
+            return
+        extra, self.ingest_reload = self.pending.pop(0)
+        if self.s.db == self.checked_db:  # checked whole at start: the header suffices
+            extra = ("--store-checked", *extra)
+        self.checked_db = self.s.db  # another store (a reload): this ingest checks it
+        self.ingest_child = Child(
+            child_argv(self.s, *extra), float(max(1, self.s.cfg.ingest_timeout)), "ingest"
+        )
+
+    def _ingest_step(self, ready: list[Any]) -> None:
+        child = self.ingest_child
+        if child is None:
+            return
+        rc = child.step(ready)
+        if rc is None:
+            return
+        self.ingest_child = None
+        self._after(rc, child.lines("khod: "), time.monotonic() - child.started)
+        if self.ingest_reload:
+            self.ingest_reload = False
+            sd.notify("READY=1")
+        self._start_ingest()
+
+    def _after(self, rc: int, lines: list[str], seconds: float) -> bool:
+        for line in lines:
+            self.log(line)
         if rc != 0:
             self.collector.store_error()
             wait = max(1, self.s.cfg.retry_interval)
@@ -170,11 +243,11 @@ class Daemon:
             first.kill()
             raise KhodError(f"cannot listen on {host}:{port}: {e.strerror}") from None
         if first.wait_ready():  # committed and snapshot written
-            self._after(0, "", time.monotonic() - t0)
+            self._after(0, [], time.monotonic() - t0)
             sd.notify("READY=1")
             first.wait()
         else:
-            self._after(first.wait() or 1, "", time.monotonic() - t0)
+            self._after(first.wait() or 1, [], time.monotonic() - t0)
             sd.notify("READY=1")
         watcher = self._watcher()
         watchdog = _watchdog_interval()
@@ -183,6 +256,7 @@ class Daemon:
         try:
             while not self.stop:
                 self._sync_step(ready)
+                self._ingest_step(ready)
                 now = time.monotonic()
                 if watchdog and now >= next_dog:
                     sd.notify("WATCHDOG=1")
@@ -193,14 +267,14 @@ class Daemon:
                         next_dog if watchdog else None,
                         self.retry_at,
                         self.sync_at,
-                        self.sync_started + SYNC_TIMEOUT if self.sync_proc else None,
+                        self.sync.deadline if self.sync else None,
+                        self.ingest_child.deadline if self.ingest_child else None,
                     )
                     if d
                 ]
                 timeout = max(0.0, min(deadlines) - now) if deadlines else None
                 fds: list[Any] = [wake] + ([watcher] if watcher else [])
-                if self.sync_proc is not None and self.sync_proc.stdout is not None:
-                    fds.append(self.sync_proc.stdout)
+                fds += [c.stdout for c in (self.sync, self.ingest_child) if c is not None]
                 try:
                     ready, _, _ = select.select(fds, [], [], timeout)
                 except InterruptedError:
@@ -216,11 +290,12 @@ class Daemon:
                     self.log("a kernel module loaded: rescanning pstore")
                     self.ingest("--pstore-rescan")
                 if self.retry_at is not None and time.monotonic() >= self.retry_at:
+                    self.retry_at = None
                     self.ingest()
         finally:
-            if self.sync_proc is not None:
-                self.sync_proc.kill()
-                self.sync_proc.wait()
+            for child in (self.sync, self.ingest_child):
+                if child is not None:
+                    child.kill()
             sd.notify("STOPPING=1")
             httpd.shutdown()
             if watcher is not None:
@@ -232,27 +307,14 @@ class Daemon:
         fleet database may hang); on failure retry after 30 s, doubling up to the
         interval. Nothing is lost meanwhile: the local store is the source of truth."""
         now = time.monotonic()
-        proc = self.sync_proc
-        if proc is not None:
-            assert proc.stdout is not None
-            done = False
-            if proc.stdout in ready:
-                chunk = os.read(proc.stdout.fileno(), 65536)
-                self.sync_out = (self.sync_out + chunk)[-65536:]
-                done = not chunk  # EOF: the child is exiting
-            if not done and now - self.sync_started > SYNC_TIMEOUT:
-                proc.kill()
-                self.sync_out += f"sync: no answer in {SYNC_TIMEOUT:.0f}s, stopped\n".encode()
-                done = True
-            if not done:
+        child = self.sync
+        if child is not None:
+            rc = child.step(ready)
+            if rc is None:
                 return
-            rc = proc.wait()
-            proc.stdout.close()
-            self.sync_proc = None
-            out, self.sync_out = self.sync_out.decode(errors="replace"), b""
-            for line in out.splitlines():
-                if line.strip():
-                    self.log(line.removeprefix("khoctl: "))
+            self.sync = None
+            for line in child.lines("khoctl: "):
+                self.log(line)
             self.collector.sync_result(rc == 0)
             interval = float(self.s.cfg.sync_interval)
             if rc == 0:
@@ -272,13 +334,7 @@ class Daemon:
         if now < self.sync_at:
             return
         self.sync_at = None
-        self.sync_started = now
-        self.sync_proc = subprocess.Popen(
-            sync_argv(self.s),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        self.sync = Child(sync_argv(self.s), SYNC_TIMEOUT, "sync")
 
     def _on_hup(self) -> None:
         try:
@@ -298,8 +354,7 @@ class Daemon:
         )
         sd.notify("RELOADING=1")
         self.log(f"configuration reloaded from {new.cfg.source}")
-        self.ingest()
-        sd.notify("READY=1")
+        self.ingest(reload=True)  # READY=1 once it has ended
 
     def _watcher(self) -> Any:
         if not self.s.cfg.watch_modules:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,8 +60,15 @@ class Running:
 
 @contextmanager
 def running_daemon(
-    sysroot: Path, tmp: Path, *extra: str, env: dict[str, str] | None = None
+    sysroot: Path,
+    tmp: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    state_dir: bool = True,
+    prefix: Sequence[str] = (),
 ) -> Iterator[Running]:
+    """``state_dir=False``: no ``--state-dir`` (the config file's or the default);
+    ``prefix`` runs khod under another command (e.g. ``unshare``)."""
     sock_path = tmp / "notify.sock"
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(sock_path))
@@ -70,13 +77,13 @@ def running_daemon(
     db = f"sqlite:///{tmp / 'khod.db'}"
     proc = subprocess.Popen(
         [
+            *prefix,
             str(BIN / "khod"),
             "--sysroot",
             str(sysroot),
             "--db",
             db,
-            "--state-dir",
-            str(state),
+            *(["--state-dir", str(state)] if state_dir else []),
             "--listen",
             f"127.0.0.1:{port}",
             "--no-watch-modules",

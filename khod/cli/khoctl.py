@@ -60,13 +60,23 @@ def parser() -> argparse.ArgumentParser:
 
 
 def this_machine(paths: HostPaths) -> str | None:
-    from khod.parse.proc import parse_machine_id  # noqa: PLC0415
+    """/etc/machine-id; without a valid one, this boot's provisional identity (what
+    collection records it under)."""
+    from khod.parse.proc import (  # noqa: PLC0415
+        machine_id_pending,
+        parse_machine_id,
+        provisional_machine_id,
+    )
     from khod.sources.files import read_bytes  # noqa: PLC0415
 
     try:
-        return parse_machine_id(read_bytes(paths.machine_id, "machine-id", 4096), "machine-id")
+        data = read_bytes(paths.machine_id, "machine-id", 4096)
+        if not machine_id_pending(data):
+            return parse_machine_id(data, "machine-id")
     except (SourceError, ParseError):
-        return None
+        pass
+    boot = this_boot(paths)
+    return provisional_machine_id(boot) if boot is not None else None
 
 
 def this_boot(paths: HostPaths) -> str | None:

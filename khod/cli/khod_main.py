@@ -23,25 +23,57 @@ def _argv_value(argv: Sequence[str], name: str) -> str | None:
     return None
 
 
+DEFAULT_CONFIG = "/etc/khod/khod.toml"  # khod.config.DEFAULT_PATH (not imported: too heavy)
+DEFAULT_STATE_DIR = "/var/lib/khod"  # khod.config.Config.state_dir
+
+
 def default_state_dir() -> str:
     if os.geteuid() == 0:
-        return "/var/lib/khod"
+        return DEFAULT_STATE_DIR
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(
         os.path.expanduser("~"), ".local", "state"
     )
     return os.path.join(base, "khod")
 
 
+def resolve_state_dir(cli: str | None, configured: str | None) -> str:
+    """The one rule for the state dir (spool, snapshot), used by the early capture and
+    by the configuration: ``--state-dir``, else ``store.state_dir`` from the config
+    file, else the default (for root /var/lib/khod)."""
+    if cli:
+        return cli
+    if configured and configured != DEFAULT_STATE_DIR:
+        return configured
+    return default_state_dir()
+
+
+def configured_state_dir(argv: Sequence[str]) -> str | None:
+    """``store.state_dir`` from ``--config`` or the default file, read with tomllib
+    alone (before the configuration's parser is loaded). A file that cannot be read
+    or parsed gives None here; the full parser reports it right after."""
+    import tomllib  # noqa: PLC0415
+
+    path = _argv_value(argv, "--config") or DEFAULT_CONFIG
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return None
+    store = doc.get("store")
+    value = store.get("state_dir") if isinstance(store, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def early_capture(argv: Sequence[str]) -> str | None:
-    """Daemon start: spool this boot's incoming state before anything heavy is imported.
-    The state dir comes from the command line or the default (not the config file, whose
-    parser is not loaded yet)."""
+    """Daemon start: spool this boot's incoming state before anything heavy is imported,
+    into the state dir the ingest will look in (``resolve_state_dir``)."""
     if "--once" in argv or any(a in argv for a in ("-h", "--help", "--version")):
         return None
     from khod.capture import capture  # noqa: PLC0415
 
     root = _argv_value(argv, "--sysroot") or "/"
-    state = _argv_value(argv, "--state-dir") or default_state_dir()
+    cli = _argv_value(argv, "--state-dir")
+    state = resolve_state_dir(cli, None if cli else configured_state_dir(argv))
     try:
         return capture(root, os.path.join(state, "spool"))
     except OSError as e:
@@ -109,6 +141,7 @@ def parser() -> Any:
     p.add_argument("--snapshot", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--journal", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--pstore-rescan", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--store-checked", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"khod {__version__}")
     return p
 
@@ -134,8 +167,6 @@ def effective_config(args: Any) -> Any:
         over["watch_modules"] = False
     if args.db is not None:
         over["db"] = args.db
-    if args.state_dir is not None:
-        over["state_dir"] = args.state_dir
     if args.own_pstore:
         over["own_pstore"] = True
     if args.pstore_inflate_limit is not None:
@@ -146,8 +177,7 @@ def effective_config(args: Any) -> Any:
         over["max_bytes"] = parse_size(args.max_bytes, "--max-bytes")
     if args.max_age is not None:
         over["max_age"] = parse_duration(args.max_age, "--max-age")
-    if not (over.get("state_dir") or cfg.state_dir != "/var/lib/khod"):
-        over["state_dir"] = default_state_dir()
+    over["state_dir"] = resolve_state_dir(args.state_dir, cfg.state_dir)
     return replace(cfg, **over)
 
 
@@ -225,7 +255,12 @@ def store_part(args: Any, cfg: Any, paths: Any, obs: Any, on_ready: Any = None) 
     from khod.store.db import default_db_url  # noqa: PLC0415
     from khod.store.salvage import salvage  # noqa: PLC0415
 
-    damaged = salvage(cfg.db or default_db_url())
+    # the daemon checks the whole store in its first ingest; its later ones the header
+    damaged = salvage(cfg.db or default_db_url(), quick_check=not args.store_checked)
+    if damaged is not None and damaged.severity is Severity.INFO:  # checked, whole
+        if args.snapshot:  # a daemon's ingest: say so once per start
+            print(f"khod: {damaged.message}", file=sys.stderr)
+        damaged = None
     if damaged is not None:
         print_events([damaged])
         if obs is not None:

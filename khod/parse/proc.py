@@ -35,6 +35,25 @@ def parse_machine_id(data: bytes, source: str) -> str:
     return text
 
 
+PROVISIONAL = "boot-"  # + boot_id: never 32 hex digits, so never a real machine id
+
+
+def provisional_machine_id(boot_id: str) -> str:
+    """The identity of a boot recorded before /etc/machine-id was initialized (first
+    boot, an early unit): its own boot id, until a later ingest of the same boot reads
+    the real machine id and re-keys the row (``khod.store.identity``)."""
+    return PROVISIONAL + boot_id
+
+
+def is_provisional(machine_id: str) -> bool:
+    return machine_id.startswith(PROVISIONAL)
+
+
+def machine_id_pending(data: bytes) -> bool:
+    """systemd's first-boot marker (``uninitialized``), or an empty file: no id yet."""
+    return data.strip() in (b"", b"uninitialized")
+
+
 def parse_osrelease(data: bytes, source: str) -> str:
     """The running release. Odd bytes (a hostile LOCALVERSION) are shown as \\xNN rather
     than refused: the boot must still be recorded."""

@@ -108,7 +108,10 @@ def save_observation(store: Store, obs: BootObservation) -> SaveResult:
     for attempt in range(3):
         try:
             with store.writer.begin() as conn:
-                return _save(conn, obs)
+                from khod.store.identity import resolve_identity  # noqa: PLC0415
+
+                known, adopted = resolve_identity(conn, obs)
+                return _save(conn, known, adopted=adopted)
         except IntegrityError as e:
             msg = describe_db_error(e)
             # a concurrent writer inserted the same boot or record first: look again
@@ -122,7 +125,7 @@ def save_observation(store: Store, obs: BootObservation) -> SaveResult:
     raise AssertionError("unreachable")
 
 
-def _save(conn: Connection, obs: BootObservation) -> SaveResult:
+def _save(conn: Connection, obs: BootObservation, *, adopted: bool = False) -> SaveResult:
     now = time.time()
     pk = conn.execute(
         select(boots.c.id).where(
@@ -166,7 +169,7 @@ def _save(conn: Connection, obs: BootObservation) -> SaveResult:
         conn.execute(insert(events), new_events)
     new_pstore = _save_pstore(conn, obs.machine_id, pk, obs.pstore, now)
     verdict = None
-    if created:
+    if created or adopted:  # adopted: now on its machine, after that machine's boot before
         from khod.store.attempts import close_attempts  # noqa: PLC0415
 
         verdict = close_attempts(conn, obs.machine_id, pk, predecessor(conn, obs.machine_id, pk))

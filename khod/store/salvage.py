@@ -5,7 +5,9 @@ the damaged file (and its -wal and -shm) stay beside the new one for a later loo
 
 The checks: the header (magic, page size, the file a whole number of pages and as
 long as the header says), then ``PRAGMA quick_check``, which reads every page: a few
-hundred milliseconds for a store of tens of megabytes, in the ingest child.
+hundred milliseconds for a store of tens of megabytes, seconds for a large one. The
+daemon runs it once, in its first ingest; its later ingests (reloads, rescans,
+retries) check the header only, so a large store never holds up its loop.
 """
 
 from __future__ import annotations
@@ -34,29 +36,33 @@ def sqlite_file(url_text: str) -> Path | None:
     return Path(url.database)
 
 
-def damage(path: Path) -> str | None:
-    """Why the SQLite file cannot be trusted, or None (also when it is empty)."""
+def inspect(path: Path, *, quick_check: bool = True) -> tuple[str | None, bool]:
+    """Why the SQLite file cannot be trusted, or None (also when it is empty); and
+    whether ``PRAGMA quick_check`` ran to its end (``quick_check=False``: the header
+    checks alone)."""
     if path.is_symlink():
-        return None  # not ours to judge or move: open_store refuses to follow it
+        return None, False  # not ours to judge or move: open_store refuses to follow it
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
             head = f.read(100)
     except OSError:
-        return None  # not there, or unreadable: open_store says which, in its words
+        return None, False  # not there, or unreadable: open_store says which, in its words
     if size == 0:
-        return None
+        return None, False
     if len(head) < 100 or head[:16] != MAGIC:
-        return "not an SQLite database: its header is gone"
+        return "not an SQLite database: its header is gone", False
     page = int.from_bytes(head[16:18], "big")
     page = 65536 if page == 1 else page
     if page < 512 or page & (page - 1):
-        return f"its header is damaged (page size {page})"
+        return f"its header is damaged (page size {page})", False
     if size % page:
-        return f"truncated: {size} bytes is not a whole number of {page}-byte pages"
+        return f"truncated: {size} bytes is not a whole number of {page}-byte pages", False
     pages = int.from_bytes(head[28:32], "big")
     if head[24:28] == head[92:96] and pages * page > size:
-        return f"truncated: its header counts {pages} pages, the file holds {size // page}"
+        return f"truncated: its header counts {pages} pages, the file holds {size // page}", False
+    if not quick_check:
+        return None, False
     try:
         conn = sqlite3.connect(path, timeout=10)
         try:
@@ -66,13 +72,13 @@ def damage(path: Path) -> str | None:
     except sqlite3.DatabaseError as e:
         msg = str(e)
         if "locked" in msg or "unable to open" in msg:
-            return None  # busy or unreadable is not damage
-        return msg
+            return None, False  # busy or unreadable is not damage
+        return msg, True
     if rows != [("ok",)]:
         first = " ".join(str(rows[0][0]).replace("*** in database main ***", "").split())
         more = f" (and {len(rows) - 1} more)" if len(rows) > 1 else ""
-        return f"quick_check: {first[:200]}{more}"
-    return None
+        return f"quick_check: {first[:200]}{more}", True
+    return None, True
 
 
 def move_aside(path: Path) -> Path:
@@ -94,15 +100,23 @@ def move_aside(path: Path) -> Path:
     return dst
 
 
-def salvage(url_text: str) -> Event | None:
+def salvage(url_text: str, *, quick_check: bool = True) -> Event | None:
     """Check the store behind this URL (SQLite only); when damaged, move it aside and
-    return the event to record with the boot."""
+    return the event to record with the boot (a ``store-checked`` INFO event, to log
+    and not record, when ``PRAGMA quick_check`` found it whole)."""
     path = sqlite_file(url_text)
     if path is None:
         return None
-    why = damage(path)
+    why, checked = inspect(path, quick_check=quick_check)
     if why is None:
-        return None
+        if not checked:
+            return None
+        return Event(
+            "store-checked",
+            "store",
+            Severity.INFO,
+            f"database {path}: integrity checked (quick_check ok)",
+        )
     dst = move_aside(path)
     return Event(
         "store-damaged",
