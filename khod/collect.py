@@ -83,9 +83,10 @@ def _machine_id(c: Collector, boot_id: str) -> str:
             Severity.INFO,
             f"{shown} is not initialized yet: this boot stands for its machine "
             f"({provisional}) until it is",
+            origin=EventSource.IDENTITY,
         )
     except (SourceError, ParseError) as e:
-        c.failed(e)
+        c.failed(e, origin=EventSource.IDENTITY)
     return provisional
 
 

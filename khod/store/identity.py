@@ -14,7 +14,7 @@ import dataclasses
 
 from sqlalchemy import Connection, delete, select, update
 
-from khod.observation import BootObservation, Event, Severity
+from khod.observation import BootObservation, Event, EventSource, Severity
 from khod.parse.proc import is_provisional, provisional_machine_id
 from khod.store.schema import boots, kexec_attempts, pstore_records
 
@@ -51,6 +51,7 @@ def resolve_identity(conn: Connection, obs: BootObservation) -> tuple[BootObserv
         Severity.INFO,
         f"boot {obs.boot_id}, recorded as machine {provisional} before its machine id "
         f"was initialized, is now machine {obs.machine_id}",
+        origin=EventSource.IDENTITY,
     )
     return dataclasses.replace(obs, events=(*obs.events, event)), True
 

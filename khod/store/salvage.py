@@ -116,6 +116,7 @@ def salvage(url_text: str, *, quick_check: bool = True) -> Event | None:
             "store",
             Severity.INFO,
             f"database {path}: integrity checked (quick_check ok)",
+            origin=EventSource.STORE,
         )
     dst = move_aside(path)
     return Event(
