@@ -58,32 +58,36 @@ class CachedCollector(Collector):
 
 
 def make_app(registry: CollectorRegistry) -> App:
-    """The library's app at /metrics (HEAD too), a pointer to it at /, else 404."""
+    """The library's app at /metrics, a pointer to it at /, else 404; HEAD as GET
+    without the body."""
     metrics: App = make_wsgi_app(registry)
 
-    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        path, method = environ.get("PATH_INFO", ""), environ["REQUEST_METHOD"]
+    def route(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
         if path == "/metrics":
             try:
-                if method != "HEAD":
-                    return list(metrics(environ, start_response))
-                got: list[Any] = []
-
-                def keep(status: str, headers: list[tuple[str, str]], *_: Any) -> None:
-                    got.extend((status, headers))
-
-                body = b"".join(metrics({**environ, "REQUEST_METHOD": "GET"}, keep))
+                return list(metrics(environ, start_response))
             except Exception as e:  # never a traceback from the collector
-                msg = f"cannot render metrics: {type(e).__name__}\n".encode()
+                msg = f"cannot render metrics: {type(e).__name__}: {e}\n".encode()
                 start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
                 return [msg]
-            start_response(got[0], [*got[1], ("Content-Length", str(len(body)))])
-            return []
-        if path == "/" and method in ("GET", "HEAD"):
+        if path == "/" and environ["REQUEST_METHOD"] == "GET":
             start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
             return [b'<html><body><a href="/metrics">/metrics</a></body></html>\n']
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
         return [b"not found\n"]
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if environ["REQUEST_METHOD"] != "HEAD":
+            return route(environ, start_response)
+        got: list[Any] = []
+
+        def keep(status: str, headers: list[tuple[str, str]], *_: Any) -> None:
+            got.extend((status, headers))
+
+        body = b"".join(route({**environ, "REQUEST_METHOD": "GET"}, keep))
+        start_response(got[0], [*got[1], ("Content-Length", str(len(body)))])
+        return []
 
     return app
 

@@ -70,6 +70,8 @@ def test_the_cache_follows_the_collector(server: Server) -> None:
     ("raw", "code"),
     [
         (b"GET / HTTP/1.0\r\n\r\n", b"200 OK"),
+        (b"HEAD / HTTP/1.0\r\n\r\n", b"200 OK"),
+        (b"HEAD /nope HTTP/1.0\r\n\r\n", b"404 Not Found"),
         (b"GET /nope HTTP/1.0\r\n\r\n", b"404 Not Found"),
         (b"POST /metrics HTTP/1.0\r\nContent-Length: 0\r\n\r\n", b"405 Method Not Allowed"),
         (b"garbage\r\n\r\n", b"Error code: 400"),  # an HTTP/0.9 answer: no status line
@@ -82,6 +84,19 @@ def test_answers(server: Server, raw: bytes, code: bytes) -> None:
     _, _, port = server
     out = exchange(port, raw)
     assert (status(out) == code) if out.startswith(b"HTTP/") else (code in out), out[:80]
+    if raw.startswith(b"HEAD"):
+        assert out.endswith(b"\r\n\r\n")  # no body
+
+
+def test_a_snapshot_that_cannot_be_rendered_is_a_one_line_500(server: Server) -> None:
+    _, collector, port = server
+    collector.set({"boot": {"kexec_count": "two"}})  # metrics.json as a bug could write it
+    out = exchange(port, b"GET /metrics HTTP/1.0\r\n\r\n")
+    assert status(out) == b"500 Internal Server Error"
+    body = out.split(b"\r\n\r\n", 1)[1]
+    assert body.startswith(b"cannot render metrics: ValueError") and body.count(b"\n") == 1
+    collector.set({"boot": {"kexec_count": 3}})
+    assert b"khod_kexecs_since_cold_boot 3.0" in exchange(port, b"GET /metrics HTTP/1.0\r\n\r\n")
 
 
 def test_openmetrics_when_asked(server: Server) -> None:
