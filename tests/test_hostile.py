@@ -67,7 +67,7 @@ def idle(port: int, stop: threading.Event) -> None:
         for s in gone:
             held.remove(s)
             s.close()
-            if (new := connect(port)) is not None:
+            if not stop.is_set() and (new := connect(port)) is not None:
                 held.append(new)
     for s in held:
         s.close()
@@ -85,7 +85,7 @@ def slowloris(port: int, stop: threading.Event) -> None:
                 s.send(b"a")
             except OSError:  # dropped: open another one
                 s.close()
-                new = connect(port)
+                new = None if stop.is_set() else connect(port)
                 if new is not None:
                     with contextlib.suppress(OSError):
                         new.send(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
