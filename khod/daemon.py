@@ -228,20 +228,20 @@ class Daemon:
         it runs while this process imports prometheus-client and binds /metrics."""
         t0 = time.monotonic()
         wake = self._signals()
-        from khod.httpserve import ExpositionCache, MetricsServer  # noqa: PLC0415
+        from khod.httpserve import metrics_server  # noqa: PLC0415
         from khod.metrics import SnapshotCollector, make_registry  # noqa: PLC0415
 
         self.collector = SnapshotCollector()
         self.registry = make_registry(self.collector)
-        cache = ExpositionCache(self.registry)
-        self.collector.on_change = cache.invalidate
-        self.collector.load(self.s.snapshot)  # the last known state, until the child is done
         host, port = self.s.cfg.listen
         try:
-            httpd = MetricsServer(host, port, cache.render).start()
+            httpd, cache = metrics_server(host, port, self.collector)
         except OSError as e:
             first.kill()
             raise KhodError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+        self.collector.on_change = cache.invalidate
+        self.collector.load(self.s.snapshot)  # the last known state, until the child is done
+        httpd.start()
         if first.wait_ready():  # committed and snapshot written
             self._after(0, [], time.monotonic() - t0)
             sd.notify("READY=1")

@@ -1,258 +1,211 @@
-"""The daemon's /metrics server: one thread, non-blocking sockets (selectors), HTTP/1.1
-keep-alive, and an exposition rendered once per change of the metrics, not once per
-request. prometheus-client's own server (a thread per connection, the exposition
-rendered at every scrape) answered about 780 requests a second here; this one serves
-the cached bytes at several thousand.
+"""The daemon's /metrics server: prometheus-client's own WSGI app (``make_wsgi_app``:
+the text format, OpenMetrics when the Accept header asks for it, gzip) served by its
+``ThreadingWSGIServer``, over a collector whose families are kept until the snapshot
+changes. One request per connection (HTTP/1.0 answers), a thread per connection.
 
-Only what a scraper needs: GET and HEAD of /metrics (and / with a pointer to it),
-the text format (OpenMetrics when the Accept header asks for it). Bounded: a request
-head of at most 8 KiB, at most 256 connections, idle ones closed after 60 s.
+Around the library, what keeps hostile local clients from taking the machine:
+at most ``MAX_CONNECTIONS`` connections, and when they are all taken the oldest one
+that has not sent a whole request head yet is dropped to make room for the new one;
+a whole request head within ``HEAD_SECONDS`` (not per recv: a slowloris is dropped)
+and of at most ``MAX_HEAD`` bytes (else 414 or 431); an answer sent within
+``IO_SECONDS``; handler threads with a small stack.
 """
 
 from __future__ import annotations
 
 import contextlib
-import selectors
+import http.client
 import socket
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from io import BufferedIOBase
+from typing import Any, cast
 
-MAX_HEAD = 8192
-MAX_CONNECTIONS = 256
-IDLE_SECONDS = 60.0
-TEXT = "text/plain; version=0.0.4; charset=utf-8"
-OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
-Render = Callable[[bool], bytes]  # openmetrics? -> body
+MAX_HEAD = 8192  # request line and headers, together
+MAX_CONNECTIONS = 64
+HEAD_SECONDS = 5.0
+IO_SECONDS = 10.0
+THREAD_STACK = 256 * 1024
 
-
-@dataclass
-class _Conn:
-    sock: socket.socket
-    inbuf: bytearray = field(default_factory=bytearray)
-    outbuf: bytearray = field(default_factory=bytearray)
-    close_after: bool = False
-    last: float = field(default_factory=time.monotonic)
-
-
-def _status(code: int, reason: str, body: bytes, *, ctype: str, keep: bool, head: bool) -> bytes:
-    lines = [
-        f"HTTP/1.1 {code} {reason}",
-        f"Content-Type: {ctype}",
-        f"Content-Length: {len(body)}",
-        "Connection: keep-alive" if keep else "Connection: close",
-    ]
-    out = ("\r\n".join(lines) + "\r\n\r\n").encode()
-    return out if head else out + body
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+App = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 
-class MetricsServer:
-    def __init__(self, host: str, port: int, render: Render) -> None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.listener = socket.socket(family, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind((host, port))
-        self.listener.listen(128)
-        self.listener.setblocking(False)
-        self.render = render
-        self.sel = selectors.DefaultSelector()
-        self.sel.register(self.listener, selectors.EVENT_READ, None)
-        self.conns: dict[int, _Conn] = {}
-        self._stop_r, self._stop_w = socket.socketpair()
-        self.sel.register(self._stop_r, selectors.EVENT_READ, "stop")
-        self.thread = threading.Thread(target=self._loop, name="khod-metrics", daemon=True)
+class CachedCollector(Collector):
+    """``inner``'s families, built again only after ``invalidate()``."""
+
+    def __init__(self, inner: Collector) -> None:
+        self.inner = inner
+        self.lock = threading.Lock()
+        self.families: list[Metric] | None = None
+
+    def invalidate(self) -> None:
+        with self.lock:
+            self.families = None
+
+    def collect(self) -> Iterable[Metric]:
+        with self.lock:
+            if self.families is None:
+                self.families = list(self.inner.collect())
+            return self.families
+
+
+def make_app(registry: CollectorRegistry) -> App:
+    """The library's app at /metrics, a pointer to it at /, else 404; HEAD as GET
+    without the body."""
+    metrics: App = make_wsgi_app(registry)
+
+    def route(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            try:
+                return list(metrics(environ, start_response))
+            except Exception as e:  # never a traceback from the collector
+                msg = f"cannot render metrics: {type(e).__name__}: {e}\n".encode()
+                start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+                return [msg]
+        if path == "/" and environ["REQUEST_METHOD"] == "GET":
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+            return [b'<html><body><a href="/metrics">/metrics</a></body></html>\n']
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found\n"]
+
+    def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if environ["REQUEST_METHOD"] != "HEAD":
+            return route(environ, start_response)
+        got: list[Any] = []
+
+        def keep(status: str, headers: list[tuple[str, str]], *_: Any) -> None:
+            got.extend((status, headers))
+
+        body = b"".join(route({**environ, "REQUEST_METHOD": "GET"}, keep))
+        start_response(got[0], [*got[1], ("Content-Length", str(len(body)))])
+        return []
+
+    return app
+
+
+class _BoundedHead(BufferedIOBase):
+    """The request stream, refusing a head longer than ``MAX_HEAD`` in all."""
+
+    def __init__(self, raw: BufferedIOBase) -> None:
+        self.raw = raw
+        self.left = MAX_HEAD
+
+    def readline(self, size: int | None = -1) -> bytes:
+        n = self.left + 1 if size is None or size < 0 else min(size, self.left + 1)
+        line = self.raw.readline(n)
+        self.left -= len(line)
+        if self.left < 0:
+            raise http.client.LineTooLong("request head")
+        return line
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self.raw.read(size)
+
+
+class _Handler(_SilentHandler):
+    timeout = IO_SECONDS  # each recv and the whole answer's sendall
+    server: MetricsServer
+
+    def handle(self) -> None:
+        self.rfile = _BoundedHead(self.rfile)
+        try:
+            super().handle()
+        except http.client.LineTooLong:  # the request line alone (headers: 431 already)
+            self.requestline, self.request_version, self.command = "", "", ""
+            self.send_error(414)
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self.server.head_done(self.request)
+        return ok
+
+
+class MetricsServer(ThreadingWSGIServer):
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, host: str, port: int, app: App) -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.lock = threading.RLock()
+        # accepted, oldest first -> whether its request head is complete
+        self.conns: dict[socket.socket, tuple[float, bool]] = {}
+        super().__init__((host, port), _Handler)
+        self.set_app(app)
+        threading.stack_size(THREAD_STACK)  # for the handler threads started from here on
+        self.thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.25}, name="khod-metrics"
+        )
+        self.thread.daemon = True
 
     def start(self) -> MetricsServer:
         self.thread.start()
         return self
 
     def shutdown(self) -> None:
-        self._stop_w.send(b"x")
-        self.thread.join(10)
-        for c in list(self.conns.values()):
-            self._close(c)
-        self.sel.close()
-        self.listener.close()
-        self._stop_r.close()
-        self._stop_w.close()
+        super().shutdown()
+        self.server_close()
+        with self.lock:
+            for s in list(self.conns):
+                self._drop(s)
 
-    # the loop
+    def _drop(self, s: socket.socket) -> None:
+        """Hang up on ``s`` (its thread sees EOF and ends); lock held."""
+        self.conns.pop(s, None)
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
 
-    def _loop(self) -> None:
-        next_sweep = time.monotonic() + IDLE_SECONDS
-        while True:
-            for key, mask in self.sel.select(timeout=5.0):
-                if key.data == "stop":
-                    return
-                if key.data is None:
-                    self._accept()
-                    continue
-                c: _Conn = key.data
-                if mask & selectors.EVENT_READ:
-                    self._read(c)
-                if mask & selectors.EVENT_WRITE and c.sock.fileno() != -1:
-                    self._write(c)
-            now = time.monotonic()
-            if now >= next_sweep:
-                next_sweep = now + IDLE_SECONDS
-                for c in [c for c in self.conns.values() if now - c.last > IDLE_SECONDS]:
-                    self._close(c)
+    def head_done(self, s: socket.socket) -> None:
+        with self.lock:
+            if s in self.conns:
+                self.conns[s] = (self.conns[s][0], True)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # EMFILE and the like: try again at the next event
-                return
+    def process_request(self, request: Any, client_address: Any) -> None:
+        sock = cast(socket.socket, request)
+        with self.lock:
             if len(self.conns) >= MAX_CONNECTIONS:
-                sock.close()
-                continue
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            c = _Conn(sock)
-            self.conns[sock.fileno()] = c
-            self.sel.register(sock, selectors.EVENT_READ, c)
-
-    def _close(self, c: _Conn) -> None:
-        fd = c.sock.fileno()
-        if fd == -1:
-            return
-        self.conns.pop(fd, None)
-        with contextlib.suppress(KeyError, ValueError):
-            self.sel.unregister(c.sock)
-        c.sock.close()
-
-    def _read(self, c: _Conn) -> None:
+                victim = next((s for s, (_, done) in self.conns.items() if not done), None)
+                if victim is None:  # all of them being answered: they will be gone soon
+                    self.shutdown_request(sock)
+                    return
+                self._drop(victim)
+            self.conns[sock] = (time.monotonic(), False)
         try:
-            data = c.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._close(c)
-            return
-        if not data:
-            self._close(c)
-            return
-        c.last = time.monotonic()
-        c.inbuf += data
-        while not c.close_after:
-            end = c.inbuf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(c.inbuf) > MAX_HEAD:
-                    self._respond(
-                        c, 431, "Request Header Fields Too Large", b"", keep=False, head_only=False
-                    )
-                break
-            head = bytes(c.inbuf[:end])
-            del c.inbuf[: end + 4]
-            self._handle(c, head)
-        self._write(c)
+            super().process_request(request, client_address)
+        except RuntimeError:  # no thread to be had
+            self.shutdown_request(sock)
 
-    def _handle(self, c: _Conn, head: bytes) -> None:
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            self._respond(c, 400, "Bad Request", b"bad request\n", keep=False, head_only=False)
-            return
-        method, target, version = parts
-        headers = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        conn_hdr = headers.get("connection", "").lower()
-        keep = conn_hdr != "close" if version == "HTTP/1.1" else conn_hdr == "keep-alive"
-        if "content-length" in headers or "transfer-encoding" in headers:
-            keep = False  # a request body: not something a scraper sends
-        head_only = method == "HEAD"
-        if method not in ("GET", "HEAD"):
-            self._respond(
-                c, 405, "Method Not Allowed", b"GET or HEAD\n", keep=False, head_only=head_only
-            )
-            return
-        path = target.split("?", 1)[0]
-        if path == "/metrics":
-            om = "application/openmetrics-text" in headers.get("accept", "")
-            try:
-                body = self.render(om)
-            except Exception as e:  # never take the server down with the collector
-                msg = f"cannot render metrics: {type(e).__name__}\n".encode()
-                self._respond(c, 500, "Internal Server Error", msg, keep=keep, head_only=head_only)
-                return
-            ctype = OPENMETRICS if om else TEXT
-            self._respond(c, 200, "OK", body, keep=keep, head_only=head_only, ctype=ctype)
-        elif path == "/":
-            body = b'<html><body><a href="/metrics">/metrics</a></body></html>\n'
-            self._respond(
-                c, 200, "OK", body, keep=keep, head_only=head_only, ctype="text/html; charset=utf-8"
-            )
-        else:
-            self._respond(c, 404, "Not Found", b"not found\n", keep=keep, head_only=head_only)
-
-    def _respond(
-        self,
-        c: _Conn,
-        code: int,
-        reason: str,
-        body: bytes,
-        *,
-        keep: bool,
-        head_only: bool,
-        ctype: str = "text/plain; charset=utf-8",
-    ) -> None:
-        c.outbuf += _status(code, reason, body, ctype=ctype, keep=keep, head=head_only)
-        if not keep:
-            c.close_after = True
-
-    def _write(self, c: _Conn) -> None:
-        if c.sock.fileno() == -1:
-            return
-        while c.outbuf:
-            try:
-                n = c.sock.send(c.outbuf)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                self._close(c)
-                return
-            del c.outbuf[:n]
-        if c.outbuf:
-            self.sel.modify(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
-        elif c.close_after:
-            self._close(c)
-        else:
-            self.sel.modify(c.sock, selectors.EVENT_READ, c)
-
-
-class ExpositionCache:
-    """The exposition of a registry, rendered again only after ``invalidate()``."""
-
-    def __init__(self, registry: object) -> None:
-        self.registry = registry
-        self.lock = threading.Lock()
-        self.cached: dict[bool, bytes] = {}
-
-    def invalidate(self) -> None:
+    def shutdown_request(self, request: Any) -> None:
         with self.lock:
-            self.cached.clear()
+            self.conns.pop(request, None)
+        super().shutdown_request(request)
 
-    def render(self, openmetrics: bool) -> bytes:
+    def service_actions(self) -> None:
+        """Between accepts (at least every poll_interval): drop heads past their time."""
+        now = time.monotonic()
         with self.lock:
-            body = self.cached.get(openmetrics)
-            if body is None:
-                if openmetrics:
-                    from prometheus_client.openmetrics.exposition import (  # noqa: PLC0415
-                        generate_latest as om_latest,
-                    )
+            late = [s for s, (t, done) in self.conns.items() if not done and now - t > HEAD_SECONDS]
+            for s in late:
+                self._drop(s)
 
-                    body = om_latest(self.registry)  # type: ignore[no-untyped-call]
-                else:
-                    from prometheus_client import generate_latest  # noqa: PLC0415
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-answer: nothing to report."""
 
-                    body = generate_latest(self.registry)  # type: ignore[arg-type]
-                self.cached[openmetrics] = body
-            return body
+
+def metrics_server(
+    host: str, port: int, collector: Collector
+) -> tuple[MetricsServer, CachedCollector]:
+    """Bound, not started yet; call ``invalidate()`` on the returned cache when what
+    ``collector`` reads changes."""
+    cache = CachedCollector(collector)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(cache)
+    return MetricsServer(host, port, make_app(registry)), cache
