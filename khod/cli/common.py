@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from khod.errors import KhodError
 from khod.paths import HostPaths
@@ -44,6 +45,24 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+# C0 but tab and newline, DEL, C1 (U+009B is a CSI on its own)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """Every control character but newline and tab as ``\\xNN``, as journalctl shows
+    them: text from the kernel or a user can then neither move the cursor nor retitle
+    or clear the operator's terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def print_text(text: str, file: TextIO | None = None) -> None:
+    """Print text for a person: control characters escaped when ``file`` (stdout by
+    default) is a terminal, exact otherwise (a pipe, a file)."""
+    out = sys.stdout if file is None else file
+    print(escape_controls(text) if out.isatty() else text, file=out)
+
+
 def run_main(prog: str, main: Callable[[Sequence[str]], int], argv: Sequence[str]) -> int:
     """Call main; turn errors into one line on stderr and an exit status."""
     debug = "--debug" in argv
@@ -52,7 +71,7 @@ def run_main(prog: str, main: Callable[[Sequence[str]], int], argv: Sequence[str
     except KhodError as e:
         if debug:
             traceback.print_exc()
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print_text(f"{prog}: error: {e}", sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -61,9 +80,9 @@ def run_main(prog: str, main: Callable[[Sequence[str]], int], argv: Sequence[str
     except Exception as e:  # the contract: one line, the traceback only with --debug
         if debug:
             traceback.print_exc()
-        print(
+        print_text(
             f"{prog}: error: internal error: {type(e).__name__}: {e} "
             "(run with --debug for the traceback)",
-            file=sys.stderr,
+            sys.stderr,
         )
         return 1

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from khod import __version__
-from khod.cli.common import add_common, host_paths, print_json, run_main
+from khod.cli.common import add_common, host_paths, print_json, print_text, run_main
 from khod.errors import KhodError, ParseError, SourceError
 from khod.paths import HostPaths
 
@@ -100,7 +100,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print_json(d)
     else:
-        print(status_text(d))
+        print_text(status_text(d))
     return 0
 
 
@@ -145,7 +145,9 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     elif rows:
-        print(table(rows, (*BOOT_COLUMNS, ("PSTORE", "pstore_records"), ("VERDICT", "verdict"))))
+        print_text(
+            table(rows, (*BOOT_COLUMNS, ("PSTORE", "pstore_records"), ("VERDICT", "verdict")))
+        )
     else:
         print("no boots recorded")
     return 0
@@ -165,7 +167,7 @@ def cmd_chain(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     elif rows:
-        print(table(rows, (*BOOT_COLUMNS, ("LINK", "link"))))
+        print_text(table(rows, (*BOOT_COLUMNS, ("LINK", "link"))))
     else:
         print("no boots recorded")
     return 0
@@ -208,9 +210,9 @@ def cmd_dmesg(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"boot_id": boot.boot_id, "previous_boot_id": prev, "dumps": dumps})
     elif dumps:
-        print(dumps_text(dumps))
+        print_text(dumps_text(dumps))
     else:
-        print(f"no pstore records were found at boot {boot.boot_id}")
+        print_text(f"no pstore records were found at boot {boot.boot_id}")
     return 0
 
 
@@ -225,10 +227,10 @@ def cmd_db(args: argparse.Namespace) -> int:
             from khod.store import migrate  # noqa: PLC0415
 
             after = migrate.upgrade(store, before) if before != HEAD_REVISION else before
-            print(f"{store.location}: schema {before or 'empty'} -> {after} (head)")
+            print_text(f"{store.location}: schema {before or 'empty'} -> {after} (head)")
         else:
             state = "head" if before == HEAD_REVISION else "needs upgrade"
-            print(f"{store.location}: schema {before or 'empty'} ({state})")
+            print_text(f"{store.location}: schema {before or 'empty'} ({state})")
     finally:
         store.dispose()
     return 0
