@@ -15,22 +15,31 @@ from khod.errors import KhodError
 from khod.paths import HostPaths
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
+def add_common(p: argparse.ArgumentParser, *, command: bool = False) -> None:
+    """--sysroot, --db, --debug. khoctl takes them before its command and after it: the
+    command's copy (``command``) sets nothing unless given, so a value given before the
+    command stays, and one given after it wins."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if command else value
+
     p.add_argument(
         "--sysroot",
         type=Path,
-        default=Path("/"),
+        default=default(Path("/")),
         metavar="DIR",
         help="root of the host to read (default: /); a captured tree works too",
     )
     p.add_argument(
         "--db",
         metavar="URL",
-        default=None,
+        default=default(None),
         help="SQLAlchemy database URL (default: $KHOD_DB, else SQLite at "
         "/var/lib/khod/khod.db for root, $XDG_STATE_HOME/khod/khod.db otherwise)",
     )
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument(
+        "--debug", action="store_true", default=default(False), help="show tracebacks on errors"
+    )
 
 
 def host_paths(args: argparse.Namespace) -> HostPaths:

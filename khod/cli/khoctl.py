@@ -16,11 +16,12 @@ from khod.paths import HostPaths
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="khoctl", description="Inspect kexec handover history.")
     p.add_argument("--version", action="version", version=f"khoctl {__version__}")
+    add_common(p)  # before the command, as after it
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help_: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_, description=help_)
-        add_common(c)
+        add_common(c, command=True)
         return c
 
     c = cmd("status", "this boot: live from the sysroot, plus whether it is recorded")
