@@ -95,8 +95,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         if "no database at" not in str(e):
             raise
     else:
-        recorded = load_boot(store, obs.machine_id, obs.boot_id) is not None
-        store.dispose()
+        try:
+            recorded = load_boot(store, obs.machine_id, obs.boot_id) is not None
+            if not recorded:
+                note_other_machines(store, obs.machine_id, "see them with khoctl history --all")
+        finally:
+            store.dispose()
     d["recorded"] = recorded
     if args.json:
         print_json(d)
@@ -105,7 +109,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _boots(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+def _boots(args: argparse.Namespace, see: str = "") -> tuple[Any, list[Any]]:
+    """The boots the command looks at; none of this machine's (an imported export, a
+    fleet database): a note on stderr saying what the store holds and how to ``see``
+    it."""
     from khod.store.boots import load_boots  # noqa: PLC0415
     from khod.store.db import open_store  # noqa: PLC0415
 
@@ -117,9 +124,36 @@ def _boots(args: argparse.Namespace) -> tuple[Any, list[Any]]:
         machine = this_machine(host_paths(args))
     try:
         boots = list(load_boots(store, machine, getattr(args, "limit", None)))
+        if machine is not None and not boots and see:
+            note_other_machines(store, machine, see, mine=args.machine is None)
     finally:
         store.dispose()
     return machine, boots
+
+
+def note_other_machines(store: Any, machine: str, see: str, *, mine: bool = True) -> None:
+    """When the store has no boot of ``machine``: say on stderr how many boots of how
+    many other machines it holds, and how to see them."""
+    from sqlalchemy import distinct, func, select  # noqa: PLC0415
+
+    from khod.store.schema import boots  # noqa: PLC0415
+
+    with store.engine.connect() as conn:
+        if conn.execute(select(boots.c.id).where(boots.c.machine_id == machine).limit(1)).first():
+            return
+        n, hosts = conn.execute(
+            select(func.count(), func.count(distinct(boots.c.machine_id))).where(
+                boots.c.machine_id != machine
+            )
+        ).one()
+    if not n:
+        return
+    whose = f"this machine ({machine})" if mine else f"machine {machine}"
+    print(
+        f"khoctl: note: no boots of {whose} are recorded; the store holds {n} boot"
+        f"{'s' if n != 1 else ''} of {hosts} other machine{'s' if hosts != 1 else ''}: {see}",
+        file=sys.stderr,
+    )
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -127,7 +161,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     from khod.store.db import open_store  # noqa: PLC0415
     from khod.views import BOOT_COLUMNS, boot_json, table  # noqa: PLC0415
 
-    _, boots = _boots(args)
+    _, boots = _boots(args, "see them with --all, or --machine ID")
     store = open_store(args.db, create=False)
     try:
         pks = [b.id for b in boots if b.id is not None]
@@ -158,7 +192,7 @@ def cmd_chain(args: argparse.Namespace) -> int:
     from khod.store.boots import chain_of  # noqa: PLC0415
     from khod.views import BOOT_COLUMNS, chain_json, table  # noqa: PLC0415
 
-    _, boots = _boots(args)
+    _, boots = _boots(args, "see them with --machine ID")
     boot_id = args.boot or this_boot(host_paths(args))
     if args.boot and not any(b.boot_id == args.boot for b in boots):
         raise KhodError(f"boot {args.boot} is not recorded")
@@ -196,7 +230,7 @@ def cmd_dmesg(args: argparse.Namespace) -> int:
     from khod.store.db import open_store  # noqa: PLC0415
     from khod.views import dumps_json, dumps_text  # noqa: PLC0415
 
-    _, boots = _boots(args)
+    _, boots = _boots(args, "name a boot, or pass --machine ID")
     boot = pick_boot(boots, args.boot, this_boot(host_paths(args)))
     store = open_store(args.db, create=False)
     try:
