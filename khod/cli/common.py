@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import select
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -72,11 +74,39 @@ def print_text(text: str, file: TextIO | None = None) -> None:
     print(escape_controls(text) if out.isatty() else text, file=out)
 
 
+STDOUT_CLOSED = 128 + 13  # the status of a program killed by SIGPIPE, as a shell shows it
+
+
+def stdout_closed() -> bool:
+    """True when the reader of stdout is gone (``khoctl history | head -c1``)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    p = select.poll()
+    p.register(fd, select.POLLOUT)
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: the interpreter's last flush must not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
 def run_main(prog: str, main: Callable[[Sequence[str]], int], argv: Sequence[str]) -> int:
-    """Call main; turn errors into one line on stderr and an exit status."""
+    """Call main; turn errors into one line on stderr and an exit status.
+
+    A closed stdout (its reader exited) ends the command quietly with status 141, as
+    SIGPIPE would; a broken pipe or socket anywhere else is an error."""
     debug = "--debug" in argv
     try:
-        return main(argv)
+        code = main(argv)
+        sys.stdout.flush()  # a closed stdout shows here, not in the interpreter's exit
+        return code
     except KhodError as e:
         if debug:
             traceback.print_exc()
@@ -84,8 +114,16 @@ def run_main(prog: str, main: Callable[[Sequence[str]], int], argv: Sequence[str
         return 1
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return 0
+    except BrokenPipeError as e:
+        if stdout_closed():
+            _quiet_stdout()
+            return STDOUT_CLOSED
+        if debug:
+            traceback.print_exc()
+        print(
+            f"{prog}: error: broken pipe: {e} (run with --debug for the traceback)", file=sys.stderr
+        )
+        return 1
     except Exception as e:  # the contract: one line, the traceback only with --debug
         if debug:
             traceback.print_exc()
