@@ -97,6 +97,17 @@ def _quiet_stdout() -> None:
         os.close(devnull)
 
 
+def store_error_line(e: BaseException) -> str | None:
+    """A database error (locked, failing) raised where no StoreError was made of it:
+    the database and the driver's first line; None for anything else."""
+    location = getattr(e, "khod_location", None)
+    if location is None:
+        return None
+    from khod.store.db import describe_db_error  # noqa: PLC0415  (SQLAlchemy is loaded)
+
+    return f"database {location}: {describe_db_error(e)}"
+
+
 def run_main(prog: str, main: Callable[[Sequence[str]], int], argv: Sequence[str]) -> int:
     """Call main; turn errors into one line on stderr and an exit status.
 
@@ -127,6 +138,10 @@ def run_main(prog: str, main: Callable[[Sequence[str]], int], argv: Sequence[str
     except Exception as e:  # the contract: one line, the traceback only with --debug
         if debug:
             traceback.print_exc()
+        line = store_error_line(e)
+        if line is not None:
+            print_text(f"{prog}: error: {line}", sys.stderr)
+            return 1
         print_text(
             f"{prog}: error: internal error: {type(e).__name__}: {e} "
             "(run with --debug for the traceback)",
