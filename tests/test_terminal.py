@@ -81,7 +81,7 @@ def test_dmesg_escapes_a_hostile_pmsg_on_a_terminal(
     assert rc == 0 and json.loads(shown)["dumps"][0]["text"] == text
 
 
-def test_history_and_chain_escape_imported_strings_on_a_terminal(
+def test_tables_escape_imported_strings_on_a_terminal(
     sysroot: SysrootFactory, tmp_path: Path
 ) -> None:
     """A fleet export is anyone's file: its release and kind_reason reach the tables."""
@@ -101,8 +101,8 @@ def test_history_and_chain_escape_imported_strings_on_a_terminal(
     dump.write_text("\n".join(lines) + "\n")
     r = on_pipe(str(BIN / "khoctl"), "import", str(dump), "--db", db)
     assert r.returncode == 0, r.stderr
-    for cmd in ("history", "chain"):
-        argv = (str(BIN / "khoctl"), cmd, "--sysroot", str(root), "--db", db)
+    for cmd in (["history"], ["chain"], ["report", "transitions"]):
+        argv = (str(BIN / "khoctl"), *cmd, "--sysroot", str(root), "--db", db)
         rc, shown = on_pty(*argv)
         assert rc == 0
         assert "\x1b" not in shown and "\x07" not in shown, (cmd, shown)
