@@ -247,7 +247,9 @@ class Daemon:
             sd.notify("READY=1")
             first.wait()
         else:
-            self._after(first.wait() or 1, [], time.monotonic() - t0)
+            rc = first.wait() or 1
+            how = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
+            self._after(rc, [f"first ingest failed ({how})"], time.monotonic() - t0)
             sd.notify("READY=1")
         watcher = self._watcher()
         watchdog = _watchdog_interval()
@@ -300,6 +302,9 @@ class Daemon:
             httpd.shutdown()
             if watcher is not None:
                 watcher.close()
+        if self.retry_at is not None:  # Restart=on-failure, and the operator, must see it
+            self.log("stopping while the last ingest failed: exit status 1")
+            return 1
         return 0
 
     def _sync_step(self, ready: list[Any]) -> None:

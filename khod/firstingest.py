@@ -5,7 +5,8 @@ parent parses its command line and collects this boot; the parent then sends the
 (arguments, configuration, paths, the observation) down a pipe, and the child stores
 it and writes one byte back when the boot is committed and the snapshot written: the
 parent's cue for READY=1. A parent that fails before sending closes the pipe, and the
-child exits quietly (the parent reports the error, once).
+child exits quietly (the parent reports the error, once). A child that fails says why in
+one line and exits 1; the parent reports the failed ingest.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import signal
 import sys
 from collections.abc import Callable
 from typing import Any
+
+from khod.errors import KhodError
 
 
 class FirstIngest:
@@ -39,9 +42,15 @@ class FirstIngest:
 
     def send(self, job: Any) -> None:
         data = pickle.dumps(job)
-        with os.fdopen(self.job_w, "wb") as f:
-            f.write(data)
-        self.job_w = -1
+        try:
+            with os.fdopen(self.job_w, "wb") as f:
+                f.write(data)
+        except BrokenPipeError:
+            raise KhodError(
+                f"the first ingest (pid {self.pid}) exited before its job was sent"
+            ) from None
+        finally:
+            self.job_w = -1
 
     def wait_ready(self) -> bool:
         """True once the boot is committed; False when the child ended without."""
@@ -95,6 +104,9 @@ def _child(store_part: Callable[..., int], job_r: int, ready_w: int) -> None:
                 lambda _argv: store_part(args, cfg, paths, obs, lambda: os.write(ready_w, b"1")),
                 [],
             )
+    except BaseException as e:  # os._exit below: nothing else would say it
+        code = 1
+        print(f"khod: error: first ingest: {type(e).__name__}: {e}", file=sys.stderr)
     finally:
         try:
             sys.stdout.flush()

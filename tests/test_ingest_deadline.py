@@ -47,9 +47,10 @@ def test_a_hung_ingest_is_killed_at_its_deadline_while_the_daemon_goes_on(
         d.wait_for("WATCHDOG=1", timeout=5)
         assert d.proc.poll() is None
         d.proc.terminate()
-        assert d.proc.wait(10) == 0
+        assert d.proc.wait(10) == 1  # stopped while its last ingest had failed
         log = d.proc.stdout.read() if d.proc.stdout else ""
     assert after == before + 1, log
+    assert "stopping while the last ingest failed: exit status 1" in log
     assert "khod: ingest: no answer in 3s, stopped" in log
     assert "ingest failed; retrying in 3600s" in log
     assert "Traceback" not in log

@@ -4,32 +4,44 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import select
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from khod.errors import KhodError
 from khod.paths import HostPaths
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
+def add_common(p: argparse.ArgumentParser, *, command: bool = False) -> None:
+    """--sysroot, --db, --debug. khoctl takes them before its command and after it: the
+    command's copy (``command``) sets nothing unless given, so a value given before the
+    command stays, and one given after it wins."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if command else value
+
     p.add_argument(
         "--sysroot",
         type=Path,
-        default=Path("/"),
+        default=default(Path("/")),
         metavar="DIR",
         help="root of the host to read (default: /); a captured tree works too",
     )
     p.add_argument(
         "--db",
         metavar="URL",
-        default=None,
+        default=default(None),
         help="SQLAlchemy database URL (default: $KHOD_DB, else SQLite at "
         "/var/lib/khod/khod.db for root, $XDG_STATE_HOME/khod/khod.db otherwise)",
     )
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument(
+        "--debug", action="store_true", default=default(False), help="show tracebacks on errors"
+    )
 
 
 def host_paths(args: argparse.Namespace) -> HostPaths:
@@ -44,26 +56,95 @@ def print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+# C0 but tab and newline, DEL, C1 (U+009B is a CSI on its own)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def escape_controls(text: str) -> str:
+    """Every control character but newline and tab as ``\\xNN``, as journalctl shows
+    them: text from the kernel or a user can then neither move the cursor nor retitle
+    or clear the operator's terminal."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def print_text(text: str, file: TextIO | None = None) -> None:
+    """Print text for a person: control characters escaped when ``file`` (stdout by
+    default) is a terminal, exact otherwise (a pipe, a file)."""
+    out = sys.stdout if file is None else file
+    print(escape_controls(text) if out.isatty() else text, file=out)
+
+
+STDOUT_CLOSED = 128 + 13  # the status of a program killed by SIGPIPE, as a shell shows it
+
+
+def stdout_closed() -> bool:
+    """True when the reader of stdout is gone (``khoctl history | head -c1``)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    p = select.poll()
+    p.register(fd, select.POLLOUT)
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: the interpreter's last flush must not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
+def store_error_line(e: BaseException) -> str | None:
+    """A database error (locked, failing) raised where no StoreError was made of it:
+    the database and the driver's first line; None for anything else."""
+    location = getattr(e, "khod_location", None)
+    if location is None:
+        return None
+    from khod.store.db import describe_db_error  # noqa: PLC0415  (SQLAlchemy is loaded)
+
+    return f"database {location}: {describe_db_error(e)}"
+
+
 def run_main(prog: str, main: Callable[[Sequence[str]], int], argv: Sequence[str]) -> int:
-    """Call main; turn errors into one line on stderr and an exit status."""
+    """Call main; turn errors into one line on stderr and an exit status.
+
+    A closed stdout (its reader exited) ends the command quietly with status 141, as
+    SIGPIPE would; a broken pipe or socket anywhere else is an error."""
     debug = "--debug" in argv
     try:
-        return main(argv)
+        code = main(argv)
+        sys.stdout.flush()  # a closed stdout shows here, not in the interpreter's exit
+        return code
     except KhodError as e:
         if debug:
             traceback.print_exc()
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print_text(f"{prog}: error: {e}", sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return 0
-    except Exception as e:  # the contract: one line, the traceback only with --debug
+    except BrokenPipeError as e:
+        if stdout_closed():
+            _quiet_stdout()
+            return STDOUT_CLOSED
         if debug:
             traceback.print_exc()
         print(
+            f"{prog}: error: broken pipe: {e} (run with --debug for the traceback)", file=sys.stderr
+        )
+        return 1
+    except Exception as e:  # the contract: one line, the traceback only with --debug
+        if debug:
+            traceback.print_exc()
+        line = store_error_line(e)
+        if line is not None:
+            print_text(f"{prog}: error: {line}", sys.stderr)
+            return 1
+        print_text(
             f"{prog}: error: internal error: {type(e).__name__}: {e} "
             "(run with --debug for the traceback)",
-            file=sys.stderr,
+            sys.stderr,
         )
         return 1

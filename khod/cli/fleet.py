@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from khod.cli.common import print_json
+from khod.cli.common import print_json, print_text
 from khod.errors import KhodError
 
 Cmd = Callable[[str, str], argparse.ArgumentParser]
@@ -196,7 +196,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         for name in args.files:
             result = _import_file(importer, name, show)
             for line in result.bad:
-                print(f"khoctl: warning: {line}", file=sys.stderr)
+                print_text(f"khoctl: warning: {line}", sys.stderr)
             if result.bad_count > len(result.bad):
                 more = result.bad_count - len(result.bad)
                 print(f"khoctl: warning: {name}: {more} more bad lines", file=sys.stderr)
@@ -218,9 +218,11 @@ def cmd_import(args: argparse.Namespace) -> int:
         )
     else:
         parts = _summary(c)
-        print(f"imported {', '.join(parts) or 'nothing'} into {store.location}")
+        print_text(f"imported {', '.join(parts) or 'nothing'} into {store.location}")
         if c.unknown_boot:
-            print(f"{c.unknown_boot} rows skipped: their boot is in neither the file nor the store")
+            print_text(
+                f"{c.unknown_boot} rows skipped: their boot is in neither the file nor the store"
+            )
         if bad:
             print(f"{bad} bad lines skipped")
     return 1 if bad else 0
@@ -274,7 +276,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         print_json({"target": result.target, "sent": _ordered(c.read), "new": _ordered(c.new)})
     else:
         parts = _summary(c)
-        print(f"synced {', '.join(parts) or 'nothing new'} to {result.target}")
+        print_text(f"synced {', '.join(parts) or 'nothing new'} to {result.target}")
     return 0
 
 
@@ -347,7 +349,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     from khod.views import table  # noqa: PLC0415
 
-    print(
+    print_text(
         table(
             [
                 {

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from khod.cli.common import host_paths, print_json
+from khod.cli.common import host_paths, print_json, print_text
 from khod.errors import KhodError
 
 
@@ -54,7 +54,7 @@ def _print_checks(checks: list[Any], ok: bool) -> None:
     mark = {True: "ok  ", False: "FAIL"}
     for c in checks:
         sev = "" if c.ok else f" [{c.severity}]"
-        print(f"{mark[c.ok]} {c.name:<18} {c.detail}{sev}")
+        print_text(f"{mark[c.ok]} {c.name:<18} {c.detail}{sev}")
     print("ok" if ok else "not ok: an error-severity check failed")
 
 
@@ -104,12 +104,12 @@ def cmd_kexec(args: argparse.Namespace) -> int:
         print_json(plan)
     else:
         _print_checks(checks, ok)
-        print(
+        print_text(
             f"the next boot must show: previous_release {expect['previous_release']}, "
             f"kexec_count {expect['kexec_count']}"
         )
         for a in argv:
-            print("would run: " if args.dry_run else "run: ", " ".join(a), sep="")
+            print_text(("would run: " if args.dry_run else "run: ") + " ".join(a))
     if failed and not args.force:
         raise KhodError(f"refusing to kexec: {', '.join(failed)} failed (--force to go on)")
     if args.dry_run:

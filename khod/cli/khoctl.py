@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from khod import __version__
-from khod.cli.common import add_common, host_paths, print_json, run_main
+from khod.cli.common import add_common, host_paths, print_json, print_text, run_main
 from khod.errors import KhodError, ParseError, SourceError
 from khod.paths import HostPaths
 
@@ -16,11 +16,12 @@ from khod.paths import HostPaths
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="khoctl", description="Inspect kexec handover history.")
     p.add_argument("--version", action="version", version=f"khoctl {__version__}")
+    add_common(p)  # before the command, as after it
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help_: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_, description=help_)
-        add_common(c)
+        add_common(c, command=True)
         return c
 
     c = cmd("status", "this boot: live from the sysroot, plus whether it is recorded")
@@ -104,17 +105,24 @@ def cmd_status(args: argparse.Namespace) -> int:
         if "no database at" not in str(e):
             raise
     else:
-        recorded = load_boot(store, obs.machine_id, obs.boot_id) is not None
-        store.dispose()
+        try:
+            recorded = load_boot(store, obs.machine_id, obs.boot_id) is not None
+            if not recorded:
+                note_other_machines(store, obs.machine_id, "see them with khoctl history --all")
+        finally:
+            store.dispose()
     d["recorded"] = recorded
     if args.json:
         print_json(d)
     else:
-        print(status_text(d))
+        print_text(status_text(d))
     return 0
 
 
-def _boots(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+def _boots(args: argparse.Namespace, see: str = "") -> tuple[Any, list[Any]]:
+    """The boots the command looks at; none of this machine's (an imported export, a
+    fleet database): a note on stderr saying what the store holds and how to ``see``
+    it."""
     from khod.store.boots import load_boots  # noqa: PLC0415
     from khod.store.db import open_store  # noqa: PLC0415
 
@@ -126,9 +134,36 @@ def _boots(args: argparse.Namespace) -> tuple[Any, list[Any]]:
         machine = this_machine(host_paths(args))
     try:
         boots = list(load_boots(store, machine, getattr(args, "limit", None)))
+        if machine is not None and not boots and see:
+            note_other_machines(store, machine, see, mine=args.machine is None)
     finally:
         store.dispose()
     return machine, boots
+
+
+def note_other_machines(store: Any, machine: str, see: str, *, mine: bool = True) -> None:
+    """When the store has no boot of ``machine``: say on stderr how many boots of how
+    many other machines it holds, and how to see them."""
+    from sqlalchemy import distinct, func, select  # noqa: PLC0415
+
+    from khod.store.schema import boots  # noqa: PLC0415
+
+    with store.engine.connect() as conn:
+        if conn.execute(select(boots.c.id).where(boots.c.machine_id == machine).limit(1)).first():
+            return
+        n, hosts = conn.execute(
+            select(func.count(), func.count(distinct(boots.c.machine_id))).where(
+                boots.c.machine_id != machine
+            )
+        ).one()
+    if not n:
+        return
+    whose = f"this machine ({machine})" if mine else f"machine {machine}"
+    print(
+        f"khoctl: note: no boots of {whose} are recorded; the store holds {n} boot"
+        f"{'s' if n != 1 else ''} of {hosts} other machine{'s' if hosts != 1 else ''}: {see}",
+        file=sys.stderr,
+    )
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -136,7 +171,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     from khod.store.db import open_store  # noqa: PLC0415
     from khod.views import BOOT_COLUMNS, boot_json, table  # noqa: PLC0415
 
-    _, boots = _boots(args)
+    _, boots = _boots(args, "see them with --all, or --machine ID")
     store = open_store(args.db, create=False)
     try:
         pks = [b.id for b in boots if b.id is not None]
@@ -155,7 +190,9 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     elif rows:
-        print(table(rows, (*BOOT_COLUMNS, ("PSTORE", "pstore_records"), ("VERDICT", "verdict"))))
+        print_text(
+            table(rows, (*BOOT_COLUMNS, ("PSTORE", "pstore_records"), ("VERDICT", "verdict")))
+        )
     else:
         print("no boots recorded")
     return 0
@@ -165,7 +202,7 @@ def cmd_chain(args: argparse.Namespace) -> int:
     from khod.store.boots import chain_of  # noqa: PLC0415
     from khod.views import BOOT_COLUMNS, chain_json, table  # noqa: PLC0415
 
-    _, boots = _boots(args)
+    _, boots = _boots(args, "see them with --machine ID")
     boot_id = args.boot or this_boot(host_paths(args))
     if args.boot and not any(b.boot_id == args.boot for b in boots):
         raise KhodError(f"boot {args.boot} is not recorded")
@@ -175,7 +212,7 @@ def cmd_chain(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     elif rows:
-        print(table(rows, (*BOOT_COLUMNS, ("LINK", "link"))))
+        print_text(table(rows, (*BOOT_COLUMNS, ("LINK", "link"))))
     else:
         print("no boots recorded")
     return 0
@@ -203,7 +240,7 @@ def cmd_dmesg(args: argparse.Namespace) -> int:
     from khod.store.db import open_store  # noqa: PLC0415
     from khod.views import dumps_json, dumps_text  # noqa: PLC0415
 
-    _, boots = _boots(args)
+    _, boots = _boots(args, "name a boot, or pass --machine ID")
     boot = pick_boot(boots, args.boot, this_boot(host_paths(args)))
     store = open_store(args.db, create=False)
     try:
@@ -218,9 +255,9 @@ def cmd_dmesg(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"boot_id": boot.boot_id, "previous_boot_id": prev, "dumps": dumps})
     elif dumps:
-        print(dumps_text(dumps))
+        print_text(dumps_text(dumps))
     else:
-        print(f"no pstore records were found at boot {boot.boot_id}")
+        print_text(f"no pstore records were found at boot {boot.boot_id}")
     return 0
 
 
@@ -235,10 +272,10 @@ def cmd_db(args: argparse.Namespace) -> int:
             from khod.store import migrate  # noqa: PLC0415
 
             after = migrate.upgrade(store, before) if before != HEAD_REVISION else before
-            print(f"{store.location}: schema {before or 'empty'} -> {after} (head)")
+            print_text(f"{store.location}: schema {before or 'empty'} -> {after} (head)")
         else:
             state = "head" if before == HEAD_REVISION else "needs upgrade"
-            print(f"{store.location}: schema {before or 'empty'} ({state})")
+            print_text(f"{store.location}: schema {before or 'empty'} ({state})")
     finally:
         store.dispose()
     return 0

@@ -139,6 +139,14 @@ def open_store(url_text: str | None = None, *, create: bool = True, migrate: boo
     if url.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _on_sqlite_connect)
         event.listen(engine, "begin", _on_sqlite_begin)
+    location = Store(engine, url).location
+
+    def tag_location(ctx: Any) -> None:
+        # an error that no caller turns into a StoreError still names its database in
+        # the one line run_main prints (khod.cli.common.store_error_line)
+        ctx.sqlalchemy_exception.khod_location = location
+
+    event.listen(engine, "handle_error", tag_location)
     from khod import faults  # noqa: PLC0415
 
     if faults.enabled():  # the crash-consistency tests only
