@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
+from khod.cli import khoctl
+from khod.cli.common import run_main
 from khod.ingest import IngestOptions, ingest_boot
 from khod.paths import HostPaths
 from khod.store.boots import load_boots
 from khod.store.db import open_store
 from khod.store.retention import apply_retention
 from khod.store.schema import blobs, pstore_records
+from khod.store.transfer import sync
 from tests import variants
 from tests.conftest import SysrootFactory
 
@@ -83,3 +89,86 @@ def test_no_limits_delete_nothing(sysroot: SysrootFactory, db_url: str) -> None:
         apply_retention(open_store(db_url), machine, pks[-1], max_boots=0, max_age=0, max_bytes=0)
         == 0
     )
+
+
+# --- dedupe outlives retention; owned records wait for their export ---
+
+PSTORE = "sys/fs/pstore"
+ARCHIVE = "var/lib/systemd/pstore"
+MACHINE = "84ce2d5daaed6b971052fc40dfcd0a30"
+
+
+def next_boot(prev: Path, n: int) -> Path:
+    """The next boot of the same machine: a new boot id, a later btime, the same archive."""
+    root = prev.parent / f"next{n}"
+    shutil.copytree(prev, root)
+    variants.replace(
+        root, "proc/sys/kernel/random/boot_id", f"00000000-0000-4000-8000-{n:012d}\n".encode()
+    )
+    variants.replace(root, "proc/stat", f"btime {1795490000 + n * 100}\n".encode())
+    for f in (root / PSTORE).iterdir():
+        f.unlink()
+    return root
+
+
+def history(db_url: str, capsys: pytest.CaptureFixture[str]) -> list[tuple[str, int]]:
+    capsys.readouterr()
+    assert run_main("khoctl", khoctl.main, ["history", "--json", "--all", "--db", db_url]) == 0
+    return [(r["boot_id"][-2:], r["pstore_records"]) for r in json.loads(capsys.readouterr().out)]
+
+
+def test_archived_records_of_a_deleted_boot_do_not_come_back(
+    sysroot: SysrootFactory, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = open_store(db_url)
+    ingest_boot(HostPaths(sysroot("pstore/step0")), store, IngestOptions())
+    ingest_boot(HostPaths(sysroot("pstore/step1")), store, IngestOptions())
+    crashed = sysroot("pstore/step0-boot2")  # the Panic of step1, moved to the archive
+    (crashed / ARCHIVE).mkdir(parents=True)
+    for f in sorted((crashed / PSTORE).iterdir()):
+        shutil.move(f, crashed / ARCHIVE / f.name)
+    assert ingest_boot(HostPaths(crashed), store, IngestOptions())[1].new_pstore == 4
+    b4 = next_boot(crashed, 4)
+    _, res, _ = ingest_boot(HostPaths(b4), store, IngestOptions())
+    assert res.new_pstore == 0  # still in the store: seen
+    assert apply_retention(store, MACHINE, res.boot_pk, max_boots=1, max_age=0, max_bytes=0) == 3
+    # the archive keeps its copies (14 days): the next boot must not take them for new
+    _, res, _ = ingest_boot(HostPaths(next_boot(b4, 5)), store, IngestOptions())
+    assert res.new_pstore == 0
+    assert history(db_url, capsys) == [("05", 0), ("04", 0)]
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(pstore_records)).scalar() == 0
+
+
+def test_owned_records_are_kept_until_synced(
+    sysroot: SysrootFactory, db_url: str, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --own-pstore the store holds the only copy: count and byte limits wait for
+    the export; age retention (the policy) does not."""
+    store = open_store(db_url)
+    ingest_boot(HostPaths(sysroot("pstore/step0")), store, IngestOptions())
+    owned = sysroot("pstore/step1")
+    _, _, later = ingest_boot(HostPaths(owned), store, IngestOptions(own_pstore=True))
+    assert {e.kind for e in later} == {"pstore-unlinked"}
+    _, res, _ = ingest_boot(HostPaths(next_boot(owned, 3)), store, IngestOptions())
+    assert apply_retention(store, MACHINE, res.boot_pk, max_boots=1, max_age=0, max_bytes=1) == 1
+    assert history(db_url, capsys) == [("03", 0), ("7b", 3)]  # step1 (6d78f400-...7b) kept
+    sync(store, open_store(sqlite_url))
+    assert apply_retention(store, MACHINE, res.boot_pk, max_boots=1, max_age=0, max_bytes=0) == 1
+    assert history(db_url, capsys) == [("03", 0)]
+    assert [b.boot_id for b in load_boots(open_store(sqlite_url))][-1].endswith("7b")
+
+
+def test_owned_records_are_kept_until_exported(
+    sysroot: SysrootFactory, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = open_store(db_url)
+    owned = sysroot("pstore/step1")
+    ingest_boot(HostPaths(owned), store, IngestOptions(own_pstore=True))
+    _, res, _ = ingest_boot(HostPaths(next_boot(owned, 3)), store, IngestOptions())
+    assert apply_retention(store, MACHINE, res.boot_pk, max_boots=1, max_age=0, max_bytes=0) == 0
+    out = tmp_path / "export.jsonl"
+    assert run_main("khoctl", khoctl.main, ["export", "-o", str(out), "--db", db_url]) == 0
+    assert apply_retention(store, MACHINE, res.boot_pk, max_boots=1, max_age=0, max_bytes=0) == 1
+    assert history(db_url, capsys) == [("03", 0)]
+    assert sum('"object":"pstore"' in line for line in out.read_text().splitlines()) == 3

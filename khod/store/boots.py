@@ -14,7 +14,7 @@ from khod import __version__
 from khod.errors import StoreError
 from khod.observation import BootKind, BootObservation, Event, PstoreRecord, Severity
 from khod.store.db import Store, describe_db_error
-from khod.store.schema import blobs, boots, events, pstore_records
+from khod.store.schema import blobs, boots, events, pstore_records, pstore_seen
 
 
 @dataclass(frozen=True)
@@ -258,18 +258,33 @@ def _save_pstore(
 ) -> int:
     if not records:
         return 0
+    hashes = sorted({r.sha256 for r in records})
+    # seen before: kept in pstore_seen even when retention deleted the record (the
+    # archive still has it); pstore_records too, for rows imported into this store
     have = set(
         conn.execute(
-            select(pstore_records.c.sha256).where(
-                pstore_records.c.machine_id == machine_id,
-                pstore_records.c.sha256.in_([r.sha256 for r in records]),
+            select(pstore_seen.c.sha256)
+            .where(pstore_seen.c.machine_id == machine_id, pstore_seen.c.sha256.in_(hashes))
+            .union(
+                select(pstore_records.c.sha256).where(
+                    pstore_records.c.machine_id == machine_id,
+                    pstore_records.c.sha256.in_(hashes),
+                )
             )
         ).scalars()
     )
     prev = predecessor(conn, machine_id, pk)
-    rows = [_pstore_values(r, machine_id, pk, prev, now) for r in records if r.sha256 not in have]
+    rows = []
+    for r in records:
+        if r.sha256 not in have:
+            have.add(r.sha256)
+            rows.append(_pstore_values(r, machine_id, pk, prev, now))
     if rows:
         conn.execute(insert(pstore_records), rows)
+        conn.execute(
+            insert(pstore_seen),
+            [{"machine_id": machine_id, "sha256": r["sha256"], "first_seen": now} for r in rows],
+        )
     return len(rows)
 
 

@@ -1,17 +1,72 @@
 """Retention: keep a machine's store within a count, an age and a byte budget.
 
 Oldest boots go first (their blobs, events and the pstore records they found go with
-them); the boot being ingested is always kept.
+them); the boot being ingested is always kept. The hashes of deleted pstore records stay
+(``pstore_seen``): the same bytes found again are not a new record. A boot whose pstore
+files khod unlinked (``--own-pstore``: the store holds the only copy) is kept by the
+count and byte limits until its records have been exported (``khoctl sync`` or a full
+``khoctl export``); the age limit still applies to it.
 """
 
 from __future__ import annotations
 
 import time
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Connection, delete, func, select
 
 from khod.store.db import Store
-from khod.store.schema import blobs, boots, pstore_records
+from khod.store.schema import blobs, boots, events, pstore_records, sync_state
+
+# sync_state's target for what a full ``khoctl export`` wrote (sync's targets are URLs)
+EXPORT_TARGET = "khoctl export"
+
+
+def pstore_exported_up_to(conn: Connection) -> int:
+    """The highest pstore row id every row up to which was exported (sync or export)."""
+    return int(
+        conn.execute(
+            select(func.coalesce(func.max(sync_state.c.last_id), 0)).where(
+                sync_state.c.kind == "pstore"
+            )
+        ).scalar_one()
+    )
+
+
+def mark_exported(store: Store, last_pstore_id: int) -> None:
+    """A full export wrote every pstore row up to ``last_pstore_id``."""
+    with store.writer.begin() as conn:
+        conn.execute(
+            delete(sync_state).where(
+                sync_state.c.target == EXPORT_TARGET, sync_state.c.kind == "pstore"
+            )
+        )
+        conn.execute(
+            sync_state.insert().values(
+                target=EXPORT_TARGET, kind="pstore", last_id=last_pstore_id, synced_at=time.time()
+            )
+        )
+
+
+def last_pstore_id(store: Store) -> int:
+    with store.engine.connect() as conn:
+        return int(
+            conn.execute(select(func.coalesce(func.max(pstore_records.c.id), 0))).scalar_one()
+        )
+
+
+def _unexported_owned(conn: Connection, machine_id: str) -> set[int]:
+    """Boots holding pstore records whose files khod unlinked and nothing exported yet."""
+    owned = (
+        select(events.c.boot_pk)
+        .join(boots, boots.c.id == events.c.boot_pk)
+        .where(boots.c.machine_id == machine_id, events.c.kind == "pstore-unlinked")
+        .distinct()
+    )
+    q = select(pstore_records.c.collected_by).where(
+        pstore_records.c.collected_by.in_(owned),
+        pstore_records.c.id > pstore_exported_up_to(conn),
+    )
+    return set(conn.execute(q.distinct()).scalars())
 
 
 def apply_retention(
@@ -52,18 +107,15 @@ def apply_retention(
     )
     with store.writer.begin() as conn:
         rows = conn.execute(q).all()
+        pinned = _unexported_owned(conn, machine_id) if max_boots or max_bytes else set()
         doomed = []
         total = 0
         kept = 0
         for pk, booted_at, size in rows:  # newest first
-            if pk == keep_pk:
-                total += int(size)
-                kept += 1
-                continue
             old = max_age and booted_at is not None and booted_at < now - max_age
             over_count = max_boots and kept >= max_boots
             over_bytes = max_bytes and total + int(size) > max_bytes
-            if old or over_count or over_bytes:
+            if pk != keep_pk and (old or ((over_count or over_bytes) and pk not in pinned)):
                 doomed.append(pk)
             else:
                 total += int(size)
