@@ -236,3 +236,25 @@ def test_upgrade_from_0004_remembers_the_pstore_hashes(db_url: str) -> None:
     assert [tuple(r) for r in seen] == [("m", "h1", 5.0)]
     migrate.downgrade(store, "0004")
     assert "pstore_seen" not in inspect(store.engine).get_table_names()
+
+
+def test_upgrade_from_0005_numbers_each_machines_boots_in_recorded_order(db_url: str) -> None:
+    store = open_store(db_url, migrate=False)
+    migrate.upgrade(store, None, "0005")
+    with store.engine.begin() as conn:
+        for pk, machine, btime in ((1, "m", 300), (2, "n", 100), (3, "m", 200), (4, "m", 200)):
+            conn.execute(
+                text(
+                    "INSERT INTO boots (id, machine_id, boot_id, booted_at, release, cmdline, "
+                    "kind, kho_enabled, subtrees, out_subtrees, scratch, ingested_at, "
+                    "khod_version) VALUES (:pk, :m, :b, :t, '7.3.4', '', 'cold', false, "
+                    "'[]', '[]', '[]', 0, 'x')"
+                ),
+                {"pk": pk, "m": machine, "b": f"b{pk}", "t": btime},
+            )
+    assert migrate.upgrade(store, "0005") == HEAD_REVISION
+    with store.engine.connect() as conn:
+        got = conn.execute(text("SELECT id, seq FROM boots ORDER BY id")).all()
+    assert [tuple(r) for r in got] == [(1, 1), (2, 1), (3, 2), (4, 3)]
+    migrate.downgrade(store, "0005")
+    assert "seq" not in {c["name"] for c in inspect(store.engine).get_columns("boots")}

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, func, insert, select, tuple_
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from khod import __version__
@@ -130,8 +130,13 @@ def _save(conn: Connection, obs: BootObservation) -> SaveResult:
     ).scalar()
     created = pk is None
     if pk is None:
+        seq = conn.execute(
+            select(func.coalesce(func.max(boots.c.seq), 0) + 1).where(
+                boots.c.machine_id == obs.machine_id
+            )
+        ).scalar_one()
         pk = conn.execute(
-            insert(boots).values(**boot_values(obs), ingested_at=now).returning(boots.c.id)
+            insert(boots).values(**boot_values(obs), seq=seq, ingested_at=now).returning(boots.c.id)
         ).scalar_one()
     have_blobs = {
         (d, n)
@@ -213,14 +218,24 @@ def save_later(
         ) from None
 
 
+def recorded_order() -> tuple[Any, Any]:
+    """The order boots were recorded in on their machine: ``seq``, then the row id
+    (boots imported without a ``seq`` come first, in the order they were imported)."""
+    return func.coalesce(boots.c.seq, 0), boots.c.id
+
+
 def predecessor(conn: Connection, machine_id: str, boot_pk: int) -> int | None:
-    """The boot recorded just before this one on the same machine (by boot time)."""
-    me = conn.execute(select(boots.c.booted_at).where(boots.c.id == boot_pk)).scalar()
-    q = select(boots.c.id).where(boots.c.machine_id == machine_id, boots.c.id != boot_pk)
-    if me is not None:
-        q = q.where(boots.c.booted_at < me).order_by(boots.c.booted_at.desc(), boots.c.id.desc())
-    else:
-        q = q.where(boots.c.id < boot_pk).order_by(boots.c.id.desc())
+    """The boot recorded just before this one on the same machine (never by wall clock:
+    a clock stepped back, or two boots in one second, must not change it)."""
+    seq, pk = recorded_order()
+    me = conn.execute(select(seq, pk).where(boots.c.id == boot_pk)).one_or_none()
+    if me is None:
+        return None
+    q = (
+        select(boots.c.id)
+        .where(boots.c.machine_id == machine_id, tuple_(seq, pk) < tuple_(*me))
+        .order_by(seq.desc(), pk.desc())
+    )
     return conn.execute(q.limit(1)).scalar()
 
 
@@ -303,10 +318,14 @@ def load_boot(store: Store, machine_id: str, boot_id: str) -> BootRecord | None:
 def load_boots(
     store: Store, machine_id: str | None = None, limit: int | None = None
 ) -> list[BootRecord]:
-    """Boots newest first (by boot time, then by ingest order)."""
-    q = select(boots).order_by(boots.c.booted_at.desc().nulls_last(), boots.c.id.desc())
+    """Boots newest first: one machine's in the order they were recorded, several
+    machines' by boot time (then by ingest order)."""
+    q = select(boots)
     if machine_id is not None:
-        q = q.where(boots.c.machine_id == machine_id)
+        seq, pk = recorded_order()
+        q = q.where(boots.c.machine_id == machine_id).order_by(seq.desc(), pk.desc())
+    else:
+        q = q.order_by(boots.c.booted_at.desc().nulls_last(), boots.c.id.desc())
     if limit is not None:
         q = q.limit(limit)
     with store.engine.connect() as conn:

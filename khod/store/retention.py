@@ -1,11 +1,11 @@
 """Retention: keep a machine's store within a count, an age and a byte budget.
 
-Oldest boots go first (their blobs, events and the pstore records they found go with
-them); the boot being ingested is always kept. The hashes of deleted pstore records stay
-(``pstore_seen``): the same bytes found again are not a new record. A boot whose pstore
-files khod unlinked (``--own-pstore``: the store holds the only copy) is kept by the
-count and byte limits until its records have been exported (``khoctl sync`` or a full
-``khoctl export``); the age limit still applies to it.
+Oldest boots (in the order they were recorded) go first, with their blobs, events and
+the pstore records they found; the boot being ingested is always kept. The hashes of
+deleted pstore records stay (``pstore_seen``): the same bytes found again are not new.
+A boot whose pstore files khod unlinked (``--own-pstore``: the store holds the only
+copy) is kept by the count and byte limits until its records have been exported
+(``khoctl sync`` or a full ``khoctl export``); the age limit still applies to it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 
 from sqlalchemy import Connection, delete, func, select
 
+from khod.store.boots import recorded_order
 from khod.store.db import Store
 from khod.store.schema import blobs, boots, events, pstore_records, sync_state
 
@@ -103,7 +104,7 @@ def apply_retention(
         .outerjoin(blob_bytes, blob_bytes.c.boot_pk == boots.c.id)
         .outerjoin(pstore_bytes, pstore_bytes.c.boot_pk == boots.c.id)
         .where(boots.c.machine_id == machine_id)
-        .order_by(boots.c.booted_at.desc().nulls_last(), boots.c.id.desc())
+        .order_by(*(c.desc() for c in recorded_order()))
     )
     with store.writer.begin() as conn:
         rows = conn.execute(q).all()

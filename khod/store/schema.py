@@ -27,7 +27,7 @@ from sqlalchemy.engine import Dialect
 
 # The revision ``migrations/versions`` ends at; a test checks they agree. Knowing it
 # here lets start-up skip importing Alembic when the database is already current.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -65,6 +65,10 @@ boots = Table(
     Column("machine_id", String(64), nullable=False, index=True),
     Column("boot_id", String(64), nullable=False),
     Column("booted_at", BigInteger),  # btime, seconds since the epoch
+    # the order boots were recorded in on their machine (1, 2, ...; carried by exports):
+    # a boot's predecessor is the one before it, whatever the wall clock said. NULL for
+    # boots imported from exports that predate it: they order by id, before the others.
+    Column("seq", Integer),
     Column("release", KText, nullable=False),
     Column("cmdline", KText, nullable=False),
     Column("kind", String(20), nullable=False),  # kexec | kexec-rejected | cold
