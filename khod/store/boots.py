@@ -89,7 +89,7 @@ def live_record(obs: BootObservation) -> BootRecord:
     return BootRecord(**boot_values(obs))
 
 
-def _event_values(boot_pk: int | None, e: Event, now: float) -> dict[str, Any]:
+def event_values(boot_pk: int | None, e: Event, now: float) -> dict[str, Any]:
     return {
         "boot_pk": boot_pk,
         "created_at": now,
@@ -165,7 +165,7 @@ def _save(conn: Connection, obs: BootObservation) -> SaveResult:
     for e in obs.events:
         if e.fingerprint not in have_events:
             have_events.add(e.fingerprint)
-            new_events.append(_event_values(pk, e, now))
+            new_events.append(event_values(pk, e, now))
     if new_events:
         conn.execute(insert(events), new_events)
     new_pstore = _save_pstore(conn, obs.machine_id, pk, obs.pstore, now)
@@ -182,7 +182,7 @@ def _save(conn: Connection, obs: BootObservation) -> SaveResult:
                 Severity(sev),
                 f"kexec attempt #{verdict.attempt_id}: {verdict.verdict} ({verdict.detail})",
             )
-            conn.execute(insert(events).values(**_event_values(pk, e, now)))
+            conn.execute(insert(events).values(**event_values(pk, e, now)))
     return SaveResult(pk, created, len(new_blobs), len(new_events), new_pstore, verdict)
 
 
@@ -207,7 +207,7 @@ def save_later(
             for e in evs:
                 if e.fingerprint not in have:
                     have.add(e.fingerprint)
-                    rows.append(_event_values(boot_pk, e, now))
+                    rows.append(event_values(boot_pk, e, now))
             if rows:
                 conn.execute(insert(events), rows)
             new_pstore = _save_pstore(conn, machine_id, boot_pk, records, now)
