@@ -24,6 +24,7 @@ import pytest
 from khod.config import Config, load_config
 from khod.store import migrate
 from khod.store.db import open_store
+from khod.store.schema import HEAD_REVISION
 from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.package
@@ -182,7 +183,7 @@ def test_deb_installs_in_a_clean_trixie_and_runs(
     assert r.returncode == 0, out[-5000:]
     with capsys.disabled():
         print("\nin a clean trixie chroot:\n" + "\n".join(out.splitlines()[-6:]))
-    assert "/var/lib/khod/khod.db: schema 0004 (head)" in out
+    assert f"/var/lib/khod/khod.db: schema {HEAD_REVISION} (head)" in out
     assert "recorded boot 30341bb4" in out and "kexec from 7.3.4-khlab-a, count 1" in out
     (boot,) = json.loads((root / "tmp" / "history.json").read_text())
     assert (boot["kind"], boot["previous_release"], boot["kexec_count"]) == (

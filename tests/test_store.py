@@ -208,3 +208,53 @@ def test_upgrade_from_0003_keeps_rows_and_gives_attempts_uids(db_url: str) -> No
         data = conn.execute(text("SELECT data FROM blobs WHERE name = 'fdt'")).scalar_one()
     assert len(uids) == 2 and len(set(uids)) == 2 and all(len(u) == 36 for u in uids)
     assert bytes(data) == b"\x01"
+
+
+def test_upgrade_from_0005_remembers_the_pstore_hashes(db_url: str) -> None:
+    store = open_store(db_url, migrate=False)
+    migrate.upgrade(store, None, "0005")
+    with store.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO boots (id, machine_id, boot_id, release, cmdline, kind, "
+                "kho_enabled, subtrees, out_subtrees, scratch, ingested_at, khod_version) "
+                "VALUES (1, 'm', 'b', '7.3.4', '', 'cold', false, '[]', '[]', '[]', 0, 'x')"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO pstore_records (machine_id, sha256, collected_by, location, path, "
+                "name, type, backend, compressed, inflate_status, size, raw, dump_key, "
+                "collected_at) VALUES ('m', 'h1', 1, 'pstore', 'p', 'n', 'dmesg', 'ramoops', "
+                "false, 'plain', 1, :d, 'k', 5)"
+            ),
+            {"d": b"\x01"},
+        )
+    assert migrate.upgrade(store, "0005") == HEAD_REVISION
+    with store.engine.connect() as conn:
+        seen = conn.execute(text("SELECT machine_id, sha256, first_seen FROM pstore_seen")).all()
+    assert [tuple(r) for r in seen] == [("m", "h1", 5.0)]
+    migrate.downgrade(store, "0005")
+    assert "pstore_seen" not in inspect(store.engine).get_table_names()
+
+
+def test_upgrade_from_0006_numbers_each_machines_boots_in_recorded_order(db_url: str) -> None:
+    store = open_store(db_url, migrate=False)
+    migrate.upgrade(store, None, "0006")
+    with store.engine.begin() as conn:
+        for pk, machine, btime in ((1, "m", 300), (2, "n", 100), (3, "m", 200), (4, "m", 200)):
+            conn.execute(
+                text(
+                    "INSERT INTO boots (id, machine_id, boot_id, booted_at, release, cmdline, "
+                    "kind, kho_enabled, subtrees, out_subtrees, scratch, ingested_at, "
+                    "khod_version) VALUES (:pk, :m, :b, :t, '7.3.4', '', 'cold', false, "
+                    "'[]', '[]', '[]', 0, 'x')"
+                ),
+                {"pk": pk, "m": machine, "b": f"b{pk}", "t": btime},
+            )
+    assert migrate.upgrade(store, "0006") == HEAD_REVISION
+    with store.engine.connect() as conn:
+        got = conn.execute(text("SELECT id, seq FROM boots ORDER BY id")).all()
+    assert [tuple(r) for r in got] == [(1, 1), (2, 1), (3, 2), (4, 3)]
+    migrate.downgrade(store, "0006")
+    assert "seq" not in {c["name"] for c in inspect(store.engine).get_columns("boots")}

@@ -76,6 +76,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     since = _since(args)
     store = open_store(args.db, create=False)
     try:
+        from khod.store.retention import last_pstore_id, mark_exported  # noqa: PLC0415
+
+        upto = last_pstore_id(store)  # every pstore row up to it is in a full export
         if args.output in (None, "-"):
             out: IO[str] = sys.stdout
             counts = export(store, out, since)
@@ -102,6 +105,17 @@ def cmd_export(args: argparse.Namespace) -> int:
                 tmp.unlink(missing_ok=True)
                 raise
             where = str(path)
+        if since is None:
+            from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
+
+            from khod.store.db import describe_db_error  # noqa: PLC0415
+
+            try:
+                mark_exported(store, upto)
+            except SQLAlchemyError as e:
+                print(
+                    f"khoctl: warning: export not recorded: {describe_db_error(e)}", file=sys.stderr
+                )
     finally:
         store.dispose()
     summary = ", ".join(f"{n} {PLURAL[kind]}" for kind, n in counts.items())

@@ -287,9 +287,9 @@ def store_part(args: Any, cfg: Any, paths: Any, obs: Any, on_ready: Any = None) 
             machine, boot = obs.machine_id, obs.boot_id
             new = [e for e in later if e.severity is not Severity.INFO]
         print_events(new)
-        from khod.store.retention import apply_retention  # noqa: PLC0415
+        from khod.store.retention import retention  # noqa: PLC0415
 
-        dropped = apply_retention(
+        kept = retention(
             store,
             machine,
             result.boot_pk,
@@ -297,6 +297,8 @@ def store_part(args: Any, cfg: Any, paths: Any, obs: Any, on_ready: Any = None) 
             max_age=cfg.max_age,
             max_bytes=cfg.max_bytes,
         )
+        print_events(kept.events)
+        dropped = kept.deleted
         if dropped:
             print(f"khod: retention: removed {dropped} old boots", file=sys.stderr)
         if args.snapshot:

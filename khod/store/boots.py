@@ -7,14 +7,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, func, insert, select, tuple_
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from khod import __version__
 from khod.errors import StoreError
 from khod.observation import BootKind, BootObservation, Event, EventSource, PstoreRecord, Severity
 from khod.store.db import Store, describe_db_error
-from khod.store.schema import blobs, boots, events, pstore_records
+from khod.store.schema import blobs, boots, events, pstore_records, pstore_seen
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def live_record(obs: BootObservation) -> BootRecord:
     return BootRecord(**boot_values(obs))
 
 
-def _event_values(boot_pk: int | None, e: Event, now: float) -> dict[str, Any]:
+def event_values(boot_pk: int | None, e: Event, now: float) -> dict[str, Any]:
     return {
         "boot_pk": boot_pk,
         "created_at": now,
@@ -134,8 +134,13 @@ def _save(conn: Connection, obs: BootObservation, *, adopted: bool = False) -> S
     ).scalar()
     created = pk is None
     if pk is None:
+        seq = conn.execute(
+            select(func.coalesce(func.max(boots.c.seq), 0) + 1).where(
+                boots.c.machine_id == obs.machine_id
+            )
+        ).scalar_one()
         pk = conn.execute(
-            insert(boots).values(**boot_values(obs), ingested_at=now).returning(boots.c.id)
+            insert(boots).values(**boot_values(obs), seq=seq, ingested_at=now).returning(boots.c.id)
         ).scalar_one()
     have_blobs = {
         (d, n)
@@ -164,7 +169,7 @@ def _save(conn: Connection, obs: BootObservation, *, adopted: bool = False) -> S
     for e in obs.events:
         if e.fingerprint not in have_events:
             have_events.add(e.fingerprint)
-            new_events.append(_event_values(pk, e, now))
+            new_events.append(event_values(pk, e, now))
     if new_events:
         conn.execute(insert(events), new_events)
     new_pstore = _save_pstore(conn, obs.machine_id, pk, obs.pstore, now)
@@ -182,7 +187,7 @@ def _save(conn: Connection, obs: BootObservation, *, adopted: bool = False) -> S
                 f"kexec attempt #{verdict.attempt_id}: {verdict.verdict} ({verdict.detail})",
                 origin=EventSource.KEXEC,
             )
-            conn.execute(insert(events).values(**_event_values(pk, e, now)))
+            conn.execute(insert(events).values(**event_values(pk, e, now)))
     return SaveResult(pk, created, len(new_blobs), len(new_events), new_pstore, verdict)
 
 
@@ -207,7 +212,7 @@ def save_later(
             for e in evs:
                 if e.fingerprint not in have:
                     have.add(e.fingerprint)
-                    rows.append(_event_values(boot_pk, e, now))
+                    rows.append(event_values(boot_pk, e, now))
             if rows:
                 conn.execute(insert(events), rows)
             new_pstore = _save_pstore(conn, machine_id, boot_pk, records, now)
@@ -218,14 +223,24 @@ def save_later(
         ) from None
 
 
+def recorded_order() -> tuple[Any, Any]:
+    """The order boots were recorded in on their machine: ``seq``, then the row id
+    (boots imported without a ``seq`` come first, in the order they were imported)."""
+    return func.coalesce(boots.c.seq, 0), boots.c.id
+
+
 def predecessor(conn: Connection, machine_id: str, boot_pk: int) -> int | None:
-    """The boot recorded just before this one on the same machine (by boot time)."""
-    me = conn.execute(select(boots.c.booted_at).where(boots.c.id == boot_pk)).scalar()
-    q = select(boots.c.id).where(boots.c.machine_id == machine_id, boots.c.id != boot_pk)
-    if me is not None:
-        q = q.where(boots.c.booted_at < me).order_by(boots.c.booted_at.desc(), boots.c.id.desc())
-    else:
-        q = q.where(boots.c.id < boot_pk).order_by(boots.c.id.desc())
+    """The boot recorded just before this one on the same machine (never by wall clock:
+    a clock stepped back, or two boots in one second, must not change it)."""
+    seq, pk = recorded_order()
+    me = conn.execute(select(seq, pk).where(boots.c.id == boot_pk)).one_or_none()
+    if me is None:
+        return None
+    q = (
+        select(boots.c.id)
+        .where(boots.c.machine_id == machine_id, tuple_(seq, pk) < tuple_(*me))
+        .order_by(seq.desc(), pk.desc())
+    )
     return conn.execute(q.limit(1)).scalar()
 
 
@@ -263,18 +278,33 @@ def _save_pstore(
 ) -> int:
     if not records:
         return 0
+    hashes = sorted({r.sha256 for r in records})
+    # seen before: kept in pstore_seen even when retention deleted the record (the
+    # archive still has it); pstore_records too, for rows imported into this store
     have = set(
         conn.execute(
-            select(pstore_records.c.sha256).where(
-                pstore_records.c.machine_id == machine_id,
-                pstore_records.c.sha256.in_([r.sha256 for r in records]),
+            select(pstore_seen.c.sha256)
+            .where(pstore_seen.c.machine_id == machine_id, pstore_seen.c.sha256.in_(hashes))
+            .union(
+                select(pstore_records.c.sha256).where(
+                    pstore_records.c.machine_id == machine_id,
+                    pstore_records.c.sha256.in_(hashes),
+                )
             )
         ).scalars()
     )
     prev = predecessor(conn, machine_id, pk)
-    rows = [_pstore_values(r, machine_id, pk, prev, now) for r in records if r.sha256 not in have]
+    rows = []
+    for r in records:
+        if r.sha256 not in have:
+            have.add(r.sha256)
+            rows.append(_pstore_values(r, machine_id, pk, prev, now))
     if rows:
         conn.execute(insert(pstore_records), rows)
+        conn.execute(
+            insert(pstore_seen),
+            [{"machine_id": machine_id, "sha256": r["sha256"], "first_seen": now} for r in rows],
+        )
     return len(rows)
 
 
@@ -293,10 +323,14 @@ def load_boot(store: Store, machine_id: str, boot_id: str) -> BootRecord | None:
 def load_boots(
     store: Store, machine_id: str | None = None, limit: int | None = None
 ) -> list[BootRecord]:
-    """Boots newest first (by boot time, then by ingest order)."""
-    q = select(boots).order_by(boots.c.booted_at.desc().nulls_last(), boots.c.id.desc())
+    """Boots newest first: one machine's in the order they were recorded, several
+    machines' by boot time (then by ingest order)."""
+    q = select(boots)
     if machine_id is not None:
-        q = q.where(boots.c.machine_id == machine_id)
+        seq, pk = recorded_order()
+        q = q.where(boots.c.machine_id == machine_id).order_by(seq.desc(), pk.desc())
+    else:
+        q = q.order_by(boots.c.booted_at.desc().nulls_last(), boots.c.id.desc())
     if limit is not None:
         q = q.limit(limit)
     with store.engine.connect() as conn:

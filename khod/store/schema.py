@@ -27,7 +27,7 @@ from sqlalchemy.engine import Dialect
 
 # The revision ``migrations/versions`` ends at; a test checks they agree. Knowing it
 # here lets start-up skip importing Alembic when the database is already current.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0007"
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -65,6 +65,10 @@ boots = Table(
     Column("machine_id", String(64), nullable=False, index=True),
     Column("boot_id", String(64), nullable=False),
     Column("booted_at", BigInteger),  # btime, seconds since the epoch
+    # the order boots were recorded in on their machine (1, 2, ...; carried by exports):
+    # a boot's predecessor is the one before it, whatever the wall clock said. NULL for
+    # boots imported from exports that predate it: they order by id, before the others.
+    Column("seq", Integer),
     Column("release", KText, nullable=False),
     Column("cmdline", KText, nullable=False),
     Column("kind", String(20), nullable=False),  # kexec | kexec-rejected | cold
@@ -148,6 +152,17 @@ pstore_records = Table(
     Column("dump_key", KText, nullable=False),
     Column("collected_at", Float, nullable=False),
     UniqueConstraint("machine_id", "sha256"),
+)
+
+# Every pstore record hash a machine's store has seen, kept when retention deletes the
+# record itself: systemd-pstore's archive keeps its copies for days, and a record seen
+# again after its boot was deleted is not new.
+pstore_seen = Table(
+    "pstore_seen",
+    metadata,
+    Column("machine_id", String(64), primary_key=True),
+    Column("sha256", String(64), primary_key=True),
+    Column("first_seen", Float, nullable=False),
 )
 
 # What `khoctl kexec` (or the kexec.target hook) saw and did, and what the next boot
