@@ -81,3 +81,35 @@ def test_a_boot_recorded_under_its_machine_id_stays_there_when_the_id_is_gone(
     assert [(b["boot_id"], b["machine_id"]) for b in history(root, db_url, capsys)] == [
         (BOOT, real)
     ]
+
+
+def test_an_adopted_boot_comes_after_the_machines_earlier_boots(
+    sysroot: SysrootFactory, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Adoption puts the boot where it was recorded: after every boot the machine had,
+    so its predecessor (the boot its pstore records and verdict belong to) is the last
+    of them, not the first."""
+    step0 = sysroot("pstore-kho/step0")
+    ingest(step0, db_url, capsys)
+    ingest(sysroot("pstore-kho/step1"), db_url, capsys)
+    root = sysroot("pstore-kho/step2")
+    machine_id = root / "etc" / "machine-id"
+    real = machine_id.read_text().strip()
+    machine_id.write_text("uninitialized\n")
+    ingest(root, db_url, capsys)
+    machine_id.write_text(real + "\n")
+    ingest(root, db_url, capsys)
+    capsys.readouterr()
+    argv = ["history", "--json", "--sysroot", str(root), "--db", db_url]
+    assert run_main("khoctl", khoctl.main, argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    first = history(step0, db_url, capsys)[-1]["boot_id"]
+    assert [b["boot_id"] for b in rows] == [BOOT, EARLIER, first]
+    store = open_store(db_url)
+    try:
+        this, before, _ = load_boots(store)
+        assert this.boot_id == BOOT and before.boot_id == EARLIER and this.id is not None
+        (record,) = load_pstore(store, this.id)
+        assert record["describes"] == before.id
+    finally:
+        store.dispose()

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from sqlalchemy import Connection, delete, select, update
+from sqlalchemy import Connection, delete, func, select, update
 
 from khod.observation import BootObservation, Event, EventSource, Severity
 from khod.parse.proc import is_provisional, provisional_machine_id
-from khod.store.schema import boots, kexec_attempts, pstore_records
+from khod.store.schema import boots, kexec_attempts, pstore_records, pstore_seen
 
 
 def resolve_identity(conn: Connection, obs: BootObservation) -> tuple[BootObservation, bool]:
@@ -75,7 +75,27 @@ def _rekey(conn: Connection, pk: int, provisional: str, machine_id: str) -> None
         .where(kexec_attempts.c.machine_id == provisional)
         .values(machine_id=machine_id)
     )
-    conn.execute(update(boots).where(boots.c.id == pk).values(machine_id=machine_id))
+    # recorded after every boot the machine had: last in its order (boots.seq)
+    seq = select(func.coalesce(func.max(boots.c.seq), 0) + 1).where(
+        boots.c.machine_id == machine_id
+    )
+    conn.execute(
+        update(boots)
+        .where(boots.c.id == pk)
+        .values(machine_id=machine_id, seq=seq.scalar_subquery())
+    )
+    # the hashes retention keeps for dedupe follow the records
+    seen = select(pstore_seen.c.sha256).where(pstore_seen.c.machine_id == machine_id)
+    conn.execute(
+        delete(pstore_seen).where(
+            pstore_seen.c.machine_id == provisional, pstore_seen.c.sha256.in_(seen)
+        )
+    )
+    conn.execute(
+        update(pstore_seen)
+        .where(pstore_seen.c.machine_id == provisional)
+        .values(machine_id=machine_id)
+    )
     prev = predecessor(conn, machine_id, pk)
     if prev is not None:
         conn.execute(
