@@ -88,7 +88,7 @@ def send(message: str, message_id: str, priority: int, **fields: Any) -> None:
 
 
 def journal_boot(obs: BootObservation, new_events: list[Event]) -> None:
-    """One entry for the boot, one per problem, one per crash record found."""
+    """One entry for the boot, one per problem."""
     f = journal_fields_for_boot(obs)
     what = str(obs.kind)
     if obs.previous_release:
@@ -116,7 +116,17 @@ def journal_boot(obs: BootObservation, new_events: list[Event]) -> None:
             KHOD_SOURCE=e.source,
             **f,
         )
+
+
+def journal_pstore(obs: BootObservation, saved: frozenset[str]) -> None:
+    """One entry per pstore record new to the store, once: systemd-pstore's archive
+    keeps a record for days, and found again at the next boot it is not new."""
+    f = journal_fields_for_boot(obs)
+    done: set[str] = set()
     for r in obs.pstore:
+        if r.sha256 not in saved or r.sha256 in done:
+            continue
+        done.add(r.sha256)
         crash = is_crash(r.reason)
         what = f"{r.reason}#{r.count}" if r.reason else r.type
         send(

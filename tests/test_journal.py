@@ -194,3 +194,31 @@ def test_the_report_the_journal_and_the_parser_agree_on_what_a_crash_is(
 
     assert journaled == parser
     assert row["crashes"] == (1 if parser else 0)
+
+
+def test_each_pstore_record_is_journaled_once_across_boots(
+    journal: Journal, sysroot: SysrootFactory, tmp_path: Path
+) -> None:
+    """Beside systemd-pstore: the records the previous kernel left are journaled at the
+    boot that found them; at the next boot its archive still holds them (14 days), and
+    khod, finding them stored already, must not journal them again."""
+    from tests.test_retention import ARCHIVE, PSTORE, next_boot
+
+    for step in ("pstore/step0", "pstore/step1"):
+        ingest_journaled(journal, tmp_path, "", sysroot(step))
+    receive_all(journal.sock)
+    crashed = sysroot("pstore/step0-boot2")  # systemd-pstore moved the Panic to its archive
+    (crashed / ARCHIVE).mkdir(parents=True)
+    for f in sorted((crashed / PSTORE).iterdir()):
+        shutil.move(f, crashed / ARCHIVE / f.name)
+    pstore_ids = {sd.MESSAGE_IDS["pstore-crash"], sd.MESSAGE_IDS["pstore-record"]}
+
+    def journaled(root: Path) -> list[str]:
+        ingest_journaled(journal, tmp_path, "", root)
+        entries = receive_all(journal.sock)
+        assert [e["MESSAGE_ID"] for e in entries].count(sd.MESSAGE_IDS["boot-recorded"]) == 1
+        return sorted(e["KHOD_PSTORE_NAME"] for e in entries if e["MESSAGE_ID"] in pstore_ids)
+
+    first = journaled(crashed)
+    assert len(first) == 4  # every record of the panicked boot, once
+    assert journaled(next_boot(crashed, 4)) == []  # the archive's copies: not new

@@ -312,10 +312,12 @@ def store_part(args: Any, cfg: Any, paths: Any, obs: Any, on_ready: Any = None) 
             )
         if on_ready is not None:
             on_ready()
-        if args.journal and obs is not None and result.created:
+        if args.journal and obs is not None:
             from khod import sd  # noqa: PLC0415
 
-            sd.journal_boot(obs, list(obs.events))
+            if result.created:
+                sd.journal_boot(obs, list(obs.events))
+            sd.journal_pstore(obs, result.pstore_saved)
         try:
             (spool / f"{boot}.spool").unlink(missing_ok=True)  # ingested: no longer needed
         except OSError as e:

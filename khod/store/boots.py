@@ -55,8 +55,12 @@ class SaveResult:
     created: bool
     new_blobs: int
     new_events: int
-    new_pstore: int = 0
+    pstore_saved: frozenset[str] = frozenset()  # sha256 of the records new to the store
     verdict: Any = None  # khod.store.attempts.Verdict: the attempt this boot closed
+
+    @property
+    def new_pstore(self) -> int:
+        return len(self.pstore_saved)
 
 
 def boot_values(obs: BootObservation) -> dict[str, Any]:
@@ -172,7 +176,7 @@ def _save(conn: Connection, obs: BootObservation, *, adopted: bool = False) -> S
             new_events.append(event_values(pk, e, now))
     if new_events:
         conn.execute(insert(events), new_events)
-    new_pstore = _save_pstore(conn, obs.machine_id, pk, obs.pstore, now)
+    pstore_saved = _save_pstore(conn, obs.machine_id, pk, obs.pstore, now)
     verdict = None
     if created or adopted:  # adopted: now on its machine, after that machine's boot before
         from khod.store.attempts import close_attempts  # noqa: PLC0415
@@ -188,7 +192,7 @@ def _save(conn: Connection, obs: BootObservation, *, adopted: bool = False) -> S
                 origin=EventSource.KEXEC,
             )
             conn.execute(insert(events).values(**event_values(pk, e, now)))
-    return SaveResult(pk, created, len(new_blobs), len(new_events), new_pstore, verdict)
+    return SaveResult(pk, created, len(new_blobs), len(new_events), pstore_saved, verdict)
 
 
 def save_later(
@@ -215,8 +219,8 @@ def save_later(
                     rows.append(event_values(boot_pk, e, now))
             if rows:
                 conn.execute(insert(events), rows)
-            new_pstore = _save_pstore(conn, machine_id, boot_pk, records, now)
-            return SaveResult(boot_pk, False, 0, len(rows), new_pstore)
+            pstore_saved = _save_pstore(conn, machine_id, boot_pk, records, now)
+            return SaveResult(boot_pk, False, 0, len(rows), pstore_saved)
     except SQLAlchemyError as e:
         raise StoreError(
             f"cannot write to database {store.location}: {describe_db_error(e)}"
@@ -275,9 +279,10 @@ def _pstore_values(
 
 def _save_pstore(
     conn: Connection, machine_id: str, pk: int, records: Sequence[PstoreRecord], now: float
-) -> int:
+) -> frozenset[str]:
+    """Insert the records this store has not seen; their hashes."""
     if not records:
-        return 0
+        return frozenset()
     hashes = sorted({r.sha256 for r in records})
     # seen before: kept in pstore_seen even when retention deleted the record (the
     # archive still has it); pstore_records too, for rows imported into this store
@@ -305,7 +310,7 @@ def _save_pstore(
             insert(pstore_seen),
             [{"machine_id": machine_id, "sha256": r["sha256"], "first_seen": now} for r in rows],
         )
-    return len(rows)
+    return frozenset(r["sha256"] for r in rows)
 
 
 def load_boot(store: Store, machine_id: str, boot_id: str) -> BootRecord | None:
