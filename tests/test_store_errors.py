@@ -80,3 +80,32 @@ def test_locked_sqlite_store(tmp_path: Path) -> None:
         assert r.stderr == f"khoctl: error: cannot open database {db}: database is locked\n"
     finally:
         conn.close()
+
+
+def test_an_interrupt_during_a_statement_stays_an_interrupt(tmp_path: Path) -> None:
+    """Ctrl-C while a query runs: the command ends as interrupted (130), not with an
+    error the store's error tagging made of it."""
+    import pytest
+    from sqlalchemy import event, text
+
+    from khod.cli.common import run_main
+    from khod.store.db import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'k.db'}")
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    event.listen(store.engine, "before_cursor_execute", interrupt)
+
+    def main(_argv: object) -> int:
+        with store.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return 0
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            main([])
+        assert run_main("khoctl", main, []) == 130
+    finally:
+        store.dispose()

@@ -14,7 +14,13 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    DBAPIError,
+    OperationalError,
+    SQLAlchemyError,
+)
 
 from khod.errors import StoreError
 from khod.store.schema import HEAD_REVISION
@@ -144,7 +150,10 @@ def open_store(url_text: str | None = None, *, create: bool = True, migrate: boo
     def tag_location(ctx: Any) -> None:
         # an error that no caller turns into a StoreError still names its database in
         # the one line run_main prints (khod.cli.common.store_error_line)
-        ctx.sqlalchemy_exception.khod_location = location
+        # (only the driver's errors: an interrupt or a bug raised while a statement ran
+        # is left as it is, and SQLAlchemy wraps nothing then)
+        if isinstance(ctx.sqlalchemy_exception, DBAPIError):
+            ctx.sqlalchemy_exception.khod_location = location  # type: ignore[attr-defined]
 
     event.listen(engine, "handle_error", tag_location)
     from khod import faults  # noqa: PLC0415
