@@ -68,8 +68,9 @@ class Collector:
 
 
 def _machine_id(c: Collector, boot_id: str) -> str:
-    """/etc/machine-id; without a valid one (not initialized yet, missing, garbage) the
-    boot's provisional identity, adopted by the real id at a later ingest."""
+    """/etc/machine-id; before it is initialized the boot's provisional identity, and
+    with none to be had (missing, garbage) ``unknown``: both adopted by the real id at a
+    later ingest of the same boot."""
     path = c.paths.machine_id
     shown = c.paths.rel(path)
     provisional = proc.provisional_machine_id(boot_id)
@@ -87,6 +88,7 @@ def _machine_id(c: Collector, boot_id: str) -> str:
         )
     except (SourceError, ParseError) as e:
         c.failed(e, origin=EventSource.IDENTITY)
+        return proc.UNKNOWN_MACHINE
     return provisional
 
 

@@ -113,3 +113,35 @@ def test_an_adopted_boot_comes_after_the_machines_earlier_boots(
         assert record["describes"] == before.id
     finally:
         store.dispose()
+
+
+@pytest.mark.parametrize("broken", [None, "not a machine id\n"], ids=["missing", "garbage"])
+def test_boots_of_a_host_without_a_usable_machine_id_are_one_machine(
+    sysroot: SysrootFactory,
+    db_url: str,
+    capsys: pytest.CaptureFixture[str],
+    broken: str | None,
+) -> None:
+    """No /etc/machine-id at all (or garbage): no later ingest will bring the real one,
+    so every boot of the host is one machine (``unknown``), as before: its chain, its
+    retention and its pstore records' predecessor stay whole."""
+    roots = [sysroot("pstore-kho/step1"), sysroot("pstore-kho/step2")]
+    for root in roots:
+        if broken is None:
+            (root / "etc" / "machine-id").unlink()
+        else:
+            (root / "etc" / "machine-id").write_text(broken)
+        ingest(root, db_url, capsys)
+    rows = history(roots[1], db_url, capsys)
+    assert [(b["boot_id"], b["machine_id"]) for b in rows] == [
+        (BOOT, "unknown"),
+        (EARLIER, "unknown"),
+    ]
+    store = open_store(db_url)
+    try:
+        this, before = load_boots(store)
+        assert this.id is not None
+        (record,) = load_pstore(store, this.id)
+        assert record["describes"] == before.id
+    finally:
+        store.dispose()

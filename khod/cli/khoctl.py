@@ -61,8 +61,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def this_machine(paths: HostPaths) -> str | None:
-    """/etc/machine-id; without a valid one, this boot's provisional identity (what
-    collection records it under)."""
+    """/etc/machine-id; before it is initialized, this boot's provisional identity (what
+    collection records it under); None without a usable one (every machine is shown)."""
     from khod.parse.proc import (  # noqa: PLC0415
         machine_id_pending,
         parse_machine_id,
@@ -75,7 +75,7 @@ def this_machine(paths: HostPaths) -> str | None:
         if not machine_id_pending(data):
             return parse_machine_id(data, "machine-id")
     except (SourceError, ParseError):
-        pass
+        return None
     boot = this_boot(paths)
     return provisional_machine_id(boot) if boot is not None else None
 

@@ -36,6 +36,10 @@ def parse_machine_id(data: bytes, source: str) -> str:
 
 
 PROVISIONAL = "boot-"  # + boot_id: never 32 hex digits, so never a real machine id
+# no usable /etc/machine-id (missing, garbage): no later ingest will bring one, so all the
+# host's boots are this one machine, and a boot recorded so is adopted like a provisional
+# one should the real id appear
+UNKNOWN_MACHINE = "unknown"
 
 
 def provisional_machine_id(boot_id: str) -> str:
@@ -46,7 +50,7 @@ def provisional_machine_id(boot_id: str) -> str:
 
 
 def is_provisional(machine_id: str) -> bool:
-    return machine_id.startswith(PROVISIONAL)
+    return machine_id.startswith(PROVISIONAL) or machine_id == UNKNOWN_MACHINE
 
 
 def machine_id_pending(data: bytes) -> bool:

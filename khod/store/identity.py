@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from sqlalchemy import Connection, delete, func, select, update
+from sqlalchemy import Connection, delete, func, insert, literal, select, update
 
 from khod.observation import BootObservation, Event, EventSource, Severity
-from khod.parse.proc import is_provisional, provisional_machine_id
+from khod.parse.proc import UNKNOWN_MACHINE, is_provisional, provisional_machine_id
 from khod.store.schema import boots, kexec_attempts, pstore_records, pstore_seen
 
 
@@ -31,12 +31,15 @@ def resolve_identity(conn: Connection, obs: BootObservation) -> tuple[BootObserv
         if known is None:
             return obs, False
         return dataclasses.replace(obs, machine_id=known), False
-    provisional = provisional_machine_id(obs.boot_id)
-    pk = conn.execute(
-        select(boots.c.id).where(boots.c.machine_id == provisional, boots.c.boot_id == obs.boot_id)
-    ).scalar()
-    if pk is None:
+    row = conn.execute(
+        select(boots.c.id, boots.c.machine_id).where(
+            boots.c.machine_id.in_([provisional_machine_id(obs.boot_id), UNKNOWN_MACHINE]),
+            boots.c.boot_id == obs.boot_id,
+        )
+    ).first()
+    if row is None:
         return obs, False
+    pk, provisional = row
     taken = conn.execute(
         select(boots.c.id).where(
             boots.c.machine_id == obs.machine_id, boots.c.boot_id == obs.boot_id
@@ -59,20 +62,37 @@ def resolve_identity(conn: Connection, obs: BootObservation) -> tuple[BootObserv
 def _rekey(conn: Connection, pk: int, provisional: str, machine_id: str) -> None:
     from khod.store.boots import predecessor  # noqa: PLC0415
 
+    # only this boot's rows: under ``unknown`` the host's other boots stay where they are
+    mine = pstore_records.c.collected_by == pk
+    moved = select(pstore_records.c.sha256).where(mine, pstore_records.c.machine_id == provisional)
     have = select(pstore_records.c.sha256).where(pstore_records.c.machine_id == machine_id)
+    seen = select(pstore_seen.c.sha256).where(pstore_seen.c.machine_id == machine_id)
+    # the hashes retention keeps for dedupe follow the records (before they move)
+    conn.execute(
+        insert(pstore_seen).from_select(
+            ["machine_id", "sha256", "first_seen"],
+            select(literal(machine_id), pstore_seen.c.sha256, pstore_seen.c.first_seen).where(
+                pstore_seen.c.machine_id == provisional,
+                pstore_seen.c.sha256.in_(moved),
+                pstore_seen.c.sha256.not_in(seen),
+            ),
+        )
+    )
+    if provisional != UNKNOWN_MACHINE:  # the boot's own identity: nothing else uses it
+        conn.execute(delete(pstore_seen).where(pstore_seen.c.machine_id == provisional))
     conn.execute(
         delete(pstore_records).where(
-            pstore_records.c.machine_id == provisional, pstore_records.c.sha256.in_(have)
+            mine, pstore_records.c.machine_id == provisional, pstore_records.c.sha256.in_(have)
         )
     )
     conn.execute(
         update(pstore_records)
-        .where(pstore_records.c.machine_id == provisional)
+        .where(mine, pstore_records.c.machine_id == provisional)
         .values(machine_id=machine_id)
     )
     conn.execute(
         update(kexec_attempts)
-        .where(kexec_attempts.c.machine_id == provisional)
+        .where(kexec_attempts.c.machine_id == provisional, kexec_attempts.c.from_boot == pk)
         .values(machine_id=machine_id)
     )
     # recorded after every boot the machine had: last in its order (boots.seq)
@@ -84,22 +104,10 @@ def _rekey(conn: Connection, pk: int, provisional: str, machine_id: str) -> None
         .where(boots.c.id == pk)
         .values(machine_id=machine_id, seq=seq.scalar_subquery())
     )
-    # the hashes retention keeps for dedupe follow the records
-    seen = select(pstore_seen.c.sha256).where(pstore_seen.c.machine_id == machine_id)
+    # what the boot's records describe: the machine's boot before it (under ``unknown``
+    # they named that host's boot before, which is not this machine's)
     conn.execute(
-        delete(pstore_seen).where(
-            pstore_seen.c.machine_id == provisional, pstore_seen.c.sha256.in_(seen)
-        )
+        update(pstore_records)
+        .where(pstore_records.c.collected_by == pk)
+        .values(describes=predecessor(conn, machine_id, pk))
     )
-    conn.execute(
-        update(pstore_seen)
-        .where(pstore_seen.c.machine_id == provisional)
-        .values(machine_id=machine_id)
-    )
-    prev = predecessor(conn, machine_id, pk)
-    if prev is not None:
-        conn.execute(
-            update(pstore_records)
-            .where(pstore_records.c.collected_by == pk, pstore_records.c.describes.is_(None))
-            .values(describes=prev)
-        )
