@@ -273,6 +273,16 @@ def check_scratch(
     placed, misfit = place_segments(obs.scratch, segs)
     where = "; ".join(f"{s.label} in area {i} at 0x{mem:x}" for s, i, mem in placed)
     if misfit is not None:
+        kind = target.image.kind if target is not None and target.image else None
+        if kind is not None and kind != "bzImage":
+            # modelled on x86's bzImage64_load; arm64's image_load places bottom-up and adds
+            # a DTB segment: told, not a refusal made on another architecture's rules
+            return _fail(
+                "scratch",
+                f"{misfit.label} may fit in no scratch area ({areas}), placed as x86's "
+                f"bzImage loader would; this {kind} loader places its segments otherwise",
+                WARNING,
+            )
         return _fail(
             "scratch",
             f"{misfit.label} fits in no scratch area ({areas}"
@@ -492,8 +502,14 @@ def check_liveupdate(paths: HostPaths) -> Check:
 
 
 def run_checks(
-    paths: HostPaths, obs: BootObservation, kernel: Path | None, initrd: Path | None
+    paths: HostPaths,
+    obs: BootObservation,
+    kernel: Path | None,
+    initrd: Path | None,
+    cmdline: str | None = None,
 ) -> tuple[list[Check], Target | None, str | None]:
+    """``cmdline``: the new kernel's command line (``--append``); the running one's
+    when None (``--reuse-cmdline``)."""
     checks = check_kho(paths, obs)
     running, running_src = running_abi(paths, obs)
     target: Target | None = None
@@ -510,7 +526,9 @@ def run_checks(
         except (SourceError, ParseError) as e:
             checks.append(_fail("image", str(e)))
     if obs.kho_enabled and all(c.ok for c in checks if c.name == "debugfs"):
-        checks.append(check_scratch(obs, target, initrd_size, obs.cmdline))
+        checks.append(
+            check_scratch(obs, target, initrd_size, obs.cmdline if cmdline is None else cmdline)
+        )
         checks.append(check_out_fdt(paths, obs))
         checks.append(check_metadata(obs, running))
         checks.append(check_finalize(paths, obs.release))

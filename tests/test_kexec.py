@@ -775,3 +775,45 @@ def test_record_kexec_hook(
         assert conn.execute(
             "SELECT source, expected_kexec_count FROM kexec_attempts"
         ).fetchall() == [("hook", 1)]
+
+
+def test_a_misfit_of_an_arm64_image_is_a_warning(
+    sysroot: SysrootFactory, tmp_path: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The placement is the x86 bzImage loader's; arm64's image loader places its
+    segments otherwise (bottom-up, a DTB segment): a misfit there is told, and does
+    not refuse the kexec on a model of another architecture."""
+    img = tmp_path / "Image"
+    img.write_bytes(arm64_image("7.3.4-arm"))
+    root = sysroot("kexec1/step0")
+    variants.replace(root, f"{KHO}/out/scratch_len", b"0x1000\n0x1000\n0x1000\n")
+    _, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(img))
+    s = by_name(res)["scratch"]
+    assert (s["ok"], s["severity"]) == (False, "warning")
+    assert "arm64-Image" in s["detail"]
+
+
+def test_kexec_fits_the_command_line_it_will_pass(
+    sysroot: SysrootFactory, image: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--append`` replaces the running kernel's command line: the boot params segment
+    is sized for the one the new kernel gets."""
+    root = str(sysroot("kexec1/step0"))
+
+    def boot_params(*extra: str) -> str:
+        rc, plan, err = ctl(
+            capsys,
+            "kexec",
+            "--dry-run",
+            "--json",
+            "--sysroot",
+            root,
+            "--kernel",
+            str(image),
+            *extra,
+        )
+        assert rc == 0, err
+        (s,) = [c for c in plan["checks"] if c["name"] == "scratch"]
+        return str(s["detail"]).split("boot params and command line (", 1)[1].split(")")[0]
+
+    assert boot_params("--append", "x" * 6000) != boot_params()

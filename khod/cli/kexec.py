@@ -87,7 +87,7 @@ def cmd_kexec(args: argparse.Namespace) -> int:
     from khod.checks import run_checks, verdict  # noqa: PLC0415
 
     paths, obs = _collect(args)
-    checks, target, exe = run_checks(paths, obs, args.kernel, args.initrd)
+    checks, target, exe = run_checks(paths, obs, args.kernel, args.initrd, args.append)
     ok = verdict(checks)
     argv = plan_argv(args, exe or "kexec")
     expect = {"previous_release": obs.release, "kexec_count": (obs.kexec_count or 0) + 1}
