@@ -68,7 +68,7 @@ def make_app(registry: CollectorRegistry) -> App:
             try:
                 return list(metrics(environ, start_response))
             except Exception as e:  # never a traceback from the collector
-                msg = f"cannot render metrics: {type(e).__name__}: {e}\n".encode()
+                msg = f"cannot render metrics: {type(e).__name__}\n".encode()
                 start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
                 return [msg]
         if path == "/" and environ["REQUEST_METHOD"] == "GET":
@@ -140,7 +140,6 @@ class MetricsServer(ThreadingWSGIServer):
         self.conns: dict[socket.socket, tuple[float, bool]] = {}
         super().__init__((host, port), _Handler)
         self.set_app(app)
-        threading.stack_size(THREAD_STACK)  # for the handler threads started from here on
         self.thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.25}, name="khod-metrics"
         )
@@ -178,10 +177,15 @@ class MetricsServer(ThreadingWSGIServer):
                     return
                 self._drop(victim)
             self.conns[sock] = (time.monotonic(), False)
+        # the handler thread's small stack, for it alone (stack_size is process-wide;
+        # only this thread starts threads here)
+        default = threading.stack_size(THREAD_STACK)
         try:
             super().process_request(request, client_address)
         except RuntimeError:  # no thread to be had
             self.shutdown_request(sock)
+        finally:
+            threading.stack_size(default)
 
     def shutdown_request(self, request: Any) -> None:
         with self.lock:
