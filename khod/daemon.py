@@ -139,7 +139,9 @@ class Daemon:
         self.ingest_child: Child | None = None
         self.ingest_reload = False  # the running ingest is a reload's: READY=1 after it
         self.pending: list[tuple[tuple[str, ...], bool]] = []  # (extra argv, reload)
-        self.checked_db = settings.db  # the first ingest checked this store whole
+        self.checked_db: str | None = None  # the store an ingest of this start checked whole
+        self.checking: str | None = None  # the store the running ingest checks whole
+        self.recorded = False  # an ingest of this start succeeded: the boot is in the store
 
     def log(self, msg: str) -> None:
         print(f"khod: {msg}", file=sys.stderr, flush=True)
@@ -176,9 +178,11 @@ class Daemon:
         if self.ingest_child is not None or not self.pending:
             return
         extra, self.ingest_reload = self.pending.pop(0)
-        if self.s.db == self.checked_db:  # checked whole at start: the header suffices
+        if self.s.db == self.checked_db:  # checked whole this start: the header suffices
             extra = ("--store-checked", *extra)
-        self.checked_db = self.s.db  # another store (a reload): this ingest checks it
+            self.checking = None
+        else:  # not yet (the first ingest failed), or another store (a reload)
+            self.checking = self.s.db
         self.ingest_child = Child(
             child_argv(self.s, *extra), float(max(1, self.s.cfg.ingest_timeout)), "ingest"
         )
@@ -191,6 +195,8 @@ class Daemon:
         if rc is None:
             return
         self.ingest_child = None
+        if rc == 0 and self.checking is not None:
+            self.checked_db = self.checking
         self._after(rc, child.lines("khod: "), time.monotonic() - child.started)
         if self.ingest_reload:
             self.ingest_reload = False
@@ -208,6 +214,7 @@ class Daemon:
             sd.notify(f"STATUS=ingest failed; retrying in {wait}s")
             return False
         self.retry_at = None
+        self.recorded = True
         self.collector.load(self.s.snapshot)
         self.write_textfile()
         sd.notify(f"STATUS=boot recorded ({seconds:.2f}s); serving metrics")
@@ -242,7 +249,8 @@ class Daemon:
         self.collector.on_change = cache.invalidate
         self.collector.load(self.s.snapshot)  # the last known state, until the child is done
         httpd.start()
-        if first.wait_ready():  # committed and snapshot written
+        if first.wait_ready():  # committed and snapshot written (and the store checked)
+            self.checked_db = self.s.db
             self._after(0, [], time.monotonic() - t0)
             sd.notify("READY=1")
             first.wait()
@@ -302,8 +310,8 @@ class Daemon:
             httpd.shutdown()
             if watcher is not None:
                 watcher.close()
-        if self.retry_at is not None:  # Restart=on-failure, and the operator, must see it
-            self.log("stopping while the last ingest failed: exit status 1")
+        if not self.recorded:  # Restart=on-failure, and the operator, must see it
+            self.log("stopping with this boot not recorded: exit status 1")
             return 1
         return 0
 

@@ -108,5 +108,5 @@ def test_daemon_that_never_recorded_its_boot_exits_failed(
     assert "ingest failed; retrying in 1s" in log
     assert rc == 1, log
     assert "khod: first ingest failed (exit status 1)" in log
-    assert "khod: stopping while the last ingest failed: exit status 1" in log, log
+    assert "khod: stopping with this boot not recorded: exit status 1" in log, log
     assert "Traceback" not in log

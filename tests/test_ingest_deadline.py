@@ -47,10 +47,9 @@ def test_a_hung_ingest_is_killed_at_its_deadline_while_the_daemon_goes_on(
         d.wait_for("WATCHDOG=1", timeout=5)
         assert d.proc.poll() is None
         d.proc.terminate()
-        assert d.proc.wait(10) == 1  # stopped while its last ingest had failed
+        assert d.proc.wait(10) == 0  # the boot was recorded; a later ingest failed
         log = d.proc.stdout.read() if d.proc.stdout else ""
     assert after == before + 1, log
-    assert "stopping while the last ingest failed: exit status 1" in log
     assert "khod: ingest: no answer in 3s, stopped" in log
     assert "ingest failed; retrying in 3600s" in log
     assert "Traceback" not in log
@@ -76,3 +75,34 @@ def test_the_store_is_checked_once_per_start_not_per_reload(
     checked = [line for line in log.splitlines() if "integrity checked" in line]
     assert checked == [f"khod: database {db}: integrity checked (quick_check ok)"], log
     assert log.count("configuration reloaded") == 2
+
+
+def test_a_store_the_first_ingest_never_opened_is_checked_by_the_retry(
+    sysroot: SysrootFactory, tmp_path: Path
+) -> None:
+    """The check once per start is the first successful ingest's: when the first one
+    failed before it checked anything, the retry checks the store whole."""
+    import time
+
+    conf = tmp_path / "khod.toml"
+    conf.write_text('[daemon]\nretry_interval = "1s"\n')
+    db = tmp_path / "khod.db"
+    ready = tmp_path / "ready.db"  # a store with a boot in it, put in place later
+    once = [str(BIN / "khod"), "--once", "--sysroot", str(sysroot("pstore-kho/step1"))]
+    subprocess.run([*once, "--db", f"sqlite:///{ready}"], check=True, capture_output=True)
+    db.mkdir()  # the first ingest cannot open this
+    with running_daemon(sysroot("pstore-kho/step2"), tmp_path, "--config", str(conf)) as d:
+        d.wait_for("READY=1")
+        assert metric(d.scrape(), "khod_kexecs_since_cold_boot ") is None
+        db.rmdir()
+        os.rename(ready, db)
+        deadline = time.monotonic() + 60
+        while metric(d.scrape(), "khod_kexecs_since_cold_boot ") is None:
+            assert time.monotonic() < deadline, d.messages
+            time.sleep(0.2)
+        d.proc.terminate()
+        d.proc.wait(10)
+        log = d.proc.stdout.read() if d.proc.stdout else ""
+    assert "ingest failed; retrying in 1s" in log
+    checked = [line for line in log.splitlines() if "integrity checked" in line]
+    assert checked == [f"khod: database {db}: integrity checked (quick_check ok)"], log
