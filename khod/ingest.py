@@ -10,6 +10,7 @@ from khod.collect import collect
 from khod.collect_pstore import collect_pstore
 from khod.errors import KhodError, SourceError
 from khod.observation import BootObservation, Event, EventSource, PstoreRecord, Severity
+from khod.parse.proc import UNKNOWN_MACHINE, provisional_machine_id
 from khod.parse.pstore import DEFAULT_INFLATE_LIMIT
 from khod.paths import HostPaths
 from khod.sources.files import read_optional
@@ -63,8 +64,14 @@ def ingest_boot(
 def rescan_pstore(
     paths: HostPaths, store: Store, machine_id: str, boot_id: str, opts: IngestOptions
 ) -> tuple[SaveResult, list[Event]]:
-    """A pstore backend registered late: add its records to this (recorded) boot."""
-    boot = load_boot(store, machine_id, boot_id)
+    """A pstore backend registered late: add its records to this (recorded) boot, also
+    when it is still under the identity it had before /etc/machine-id was initialized
+    (the next full ingest adopts it, records included)."""
+    for machine in (machine_id, provisional_machine_id(boot_id), UNKNOWN_MACHINE):
+        boot = load_boot(store, machine, boot_id)
+        if boot is not None:
+            machine_id = machine
+            break
     if boot is None or boot.id is None:
         raise KhodError(f"boot {boot_id} is not recorded yet; ingest it first")
     shown = paths.rel(paths.kho_in_subtrees / "pstore-kho")

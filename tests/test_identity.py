@@ -145,3 +145,22 @@ def test_boots_of_a_host_without_a_usable_machine_id_are_one_machine(
         assert record["describes"] == before.id
     finally:
         store.dispose()
+
+
+def test_a_late_pstore_backend_finds_a_boot_recorded_before_its_machine_id(
+    sysroot: SysrootFactory, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A module loads (a late pstore backend) after /etc/machine-id was initialized, the
+    boot still under its provisional identity: the rescan adds to that boot."""
+    root = sysroot("pstore-kho/step2")
+    machine_id = root / "etc" / "machine-id"
+    real = machine_id.read_text()
+    machine_id.write_text("uninitialized\n")
+    ingest(root, db_url, capsys)
+    machine_id.write_text(real)
+    capsys.readouterr()
+    argv = ["--once", "--pstore-rescan", "--sysroot", str(root), "--db", db_url]
+    rc = run_main("khod", khod_main.main, argv)
+    out = capsys.readouterr()
+    assert (rc, out.err) == (0, "")
+    assert "pstore rescan: 0 new records" in out.out
