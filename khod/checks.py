@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from khod.errors import ParseError, SourceError
-from khod.observation import BootObservation
+from khod.observation import BootObservation, EventSource, Severity
 from khod.parse import kimage
 from khod.parse.kho import parse_kho_fdt
 from khod.paths import HostPaths
@@ -126,6 +126,18 @@ def check_kho(paths: HostPaths, obs: BootObservation) -> list[Check]:
             )
         )
         return out
+    # the directories open but the files did not (debugfs mounted mode=755, 0400 files):
+    # collection said so in one event, and took what it could from the kernel log
+    for ev in obs.events:
+        if (
+            ev.kind == "read-error"
+            and ev.origin == EventSource.KHO
+            and ev.severity is Severity.INFO
+        ):
+            out.append(
+                _fail("debugfs", f"{ev.message}; khoctl check reads debugfs: run it as root")
+            )
+            return out
     out.append(_ok("debugfs", f"{paths.rel(paths.kho_out)} is readable"))
     return out
 

@@ -164,3 +164,31 @@ def test_unreadable_kho_files_are_one_info_event(work: Path) -> None:
     assert boot == [("kexec", "7.3.4-khlab-a", 1)]
     snap = compute_snapshot(open_store(f"sqlite:///{db}"), MACHINE, BOOT, ingested_at=0, duration=0)
     assert snap["source_errors"] == {"kho": 1, "pstore": 1}
+
+
+def test_check_with_unreadable_kho_files_says_permission_denied(work: Path) -> None:
+    """debugfs mounted with mode=755: ``kho/out`` opens, its 0400 files do not; the
+    check says so, rather than that the kernel has no scratch areas."""
+    root, state = prepare(work, NOBODY)
+    debug = root / "sys/kernel/debug"
+    debug.chmod(0o755)
+    for f in debug.rglob("*"):
+        if f.is_file():
+            os.chown(f, NOBODY.pw_uid + 1, NOBODY.pw_gid + 1)
+            f.chmod(0o400)
+    r = run_as(
+        AS_NOBODY,
+        str(BIN / "khoctl"),
+        "check",
+        "--json",
+        "--sysroot",
+        str(root),
+        "--db",
+        f"sqlite:///{state / 'k.db'}",
+    )
+    assert (r.returncode, r.stderr) == (1, "")
+    checks = {c["name"]: c for c in json.loads(r.stdout)["checks"]}
+    d = checks["debugfs"]
+    assert (d["ok"], d["severity"]) == (False, "error")
+    assert "permission denied" in d["detail"] and d["detail"].endswith("run it as root")
+    assert "scratch" not in checks
