@@ -111,7 +111,18 @@ def check_kho(paths: HostPaths, obs: BootObservation) -> list[Check]:
             )
         )
         return out
-    out.append(_ok("kho-enabled", f"{paths.rel(paths.kho)} is present"))
+    try:
+        present = is_dir(paths.kho, paths.rel(paths.kho))
+    except SourceError:
+        present = False
+    out.append(
+        _ok(
+            "kho-enabled",
+            f"{paths.rel(paths.kho)} is present"
+            if present
+            else "KHO is on (told by the kernel command line and log)",
+        )
+    )
     try:
         readable = is_dir(paths.kho_out, paths.rel(paths.kho_out))
     except SourceError as e:  # debugfs is 0700 root: a user, or root without CAP_DAC_OVERRIDE

@@ -134,7 +134,9 @@ def test_check_without_debugfs_access_is_a_clear_failure(work: Path) -> None:
     )
     assert (r.returncode, r.stderr) == (1, "")
     res = json.loads(r.stdout)
-    d = {c["name"]: c for c in res["checks"]}["debugfs"]
+    checks = {c["name"]: c for c in res["checks"]}
+    assert checks["kho-enabled"]["detail"] == "KHO is on (told by the kernel command line and log)"
+    d = checks["debugfs"]
     assert (res["ok"], d["ok"], d["severity"]) == (False, False, "error")
     assert d["detail"] == (
         "/sys/kernel/debug/kho/out: permission denied; khoctl check reads debugfs: run it as root"
