@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -125,6 +126,50 @@ def test_daemon_listens_where_a_drop_in_says(sysroot: SysrootFactory, tmp_path: 
         proc.terminate()
         proc.wait(10)
         run.notify.close()
+
+
+@pytest.mark.parametrize("broken", ["main", "drop-in"])
+def test_a_config_that_does_not_parse_stops_khod_and_the_capture_waits(
+    sysroot: SysrootFactory, tmp_path: Path, broken: str
+) -> None:
+    """One line naming the file, exit 1; the boot captured first is recorded once the
+    configuration is fixed, from that capture's spool (consumed, not left behind)."""
+    conf, d = main_and_dir(tmp_path, "[retention]\nmax_boots = 100\n")
+    bad = conf if broken == "main" else d / "10-local.toml"
+    bad.write_text("[retention\nmax_boots = 100\n")
+    root = sysroot("pstore-kho/step2")
+    state, db = tmp_path / "state", tmp_path / "khod.db"
+    r = subprocess.run(
+        [
+            str(BIN / "khod"),
+            "--config",
+            str(conf),
+            "--sysroot",
+            str(root),
+            "--db",
+            f"sqlite:///{db}",
+            "--state-dir",
+            str(state),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--no-watch-modules",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"khod: error: {bad}: not valid TOML: "), r.stderr
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert [p.name for p in (state / "spool").iterdir()] == [f"{BOOT}.spool"]
+    assert not db.exists()
+    bad.write_text("[retention]\nmax_boots = 100\n")  # fixed
+    with running_daemon(root, tmp_path, "--config", str(conf)) as k:
+        k.wait_for("READY=1")
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT boot_id FROM boots").fetchall() == [(BOOT,)]
+    assert list((state / "spool").iterdir()) == []
 
 
 def test_sighup_reads_the_drop_ins_again(sysroot: SysrootFactory, tmp_path: Path) -> None:
