@@ -1,4 +1,5 @@
-"""``/etc/khod/khod.toml``: every key, its default, and one-line errors naming the key.
+"""``/etc/khod/khod.toml`` and its drop-ins (``khod.toml.d/*.toml``, merged by name, key
+by key: ``khod.conffiles``): every key, its default, and one-line errors naming the key.
 
 [daemon]
 listen = "127.0.0.1:9733"     # /metrics; another address is an explicit choice
@@ -28,14 +29,15 @@ interval = "5m"               # between pushes; failures retry sooner, backing o
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from khod.errors import KhodError
+from khod.conffiles import DEFAULT_PATH as _DEFAULT
+from khod.conffiles import ConfigError as ConfigError  # noqa: PLC0414 (re-exported)
+from khod.conffiles import merged
 
-DEFAULT_PATH = Path("/etc/khod/khod.toml")
+DEFAULT_PATH = Path(_DEFAULT)
 _SIZE = re.compile(r"^(\d+)\s*(B|KiB|MiB|GiB|TiB|K|M|G|T)?$")
 _DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)?$")
 _UNITS = {
@@ -51,10 +53,6 @@ _UNITS = {
     "TiB": 1 << 40,
 }
 _SECONDS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class ConfigError(KhodError):
-    pass
 
 
 def parse_size(value: object, key: str) -> int:
@@ -143,31 +141,22 @@ assert {f for f, _ in KEYS.values()} == {f.name for f in fields(Config)} - {"sou
 
 
 def load_config(path: Path | None, *, required: bool = False) -> Config:
-    """Read the file (a missing default file means defaults)."""
-    p = path or DEFAULT_PATH
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
+    """The file, then its drop-ins (``<path>.d/*.toml``, by name) key by key over it; a
+    missing default file with no drop-ins means defaults. Errors name the file."""
+    p = str(path or DEFAULT_PATH)
+    files, values = merged(p)
+    if not files:
         if required or path is not None:
-            raise ConfigError(f"{p}: not found") from None
+            raise ConfigError(f"{p}: not found")
         return Config()
-    except OSError as e:
-        raise ConfigError(f"{p}: {e.strerror}") from None
-    try:
-        doc = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{p}: not valid TOML: {e}") from None
-    values: dict[str, Any] = {}
-    for section, table in doc.items():
-        if not isinstance(table, dict):
-            raise ConfigError(f"{p}: {section}: expected a [{section}] table")
-        for key, value in table.items():
-            spec = KEYS.get((section, key))
-            if spec is None:
-                raise ConfigError(f"{p}: {section}.{key}: unknown key")
-            name, conv = spec
-            try:
-                values[name] = conv(value, f"{section}.{key}")
-            except ConfigError as e:
-                raise ConfigError(f"{p}: {e}") from None
-    return Config(**values, source=str(p))
+    out: dict[str, Any] = {}
+    for (section, key), (file, value) in values.items():
+        spec = KEYS.get((section, key))
+        if spec is None:
+            raise ConfigError(f"{file}: {section}.{key}: unknown key")
+        name, conv = spec
+        try:
+            out[name] = conv(value, f"{section}.{key}")
+        except ConfigError as e:
+            raise ConfigError(f"{file}: {e}") from None
+    return Config(**out, source=", ".join(files))

@@ -148,6 +148,7 @@ def test_deb_contents(built: dict[str, Path | str]) -> None:
         "/usr/lib/systemd/system/khod-fleet-report.timer",
         "/usr/lib/systemd/catalog/khod.catalog",
         "/etc/khod/khod.toml",
+        "/etc/khod/khod.toml.d/",  # the (empty) drop-in directory
         "/usr/share/man/man8/khod.8.gz",
         "/usr/share/man/man8/khoctl.8.gz",
         "/usr/share/khod/prometheus/khod-rules.yml",

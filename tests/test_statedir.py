@@ -90,8 +90,37 @@ def test_daemon_with_state_dir_only_in_the_config_leaves_no_orphan_spool(
 
 
 def test_the_early_reader_names_the_same_defaults_as_the_config() -> None:
+    from khod import conffiles
     from khod.cli import khod_main
     from khod.config import DEFAULT_PATH, Config
 
-    assert str(DEFAULT_PATH) == khod_main.DEFAULT_CONFIG
+    assert str(DEFAULT_PATH) == conffiles.DEFAULT_PATH  # the early reader's
     assert Config().state_dir == khod_main.DEFAULT_STATE_DIR
+
+
+def test_capture_spools_into_the_state_dir_a_drop_in_names(
+    sysroot: SysrootFactory, tmp_path: Path
+) -> None:
+    root = sysroot("pstore-kho/step2")
+    main, state = tmp_path / "from-main", tmp_path / "from-drop-in"
+    default, prefix, env = isolated_default(tmp_path)
+    conf = config_naming(tmp_path, main)
+    (tmp_path / "khod.toml.d").mkdir()
+    (tmp_path / "khod.toml.d" / "50-state.toml").write_text(f'[store]\nstate_dir = "{state}"\n')
+    r = subprocess.run(
+        [
+            *prefix,
+            str(BIN / "khod"),
+            "--capture-only",
+            "--config",
+            str(conf),
+            "--sysroot",
+            str(root),
+        ],
+        env={**os.environ, **env},
+        check=False,
+    )
+    assert r.returncode == 0
+    assert [p.name for p in (state / "spool").iterdir()] == [f"{BOOT}.spool"]
+    assert not main.exists()
+    assert not default.exists()

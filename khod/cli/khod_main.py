@@ -23,7 +23,6 @@ def _argv_value(argv: Sequence[str], name: str) -> str | None:
     return None
 
 
-DEFAULT_CONFIG = "/etc/khod/khod.toml"  # khod.config.DEFAULT_PATH (not imported: too heavy)
 DEFAULT_STATE_DIR = "/var/lib/khod"  # khod.config.Config.state_dir
 
 
@@ -48,19 +47,17 @@ def resolve_state_dir(cli: str | None, configured: str | None) -> str:
 
 
 def configured_state_dir(argv: Sequence[str]) -> str | None:
-    """``store.state_dir`` from ``--config`` or the default file, read with tomllib
-    alone (before the configuration's parser is loaded). A file that cannot be read
-    or parsed gives None here; the full parser reports it right after."""
-    import tomllib  # noqa: PLC0415
+    """``store.state_dir`` from ``--config`` or the default file and its drop-ins, merged
+    as the configuration merges them (``khod.conffiles``: standard library only, before
+    the configuration's parser is loaded). A file that cannot be read or parsed is
+    skipped here; the full parser reports it right after."""
+    from khod.conffiles import DEFAULT_PATH, ConfigError, merged  # noqa: PLC0415
 
-    path = _argv_value(argv, "--config") or DEFAULT_CONFIG
     try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        _, values = merged(_argv_value(argv, "--config") or DEFAULT_PATH, lenient=True)
+    except ConfigError:
         return None
-    store = doc.get("store")
-    value = store.get("state_dir") if isinstance(store, dict) else None
+    _, value = values.get(("store", "state_dir"), ("", None))
     return value if isinstance(value, str) else None
 
 
