@@ -2,19 +2,14 @@
 lintian passes it, and the .deb installs with apt in another clean chroot and runs
 there; the RPM spec goes as far as rpmbuild on Debian can take it.
 
-The chroots are made with debootstrap from deb.debian.org and cached as tarballs under
-~/.cache/khod-pkg (KHOD_PKG_CACHE); a new machine builds them (a few minutes).
-Commands run in the chroot inside a private mount namespace (unshare), so /proc and
-/dev mounted there vanish with the command.
+The chroots and the build: tests/debian.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,100 +21,15 @@ from khod.store import migrate
 from khod.store.db import open_store
 from khod.store.schema import HEAD_REVISION
 from tests.conftest import FIXTURES
+from tests.debian import REPO, build_deb, cached_chroot, in_chroot, run, unpack
 
 pytestmark = pytest.mark.package
-
-REPO = Path(__file__).parent.parent
-SUITE = "trixie"
-MIRROR = os.environ.get("KHOD_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-CACHE = Path(os.environ.get("KHOD_PKG_CACHE", Path.home() / ".cache" / "khod-pkg"))
-BUILD_DEPS = [
-    "build-essential",
-    "debhelper",
-    "dh-python",
-    "pybuild-plugin-pyproject",
-    "python3-all",
-    "python3-setuptools",
-    "python3-wheel",
-    "help2man",
-    "lintian",
-    "python3-sqlalchemy",
-    "python3-alembic",
-    "python3-libfdt",
-    "python3-prometheus-client",
-    "python3-pyudev",
-    "python3-systemd",
-]
-
-
-def run(argv: list[str], timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def in_chroot(root: Path, script: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    """sh -c script inside root, /proc and /dev mounted in a private namespace."""
-    setup = (
-        f"mount -t proc proc {root}/proc && mount --rbind /dev {root}/dev && "
-        f"exec chroot {root} /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "
-        'HOME=/root LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive sh -ec "$0"'
-    )
-    return run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", setup, script], timeout
-    )
-
-
-def cached_chroot(name: str, packages: list[str]) -> Path:
-    """A tarball of a debootstrapped trixie with these packages added; built once."""
-    key = hashlib.sha256(f"{SUITE} {MIRROR} {sorted(packages)} v1".encode()).hexdigest()[:16]
-    tar = CACHE / f"{SUITE}-{name}-{key}.tar"
-    if tar.exists():
-        return tar
-    CACHE.mkdir(parents=True, exist_ok=True)
-    work = CACHE / f"{name}-{key}.tmp"
-    shutil.rmtree(work, ignore_errors=True)
-    r = run(["debootstrap", "--variant=minbase", SUITE, str(work), MIRROR], timeout=3600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    if packages:
-        r = in_chroot(
-            work,
-            "apt-get update -q && apt-get install -y -q --no-install-recommends "
-            + " ".join(packages)
-            + " && apt-get clean",
-            timeout=3600,
-        )
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    tmp = tar.with_suffix(".tar.tmp")
-    r = run(["tar", "-C", str(work), "--numeric-owner", "-cf", str(tmp), "."])
-    assert r.returncode == 0, r.stderr
-    tmp.rename(tar)
-    shutil.rmtree(work, ignore_errors=True)
-    return tar
-
-
-def unpack(tar: Path, dst: Path) -> Path:
-    dst.mkdir()
-    r = run(["tar", "-C", str(dst), "--numeric-owner", "-xf", str(tar)])
-    assert r.returncode == 0, r.stderr
-    return dst
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path | str]]:
     """The source package built in a clean trixie chroot: the .deb and lintian's say."""
-    tmp = tmp_path_factory.mktemp("deb")
-    root = unpack(cached_chroot("build", BUILD_DEPS), tmp / "build-root")
-    src = root / "build" / "khod-0.1.0"
-    files = run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard"]).stdout.split()
-    for f in files:  # the working tree as git sees it (tracked and new, not ignored)
-        if (REPO / f).is_file() and not f.startswith("tests/data/"):
-            (src / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, src / f)
-    shutil.copytree(REPO / "packaging" / "debian", src / "debian")
-    r = in_chroot(root, "cd /build/khod-0.1.0 && dpkg-buildpackage -us -uc -b 2>&1")
-    log = r.stdout + r.stderr
-    (tmp / "build.log").write_text(log)
-    assert r.returncode == 0, log[-5000:]
-    (deb,) = (root / "build").glob("khod_0.1.0_all.deb")
+    deb, root = build_deb(tmp_path_factory.mktemp("deb"))
     r = in_chroot(
         root,
         "cd /build && runuser -u nobody -- lintian --info --display-info --pedantic "
