@@ -12,7 +12,6 @@ directory under ~/.cache/khod-e2e/runs/ keeps that and the serial log.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.debian import cached_chroot, in_chroot, pack, unpack
+from tests.vm.harness import qemu_machine
 from tests.vm.kernel import CACHE
 
 PACKAGES = ["systemd-sysv", "udev", "kexec-tools"]
@@ -120,30 +120,11 @@ def boot(tar: Path, kernel: Path, append: str, timeout: float = 1200) -> Boot:
     script = root / "usr/local/sbin/khod-e2e"
     script.write_text(SCRIPT)
     script.chmod(0o755)
-    accel = os.environ.get("KHOD_E2E_ACCEL", "tcg")
     argv = [
-        "qemu-system-x86_64",
-        "-machine",
-        "q35",
-        "-accel",
-        "tcg,thread=single" if accel == "tcg" else accel,
-        "-cpu",
-        "max" if accel == "tcg" else "host,-arch-capabilities",
-        "-smp",
-        "2",
-        "-m",
-        "2G",
-        "-display",
-        "none",
-        "-monitor",
-        "none",
+        *qemu_machine(d / "serial.log", kernel),
         "-nic",
         "none",
         "-no-reboot",
-        "-serial",
-        f"file:{d / 'serial.log'}",
-        "-kernel",
-        str(kernel),
         "-append",
         f"{append} root=groot rootfstype=9p "
         "rootflags=trans=virtio,version=9p2000.L,msize=262144,cache=loose rw "

@@ -137,6 +137,41 @@ def run(
     return again
 
 
+def qemu_machine(serial: Path, kernel: Path) -> list[str]:
+    """The guest machine every VM test boots: q35, 2 vCPUs, 2 GiB, no display, the
+    serial console to ``serial``, ``kernel`` (KHOD_E2E_ACCEL=kvm where there is one)."""
+    accel = os.environ.get("KHOD_E2E_ACCEL", "tcg")
+    cpu = "host,-arch-capabilities" if accel == "kvm" else "max"
+    if accel == "tcg":
+        # One host thread for both vCPUs. With multi-threaded TCG (QEMU 7.2 here) the
+        # guest kernel faulted on its own a second into boot, at code it patches at
+        # run time (a 5-byte NOP in enqueue_task_fair, an int3 in set_next_task_fair),
+        # and once stalled; single-threaded TCG keeps the two vCPUs the scenarios boot
+        # with and runs them in turn on one thread, where those races cannot happen.
+        accel = "tcg,thread=single"
+    return [
+        "qemu-system-x86_64",
+        "-machine",
+        "q35",
+        "-accel",
+        accel,
+        "-cpu",
+        cpu,
+        "-smp",
+        "2",
+        "-m",
+        "2G",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        f"file:{serial}",
+        "-kernel",
+        str(kernel),
+    ]
+
+
 def _run_once(
     name: str,
     kernel: Path,
@@ -156,35 +191,8 @@ def _run_once(
     )
     shutil.copy(HERE / "guest.py", share / "guest.py")
     (share / "python").write_text(os.path.realpath(sys.executable))
-    accel = os.environ.get("KHOD_E2E_ACCEL", "tcg")
-    cpu = "host,-arch-capabilities" if accel == "kvm" else "max"
-    if accel == "tcg":
-        # One host thread for both vCPUs. With multi-threaded TCG (QEMU 7.2 here) the
-        # guest kernel faulted on its own a second into boot, at code it patches at
-        # run time (a 5-byte NOP in enqueue_task_fair, an int3 in set_next_task_fair),
-        # and once stalled; single-threaded TCG keeps the two vCPUs the scenarios boot
-        # with and runs them in turn on one thread, where those races cannot happen.
-        accel = "tcg,thread=single"
     argv = [
-        "qemu-system-x86_64",
-        "-machine",
-        "q35",
-        "-accel",
-        accel,
-        "-cpu",
-        cpu,
-        "-smp",
-        "2",
-        "-m",
-        "2G",
-        "-display",
-        "none",
-        "-monitor",
-        "none",
-        "-serial",
-        f"file:{d / 'serial.log'}",
-        "-kernel",
-        str(kernel),
+        *qemu_machine(d / "serial.log", kernel),
         "-initrd",
         str(initrd),
         "-append",
