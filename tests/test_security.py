@@ -51,7 +51,7 @@ def test_every_subprocess_runs_an_argv_list_without_a_shell() -> None:
                         assert isinstance(kw.value, ast.Constant) and kw.value.value is False, where
                 if node.args:
                     assert not isinstance(node.args[0], (ast.Constant, ast.JoinedStr)), where
-    assert calls >= 3  # kexec, systemctl, the daemon's children (one Popen: daemon.Child)
+    assert calls >= 3  # kexec, systemctl, the daemon's children (one Popen: khod.child.Child)
 
 
 def test_created_files_are_private(sysroot: SysrootFactory, tmp_path: Path) -> None:
