@@ -46,6 +46,11 @@ REQUIRED = (
     "NET_9P_VIRTIO",
     "OVERLAY_FS",
     "IKCONFIG",
+    "BPF_SYSCALL",
+    "CGROUP_BPF",
+    "MEMCG",
+    "USER_NS",
+    "SECCOMP_FILTER",
 )
 
 
