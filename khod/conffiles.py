@@ -19,7 +19,7 @@ Merged = dict[tuple[str, str], tuple[str, object]]
 
 
 class ConfigError(KhodError):
-    pass
+    """A configuration file that does not parse, or a value that does not check."""
 
 
 def dropin_dir(main: str) -> str:

@@ -18,6 +18,7 @@ from tests.conftest import SysrootFactory
 from tests.daemon_helpers import BIN, Running, free_port, running_daemon
 
 BOOT = "76d14fe6-5764-46e9-a6d4-d1bfc29718ff"  # pstore-kho/step2
+EX_CONFIG = 78  # sysexits.h; khod.service: RestartPreventExitStatus=78
 
 
 def main_and_dir(tmp: Path, main: str | None = None) -> tuple[Path, Path]:
@@ -132,8 +133,10 @@ def test_daemon_listens_where_a_drop_in_says(sysroot: SysrootFactory, tmp_path: 
 def test_a_config_that_does_not_parse_stops_khod_and_the_capture_waits(
     sysroot: SysrootFactory, tmp_path: Path, broken: str
 ) -> None:
-    """One line naming the file, exit 1; the boot captured first is recorded once the
-    configuration is fixed, from that capture's spool (consumed, not left behind)."""
+    """One line naming the file, exit status 78 (EX_CONFIG: khod.service does not restart
+    on it, so a broken file is not retried every RestartSec); the boot captured first is
+    recorded once the configuration is fixed, from that capture's spool (consumed, not
+    left behind)."""
     conf, d = main_and_dir(tmp_path, "[retention]\nmax_boots = 100\n")
     bad = conf if broken == "main" else d / "10-local.toml"
     bad.write_text("[retention\nmax_boots = 100\n")
@@ -159,7 +162,7 @@ def test_a_config_that_does_not_parse_stops_khod_and_the_capture_waits(
         check=False,
         timeout=30,
     )
-    assert r.returncode == 1
+    assert r.returncode == EX_CONFIG
     assert r.stderr.startswith(f"khod: error: {bad}: not valid TOML: "), r.stderr
     assert r.stderr.count("\n") == 1, r.stderr
     assert [p.name for p in (state / "spool").iterdir()] == [f"{BOOT}.spool"]

@@ -58,13 +58,18 @@ def test_khod_service_keeps_the_contract() -> None:
     for line in (
         "Type=notify",
         "StateDirectory=khod",
-        "Before=systemd-pstore.service",
-        "After=sys-kernel-debug.mount",
+        "After=sys-kernel-debug.mount systemd-pstore.service khod-pstore.service",
         "ExecReload=/bin/kill -HUP $MAINPID",
         "IPAddressAllow=localhost",
     ):
         assert line in text, line
     assert re.search(r"^WatchdogSec=\d+", text, re.M)
+    # a configuration that does not parse (exit status 78, EX_CONFIG) is not restarted
+    # every RestartSec: it stays failed, with its one line, until the operator acts
+    assert re.search(r"^RestartPreventExitStatus=78$", text, re.M)
+    # not an early unit: its imports and database must not hold sysinit.target
+    assert "DefaultDependencies=no" not in text
+    assert not re.search(r"^Before=.*(sysinit|systemd-pstore)", text, re.M)
 
 
 def test_kexec_hook_runs_at_kexec_target_before_the_kexec() -> None:

@@ -108,8 +108,14 @@ def store_error_line(e: BaseException) -> str | None:
     return f"database {location}: {describe_db_error(e)}"
 
 
-def run_main(prog: str, main: Callable[[Sequence[str]], int], argv: Sequence[str]) -> int:
-    """Call main; turn errors into one line on stderr and an exit status.
+def run_main(
+    prog: str,
+    main: Callable[[Sequence[str]], int],
+    argv: Sequence[str],
+    config_error_status: int = 1,
+) -> int:
+    """Call main; turn errors into one line on stderr and an exit status (1; a
+    configuration error ``config_error_status``: the daemon's is 78, EX_CONFIG).
 
     A closed stdout (its reader exited) ends the command quietly with status 141, as
     SIGPIPE would; a broken pipe or socket anywhere else is an error."""
@@ -122,7 +128,9 @@ def run_main(prog: str, main: Callable[[Sequence[str]], int], argv: Sequence[str
         if debug:
             traceback.print_exc()
         print_text(f"{prog}: error: {e}", sys.stderr)
-        return 1
+        from khod.conffiles import ConfigError  # noqa: PLC0415  (standard library only)
+
+        return config_error_status if isinstance(e, ConfigError) else 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError as e:

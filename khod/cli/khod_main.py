@@ -350,7 +350,9 @@ def run() -> None:
         FIRST_INGEST = FirstIngest.fork(store_part)
     from khod.cli.common import run_main  # noqa: PLC0415
 
-    code = run_main("khod", main, argv)
+    # the daemon's configuration error is 78 (EX_CONFIG): khod.service does not restart
+    # on it (RestartPreventExitStatus=78), since retrying cannot fix a file
+    code = run_main("khod", main, argv, config_error_status=78 if _daemon_mode(argv) else 1)
     if FIRST_INGEST is not None:
         FIRST_INGEST.abandon()  # never sent (an error before the daemon started): quietly
     sys.exit(code)
