@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tarfile
 from collections.abc import Iterator
@@ -102,6 +103,14 @@ def test_deb_installs_in_a_clean_trixie_and_runs(
         "7.3.4-khlab-a",
         1,
     )
+    # every program the installed units run is there, brought by the package's own
+    # dependencies (minbase has no /bin/kill: khod.service's ExecReload needs procps)
+    for unit in sorted((root / "usr/lib/systemd/system").glob("khod*.service")):
+        for line in unit.read_text().splitlines():
+            m = re.match(r"Exec\w+=[-@:+!]*(/\S+)", line)
+            if m:
+                exe = root / m.group(1).lstrip("/")
+                assert exe.exists() or exe.is_symlink(), f"{unit.name}: {line}: not installed"
 
 
 def test_default_config_file_is_every_default() -> None:
