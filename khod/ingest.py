@@ -14,7 +14,7 @@ from khod.parse.proc import UNKNOWN_MACHINE, provisional_machine_id
 from khod.parse.pstore import DEFAULT_INFLATE_LIMIT
 from khod.paths import HostPaths
 from khod.sources.files import read_optional
-from khod.store.boots import SaveResult, load_boot, save_later, save_observation
+from khod.store.boots import BootRecord, SaveResult, load_boot, save_later, save_observation
 from khod.store.db import Store
 
 
@@ -61,9 +61,17 @@ def ingest_boot(
     return obs, result, later
 
 
+@dataclass(frozen=True)
+class Rescan:
+    result: SaveResult
+    events: list[Event]
+    boot: BootRecord  # the recorded boot the records were added to
+    records: list[PstoreRecord]  # every record found (result.pstore_saved: the new ones)
+
+
 def rescan_pstore(
     paths: HostPaths, store: Store, machine_id: str, boot_id: str, opts: IngestOptions
-) -> tuple[SaveResult, list[Event]]:
+) -> Rescan:
     """A pstore backend registered late: add its records to this (recorded) boot, also
     when it is still under the identity it had before /etc/machine-id was initialized
     (the next full ingest adopts it, records included)."""
@@ -87,7 +95,7 @@ def rescan_pstore(
     events += more
     result = save_later(store, boot.id, machine_id, records, events)
     later = _release(paths, store, boot.id, machine_id, records=records, opts=opts)
-    return result, events + later
+    return Rescan(result, events + later, boot, list(records))
 
 
 def recover_spools(

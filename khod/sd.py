@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from khod.observation import BootObservation, Event, Severity
+from khod.observation import BootObservation, Event, PstoreRecord, Severity
 from khod.records import is_crash
+
+if TYPE_CHECKING:  # the store (SQLAlchemy) is not imported here
+    from khod.store.boots import BootRecord
 
 # MESSAGE_IDs of khod's journal entries; systemd/khod.catalog explains each one
 MESSAGE_IDS = {
@@ -64,7 +68,7 @@ def event_message_id(e: Event) -> str:
     return MESSAGE_IDS["anomaly"]
 
 
-def journal_fields_for_boot(obs: BootObservation) -> dict[str, Any]:
+def journal_fields_for_boot(obs: BootObservation | BootRecord) -> dict[str, Any]:
     return {
         "KHOD_BOOT_ID": obs.boot_id,
         "KHOD_MACHINE_ID": obs.machine_id,
@@ -118,12 +122,17 @@ def journal_boot(obs: BootObservation, new_events: list[Event]) -> None:
         )
 
 
-def journal_pstore(obs: BootObservation, saved: frozenset[str]) -> None:
+def journal_pstore(
+    boot: BootObservation | BootRecord,
+    records: Sequence[PstoreRecord],
+    saved: frozenset[str],
+) -> None:
     """One entry per pstore record new to the store, once: systemd-pstore's archive
-    keeps a record for days, and found again at the next boot it is not new."""
-    f = journal_fields_for_boot(obs)
+    keeps a record for days, and found again at the next boot it is not new. ``boot``:
+    the observation an ingest saved, or the stored boot a rescan added records to."""
+    f = journal_fields_for_boot(boot)
     done: set[str] = set()
-    for r in obs.pstore:
+    for r in records:
         if r.sha256 not in saved or r.sha256 in done:
             continue
         done.add(r.sha256)

@@ -222,3 +222,75 @@ def test_each_pstore_record_is_journaled_once_across_boots(
     first = journaled(crashed)
     assert len(first) == 4  # every record of the panicked boot, once
     assert journaled(next_boot(crashed, 4)) == []  # the archive's copies: not new
+
+
+def test_where_khod_owns_pstore_each_record_is_journaled_once(
+    journal: Journal, sysroot: SysrootFactory, tmp_path: Path
+) -> None:
+    """khod-pstore.service ingests first and unlinks; khod.service's ingest then finds the
+    boot and its records stored. The records, and the boot, are journaled once: by the
+    unit that found them (its ExecStart as shipped), not never."""
+    import shlex
+
+    unit = (Path(__file__).parent.parent / "systemd" / "khod-pstore.service").read_text()
+    (line,) = [x for x in unit.splitlines() if x.startswith("ExecStart=")]
+    argv = shlex.split(line.split("=", 1)[1])
+    assert argv[0] == "/usr/bin/khod"
+    root = sysroot("pstore/step0-boot2")
+    store = ["--sysroot", str(root), "--db", f"sqlite:///{tmp_path / 'k.db'}"]
+    r = subprocess.run(
+        [*journal.prefix, str(BIN / "khod"), *argv[1:], *store, "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert not any((root / "sys/fs/pstore").iterdir())  # owned: unlinked once committed
+    ingest_journaled(journal, tmp_path, "", root)  # khod.service's ingest after it
+    entries = receive_all(journal.sock)
+    ids = [e["MESSAGE_ID"] for e in entries]
+    assert ids.count(sd.MESSAGE_IDS["boot-recorded"]) == 1, entries
+    names = sorted(
+        e["KHOD_PSTORE_NAME"]
+        for e in entries
+        if e["MESSAGE_ID"] in {sd.MESSAGE_IDS["pstore-crash"], sd.MESSAGE_IDS["pstore-record"]}
+    )
+    assert len(names) == 4 and len(set(names)) == 4, names
+
+
+def test_records_a_late_backend_brings_are_journaled(
+    journal: Journal, sysroot: SysrootFactory, tmp_path: Path
+) -> None:
+    """The daemon's rescan after a module uevent (a pstore backend registered after khod
+    started: ``modprobe ramoops``) stores the records it finds and journals each once."""
+    from tests.test_retention import PSTORE
+
+    root = sysroot("pstore/step0-boot2")
+    late = tmp_path / "late"
+    shutil.move(root / PSTORE, late)  # the backend is not registered yet
+    (root / PSTORE).mkdir()
+    pstore_ids = {sd.MESSAGE_IDS["pstore-crash"], sd.MESSAGE_IDS["pstore-record"]}
+    ingest_journaled(journal, tmp_path, "", root)
+    assert not [e for e in receive_all(journal.sock) if e["MESSAGE_ID"] in pstore_ids]
+    for f in sorted(late.iterdir()):  # modprobe ramoops: its records appear
+        shutil.move(f, root / PSTORE / f.name)
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    r = subprocess.run(
+        [
+            *journal.prefix,
+            str(BIN / "khod"),
+            *("--once", "--pstore-rescan", "--journal", "--sysroot", str(root)),
+            *("--db", db, "--state-dir", str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "pstore rescan: 4 new records" in r.stdout
+    entries = receive_all(journal.sock)
+    crashes = [e for e in entries if e["MESSAGE_ID"] == sd.MESSAGE_IDS["pstore-crash"]]
+    assert [e["KHOD_PSTORE_REASON"] for e in crashes] == ["Panic"], entries
+    assert crashes[0]["KHOD_BOOT_ID"] == "c8be1a8f-766f-4cb8-8a3b-fc30c50a300f"
+    names = [e["KHOD_PSTORE_NAME"] for e in entries if e["MESSAGE_ID"] in pstore_ids]
+    assert len(names) == 4 == len(set(names)), entries

@@ -430,9 +430,9 @@ def test_rescan_adds_a_late_backends_records(sysroot: SysrootFactory, db_url: st
     obs, result, _ = ingest_boot(HostPaths(root), store, IngestOptions())
     assert result.new_pstore == 0
     late.rename(root / PSTORE)  # module loaded: its records appear
-    res, _ = rescan_pstore(HostPaths(root), store, obs.machine_id, obs.boot_id, IngestOptions())
+    res = rescan_pstore(HostPaths(root), store, obs.machine_id, obs.boot_id, IngestOptions()).result
     assert res.new_pstore == 3
-    res, _ = rescan_pstore(HostPaths(root), store, obs.machine_id, obs.boot_id, IngestOptions())
+    res = rescan_pstore(HostPaths(root), store, obs.machine_id, obs.boot_id, IngestOptions()).result
     assert res.new_pstore == 0
 
 

@@ -73,7 +73,7 @@ def test_a_uevent_triggers_the_pstore_rescan(sysroot: SysrootFactory, db_url: st
         late.rename(root / "sys/fs/pstore")  # the backend registers...
         kernel_uevent()  # ...and the kernel says so
         assert wait_for(watcher)
-        res, _ = rescan_pstore(HostPaths(root), store, obs.machine_id, obs.boot_id, opts)
+        res = rescan_pstore(HostPaths(root), store, obs.machine_id, obs.boot_id, opts).result
     finally:
         watcher.close()
     assert res.new_pstore == 3

@@ -134,9 +134,14 @@ def parser() -> Any:
     p.add_argument("--max-boots", metavar="N", help="retention.max_boots (default 10000)")
     p.add_argument("--max-age", metavar="AGE", help="retention.max_age (default 730d)")
     p.add_argument("--max-bytes", metavar="SIZE", help="retention.max_bytes (default 1GiB)")
+    p.add_argument(
+        "--journal",
+        action="store_true",
+        help="with --once: send journal entries for the boot and the pstore records this "
+        "ingest recorded new (the daemon always does; khod-pstore.service asks)",
+    )
     # used by the daemon for its ingest child
     p.add_argument("--snapshot", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--journal", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--pstore-rescan", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--store-checked", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--version", action="version", version=f"khod {__version__}")
@@ -277,7 +282,8 @@ def store_part(args: Any, cfg: Any, paths: Any, obs: Any, on_ready: Any = None) 
                 from khod.errors import KhodError  # noqa: PLC0415
 
                 raise KhodError("cannot identify this boot for the pstore rescan")
-            result, new = rescan_pstore(paths, store, machine, boot, opts)
+            rescan = rescan_pstore(paths, store, machine, boot, opts)
+            result, new = rescan.result, rescan.events
             print(f"khod: pstore rescan: {result.new_pstore} new records")
         else:
             result, later = save_boot(paths, store, obs, opts)
@@ -309,12 +315,15 @@ def store_part(args: Any, cfg: Any, paths: Any, obs: Any, on_ready: Any = None) 
             )
         if on_ready is not None:
             on_ready()
-        if args.journal and obs is not None:
+        if args.journal:
             from khod import sd  # noqa: PLC0415
 
-            if result.created:
-                sd.journal_boot(obs, list(obs.events))
-            sd.journal_pstore(obs, result.pstore_saved)
+            if obs is None:  # a rescan: the records a late backend brought
+                sd.journal_pstore(rescan.boot, rescan.records, result.pstore_saved)
+            else:
+                if result.created:
+                    sd.journal_boot(obs, list(obs.events))
+                sd.journal_pstore(obs, obs.pstore, result.pstore_saved)
         try:
             (spool / f"{boot}.spool").unlink(missing_ok=True)  # ingested: no longer needed
         except OSError as e:
