@@ -13,11 +13,11 @@ STAMP    := $(VENV)/.khod-installed
 # debootstrap (the Debian 13 chroots the package is built and installed in), rpm.
 DEB_PKGS ?= gcc python3-dev python3-venv pkg-config libsystemd-dev swig device-tree-compiler \
             systemd prometheus prometheus-node-exporter util-linux postgresql \
-            debootstrap rpm \
+            debootstrap rpm e2fsprogs \
             qemu-system-x86 kexec-tools busybox-static cpio \
             make flex bison bc libelf-dev libssl-dev xz-utils dpkg-dev
 
-.PHONY: all deps sysdeps run test test-fast check lint typecheck pytest package-test bench bench-fleet clean
+.PHONY: all deps sysdeps run test test-fast check lint typecheck pytest package-test bench bench-fleet bench-boot clean
 
 all: test
 
@@ -75,6 +75,10 @@ bench: deps
 
 bench-fleet: deps
 	$(BIN)/python bench/fleet.py $(BENCH_ARGS)
+
+# bench/boot.py: the systemd-booted guest with khod and with it masked (~10 min)
+bench-boot: deps
+	$(BIN)/python bench/boot.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

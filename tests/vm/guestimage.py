@@ -1,34 +1,62 @@
 """A Debian 13 guest that systemd boots, with the khod .deb built from this checkout
-installed by apt, booted on the suite's kernel with its root on virtio-9p.
+installed by apt, booted on the suite's kernels with its root on virtio-9p.
 
 The image is the clean trixie chroot (tests/debian.py) plus PACKAGES from the Debian
 archive and ``apt-get install ./khod_*.deb``; cached as a tarball under
-~/.cache/khod-e2e/images/, keyed by the deb's sha256 and PACKAGES. Each boot unpacks
-it afresh and adds the test's own unit, khod-e2e.service, which waits for the boot to
-finish, writes what the test reads to /khod-e2e/ in the image and powers off; the run
-directory under ~/.cache/khod-e2e/runs/ keeps that and the serial log.
+~/.cache/khod-e2e/images/, keyed by the deb's sha256 and PACKAGES. Each run unpacks it
+afresh and adds the test's own driver and units (tests/vm/guestdriver.py), the plan it
+follows (one step per boot: report, act, kexec or panic or power off) and the suite's
+kernels under /boot/khod-e2e/; nothing of khod is added by hand. The run directory under
+~/.cache/khod-e2e/runs/ keeps the serial log, what the driver wrote and the guest's store.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import shutil
+import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.debian import cached_chroot, in_chroot, pack, unpack
 from tests.vm.harness import qemu_machine
 from tests.vm.kernel import CACHE
 
-PACKAGES = ["systemd-sysv", "udev", "kexec-tools"]
-OUT = "khod-e2e"  # the directory in the image khod-e2e.service writes to
+# what the guest's operator installs beside khod: systemd as init, udev (khod's module
+# uevents), kexec-tools (khoctl kexec), psycopg (khod's sync to the fleet's PostgreSQL)
+PACKAGES = ["systemd-sysv", "udev", "kexec-tools", "python3-psycopg"]
+CLOUD_KERNEL = "linux-image-cloud-amd64"  # Debian's own, from trixie-backports
+OUT = "khod-e2e"  # the directory in the image the driver writes to
 TABLES: list[str] = []  # this session's guest reports (tests/vm/conftest.py)
+DRIVER = Path(__file__).with_name("guestdriver.py")
+PORT_NAME = "org.khod.e2e"  # the virtio port the host says "go" on
+GUEST_IP = "10.0.2.15"  # QEMU user networking: the guest; the host is 10.0.2.2
+STALL_SECONDS = 300.0  # no serial output this long, the host not acting: stuck
 
-UNIT = """\
+UNITS = {
+    "khod-e2e-early.service": """\
 [Unit]
-Description=khod end-to-end: report what this boot did, then power off
+Description=khod end-to-end: set the stage for this boot before khod starts
+DefaultDependencies=no
+After=local-fs.target
+Before=khod.service khod-pstore.service sysinit.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/khod-e2e early
+
+[Install]
+WantedBy=sysinit.target
+""",
+    "khod-e2e.service": """\
+[Unit]
+Description=khod end-to-end: report what this boot did, then take the next step
 After=khod.service multi-user.target
 
 [Service]
@@ -38,31 +66,15 @@ StandardError=journal+console
 
 [Install]
 WantedBy=multi-user.target
-"""
+""",
+}
+NETWORK = f"""\
+[Match]
+Name=en* eth*
 
-SCRIPT = f"""\
-#!/bin/sh
-# the test's own unit (not the product's): wait for khod and the boot, report, power off
-out=/{OUT}
-mkdir -p $out
-echo "<6>khod-e2e: boot_id=$(cat /proc/sys/kernel/random/boot_id)" > /dev/kmsg
-i=0
-while [ $i -lt 180 ]; do
-  case "$(systemctl is-active khod)" in active|failed) break ;; esac
-  i=$((i + 1)); sleep 1
-done
-systemctl is-system-running --wait > $out/system-running 2>&1
-systemctl is-active khod > $out/is-active 2>&1
-systemctl --failed --no-legend > $out/failed 2>&1
-khoctl status --json > $out/status.json 2> $out/status.err
-journalctl -b -u khod --no-pager -o short-monotonic > $out/journal-khod 2>&1
-journalctl -b --no-pager -o short-monotonic > $out/journal 2>&1
-systemd-analyze time > $out/analyze-time 2>&1
-systemd-analyze blame 2>&1 | head > $out/analyze-blame
-echo done > $out/done
-sync
-echo "<6>khod-e2e: reported, powering off" > /dev/kmsg
-systemctl poweroff
+[Network]
+Address={GUEST_IP}/24
+Gateway=10.0.2.2
 """
 
 
@@ -70,7 +82,7 @@ def image(deb: Path) -> tuple[Path, float]:
     """The cached image tarball for this deb, and the seconds it took to build (0 if
     it was cached)."""
     digest = hashlib.sha256(deb.read_bytes()).hexdigest()
-    key = hashlib.sha256(f"{digest} {sorted(PACKAGES)} v1".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{digest} {sorted(PACKAGES)} v2".encode()).hexdigest()[:16]
     tar = CACHE / "images" / f"trixie-systemd-{key}.tar"
     if tar.exists():
         return tar, 0.0
@@ -85,7 +97,10 @@ def image(deb: Path) -> tuple[Path, float]:
         "apt-get update -q && apt-get install -y -q --no-install-recommends "
         + " ".join(PACKAGES)
         + f" && cd /tmp && apt-get install -y -q --no-install-recommends ./{deb.name}"
-        + f" && rm /tmp/{deb.name} && apt-get clean",
+        + f" && rm /tmp/{deb.name} && apt-get clean"
+        # what the first boot of an installed system does once (ConditionNeedsUpdate):
+        # done here, so that no boot under test pays for it
+        + " && ldconfig && journalctl --update-catalog && /usr/lib/systemd/systemd-update-done",
         timeout=3600,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -96,53 +111,304 @@ def image(deb: Path) -> tuple[Path, float]:
 
 @dataclass
 class Boot:
-    dir: Path  # the run directory: serial.log, and khod-e2e/ as the guest wrote it
-    serial: str
-    rc: int  # qemu's exit status; -1 over the time limit
-    seconds: float
+    """What the driver wrote for one boot (boot-N/), and the kernel's own KHO lines."""
+
+    n: int
+    dir: Path
+    kho_lines: list[str]
 
     def out(self, name: str) -> str:
-        p = self.dir / OUT / name
+        p = self.dir / name
         return p.read_text(errors="replace") if p.exists() else ""
 
+    def json(self, name: str) -> Any:
+        text = self.out(name)
+        return json.loads(text) if text.strip() else None
 
-def boot(tar: Path, kernel: Path, append: str, timeout: float = 1200) -> Boot:
-    """Unpack the image, add khod-e2e.service, boot it cold until it powers off."""
-    d = CACHE / "runs" / f"systemd-{time.strftime('%Y%m%d-%H%M%S')}"
+    @property
+    def boot_id(self) -> str:
+        return self.out("boot_id").strip()
+
+    def exec_from(self) -> tuple[str, int] | None:
+        """The kernel's "KHO: exec from: R (count N)", if it said so."""
+        for line in self.kho_lines:
+            m = re.search(r"KHO: exec from: (\S+) \(count (\d+)\)", line)
+            if m:
+                return m.group(1), int(m.group(2))
+        return None
+
+    def units(self) -> dict[str, dict[str, str]]:
+        """``systemctl show`` of the units the driver asked about, by unit."""
+        out: dict[str, dict[str, str]] = {}
+        for block in self.out("units").strip().split("\n\n"):
+            props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+            if "Id" in props:
+                out[props["Id"]] = props
+        return out
+
+    def userspace_started(self) -> float:
+        """CLOCK_MONOTONIC when PID 1 started. After a kexec the clock goes on from the
+        kernel before (x86's TSC is not reset), so times are taken from here."""
+        m = re.search(r"^UserspaceTimestampMonotonic=(\d+)$", self.out("manager"), re.M)
+        return int(m.group(1)) / 1e6 if m else 0.0
+
+    def reached(self, unit: str) -> float:
+        """Seconds after PID 1 started that ``unit`` became active (0: never)."""
+        at = int(self.units().get(unit, {}).get("ActiveEnterTimestampMonotonic", 0)) / 1e6
+        return at - self.userspace_started() if at else 0.0
+
+
+@dataclass
+class Run:
+    name: str
+    dir: Path  # serial.log, khod-e2e/ as the guest wrote it, khod.db (the guest's store)
+    serial: str
+    rc: int  # qemu's exit status; -1 over the time limit, -2 stalled
+    seconds: float
+    boots: list[Boot]
+    host_errors: list[str]  # what went wrong in the host's part of a step
+
+    @property
+    def db(self) -> Path:
+        return self.dir / "khod.db"
+
+    def summary(self) -> str:
+        return f"{self.name}: {len(self.boots)} boots in {self.seconds:.0f}s (qemu rc {self.rc})"
+
+
+def _kho_lines(serial: str) -> list[list[str]]:
+    """The kernel's KHO lines, one list per kernel started (in serial order)."""
+    boots: list[list[str]] = []
+    for line in serial.splitlines():
+        if "] Linux version " in line:
+            boots.append([])
+        m = re.search(r"\] (KHO: .*)$", line)
+        if m and boots:
+            boots[-1].append(m.group(1).strip())
+    return boots
+
+
+def run(
+    name: str,
+    tar: Path,
+    kernel_dir: Path,
+    steps: list[dict[str, Any]],
+    *,
+    append: str,
+    files: dict[str, str] | None = None,
+    forward: int | None = None,
+    host: dict[str, Callable[[], None]] | None = None,
+    own_kernel: bool = False,
+    timeout: float = 2400,
+) -> Run:
+    """Boot the image cold on ``kernel_dir``'s kernel ``a`` and let the driver follow
+    ``steps`` (one per boot, see tests/vm/guestdriver.py) until it powers off.
+
+    ``files`` are added to the image (paths relative to its root; a value ``@/dev/null``
+    makes a symlink: a masked unit). ``forward``: the guest's port 9733 reachable on this
+    host's 127.0.0.1:``forward`` through QEMU user networking (the guest gets
+    GUEST_IP); ``host[TAG]`` runs here when the guest says ``@host TAG``. A panic resets
+    the machine (RAM, and so ramoops, survives); the guest powering off ends the run.
+
+    ``own_kernel``: boot the kernel the image has installed (Debian's, with its
+    initramfs; see cloud_image) instead, the root an ext4 disk on virtio-blk (Debian's
+    kernels have no 9p), read back with debugfs afterwards."""
+    d = CACHE / "runs" / f"systemd-{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     d.mkdir(parents=True)
     root = unpack(tar, d / "root")
     units = root / "etc/systemd/system"
-    (units / "khod-e2e.service").write_text(UNIT)
-    (units / "multi-user.target.wants").mkdir(exist_ok=True)
-    (units / "multi-user.target.wants" / "khod-e2e.service").symlink_to(
-        "/etc/systemd/system/khod-e2e.service"
-    )
-    script = root / "usr/local/sbin/khod-e2e"
-    script.write_text(SCRIPT)
-    script.chmod(0o755)
+    for unit, text in UNITS.items():
+        if "early" in unit and not any(s.get("early") for s in steps):
+            continue  # its python start would hold sysinit.target for nothing
+        (units / unit).write_text(text)
+        wants = units / ("sysinit.target.wants" if "early" in unit else "multi-user.target.wants")
+        wants.mkdir(exist_ok=True)
+        (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")
+    shutil.copy(DRIVER, root / "usr/local/sbin/khod-e2e")
+    (root / "usr/local/sbin/khod-e2e").chmod(0o755)
+    (root / OUT).mkdir()
+    (root / OUT / "plan.json").write_text(json.dumps({"steps": steps}, indent=1))
+    (root / "boot/khod-e2e").mkdir(parents=True)
+    for k in ("a", "b"):
+        shutil.copy(kernel_dir / f"bzImage-{k}", root / f"boot/khod-e2e/bzImage-{k}")
+    nic = ["-nic", "none"]
+    if forward is not None:
+        (root / "etc/systemd/network/50-khod-e2e.network").write_text(NETWORK)
+        wants = units / "multi-user.target.wants"
+        (wants / "systemd-networkd.service").symlink_to(
+            "/usr/lib/systemd/system/systemd-networkd.service"
+        )
+        nic = [
+            "-nic",
+            f"user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{forward}-{GUEST_IP}:9733",
+        ]
+    for rel, text in (files or {}).items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if text.startswith("@"):
+            p.unlink(missing_ok=True)
+            p.symlink_to(text[1:])
+        else:
+            p.write_text(text)
+    ctl = d / "ctl.sock"
+    if own_kernel:
+        (vmlinuz,) = sorted((root / "boot").glob("vmlinuz-*"))
+        (initrd,) = sorted((root / "boot").glob("initrd.img-*"))
+        shutil.copy(vmlinuz, d / "vmlinuz")
+        shutil.copy(initrd, d / "initrd.img")
+        disk = d / "root.ext4"
+        r = subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(root), str(disk), "3G"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert r.returncode == 0, r.stderr
+        shutil.rmtree(root)
+        boot = [
+            *qemu_machine(d / "serial.log", d / "vmlinuz"),
+            "-initrd",
+            str(d / "initrd.img"),
+            "-drive",
+            f"file={disk},format=raw,if=virtio,cache=unsafe",
+            "-append",
+            f"{append} root=/dev/vda rw init=/lib/systemd/systemd",
+        ]
+    else:
+        boot = [
+            *qemu_machine(d / "serial.log", kernel_dir / "bzImage-a"),
+            "-append",
+            f"{append} root=groot rootfstype=9p "
+            "rootflags=trans=virtio,version=9p2000.L,msize=262144,cache=loose rw "
+            "init=/lib/systemd/systemd",
+            "-virtfs",
+            f"local,path={root},mount_tag=groot,security_model=passthrough,multidevs=remap",
+        ]
     argv = [
-        *qemu_machine(d / "serial.log", kernel),
-        "-nic",
-        "none",
-        "-no-reboot",
-        "-append",
-        f"{append} root=groot rootfstype=9p "
-        "rootflags=trans=virtio,version=9p2000.L,msize=262144,cache=loose rw "
-        "init=/lib/systemd/systemd",
-        "-virtfs",
-        f"local,path={root},mount_tag=groot,security_model=passthrough,multidevs=remap",
+        *boot,
+        *nic,
+        "-device",
+        "virtio-serial-pci",
+        "-chardev",
+        f"socket,id=ctl,path={ctl},server=on,wait=off",
+        "-device",
+        f"virtserialport,chardev=ctl,name={PORT_NAME}",
     ]
+    errors: list[str] = []
     t0 = time.monotonic()
+    log = d / "serial.log"
     with open(d / "qemu.stderr", "wb") as err:
-        try:
-            rc = subprocess.run(
-                argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, timeout=timeout, check=False
-            ).returncode
-        except subprocess.TimeoutExpired:
-            rc = -1
+        qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        rc = _follow(qemu, log, ctl, host or {}, errors, t0, timeout)
     seconds = time.monotonic() - t0
-    serial = (d / "serial.log").read_text(errors="replace") if (d / "serial.log").exists() else ""
-    if (root / OUT).is_dir():  # keep what the guest reported and the serial log, not the image
-        shutil.copytree(root / OUT, d / OUT)
-    shutil.rmtree(root)
-    return Boot(d, serial, rc, seconds)
+    serial = log.read_text(errors="replace") if log.exists() else ""
+    if own_kernel:  # what the guest wrote and its store, out of the disk
+        _debugfs(disk, f"rdump /{OUT} {d}")
+        for f in ("khod.db", "khod.db-wal"):
+            _debugfs(disk, f"dump /var/lib/khod/{f} {d / f}")
+        disk.unlink()
+    else:  # keep what the guest wrote and its store, not the image
+        if (root / OUT).is_dir():
+            shutil.copytree(root / OUT, d / OUT)
+        for f in ("khod.db", "khod.db-wal"):
+            if (root / "var/lib/khod" / f).exists():
+                shutil.copy(root / "var/lib/khod" / f, d / f)
+        shutil.rmtree(root)
+    kernels = _kho_lines(serial)
+    boots = []
+    for n in range(len(list((d / OUT).glob("boot-*")))):
+        # the driver's "boot n=N" line follows the kernel's own; take that kernel's lines
+        idx = _kernel_of(serial, n)
+        boots.append(Boot(n, d / OUT / f"boot-{n}", kernels[idx] if idx is not None else []))
+    return Run(name, d, serial, rc, seconds, boots, errors)
+
+
+def _debugfs(disk: Path, request: str) -> None:
+    """Read out of the guest's ext4 disk without mounting it (e2fsprogs' debugfs)."""
+    subprocess.run(
+        ["debugfs", "-R", request, str(disk)], capture_output=True, check=False, timeout=300
+    )
+
+
+def cloud_image(tar: Path) -> tuple[Path, float]:
+    """``tar`` with Debian's own kernel added: ``linux-image-cloud-amd64`` from
+    trixie-backports (no KHO; pstore backends, ramoops among them, as modules) and the
+    initramfs initramfs-tools makes for it. Cached beside ``tar``."""
+    key = hashlib.sha256(f"{tar.name} {CLOUD_KERNEL} v1".encode()).hexdigest()[:16]
+    out = tar.parent / f"trixie-systemd-cloud-{key}.tar"
+    if out.exists():
+        return out, 0.0
+    t0 = time.monotonic()
+    work = tar.parent / f"cloud-{key}.tmp"
+    shutil.rmtree(work, ignore_errors=True)
+    root = unpack(tar, work)
+    (root / "etc/apt/sources.list.d/khod-e2e-backports.list").write_text(
+        "deb http://deb.debian.org/debian trixie-backports main\n"
+    )
+    r = in_chroot(
+        root,
+        "apt-get update -q && apt-get install -y -q --no-install-recommends "
+        f"-t trixie-backports {CLOUD_KERNEL} && apt-get clean",
+        timeout=3600,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    pack(root, out)
+    shutil.rmtree(work, ignore_errors=True)
+    return out, time.monotonic() - t0
+
+
+def _kernel_of(serial: str, n: int) -> int | None:
+    """Which kernel start (0, 1, ...) the driver's boot n ran under."""
+    k = -1
+    for line in serial.splitlines():
+        if "] Linux version " in line:
+            k += 1
+        if re.search(rf"khod-e2e: boot n={n} boot_id=", line):
+            return k if k >= 0 else None
+    return None
+
+
+def _follow(
+    p: subprocess.Popen[bytes],
+    log: Path,
+    ctl: Path,
+    host: dict[str, Callable[[], None]],
+    errors: list[str],
+    t0: float,
+    timeout: float,
+) -> int:
+    """Wait for qemu, doing the host's part of each ``@host TAG`` the guest announces."""
+    done: set[str] = set()
+    sock: socket.socket | None = None
+    size, since = -1, time.monotonic()
+    try:
+        while True:
+            try:
+                return p.wait(1)
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            cur = log.stat().st_size if log.exists() else 0
+            if cur != size:
+                size, since = cur, now
+                text = log.read_text(errors="replace")
+                for tag in re.findall(r"khod-e2e: host (\S+)", text):
+                    if tag in done:
+                        continue
+                    done.add(tag)
+                    try:
+                        host[tag]()
+                    except Exception as e:  # the test reports it
+                        errors.append(f"{tag}: {type(e).__name__}: {e}")
+                    if sock is None:
+                        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                        sock.connect(str(ctl))
+                    sock.sendall(f"go {tag}\n".encode())
+                    since = time.monotonic()  # the host's time is not the guest's stall
+            if now - t0 > timeout or now - since > STALL_SECONDS:
+                p.kill()
+                p.wait()
+                return -1 if now - t0 > timeout else -2
+    finally:
+        if sock is not None:
+            sock.close()
