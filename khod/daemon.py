@@ -202,7 +202,11 @@ class Daemon:
             raise KhodError(f"cannot listen on {host}:{port}: {e.strerror}") from None
         self.collector.on_change = cache.invalidate
         self.collector.load(self.s.snapshot)  # the last known state, until the child is done
-        httpd.start()
+        try:
+            httpd.start()
+        except RuntimeError as e:  # not one thread to be had
+            first.kill()
+            raise KhodError(f"cannot start the metrics server: {e}") from None
         if first.wait_ready():  # committed and snapshot written (and the store checked)
             self.checked_db = self.s.db
             self._after(0, [], time.monotonic() - t0)

@@ -1,20 +1,24 @@
 """The daemon's /metrics server: prometheus-client's own WSGI app (``make_wsgi_app``:
 the text format, OpenMetrics when the Accept header asks for it, gzip) served by its
-``ThreadingWSGIServer``, over a collector whose families are kept until the snapshot
-changes. One request per connection (HTTP/1.0 answers), a thread per connection.
+``ThreadingWSGIServer`` with a fixed pool of threads, over a collector whose families
+are kept until the snapshot changes. One request per connection (HTTP/1.0 answers),
+each answered by one of ``MAX_CONNECTIONS`` handler threads started with the server.
 
 Around the library, what keeps hostile local clients from taking the machine:
 at most ``MAX_CONNECTIONS`` connections, and when they are all taken the oldest one
 that has not sent a whole request head yet is dropped to make room for the new one;
 a whole request head within ``HEAD_SECONDS`` (not per recv: a slowloris is dropped)
 and of at most ``MAX_HEAD`` bytes (else 414 or 431); an answer sent within
-``IO_SECONDS``; handler threads with a small stack.
+``IO_SECONDS``; handler threads with a small stack (``THREAD_STACK``), all started
+by ``start()`` so that the process-wide ``threading.stack_size`` is changed only
+there, never while some other thread of the process may be starting one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import queue
 import socket
 import threading
 import time
@@ -144,8 +148,26 @@ class MetricsServer(ThreadingWSGIServer):
             target=self.serve_forever, kwargs={"poll_interval": 0.25}, name="khod-metrics"
         )
         self.thread.daemon = True
+        self.pending: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
+        self.handlers: list[threading.Thread] = []
 
     def start(self) -> MetricsServer:
+        """The handler threads, then the accepting one. Call it while no other thread
+        of the process starts threads: their stack size is set for the process."""
+        default = threading.stack_size(THREAD_STACK)
+        try:
+            for i in range(MAX_CONNECTIONS):
+                t = threading.Thread(target=self._handle_pending, name=f"khod-metrics-{i}")
+                t.daemon = True
+                try:
+                    t.start()
+                except RuntimeError:  # no more threads to be had: serve with those
+                    if not self.handlers:
+                        raise
+                    break
+                self.handlers.append(t)
+        finally:
+            threading.stack_size(default)
         self.thread.start()
         return self
 
@@ -155,6 +177,18 @@ class MetricsServer(ThreadingWSGIServer):
         with self.lock:
             for s in list(self.conns):
                 self._drop(s)
+        for _ in self.handlers:
+            self.pending.put(None)
+
+    def _handle_pending(self) -> None:
+        while (job := self.pending.get()) is not None:
+            request, client_address = job
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
 
     def _drop(self, s: socket.socket) -> None:
         """Hang up on ``s`` (its thread sees EOF and ends); lock held."""
@@ -177,15 +211,8 @@ class MetricsServer(ThreadingWSGIServer):
                     return
                 self._drop(victim)
             self.conns[sock] = (time.monotonic(), False)
-        # the handler thread's small stack, for it alone (stack_size is process-wide;
-        # only this thread starts threads here)
-        default = threading.stack_size(THREAD_STACK)
-        try:
-            super().process_request(request, client_address)
-        except RuntimeError:  # no thread to be had
-            self.shutdown_request(sock)
-        finally:
-            threading.stack_size(default)
+        # admitted connections are at most as many as the handlers: none waits long
+        self.pending.put((request, client_address))
 
     def shutdown_request(self, request: Any) -> None:
         with self.lock:
