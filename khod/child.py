@@ -3,6 +3,7 @@ blocking, killed at its deadline, so the loop never waits on it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -13,15 +14,27 @@ class Child:
     """A child process the loop watches: its output (stderr too) read as it comes,
     never blocking; killed when it is still running at its deadline."""
 
-    def __init__(self, argv: list[str], timeout: float, what: str) -> None:
+    def __init__(
+        self, argv: list[str], timeout: float, what: str, stdin: bytes | None = None
+    ) -> None:
         self.what = what
         self.timeout = timeout
         self.started = time.monotonic()
         self.deadline = self.started + timeout
         self.out = b""
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            argv,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
+        if stdin is not None:  # its job: small, and read first thing
+            assert self.proc.stdin is not None
+            with contextlib.suppress(BrokenPipeError):  # gone: its output says why
+                try:
+                    self.proc.stdin.write(stdin)
+                finally:
+                    self.proc.stdin.close()
 
     @property
     def stdout(self) -> IO[bytes]:

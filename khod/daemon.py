@@ -1,5 +1,6 @@
 """The resident daemon. It never imports SQLAlchemy: ingests run in a child process
-(``khod --once ... --snapshot``) that writes the metrics snapshot this process serves.
+(the first one forked early, ``khod.firstingest``; later ones ``khod.ingest.worker``)
+that writes the metrics snapshot this process serves.
 
 Start: (capture already done by the entry point) -> child ingest, while this process
 binds /metrics -> READY=1 -> loop: watchdog, late pstore backends (module uevents),
@@ -43,34 +44,23 @@ class Settings:
         return self.state_dir / "metrics.json"
 
 
-def child_argv(s: Settings, *extra: str) -> list[str]:
-    c = s.cfg
-    argv = [
-        sys.executable,
-        "-m",
-        "khod.cli.khod_main",
-        "--once",
-        "--sysroot",
-        str(s.sysroot),
-        "--state-dir",
-        str(s.state_dir),
-        "--snapshot",
-        str(s.snapshot),
-        "--journal",
-        "--pstore-inflate-limit",
-        str(c.inflate_limit),
-        "--max-boots",
-        str(c.max_boots),
-        "--max-age",
-        str(c.max_age),
-        "--max-bytes",
-        str(c.max_bytes),
-    ]
-    if s.db:
-        argv += ["--db", s.db]
-    if c.own_pstore:
-        argv.append("--own-pstore")
-    return argv + list(extra)
+def ingest_job(s: Settings, *, rescan: bool = False, store_checked: bool = False) -> bytes:
+    """A later ingest's job, for ``khod.ingest.worker``'s stdin: this boot collected
+    again (or only pstore rescanned), under the daemon's configuration."""
+    import pickle  # noqa: PLC0415
+
+    from khod.ingest.pipeline import IngestJob  # noqa: PLC0415  (standard library only)
+    from khod.paths import HostPaths  # noqa: PLC0415
+
+    job = IngestJob(
+        s.cfg,
+        HostPaths(s.sysroot),
+        rescan=rescan,
+        snapshot=s.snapshot,
+        journal=True,
+        store_checked=store_checked,
+    )
+    return pickle.dumps(job)
 
 
 def sync_argv(s: Settings) -> list[str]:
@@ -92,7 +82,7 @@ class Daemon:
         self.sync_failures = 0
         self.ingest_child: Child | None = None
         self.ingest_reload = False  # the running ingest is a reload's: READY=1 after it
-        self.pending: list[tuple[tuple[str, ...], bool]] = []  # (extra argv, reload)
+        self.pending: list[tuple[bool, bool]] = []  # (a pstore rescan only, a reload's)
         self.checked_db: str | None = None  # the store an ingest of this start checked whole
         self.checking: str | None = None  # the store the running ingest checks whole
         self.recorded = False  # an ingest of this start succeeded: the boot is in the store
@@ -117,28 +107,30 @@ class Daemon:
         self._wsock = wsock
         return rsock
 
-    def ingest(self, *extra: str, reload: bool = False) -> None:
+    def ingest(self, *, rescan: bool = False, reload: bool = False) -> None:
         """Queue a child ingest (one runs at a time; the same one is queued once) and
         start it when none is running; the loop watches it (``_ingest_step``)."""
         for i, (queued, was_reload) in enumerate(self.pending):
-            if queued == extra:
+            if queued == rescan:
                 self.pending[i] = (queued, was_reload or reload)
                 break
         else:
-            self.pending.append((extra, reload))
+            self.pending.append((rescan, reload))
         self._start_ingest()
 
     def _start_ingest(self) -> None:
         if self.ingest_child is not None or not self.pending:
             return
-        extra, self.ingest_reload = self.pending.pop(0)
-        if self.s.db == self.checked_db:  # checked whole this start: the header suffices
-            extra = ("--store-checked", *extra)
-            self.checking = None
-        else:  # not yet (the first ingest failed), or another store (a reload)
-            self.checking = self.s.db
+        rescan, self.ingest_reload = self.pending.pop(0)
+        checked = self.s.db == self.checked_db  # checked whole this start: the header
+        self.checking = None if checked else self.s.db  # else the first failed, a reload
+        from khod.ingest.worker import argv  # noqa: PLC0415
+
         self.ingest_child = Child(
-            child_argv(self.s, *extra), float(max(1, self.s.cfg.ingest_timeout)), "ingest"
+            argv(self.s.debug),
+            float(max(1, self.s.cfg.ingest_timeout)),
+            "ingest",
+            ingest_job(self.s, rescan=rescan, store_checked=checked),
         )
 
     def _ingest_step(self, ready: list[Any]) -> None:
@@ -256,7 +248,7 @@ class Daemon:
                     self._on_hup()
                 if watcher is not None and watcher in ready and watcher.drain():
                     self.log("a kernel module loaded: rescanning pstore")
-                    self.ingest("--pstore-rescan")
+                    self.ingest(rescan=True)
                 if self.retry_at is not None and time.monotonic() >= self.retry_at:
                     self.retry_at = None
                     self.ingest()

@@ -2,8 +2,8 @@
 
 The child imports the store (SQLAlchemy: most of an ingest's time) at once, while the
 parent parses its command line and collects this boot; the parent then sends the job
-(arguments, configuration, paths, the observation) down a pipe, and the child stores
-it and writes one byte back when the boot is committed and the snapshot written: the
+(``khod.ingest.pipeline.IngestJob``, the observation in it) down a pipe, and the child
+runs it and writes one byte back when the boot is committed and the snapshot written: the
 parent's cue for READY=1. A parent that fails before sending closes the pipe, and the
 child exits quietly (the parent reports the error, once). A child that fails says why in
 one line and exits 1; the parent reports the failed ingest.
@@ -15,10 +15,12 @@ import os
 import pickle
 import signal
 import sys
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from khod.errors import KhodError
+
+if TYPE_CHECKING:  # the early fork imports nothing it does not need
+    from khod.ingest.pipeline import IngestJob
 
 
 class FirstIngest:
@@ -28,19 +30,19 @@ class FirstIngest:
         self.ready_r = ready_r
 
     @classmethod
-    def fork(cls, store_part: Callable[..., int]) -> FirstIngest:
+    def fork(cls) -> FirstIngest:
         job_r, job_w = os.pipe()
         ready_r, ready_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(job_w)
             os.close(ready_r)
-            _child(store_part, job_r, ready_w)
+            _child(job_r, ready_w)
         os.close(job_r)
         os.close(ready_w)
         return cls(pid, job_w, ready_r)
 
-    def send(self, job: Any) -> None:
+    def send(self, job: IngestJob) -> None:
         data = pickle.dumps(job)
         try:
             with os.fdopen(self.job_w, "wb") as f:
@@ -83,7 +85,7 @@ class FirstIngest:
             self.wait()
 
 
-def _child(store_part: Callable[..., int], job_r: int, ready_w: int) -> None:
+def _child(job_r: int, ready_w: int) -> None:
     code = 1
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -96,13 +98,12 @@ def _child(store_part: Callable[..., int], job_r: int, ready_w: int) -> None:
         if not data:
             code = 0  # the parent stopped before the daemon started; it said why
         else:
-            from khod.cli.common import run_main  # noqa: PLC0415
+            from khod.ingest.pipeline import run_ingest  # noqa: PLC0415
+            from khod.oneline import run_main  # noqa: PLC0415
 
-            args, cfg, paths, obs = pickle.loads(data)  # noqa: S301  (our own parent)
+            job: IngestJob = pickle.loads(data)  # noqa: S301  (our own parent)
             code = run_main(
-                "khod",
-                lambda _argv: store_part(args, cfg, paths, obs, lambda: os.write(ready_w, b"1")),
-                [],
+                "khod", lambda _argv: run_ingest(job, lambda: os.write(ready_w, b"1")), []
             )
     except BaseException as e:  # os._exit below: nothing else would say it
         code = 1

@@ -76,7 +76,7 @@ def test_first_ingest_child_that_dies_says_why(tmp_path: Path) -> None:
             def __reduce__(self):
                 return (_refuse, ())
 
-        first = FirstIngest.fork(lambda *a, **k: 0)
+        first = FirstIngest.fork()
         first.send(Job())
         print(first.wait_ready(), first.wait())
         """

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from khod.cli.common import run_main
-from khod.ingest import IngestOptions, ingest_boot
+from khod.ingest.steps import IngestOptions, ingest_boot
 from khod.metrics import SnapshotCollector, exposition, make_registry
 from khod.parse.metadata import decode_release
 from khod.paths import HostPaths

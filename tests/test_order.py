@@ -10,7 +10,7 @@ import pytest
 
 from khod.cli import khoctl
 from khod.cli.common import run_main
-from khod.ingest import IngestOptions, ingest_boot
+from khod.ingest.steps import IngestOptions, ingest_boot
 from khod.paths import HostPaths
 from khod.store.attempts import save_attempt
 from khod.store.db import Store, open_store

@@ -17,7 +17,7 @@ from khod.cli.common import run_main
 from khod.collect import collect
 from khod.collect_pstore import collect_pstore
 from khod.errors import ParseError
-from khod.ingest import IngestOptions, ingest_boot, rescan_pstore
+from khod.ingest.steps import IngestOptions, ingest_boot, rescan_pstore
 from khod.parse.pstore import InflateStatus, inflate, parse_dmesg_header, parse_pstore_name
 from khod.parse.pstore_kho import parse_pstore_kho
 from khod.paths import HostPaths

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from khod.cli import khoctl
 from khod.cli.common import run_main
-from khod.ingest import IngestOptions, ingest_boot
+from khod.ingest.steps import IngestOptions, ingest_boot
 from khod.paths import HostPaths
 from khod.store.boots import load_boots, load_events
 from khod.store.db import open_store

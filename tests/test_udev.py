@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from khod.ingest import IngestOptions, ingest_boot, rescan_pstore
+from khod.ingest.steps import IngestOptions, ingest_boot, rescan_pstore
 from khod.paths import HostPaths
 from khod.store.db import open_store
 from khod.udev import PyudevWatcher

@@ -1,20 +1,19 @@
-"""What khod and khoctl share: root/db options and the one-line error contract."""
+"""What khod and khoctl share: root/db options, JSON out; the one-line error contract
+and terminal-safe text (``khod.oneline``) under the names the commands use."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
-import select
 import sys
-import traceback
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from khod.errors import KhodError
+from khod.oneline import print_text, run_main
 from khod.paths import HostPaths
+
+__all__ = ["add_common", "host_paths", "print_json", "print_text", "run_main"]
 
 
 def add_common(p: argparse.ArgumentParser, *, command: bool = False) -> None:
@@ -54,105 +53,3 @@ def host_paths(args: argparse.Namespace) -> HostPaths:
 def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=2, sort_keys=False, ensure_ascii=False)
     sys.stdout.write("\n")
-
-
-# C0 but tab and newline, DEL, C1 (U+009B is a CSI on its own)
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def escape_controls(text: str) -> str:
-    """Every control character but newline and tab as ``\\xNN``, as journalctl shows
-    them: text from the kernel or a user can then neither move the cursor nor retitle
-    or clear the operator's terminal."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
-def print_text(text: str, file: TextIO | None = None) -> None:
-    """Print text for a person: control characters escaped when ``file`` (stdout by
-    default) is a terminal, exact otherwise (a pipe, a file)."""
-    out = sys.stdout if file is None else file
-    print(escape_controls(text) if out.isatty() else text, file=out)
-
-
-STDOUT_CLOSED = 128 + 13  # the status of a program killed by SIGPIPE, as a shell shows it
-
-
-def stdout_closed() -> bool:
-    """True when the reader of stdout is gone (``khoctl history | head -c1``)."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):
-        return False
-    p = select.poll()
-    p.register(fd, select.POLLOUT)
-    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
-
-
-def _quiet_stdout() -> None:
-    """Point stdout at /dev/null: the interpreter's last flush must not fail again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, sys.stdout.fileno())
-    finally:
-        os.close(devnull)
-
-
-def store_error_line(e: BaseException) -> str | None:
-    """A database error (locked, failing) raised where no StoreError was made of it:
-    the database and the driver's first line; None for anything else."""
-    location = getattr(e, "khod_location", None)
-    if location is None:
-        return None
-    from khod.store.db import describe_db_error  # noqa: PLC0415  (SQLAlchemy is loaded)
-
-    return f"database {location}: {describe_db_error(e)}"
-
-
-def run_main(
-    prog: str,
-    main: Callable[[Sequence[str]], int],
-    argv: Sequence[str],
-    config_error_status: int = 1,
-) -> int:
-    """Call main; turn errors into one line on stderr and an exit status (1; a
-    configuration error ``config_error_status``: the daemon's is 78, EX_CONFIG).
-
-    A closed stdout (its reader exited) ends the command quietly with status 141, as
-    SIGPIPE would; a broken pipe or socket anywhere else is an error."""
-    debug = "--debug" in argv
-    try:
-        code = main(argv)
-        sys.stdout.flush()  # a closed stdout shows here, not in the interpreter's exit
-        return code
-    except KhodError as e:
-        if debug:
-            traceback.print_exc()
-        print_text(f"{prog}: error: {e}", sys.stderr)
-        from khod.conffiles import ConfigError  # noqa: PLC0415  (standard library only)
-
-        return config_error_status if isinstance(e, ConfigError) else 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError as e:
-        if stdout_closed():
-            _quiet_stdout()
-            return STDOUT_CLOSED
-        if debug:
-            traceback.print_exc()
-        print(
-            f"{prog}: error: broken pipe: {e} (run with --debug for the traceback)", file=sys.stderr
-        )
-        return 1
-    except Exception as e:  # the contract: one line, the traceback only with --debug
-        if debug:
-            traceback.print_exc()
-        line = store_error_line(e)
-        if line is not None:
-            print_text(f"{prog}: error: {line}", sys.stderr)
-            return 1
-        print_text(
-            f"{prog}: error: internal error: {type(e).__name__}: {e} "
-            "(run with --debug for the traceback)",
-            sys.stderr,
-        )
-        return 1

@@ -9,8 +9,8 @@ from typing import Any
 
 from khod import __version__
 from khod.cli.common import add_common, host_paths, print_json, print_text, run_main
-from khod.errors import KhodError, ParseError, SourceError
-from khod.paths import HostPaths
+from khod.errors import KhodError
+from khod.sources.identity import this_boot, this_machine
 
 
 def parser() -> argparse.ArgumentParser:
@@ -58,36 +58,6 @@ def parser() -> argparse.ArgumentParser:
     c = cmd("db", "manage the store's schema")
     c.add_argument("action", choices=("upgrade", "current"))
     return p
-
-
-def this_machine(paths: HostPaths) -> str | None:
-    """/etc/machine-id; before it is initialized, this boot's provisional identity (what
-    collection records it under); None without a usable one (every machine is shown)."""
-    from khod.parse.proc import (  # noqa: PLC0415
-        machine_id_pending,
-        parse_machine_id,
-        provisional_machine_id,
-    )
-    from khod.sources.files import read_bytes  # noqa: PLC0415
-
-    try:
-        data = read_bytes(paths.machine_id, "machine-id", 4096)
-        if not machine_id_pending(data):
-            return parse_machine_id(data, "machine-id")
-    except (SourceError, ParseError):
-        return None
-    boot = this_boot(paths)
-    return provisional_machine_id(boot) if boot is not None else None
-
-
-def this_boot(paths: HostPaths) -> str | None:
-    from khod.parse.proc import parse_boot_id  # noqa: PLC0415
-    from khod.sources.files import read_bytes  # noqa: PLC0415
-
-    try:
-        return parse_boot_id(read_bytes(paths.boot_id, "boot_id", 4096), "boot_id")
-    except (SourceError, ParseError):
-        return None
 
 
 def cmd_status(args: argparse.Namespace) -> int:

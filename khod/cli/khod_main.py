@@ -140,7 +140,8 @@ def parser() -> Any:
         help="with --once: send journal entries for the boot and the pstore records this "
         "ingest recorded new (the daemon always does; khod-pstore.service asks)",
     )
-    # used by the daemon for its ingest child
+    # the daemon's own ingests take these from it (khod.ingest.pipeline.IngestJob);
+    # on the command line they are for tests and the benchmarks
     p.add_argument("--snapshot", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--pstore-rescan", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--store-checked", action="store_true", help=argparse.SUPPRESS)
@@ -191,155 +192,50 @@ def _count(v: str, key: str) -> int:
     return int(v)
 
 
+def job(args: Any, cfg: Any, paths: Any, obs: Any = None) -> Any:
+    """The ``khod.ingest.pipeline.IngestJob`` this command line asks for."""
+    from khod.ingest.pipeline import IngestJob  # noqa: PLC0415
+
+    return IngestJob(
+        cfg,
+        paths,
+        obs,
+        rescan=args.pstore_rescan,
+        snapshot=args.snapshot,
+        journal=args.journal,
+        store_checked=args.store_checked,
+    )
+
+
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     cfg = effective_config(args)
     from khod.cli.common import host_paths  # noqa: PLC0415
+    from khod.ingest.pipeline import collect_boot, run_ingest  # noqa: PLC0415
 
     paths = host_paths(args)
-    if not args.once:
-        from pathlib import Path  # noqa: PLC0415
-
-        from khod.collect import collect  # noqa: PLC0415
-        from khod.daemon import Daemon, Settings  # noqa: PLC0415
-
-        def settings() -> Settings:
-            c = effective_config(args)
-            return Settings(
-                args.sysroot, args.config, c, Path(c.state_dir), c.db or None, args.debug
-            )
-
-        s = settings()
-        args.snapshot, args.journal = s.snapshot, True
-        obs = collect(paths, s.cfg.inflate_limit)
-        print_events(obs.events)
-        if FIRST_INGEST is None:  # main() called in-process (tests): fork here
-            from khod.firstingest import FirstIngest  # noqa: PLC0415
-
-            first = FirstIngest.fork(store_part)
-        else:
-            first = FIRST_INGEST
-        first.send((args, s.cfg, paths, obs))
-        del obs  # the child has it; the resident process keeps none of its bytes
-        return Daemon(s, settings).run(first)
-    return once(args, cfg, paths)
-
-
-def once(args: Any, cfg: Any, paths: Any) -> int:
-    """``khod --once``: collect and store in this process."""
-    if args.pstore_rescan:
-        return store_part(args, cfg, paths, None)
-    from khod.collect import collect  # noqa: PLC0415
-
-    obs = collect(paths, cfg.inflate_limit)
-    print_events(obs.events)
-    return store_part(args, cfg, paths, obs)
-
-
-def print_events(events: Any) -> None:
-    for e in events:
-        print(f"khod: {e.severity}: {e.message}", file=sys.stderr)
-
-
-def store_part(args: Any, cfg: Any, paths: Any, obs: Any, on_ready: Any = None) -> int:
-    """Save a collected boot (or rescan pstore when ``obs`` is None), then retention,
-    the metrics snapshot, ``on_ready`` (the daemon's READY=1), the journal."""
-    import time  # noqa: PLC0415
+    if args.once:
+        return run_ingest(job(args, cfg, paths))
     from pathlib import Path  # noqa: PLC0415
 
-    from khod.capture import read_boot_id  # noqa: PLC0415
-    from khod.ingest import IngestOptions, recover_spools, rescan_pstore, save_boot  # noqa: PLC0415
-    from khod.observation import Severity  # noqa: PLC0415
-    from khod.store.db import open_store  # noqa: PLC0415
+    from khod.daemon import Daemon, Settings  # noqa: PLC0415
 
-    t0 = time.monotonic()
-    opts = IngestOptions(own_pstore=cfg.own_pstore, inflate_limit=cfg.inflate_limit)
-    from khod.store.db import default_db_url  # noqa: PLC0415
-    from khod.store.salvage import salvage  # noqa: PLC0415
+    def settings() -> Settings:
+        c = effective_config(args)
+        return Settings(args.sysroot, args.config, c, Path(c.state_dir), c.db or None, args.debug)
 
-    # the daemon checks the whole store in its first ingest; its later ones the header
-    damaged = salvage(cfg.db or default_db_url(), quick_check=not args.store_checked)
-    if damaged is not None and damaged.severity is Severity.INFO:  # checked, whole
-        if args.snapshot:  # a daemon's ingest: say so once per start
-            print(f"khod: {damaged.message}", file=sys.stderr)
-        damaged = None
-    if damaged is not None:
-        print_events([damaged])
-        if obs is not None:
-            import dataclasses  # noqa: PLC0415
+    s = settings()
+    args.snapshot, args.journal = s.snapshot, True
+    obs = collect_boot(job(args, s.cfg, paths))
+    if FIRST_INGEST is None:  # main() called in-process (tests): fork here
+        from khod.firstingest import FirstIngest  # noqa: PLC0415
 
-            obs = dataclasses.replace(obs, events=(*obs.events, damaged))
-    store = open_store(cfg.db or None)
-    spool = Path(cfg.state_dir) / "spool"
-    try:
-        for line in recover_spools(spool, store, opts, read_boot_id(str(paths.root))):
-            print(f"khod: {line}", file=sys.stderr)
-        if obs is None:
-            from khod.cli.khoctl import this_boot, this_machine  # noqa: PLC0415
-
-            machine, boot = this_machine(paths), this_boot(paths)
-            if machine is None or boot is None:
-                from khod.errors import KhodError  # noqa: PLC0415
-
-                raise KhodError("cannot identify this boot for the pstore rescan")
-            rescan = rescan_pstore(paths, store, machine, boot, opts)
-            result, new = rescan.result, rescan.events
-            print(f"khod: pstore rescan: {result.new_pstore} new records")
-        else:
-            result, later = save_boot(paths, store, obs, opts)
-            machine, boot = obs.machine_id, obs.boot_id
-            new = [e for e in later if e.severity is not Severity.INFO]
-        print_events(new)
-        from khod.store.retention import retention  # noqa: PLC0415
-
-        kept = retention(
-            store,
-            machine,
-            result.boot_pk,
-            max_boots=cfg.max_boots,
-            max_age=cfg.max_age,
-            max_bytes=cfg.max_bytes,
-        )
-        print_events(kept.events)
-        dropped = kept.deleted
-        if dropped:
-            print(f"khod: retention: removed {dropped} old boots", file=sys.stderr)
-        if args.snapshot:
-            from khod.snapshot import compute_snapshot, write_snapshot  # noqa: PLC0415
-
-            write_snapshot(
-                args.snapshot,
-                compute_snapshot(
-                    store, machine, boot, ingested_at=time.time(), duration=time.monotonic() - t0
-                ),
-            )
-        if on_ready is not None:
-            on_ready()
-        if args.journal:
-            from khod import sd  # noqa: PLC0415
-
-            if obs is None:  # a rescan: the records a late backend brought
-                sd.journal_pstore(rescan.boot, rescan.records, result.pstore_saved)
-            else:
-                if result.created:
-                    sd.journal_boot(obs, list(obs.events))
-                sd.journal_pstore(obs, obs.pstore, result.pstore_saved)
-        try:
-            (spool / f"{boot}.spool").unlink(missing_ok=True)  # ingested: no longer needed
-        except OSError as e:
-            print(
-                f"khod: warning: cannot remove {spool / boot}.spool: {e.strerror}", file=sys.stderr
-            )
-    finally:
-        store.dispose()
-    if obs is not None:
-        what = f"{obs.kind}"
-        if obs.previous_release is not None or obs.kexec_count:
-            what += f" from {obs.previous_release or '?'}, count {obs.kexec_count}"
-        verb = "recorded" if result.created else "already recorded"
-        ps = f"; {result.new_pstore} new pstore records" if result.new_pstore else ""
-        print(f"khod: {verb} boot {obs.boot_id} ({obs.release}, {what}){ps} in {store.location}")
-    return 0
+        first = FirstIngest.fork()
+    else:
+        first = FIRST_INGEST
+    first.send(job(args, s.cfg, paths, obs))
+    del obs  # the child has it; the resident process keeps none of its bytes
+    return Daemon(s, settings).run(first)
 
 
 FIRST_INGEST: Any = None  # the daemon's pre-forked first ingest (khod.firstingest)
@@ -356,7 +252,7 @@ def run() -> None:
         # parses the command line and collects, then it stores what it is sent
         from khod.firstingest import FirstIngest  # noqa: PLC0415
 
-        FIRST_INGEST = FirstIngest.fork(store_part)
+        FIRST_INGEST = FirstIngest.fork()
     from khod.cli.common import run_main  # noqa: PLC0415
 
     # the daemon's configuration error is 78 (EX_CONFIG): khod.service does not restart

@@ -149,7 +149,7 @@ def open_store(url_text: str | None = None, *, create: bool = True, migrate: boo
 
     def tag_location(ctx: Any) -> None:
         # an error that no caller turns into a StoreError still names its database in
-        # the one line run_main prints (khod.cli.common.store_error_line)
+        # the one line run_main prints (khod.oneline.store_error_line)
         # (only the driver's errors: an interrupt or a bug raised while a statement ran
         # is left as it is, and SQLAlchemy wraps nothing then)
         if isinstance(ctx.sqlalchemy_exception, DBAPIError):

@@ -1,0 +1,146 @@
+"""One ingest, start to end: check the store, open it, recover spooled boots, save this
+boot (or rescan pstore), release owned pstore files, apply retention, write the
+metrics snapshot, say ready, journal, drop this boot's spool.
+
+``khod --once``, the daemon's first ingest and its later ones (``khod.ingest.worker``)
+all run ``run_ingest``; what each one does differently is in its ``IngestJob``.
+Progress and problems are lines on stderr (``khod: ...``), which the daemon logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from khod.config import Config
+from khod.errors import KhodError
+from khod.observation import BootObservation, Event
+from khod.paths import HostPaths
+
+
+@dataclass(frozen=True)
+class IngestJob:
+    cfg: Config  # the effective configuration (file, then command line)
+    paths: HostPaths
+    obs: BootObservation | None = None  # collected already; None: collect it here
+    rescan: bool = False  # only add the pstore records of a backend that came late
+    snapshot: Path | None = None  # the daemon's ingests write its metrics snapshot here
+    journal: bool = False  # journal entries for the boot and the records new in it
+    store_checked: bool = False  # checked whole earlier in this start: the header suffices
+
+
+def print_events(events: Sequence[Event]) -> None:
+    for e in events:
+        print(f"khod: {e.severity}: {e.message}", file=sys.stderr)
+
+
+def collect_boot(job: IngestJob) -> BootObservation:
+    """This boot, collected through ``job.paths``; its problems printed."""
+    from khod.collect import collect  # noqa: PLC0415
+
+    obs = collect(job.paths, job.cfg.inflate_limit)
+    print_events(obs.events)
+    return obs
+
+
+def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> int:
+    """Run ``job``; ``on_ready`` (the daemon's cue for READY=1) once the boot is
+    committed and the snapshot written. 0, or an error raised (``khod.oneline``)."""
+    from khod.capture import read_boot_id  # noqa: PLC0415
+    from khod.ingest.steps import (  # noqa: PLC0415
+        IngestOptions,
+        Rescan,
+        recover_spools,
+        rescan_pstore,
+        save_boot,
+    )
+    from khod.observation import Severity  # noqa: PLC0415
+    from khod.store.db import default_db_url, open_store  # noqa: PLC0415
+    from khod.store.retention import retention  # noqa: PLC0415
+    from khod.store.salvage import salvage  # noqa: PLC0415
+
+    cfg, paths = job.cfg, job.paths
+    obs = None if job.rescan else job.obs if job.obs is not None else collect_boot(job)
+    t0 = time.monotonic()
+    opts = IngestOptions(own_pstore=cfg.own_pstore, inflate_limit=cfg.inflate_limit)
+    # the daemon checks the whole store in its first ingest; its later ones the header
+    damaged = salvage(cfg.db or default_db_url(), quick_check=not job.store_checked)
+    if damaged is not None and damaged.severity is Severity.INFO:  # checked, whole
+        if job.snapshot is not None:  # a daemon's ingest: say so once per start
+            print(f"khod: {damaged.message}", file=sys.stderr)
+        damaged = None
+    if damaged is not None:
+        print_events([damaged])
+        if obs is not None:
+            obs = dataclasses.replace(obs, events=(*obs.events, damaged))
+    store = open_store(cfg.db or None)
+    spool = Path(cfg.state_dir) / "spool"
+    rescan: Rescan | None = None
+    try:
+        for line in recover_spools(spool, store, opts, read_boot_id(str(paths.root))):
+            print(f"khod: {line}", file=sys.stderr)
+        if obs is None:
+            from khod.sources.identity import this_boot, this_machine  # noqa: PLC0415
+
+            machine, boot = this_machine(paths), this_boot(paths)
+            if machine is None or boot is None:
+                raise KhodError("cannot identify this boot for the pstore rescan")
+            rescan = rescan_pstore(paths, store, machine, boot, opts)
+            result, new = rescan.result, rescan.events
+            print(f"khod: pstore rescan: {result.new_pstore} new records")
+        else:
+            result, later = save_boot(paths, store, obs, opts)
+            machine, boot = obs.machine_id, obs.boot_id
+            new = [e for e in later if e.severity is not Severity.INFO]
+        print_events(new)
+        kept = retention(
+            store,
+            machine,
+            result.boot_pk,
+            max_boots=cfg.max_boots,
+            max_age=cfg.max_age,
+            max_bytes=cfg.max_bytes,
+        )
+        print_events(kept.events)
+        if kept.deleted:
+            print(f"khod: retention: removed {kept.deleted} old boots", file=sys.stderr)
+        if job.snapshot is not None:
+            from khod.snapshot import compute_snapshot, write_snapshot  # noqa: PLC0415
+
+            write_snapshot(
+                job.snapshot,
+                compute_snapshot(
+                    store, machine, boot, ingested_at=time.time(), duration=time.monotonic() - t0
+                ),
+            )
+        if on_ready is not None:
+            on_ready()
+        if job.journal:
+            from khod import sd  # noqa: PLC0415
+
+            if rescan is not None:  # a rescan: the records a late backend brought
+                sd.journal_pstore(rescan.boot, rescan.records, result.pstore_saved)
+            elif obs is not None:
+                if result.created:
+                    sd.journal_boot(obs, list(obs.events))
+                sd.journal_pstore(obs, obs.pstore, result.pstore_saved)
+        try:
+            (spool / f"{boot}.spool").unlink(missing_ok=True)  # ingested: no longer needed
+        except OSError as e:
+            print(
+                f"khod: warning: cannot remove {spool / boot}.spool: {e.strerror}", file=sys.stderr
+            )
+    finally:
+        store.dispose()
+    if obs is not None:
+        what = f"{obs.kind}"
+        if obs.previous_release is not None or obs.kexec_count:
+            what += f" from {obs.previous_release or '?'}, count {obs.kexec_count}"
+        verb = "recorded" if result.created else "already recorded"
+        ps = f"; {result.new_pstore} new pstore records" if result.new_pstore else ""
+        print(f"khod: {verb} boot {obs.boot_id} ({obs.release}, {what}){ps} in {store.location}")
+    return 0

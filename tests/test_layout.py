@@ -1,0 +1,41 @@
+"""The layout a reader relies on: every package ships, and data flows one way (nothing
+below the command line imports it)."""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "khod"
+
+
+def test_every_package_is_in_the_distribution() -> None:
+    """A package left out of pyproject.toml works from the checkout and is missing from
+    the deb, the rpm and the wheel."""
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
+
+
+def imported(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def test_nothing_below_the_command_line_imports_it() -> None:
+    back = {
+        str(p.relative_to(ROOT)): sorted(n for n in imported(p) if n.startswith("khod.cli"))
+        for p in PACKAGE.rglob("*.py")
+        if "cli" not in p.relative_to(PACKAGE).parts
+    }
+    assert {p: n for p, n in back.items() if n} == {}
