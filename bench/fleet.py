@@ -10,7 +10,7 @@ import   `khoctl import` into PostgreSQL (a durable cluster: fsync on) and into 
          of the same file (json.loads per line, then COPY / executemany of the boots);
          peak RSS of the import, and of importing a tenth of the file (bounded: the
          same, whatever the size)
-report   `report transitions` (khod.store.report, SQLAlchemy Core) against the same
+report   `report transitions` (khod.fleet.report, SQLAlchemy Core) against the same
          query written by hand and run on the bare driver (psycopg, sqlite3):
          target <= 1.5x on both; peak RSS of `khoctl report transitions --json`
 """
@@ -259,8 +259,8 @@ def hand_load_sqlite(path: Path, db: Path) -> float:
 
 
 def time_report(url: str, runs: int) -> tuple[float, list[Any]]:
+    from khod.fleet.report import transitions
     from khod.store.db import open_store
-    from khod.store.report import transitions
 
     store = open_store(url)
     times, rows = [], []

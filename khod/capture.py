@@ -18,6 +18,7 @@ import os
 import stat
 import struct
 
+from khod.atomic import write_file
 from khod.sources.files import read_kmsg_device
 
 MAGIC = b"KHODSPOOL1\n"
@@ -115,19 +116,7 @@ def capture(root: str, spool_dir: str) -> str | None:
         # a planted symlink (or someone else's directory) would send this write elsewhere
         raise OSError(errno.EPERM, f"{spool_dir}: not a directory of ours (a symlink?)")
     final = os.path.join(spool_dir, f"{boot_id}.spool")
-    tmp = f"{final}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, b"".join(parts))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, final)
-    dfd = os.open(spool_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_file(final, b"".join(parts))
     return final
 
 

@@ -18,7 +18,7 @@ inflate_limit = "16MiB"       # larger .enc.z records are kept compressed
 
 [retention]                   # applied after every ingest; this boot is always kept
 max_boots = 10000             # per machine; 0 = no limit
-max_age = "730d"              # s, m, h, d; "0" = no limit
+max_age = "730d"              # s, m, h, d, w; "0" = no limit
 max_bytes = "1GiB"            # raw blobs and pstore bytes per machine; "0" = no limit
 
 [sync]                        # store-and-forward to the fleet database
@@ -36,10 +36,10 @@ from typing import Any
 from khod.conffiles import DEFAULT_PATH as _DEFAULT
 from khod.conffiles import ConfigError as ConfigError  # noqa: PLC0414 (re-exported)
 from khod.conffiles import merged
+from khod.timespec import duration
 
 DEFAULT_PATH = Path(_DEFAULT)
 _SIZE = re.compile(r"^(\d+)\s*(B|KiB|MiB|GiB|TiB|K|M|G|T)?$")
-_DURATION = re.compile(r"^(\d+)\s*(s|m|h|d)?$")
 _UNITS = {
     None: 1,
     "B": 1,
@@ -52,7 +52,6 @@ _UNITS = {
     "T": 1 << 40,
     "TiB": 1 << 40,
 }
-_SECONDS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_size(value: object, key: str) -> int:
@@ -67,10 +66,10 @@ def parse_size(value: object, key: str) -> int:
 def parse_duration(value: object, key: str) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
-    m = _DURATION.match(str(value).strip()) if isinstance(value, str) else None
-    if not m:
+    seconds = duration(value) if isinstance(value, str) else None
+    if seconds is None:
         raise ConfigError(f"{key}: expected a duration like '30d', got {value!r}")
-    return int(m.group(1)) * _SECONDS[m.group(2)]
+    return seconds
 
 
 def parse_listen(value: object, key: str) -> tuple[str, int]:

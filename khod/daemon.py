@@ -25,6 +25,7 @@ from khod import sd
 from khod.child import Child
 from khod.config import Config
 from khod.errors import KhodError
+from khod.fleet import worker as fleet_worker
 
 SYNC_FIRST_RETRY = 30.0  # then doubling, up to sync.interval
 SYNC_TIMEOUT = 600.0
@@ -61,13 +62,6 @@ def ingest_job(s: Settings, *, rescan: bool = False, store_checked: bool = False
         store_checked=store_checked,
     )
     return pickle.dumps(job)
-
-
-def sync_argv(s: Settings) -> list[str]:
-    argv = [sys.executable, "-m", "khod.cli.khoctl", "sync", "--to", s.cfg.sync_to]
-    if s.db:
-        argv += ["--db", s.db]
-    return argv
 
 
 class Daemon:
@@ -266,7 +260,7 @@ class Daemon:
         return 0
 
     def _sync_step(self, ready: list[Any]) -> None:
-        """Store-and-forward: ``khoctl sync`` in a child, never blocking this loop (the
+        """Store-and-forward: a push (khod.fleet.worker) in a child, never blocking this loop (the
         fleet database may hang); on failure retry after 30 s, doubling up to the
         interval. Nothing is lost meanwhile: the local store is the source of truth."""
         now = time.monotonic()
@@ -276,7 +270,7 @@ class Daemon:
             if rc is None:
                 return
             self.sync = None
-            for line in child.lines("khoctl: "):
+            for line in child.lines("khod: "):
                 self.log(line)
             self.collector.sync_result(rc == 0)
             interval = float(self.s.cfg.sync_interval)
@@ -297,7 +291,7 @@ class Daemon:
         if now < self.sync_at:
             return
         self.sync_at = None
-        self.sync = Child(sync_argv(self.s), SYNC_TIMEOUT, "sync")
+        self.sync = Child(fleet_worker.argv(self.s.cfg.sync_to, self.s.db), SYNC_TIMEOUT, "sync")
 
     def _on_hup(self) -> None:
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
+from khod.atomic import write_file
 from khod.records import KINDS, SOURCES, VERDICTS
 
 
@@ -164,16 +164,9 @@ def exposition(registry: CollectorRegistry) -> bytes:
     return generate_latest(registry)
 
 
+TEXTFILE_MODE = 0o644  # node_exporter reads it as another user
+
+
 def write_textfile(path: str, registry: CollectorRegistry) -> None:
-    """For node_exporter's textfile collector: temp file in the same directory, rename."""
-    atomic_write(path, exposition(registry))
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Readers see the old file or the new one, never half of it."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "wb") as f:
-        os.fchmod(f.fileno(), 0o644)  # node_exporter reads it as another user
-        f.write(data)
-    os.replace(tmp, path)
+    """For node_exporter's textfile collector (khod.atomic: never half a file)."""
+    write_file(path, exposition(registry), TEXTFILE_MODE)

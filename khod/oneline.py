@@ -61,7 +61,7 @@ def store_error_line(e: BaseException) -> str | None:
     location = getattr(e, "khod_location", None)
     if location is None:
         return None
-    from khod.store.db import describe_db_error  # noqa: PLC0415  (SQLAlchemy is loaded)
+    from khod.store.handle import describe_db_error  # noqa: PLC0415  (SQLAlchemy is loaded)
 
     return f"database {location}: {describe_db_error(e)}"
 

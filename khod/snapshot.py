@@ -4,15 +4,15 @@ ingest child (the daemon itself never imports SQLAlchemy), written atomically as
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, or_, select
 
+from khod.atomic import write_file
 from khod.records import Severity, legacy_source
 from khod.store.boots import load_boot
-from khod.store.db import Store
+from khod.store.handle import Store
 from khod.store.schema import boots, events, pstore_records
 
 SNAPSHOT_VERSION = 1
@@ -88,10 +88,4 @@ def compute_snapshot(
 
 def write_snapshot(path: Path, snap: dict[str, Any]) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(snap, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_file(path, json.dumps(snap).encode())

@@ -21,9 +21,9 @@ from sqlalchemy import func, select
 
 from khod.cli import khoctl, khod_main
 from khod.cli.common import run_main
+from khod.fleet.format import VERSION
 from khod.store.db import open_store
 from khod.store.schema import blobs, boots, events, kexec_attempts, pstore_records
-from khod.store.transfer import VERSION
 from tests import daemon_helpers, pgserver
 from tests.conftest import FIXTURES, SysrootFactory
 
@@ -544,9 +544,10 @@ def _mutants() -> list[tuple[str, dict[str, Any]]]:
 def test_bulk_path_refuses_exactly_what_the_line_path_refuses(
     pg_server: pgserver.PostgresServer,
 ) -> None:
-    """khod.store.pgfast checks in SQL what transfer.validate checks in Python: for
+    """khod.fleet.pgfast checks in SQL what format.validate checks in Python: for
     every mutant, both accept it or both refuse it."""
-    from khod.store import pgfast, transfer
+    from khod.fleet import format as fmt
+    from khod.fleet import pgfast
 
     url = pg_server.url(pg_server.create_database())
     store = open_store(url)
@@ -557,9 +558,9 @@ def test_bulk_path_refuses_exactly_what_the_line_path_refuses(
     mutants = _mutants()
     for name, obj in mutants:
         try:
-            transfer.validate(obj)
+            fmt.validate(obj)
             python_ok = True
-        except transfer.BadObject:
+        except fmt.BadObject:
             python_ok = False
         conn = store.writer.connect()
         tx = conn.begin()
@@ -634,9 +635,9 @@ def test_many_chunks_in_parallel_with_a_bad_one_in_the_middle(
 ) -> None:
     """Small chunks: on PostgreSQL two run at once; the boots are all in before any
     row that names them; the chunk holding a bad line is imported line by line."""
-    from khod.store import transfer
+    from khod.fleet import stream
 
-    monkeypatch.setattr(transfer, "CHUNK_LINES", 3)
+    monkeypatch.setattr(stream, "CHUNK_LINES", 3)
     host_store(sysroot, sqlite_url, CHAIN + OTHERS)
     dump = tmp_path / "x.jsonl"
     assert run_main("khoctl", khoctl.main, ["export", "--db", sqlite_url, "-o", str(dump)]) == 0
@@ -700,7 +701,7 @@ def test_a_chunk_that_ends_the_boots_is_in_before_the_next_chunk_runs(
     is committed before the next chunk (rows of those boots) runs: nothing is lost."""
     import threading
 
-    from khod.store import transfer
+    from khod.fleet import stream
 
     host_store(sysroot, sqlite_url, CHAIN)
     store = open_store(sqlite_url)
@@ -714,7 +715,7 @@ def test_a_chunk_that_ends_the_boots_is_in_before_the_next_chunk_runs(
     # chunks of 3 lines: the first holds both boots and a dependent row, the next
     # only rows of those boots
     assert kinds[:3] == ["boot", "boot", "blob"] and "boot" not in kinds[3:]
-    monkeypatch.setattr(transfer, "CHUNK_LINES", 3)
+    monkeypatch.setattr(stream, "CHUNK_LINES", 3)
 
     line_url = f"sqlite:///{tmp_path / 'line' / 'khod.db'}"
     assert ctl(capsys, "import", str(dump), "--db", line_url)[0] == 0

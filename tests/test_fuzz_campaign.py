@@ -21,10 +21,11 @@ from khod.cli import khod_main
 from khod.cli.common import run_main
 from khod.config import ConfigError, load_config
 from khod.errors import ParseError
+from khod.fleet.format import BadObject, parse_line
+from khod.fleet.importer import Importer
 from khod.parse.kimage import decompress_payload, parse_kernel_image
 from khod.store.db import open_store
 from khod.store.schema import boots
-from khod.store.transfer import BadObject, Importer, parse_line
 from tests import kimagebuild
 from tests.conftest import FIXTURES, restore_pstore_mtimes
 from tests.test_fuzz import PARSERS, SEEDS

@@ -39,3 +39,30 @@ def test_nothing_below_the_command_line_imports_it() -> None:
         if "cli" not in p.relative_to(PACKAGE).parts
     }
     assert {p: n for p, n in back.items() if n} == {}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_module_imports_itself_round_a_circle() -> None:
+    """Lazy imports included: a circle means two modules that cannot be read, tested or
+    moved one without the other."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {m: {n for n in imported(p) if n in modules and n != m} for m, p in modules.items()}
+    circles: list[list[str]] = []
+
+    def walk(m: str, path: list[str], done: set[str]) -> None:
+        for n in sorted(graph[m]):
+            if n in path:
+                circles.append([*path[path.index(n) :], n])
+            elif n not in done:
+                walk(n, [*path, n], done)
+        done.add(m)
+
+    done: set[str] = set()
+    for m in sorted(graph):
+        if m not in done:
+            walk(m, [m], done)
+    assert circles == []

@@ -13,7 +13,8 @@ from khod.cli.common import run_main
 from khod.ingest.steps import IngestOptions, ingest_boot
 from khod.paths import HostPaths
 from khod.store.attempts import save_attempt
-from khod.store.db import Store, open_store
+from khod.store.db import open_store
+from khod.store.handle import Store
 from tests import variants
 from tests.conftest import SysrootFactory
 

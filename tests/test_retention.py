@@ -12,13 +12,13 @@ from sqlalchemy import func, select
 
 from khod.cli import khoctl
 from khod.cli.common import run_main
+from khod.fleet.sync import sync
 from khod.ingest.steps import IngestOptions, ingest_boot
 from khod.paths import HostPaths
 from khod.store.boots import load_boots, load_events
 from khod.store.db import open_store
 from khod.store.retention import apply_retention
 from khod.store.schema import blobs, pstore_records
-from khod.store.transfer import sync
 from tests import variants
 from tests.conftest import FIXTURES, SysrootFactory
 

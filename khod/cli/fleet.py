@@ -70,8 +70,8 @@ def _since(args: argparse.Namespace) -> float | None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from khod.fleet.export import export  # noqa: PLC0415
     from khod.store.db import open_store  # noqa: PLC0415
-    from khod.store.transfer import export  # noqa: PLC0415
 
     since = _since(args)
     store = open_store(args.db, create=False)
@@ -85,30 +85,29 @@ def cmd_export(args: argparse.Namespace) -> int:
             out.flush()
             where = "stdout"
         else:
+            from khod.atomic import atomic_file  # noqa: PLC0415
+
             path = Path(args.output)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            except OSError as e:
-                raise KhodError(f"cannot write {path}: {e.strerror}") from None
-            try:
-                with os.fdopen(fd, "wb") as raw:
+                with atomic_file(path) as raw:
                     binary: Any = (
                         gzip.GzipFile(fileobj=raw, mode="wb", mtime=0)
                         if path.suffix == ".gz"
                         else raw
                     )
-                    with io.TextIOWrapper(binary, encoding="utf-8") as text:
-                        counts = export(store, text, since)
-                os.replace(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+                    text = io.TextIOWrapper(binary, encoding="utf-8")
+                    counts = export(store, text, since)
+                    text.flush()
+                    text.detach()
+                    if binary is not raw:
+                        binary.close()  # the gzip trailer, before the file is flushed
+            except OSError as e:
+                raise KhodError(f"cannot write {path}: {e.strerror or e}") from None
             where = str(path)
         if since is None:
             from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
 
-            from khod.store.db import describe_db_error  # noqa: PLC0415
+            from khod.store.handle import describe_db_error  # noqa: PLC0415
 
             try:
                 mark_exported(store, upto)
@@ -118,6 +117,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                 )
     finally:
         store.dispose()
+    from khod.fleet.importer import PLURAL  # noqa: PLC0415
+
     summary = ", ".join(f"{n} {PLURAL[kind]}" for kind, n in counts.items())
     print(f"khoctl: exported {summary} to {where}", file=sys.stderr)
     return 0
@@ -157,7 +158,7 @@ class Progress:
 
 
 def _import_file(importer: Any, name: str, show: bool) -> Any:
-    from khod.store.transfer import import_stream  # noqa: PLC0415
+    from khod.fleet.stream import import_stream  # noqa: PLC0415
 
     raw: Any
     if name == "-":
@@ -194,8 +195,8 @@ def _import_file(importer: Any, name: str, show: bool) -> Any:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from khod.fleet.importer import Importer  # noqa: PLC0415
     from khod.store.db import open_store  # noqa: PLC0415
-    from khod.store.transfer import Importer  # noqa: PLC0415
 
     for name in args.files:  # before a database is created for nothing
         if name != "-" and not os.path.isfile(name):
@@ -223,15 +224,15 @@ def cmd_import(args: argparse.Namespace) -> int:
         print_json(
             {
                 "files": files,
-                "read": _ordered(c.read),
-                "new": _ordered(c.new),
+                "read": c.ordered(c.read),
+                "new": c.ordered(c.new),
                 "unknown_boot": c.unknown_boot,
                 "bad": bad,
                 "chunks": {"bulk": c.bulk_chunks, "line_by_line": c.line_chunks},
             }
         )
     else:
-        parts = _summary(c)
+        parts = c.summary()
         print_text(f"imported {', '.join(parts) or 'nothing'} into {store.location}")
         if c.unknown_boot:
             print_text(
@@ -240,23 +241,6 @@ def cmd_import(args: argparse.Namespace) -> int:
         if bad:
             print(f"{bad} bad lines skipped")
     return 1 if bad else 0
-
-
-PLURAL = {
-    "boot": "boots",
-    "blob": "blobs",
-    "event": "events",
-    "pstore": "pstore records",
-    "attempt": "attempts",
-}
-
-
-def _ordered(counts: dict[str, int]) -> dict[str, int]:
-    return {k: counts[k] for k in PLURAL if k in counts}
-
-
-def _summary(c: Any) -> list[str]:
-    return [f"{c.read[k]} {PLURAL[k]} ({c.new.get(k, 0)} new)" for k in PLURAL if c.read.get(k)]
 
 
 def sync_target(args: argparse.Namespace) -> str:
@@ -272,25 +256,14 @@ def sync_target(args: argparse.Namespace) -> str:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from khod.store.db import open_store  # noqa: PLC0415
-    from khod.store.transfer import sync  # noqa: PLC0415
+    from khod.fleet.sync import push  # noqa: PLC0415
 
-    url = sync_target(args)
-    local = open_store(args.db, create=False)
-    try:
-        target = open_store(url)
-        try:
-            result = sync(local, target, full=args.full)
-        finally:
-            target.dispose()
-    finally:
-        local.dispose()
+    result = push(sync_target(args), args.db, full=args.full)
     c = result.counts
     if args.json:
-        print_json({"target": result.target, "sent": _ordered(c.read), "new": _ordered(c.new)})
+        print_json({"target": result.target, "sent": c.ordered(c.read), "new": c.ordered(c.new)})
     else:
-        parts = _summary(c)
-        print_text(f"synced {', '.join(parts) or 'nothing new'} to {result.target}")
+        print_text(result.line())
     return 0
 
 
@@ -338,8 +311,8 @@ def _transition_metrics(rows: list[Any], bad_rate: float, bad_min: int) -> bytes
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from khod.fleet.report import transitions  # noqa: PLC0415
     from khod.store.db import open_store  # noqa: PLC0415
-    from khod.store.report import transitions  # noqa: PLC0415
 
     since = _since(args)
     store = open_store(args.db, create=False)
@@ -352,9 +325,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     finally:
         store.dispose()
     if args.textfile:
-        from khod.metrics import atomic_write  # noqa: PLC0415
+        from khod.atomic import write_file  # noqa: PLC0415
+        from khod.metrics import TEXTFILE_MODE  # noqa: PLC0415
 
-        atomic_write(args.textfile, _transition_metrics(rows, args.bad_rate, args.bad_min_boots))
+        data = _transition_metrics(rows, args.bad_rate, args.bad_min_boots)
+        write_file(args.textfile, data, TEXTFILE_MODE)
     if args.json:
         print_json([t.as_json() for t in rows])
         return 0

@@ -15,7 +15,7 @@ from khod.parse.pstore import DEFAULT_INFLATE_LIMIT
 from khod.paths import HostPaths
 from khod.sources.files import read_optional
 from khod.store.boots import BootRecord, SaveResult, load_boot, save_later, save_observation
-from khod.store.db import Store
+from khod.store.handle import Store
 
 
 @dataclass(frozen=True)

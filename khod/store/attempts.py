@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from khod import records
 from khod.errors import StoreError
 from khod.observation import BootKind
-from khod.store.db import Store, describe_db_error
+from khod.store.handle import Store, describe_db_error
 from khod.store.schema import boots, kexec_attempts
 
 

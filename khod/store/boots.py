@@ -7,13 +7,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, tuple_
+from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from khod import __version__
 from khod.errors import StoreError
 from khod.observation import BootKind, BootObservation, Event, EventSource, PstoreRecord, Severity
-from khod.store.db import Store, describe_db_error
+from khod.store.handle import Store, describe_db_error
+from khod.store.order import predecessor, recorded_order
 from khod.store.schema import blobs, boots, events, pstore_records, pstore_seen
 
 
@@ -225,27 +226,6 @@ def save_later(
         raise StoreError(
             f"cannot write to database {store.location}: {describe_db_error(e)}"
         ) from None
-
-
-def recorded_order() -> tuple[Any, Any]:
-    """The order boots were recorded in on their machine: ``seq``, then the row id
-    (boots imported without a ``seq`` come first, in the order they were imported)."""
-    return func.coalesce(boots.c.seq, 0), boots.c.id
-
-
-def predecessor(conn: Connection, machine_id: str, boot_pk: int) -> int | None:
-    """The boot recorded just before this one on the same machine (never by wall clock:
-    a clock stepped back, or two boots in one second, must not change it)."""
-    seq, pk = recorded_order()
-    me = conn.execute(select(seq, pk).where(boots.c.id == boot_pk)).one_or_none()
-    if me is None:
-        return None
-    q = (
-        select(boots.c.id)
-        .where(boots.c.machine_id == machine_id, tuple_(seq, pk) < tuple_(*me))
-        .order_by(seq.desc(), pk.desc())
-    )
-    return conn.execute(q.limit(1)).scalar()
 
 
 def _pstore_values(

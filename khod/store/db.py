@@ -8,11 +8,10 @@ Alembic is imported only when the database actually needs migrating.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -23,6 +22,7 @@ from sqlalchemy.exc import (
 )
 
 from khod.errors import StoreError
+from khod.store.handle import Store, describe_db_error
 from khod.store.schema import HEAD_REVISION
 
 BUSY_TIMEOUT_MS = 10_000
@@ -37,32 +37,6 @@ def default_db_url() -> str:
         return "sqlite:////var/lib/khod/khod.db"
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return f"sqlite:///{Path(state) / 'khod' / 'khod.db'}"
-
-
-def describe_db_error(e: BaseException) -> str:
-    orig = getattr(e, "orig", None)
-    msg = str(orig if orig is not None else e).strip().splitlines()
-    return msg[0] if msg else type(e).__name__
-
-
-@dataclass
-class Store:
-    engine: Engine
-    url: URL
-
-    @property
-    def location(self) -> str:
-        if self.url.get_backend_name() == "sqlite":
-            return str(Path(self.url.database or ":memory:").resolve())
-        return self.url.render_as_string(hide_password=True)
-
-    @property
-    def writer(self) -> Engine:
-        """The engine for write transactions (BEGIN IMMEDIATE on SQLite)."""
-        return self.engine.execution_options(khod_begin="IMMEDIATE")
-
-    def dispose(self) -> None:
-        self.engine.dispose()
 
 
 def _sqlite_path(url: URL) -> Path | None:

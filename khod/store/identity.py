@@ -16,6 +16,7 @@ from sqlalchemy import Connection, delete, func, insert, literal, select, update
 
 from khod.observation import BootObservation, Event, EventSource, Severity
 from khod.parse.proc import UNKNOWN_MACHINE, is_provisional, provisional_machine_id
+from khod.store.order import predecessor
 from khod.store.schema import boots, kexec_attempts, pstore_records, pstore_seen
 
 
@@ -60,8 +61,6 @@ def resolve_identity(conn: Connection, obs: BootObservation) -> tuple[BootObserv
 
 
 def _rekey(conn: Connection, pk: int, provisional: str, machine_id: str) -> None:
-    from khod.store.boots import predecessor  # noqa: PLC0415
-
     # only this boot's rows: under ``unknown`` the host's other boots stay where they are
     mine = pstore_records.c.collected_by == pk
     moved = select(pstore_records.c.sha256).where(mine, pstore_records.c.machine_id == provisional)

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import StoreError
-from khod.store.db import Store, describe_db_error
+from khod.store.handle import Store, describe_db_error
 
 MIGRATION_LOCK = 0x6B686F64  # "khod"
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, delete, func, insert, select
 
 from khod.observation import Event, EventSource, Severity
-from khod.store.boots import event_values, recorded_order
-from khod.store.db import Store
+from khod.store.boots import event_values
+from khod.store.handle import Store
+from khod.store.order import recorded_order
 from khod.store.schema import blobs, boots, events, pstore_records, sync_state
 
 # sync_state's target for what a full ``khoctl export`` wrote (sync's targets are URLs)

@@ -6,7 +6,7 @@ on a small machine; this path does no per-line work in Python. It is all or noth
 per chunk: when anything in a chunk is off (not JSON, a wrong type, bad base64, a NUL
 that jsonb cannot hold), the transaction is rolled back and the caller imports the
 chunk line by line in Python, which names each bad line. The checks below mirror
-``transfer.validate``: what one path refuses, so does the other.
+``khod.fleet.format.validate``: what one path refuses, so does the other.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, Connection, Float, Integer, LargeBinary, String
 
-from khod.store import transfer as tr
+from khod.fleet import format as fmt
 
 
 class Fallback(Exception):
@@ -34,7 +34,7 @@ def _pred(col: Any, v: str) -> str:
     if isinstance(t, Boolean):
         return f"{typ} = 'boolean'"
     if isinstance(t, Integer):
-        lim = tr.INT64 if isinstance(t, BigInteger) else tr.INT32
+        lim = fmt.INT64 if isinstance(t, BigInteger) else fmt.INT32
         return (
             f"({typ} = 'number' AND {v}::numeric BETWEEN {-lim} AND {lim - 1} "
             f"AND trunc({v}::numeric) = {v}::numeric)"
@@ -51,9 +51,9 @@ def _pred(col: Any, v: str) -> str:
 
 
 def _check(kind: str) -> str:
-    """SQL: how many objects of this type fail the checks of ``transfer.validate``.
+    """SQL: how many objects of this type fail the checks of ``khod.fleet.format.validate``.
     jsonb_to_record takes each value out once (far cheaper than j->'key' per test)."""
-    shape = tr.SHAPES[kind]
+    shape = fmt.SHAPES[kind]
     cols = ", ".join(f'"{key}" jsonb' for key in shape.columns)
     parts = []
     for key, col in shape.columns.items():
@@ -88,8 +88,8 @@ def _cast(col: Any, src: str = "j") -> str:
 
 def _statements() -> tuple[list[str], dict[str, tuple[str, str | None]]]:
     """The check queries, and per type its INSERT and its count of unknown boots."""
-    kinds = [k for k in tr.TABLES if k != "attempt"]
-    known = ", ".join(_lit(k) for k in tr.TABLES)
+    kinds = [k for k in fmt.TABLES if k != "attempt"]
+    known = ", ".join(_lit(k) for k in fmt.TABLES)
     checks = [
         "SELECT count(*) FROM khod_objs WHERE jsonb_typeof(j) <> 'object' "
         f"OR coalesce(j->>'object' NOT IN ({known}), true)",
@@ -97,17 +97,17 @@ def _statements() -> tuple[list[str], dict[str, tuple[str, str | None]]]:
     ]
     inserts: dict[str, tuple[str, str | None]] = {}
     for kind in kinds:
-        shape = tr.SHAPES[kind]
+        shape = fmt.SHAPES[kind]
         table = shape.table
         cols = [c for c in table.columns if c.name != "id"]
         exprs = []
         joins = []
         unknown = None
         for i, ref in enumerate(shape.refs):
-            key = _lit(tr.ref_key(ref))
+            key = _lit(fmt.ref_key(ref))
             on = f"r{i}.machine_id = s.j->>'machine_id' AND r{i}.boot_id = s.j->>{key}"
-            joins.append(f"{'JOIN' if ref in tr.HARD_REFS else 'LEFT JOIN'} boots r{i} ON {on}")
-            if ref in tr.HARD_REFS:
+            joins.append(f"{'JOIN' if ref in fmt.HARD_REFS else 'LEFT JOIN'} boots r{i} ON {on}")
+            if ref in fmt.HARD_REFS:
                 unknown = (
                     f"SELECT count(*) FROM khod_objs s WHERE s.j->>'object' = {_lit(kind)} "
                     f"AND NOT EXISTS (SELECT 1 FROM boots r0 WHERE {on})"
@@ -116,7 +116,7 @@ def _statements() -> tuple[list[str], dict[str, tuple[str, str | None]]]:
         for c in cols:
             exprs.append(refs[c.name] if c.name in refs else _cast(c, "s.j"))
         names = ", ".join(f'"{c.name}"' for c in cols)
-        conflict = ", ".join(tr.CONFLICT[kind])
+        conflict = ", ".join(fmt.CONFLICT[kind])
         inserts[kind] = (
             f"INSERT INTO {table.name} ({names}) SELECT {', '.join(exprs)} "
             f"FROM khod_objs s {' '.join(joins)} WHERE s.j->>'object' = {_lit(kind)} "
@@ -160,7 +160,7 @@ def load_chunk(conn: Connection, lines: list[bytes]) -> ChunkResult:
                 raise Fallback
         cur.execute("SELECT j->>'object', count(*) FROM khod_objs GROUP BY 1")
         res.read = {k: int(n) for k, n in cur.fetchall()}
-        for kind in tr.TABLES:
+        for kind in fmt.TABLES:
             if kind == "attempt" or kind not in res.read:
                 continue
             insert, unknown = INSERTS[kind]

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import StoreError
 from khod.records import CRASH_REASONS
-from khod.store.db import Store, describe_db_error
+from khod.store.handle import Store, describe_db_error
 from khod.store.schema import boots, pstore_records
 
 

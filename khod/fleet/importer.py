@@ -1,0 +1,296 @@
+"""Import: validated ``khod-export`` objects written into a store, in chunks.
+
+Importing is idempotent: a row is identified by its natural key (a boot by machine
+and boot id, a blob by boot, direction and name, an event by boot and fingerprint, a
+pstore record by machine and content hash, an attempt by its uid) and inserted only
+when the target lacks it; an attempt's verdict is filled in when the target's is
+still open.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Table,
+    and_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import SQLAlchemyError
+
+from khod.errors import StoreError
+from khod.fleet.format import (
+    CONFLICT,
+    HARD_REFS,
+    SHAPES,
+    TABLES,
+    parse_line,
+    ref_key,
+)
+from khod.store.handle import Store, describe_db_error
+from khod.store.schema import boots, kexec_attempts
+
+# how counts of each object type are spoken of, in this order
+PLURAL = {
+    "boot": "boots",
+    "blob": "blobs",
+    "event": "events",
+    "pstore": "pstore records",
+    "attempt": "attempts",
+}
+
+
+@dataclass
+class ImportCounts:
+    read: dict[str, int] = field(default_factory=dict)
+    new: dict[str, int] = field(default_factory=dict)
+    unknown_boot: int = 0
+    # chunks written in bulk by PostgreSQL, and chunks checked line by line in Python
+    bulk_chunks: int = 0
+    line_chunks: int = 0
+
+    def ordered(self, counts: dict[str, int]) -> dict[str, int]:
+        return {k: counts[k] for k in PLURAL if k in counts}
+
+    def summary(self) -> list[str]:
+        """``N boots (M new)``, ... for each type read."""
+        return [
+            f"{self.read[k]} {PLURAL[k]} ({self.new.get(k, 0)} new)"
+            for k in PLURAL
+            if self.read.get(k)
+        ]
+
+
+BootKey = tuple[str, str]
+
+
+class Importer:
+    """Collects validated objects and writes them in chunks, boots first.
+
+    Memory stays bounded: a chunk is written when it holds ``chunk_rows`` objects or
+    ``chunk_bytes`` of binary data, and the boot id cache is cleared when it grows
+    past ``cache_size``.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        chunk_rows: int = 20_000,
+        chunk_bytes: int = 64 << 20,
+        cache_size: int = 100_000,
+    ) -> None:
+        self.store = store
+        self.chunk_rows = chunk_rows
+        self.chunk_bytes = chunk_bytes
+        self.cache_size = cache_size
+        self.pending: dict[str, list[dict[str, Any]]] = {k: [] for k in TABLES}
+        self.n_pending = 0
+        self.bytes_pending = 0
+        self.boot_ids: dict[BootKey, int] = {}
+        self.counts = ImportCounts()
+        self.pg = store.url.get_backend_name() == "postgresql"
+
+    def add(self, kind: str, values: dict[str, Any]) -> None:
+        self.pending[kind].append(values)
+        self.counts.read[kind] = self.counts.read.get(kind, 0) + 1
+        self.n_pending += 1
+        for v in values.values():
+            if isinstance(v, bytes):
+                self.bytes_pending += len(v)
+        if self.n_pending >= self.chunk_rows or self.bytes_pending >= self.chunk_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.n_pending:
+            return
+        try:
+            with self.store.writer.begin() as conn:
+                for kind in TABLES:
+                    rows = self.pending[kind]
+                    if rows:
+                        new = self._write(conn, kind, rows)
+                        self.counts.new[kind] = self.counts.new.get(kind, 0) + new
+        except SQLAlchemyError as e:
+            self.boot_ids.clear()  # ids cached in the failed transaction may be gone
+            raise StoreError(
+                f"cannot write to database {self.store.location}: {describe_db_error(e)}"
+            ) from None
+        for rows in self.pending.values():
+            rows.clear()
+        self.n_pending = 0
+        self.bytes_pending = 0
+        if len(self.boot_ids) > self.cache_size:
+            self.boot_ids.clear()
+
+    def bulk(self, lines: list[bytes]) -> Any:
+        """PostgreSQL: the whole chunk in SQL (khod.fleet.pgfast), in a transaction of
+        its own; None when it needs the line-by-line path (nothing of it was written).
+        Safe to run in a worker thread: it touches no state of the importer."""
+        from psycopg import Error as PgError  # noqa: PLC0415
+
+        from khod.fleet import pgfast  # noqa: PLC0415
+
+        try:
+            with self.store.writer.begin() as conn:
+                return pgfast.load_chunk(conn, lines)
+        except (pgfast.Fallback, PgError, SQLAlchemyError):
+            return None
+
+    def apply(self, res: Any) -> None:
+        """Count what a bulk chunk wrote; its attempts (few) go through the upsert."""
+        for k, n in res.read.items():
+            if k != "attempt":
+                self.counts.read[k] = self.counts.read.get(k, 0) + n
+        for k, n in res.new.items():
+            self.counts.new[k] = self.counts.new.get(k, 0) + n
+        self.counts.unknown_boot += res.unknown_boot
+        self.counts.bulk_chunks += 1
+        for text_ in res.attempts:
+            kind, values = parse_line(text_)
+            self.add(kind, values)
+        self.flush()
+
+    # boot references -> ids in the target
+
+    def _resolve(self, conn: Connection, keys: Iterable[BootKey]) -> None:
+        unknown = list({k for k in keys if k not in self.boot_ids})
+        for i in range(0, len(unknown), 400):
+            part = unknown[i : i + 400]
+            q = select(boots.c.machine_id, boots.c.boot_id, boots.c.id).where(
+                tuple_(boots.c.machine_id, boots.c.boot_id).in_(part)
+            )
+            for m, b, pk in conn.execute(q):
+                self.boot_ids[(m, b)] = pk
+
+    def _write(self, conn: Connection, kind: str, rows: list[dict[str, Any]]) -> int:
+        shape = SHAPES[kind]
+        table = shape.table
+        if shape.refs:
+            self._resolve(
+                conn,
+                (
+                    (r["machine_id"], r[ref_key(ref)])
+                    for r in rows
+                    for ref in shape.refs
+                    if r[ref_key(ref)] is not None
+                ),
+            )
+            out = []
+            for r in rows:
+                values = {k: v for k, v in r.items() if k in table.c}
+                ok = True
+                for ref in shape.refs:
+                    boot_id = r[ref_key(ref)]
+                    pk = None if boot_id is None else self.boot_ids.get((r["machine_id"], boot_id))
+                    if pk is None and ref in HARD_REFS:
+                        ok = False
+                    values[ref] = pk
+                if ok:
+                    out.append(values)
+                else:
+                    self.counts.unknown_boot += 1
+            rows = out
+            if not rows:
+                return 0
+        if kind == "attempt":
+            return self._upsert_attempts(conn, rows)
+        if self.pg and len(rows) >= 200:
+            return self._pg_copy(conn, table, rows, CONFLICT[kind])
+        if not self.pg:
+            return self._sqlite_many(conn, table, rows, CONFLICT[kind])
+        ins = (
+            (pg_insert if self.pg else sqlite_insert)(table)
+            .on_conflict_do_nothing(index_elements=list(CONFLICT[kind]))
+            .returning(table.c.id)  # the rows inserted: executemany's rowcount is not kept
+        )
+        return len(conn.execute(ins, rows).all())
+
+    def _sqlite_many(
+        self, conn: Connection, table: Table, rows: list[dict[str, Any]], conflict: tuple[str, ...]
+    ) -> int:
+        """SQLite: one prepared INSERT ... ON CONFLICT DO NOTHING, executemany on the
+        driver; the connection's change counter says how many rows were new."""
+        cols = [c for c in table.c if c.name != "id"]
+        names = ", ".join(f'"{c.name}"' for c in cols)
+        marks = ", ".join("?" * len(cols))
+        json_cols = [isinstance(c.type, JSON) for c in cols]
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        before = raw.total_changes
+        raw.executemany(
+            f"INSERT INTO {table.name} ({names}) VALUES ({marks}) "
+            f"ON CONFLICT ({', '.join(conflict)}) DO NOTHING",
+            [
+                [
+                    json.dumps(r.get(c.name)) if is_json else r.get(c.name)
+                    for c, is_json in zip(cols, json_cols, strict=True)
+                ]
+                for r in rows
+            ],
+        )
+        return int(raw.total_changes - before)
+
+    def _upsert_attempts(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
+        t = kexec_attempts
+        uids = [r["uid"] for r in rows]
+        have = set(conn.execute(select(t.c.uid).where(t.c.uid.in_(uids))).scalars())
+        new = [r for r in rows if r["uid"] not in have]
+        if new:
+            ins = (pg_insert if self.pg else sqlite_insert)(t).on_conflict_do_nothing(
+                index_elements=["uid"]
+            )
+            conn.execute(ins, new)
+        # an attempt that was open when first copied gets its verdict later
+        for r in rows:
+            if r["uid"] in have and r["verdict"] is not None:
+                conn.execute(
+                    update(t)
+                    .where(and_(t.c.uid == r["uid"], t.c.verdict.is_(None)))
+                    .values(
+                        verdict=r["verdict"],
+                        verdict_boot=r["verdict_boot"],
+                        verdict_detail=r["verdict_detail"],
+                    )
+                )
+        return len(new)
+
+    def _pg_copy(
+        self, conn: Connection, table: Table, rows: list[dict[str, Any]], conflict: tuple[str, ...]
+    ) -> int:
+        """PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT ... ON
+        CONFLICT DO NOTHING: an order of magnitude faster than row-wise inserts."""
+        cols = [c for c in table.c if c.name != "id"]
+        names = ", ".join(f'"{c.name}"' for c in cols)
+        stage = f"khod_stage_{table.name}"
+        json_cols = [isinstance(c.type, JSON) for c in cols]
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        with raw.cursor() as cur:
+            cur.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
+                f"SELECT {names} FROM {table.name} WITH NO DATA"
+            )
+            with cur.copy(f"COPY {stage} ({names}) FROM STDIN") as copy:
+                for r in rows:
+                    copy.write_row(
+                        [
+                            json.dumps(r.get(c.name)) if is_json else r.get(c.name)
+                            for c, is_json in zip(cols, json_cols, strict=True)
+                        ]
+                    )
+            cur.execute(
+                f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {stage} "
+                f"ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
+            )
+            n: int = cur.rowcount
+            cur.execute(f"TRUNCATE {stage}")
+        return max(n, 0)
