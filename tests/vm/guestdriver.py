@@ -132,7 +132,12 @@ def report(d: Path, analyze: bool = False) -> None:
     save(d, "journal-pstore.json", f"journalctl -b --no-pager -o json {ids}")
     props = "-p Id -p ActiveEnterTimestampMonotonic -p ExecMainStartTimestampMonotonic"
     save(d, "units", f"systemctl show {props} {' '.join(UNITS)}")
-    save(d, "manager", "systemctl show -p UserspaceTimestampMonotonic")
+    save(
+        d,
+        "manager",
+        "systemctl show -p UserspaceTimestampMonotonic -p GeneratorsStartTimestampMonotonic "
+        "-p GeneratorsFinishTimestampMonotonic",
+    )
     save(d, "analyze-time", "systemd-analyze time")
     if analyze:  # slow under TCG (blame: 48 s), so only where a step asks
         save(d, "analyze-blame", "systemd-analyze blame | head -15")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.debian import cached_chroot, in_chroot, pack, unpack
-from tests.vm.harness import qemu_machine
+from tests.vm.harness import digest, qemu_machine, watch
 from tests.vm.kernel import CACHE
 
 # what the guest's operator installs beside khod: systemd as init, udev (khod's module
@@ -81,8 +81,8 @@ Gateway=10.0.2.2
 def image(deb: Path) -> tuple[Path, float]:
     """The cached image tarball for this deb, and the seconds it took to build (0 if
     it was cached)."""
-    digest = hashlib.sha256(deb.read_bytes()).hexdigest()
-    key = hashlib.sha256(f"{digest} {sorted(PACKAGES)} v2".encode()).hexdigest()[:16]
+    deb_sha = hashlib.sha256(deb.read_bytes()).hexdigest()
+    key = hashlib.sha256(f"{deb_sha} {sorted(PACKAGES)} v2".encode()).hexdigest()[:16]
     tar = CACHE / "images" / f"trixie-systemd-{key}.tar"
     if tar.exists():
         return tar, 0.0
@@ -152,6 +152,19 @@ class Boot:
         m = re.search(r"^UserspaceTimestampMonotonic=(\d+)$", self.out("manager"), re.M)
         return int(m.group(1)) / 1e6 if m else 0.0
 
+    def generators(self) -> float:
+        """Seconds systemd's generators took at this boot (0: not known). PID 1 gives
+        them DEFAULT_TIMEOUT_USEC (90 s), then kills them and freezes ("Failed to fork
+        off sandboxing environment for executing generators")."""
+        m = dict(
+            re.findall(
+                r"^Generators(Start|Finish)TimestampMonotonic=(\d+)$", self.out("manager"), re.M
+            )
+        )
+        if not m.get("Start") or not m.get("Finish"):
+            return 0.0
+        return (int(m["Finish"]) - int(m["Start"])) / 1e6
+
     def reached(self, unit: str) -> float:
         """Seconds after PID 1 started that ``unit`` became active (0: never)."""
         at = int(self.units().get(unit, {}).get("ActiveEnterTimestampMonotonic", 0)) / 1e6
@@ -174,6 +187,13 @@ class Run:
 
     def summary(self) -> str:
         return f"{self.name}: {len(self.boots)} boots in {self.seconds:.0f}s (qemu rc {self.rc})"
+
+    def digest(self) -> str:
+        """What a failed run shows: its summary, QEMU's own stderr, and the console's
+        digest (harness.digest)."""
+        err = self.dir / "qemu.stderr"
+        qemu = err.read_text(errors="replace").strip()[-2000:] if err.exists() else ""
+        return "\n".join([self.summary(), f"qemu stderr: {qemu or '(empty)'}", digest(self.serial)])
 
 
 def _kho_lines(serial: str) -> list[list[str]]:
@@ -380,35 +400,27 @@ def _follow(
     """Wait for qemu, doing the host's part of each ``@host TAG`` the guest announces."""
     done: set[str] = set()
     sock: socket.socket | None = None
-    size, since = -1, time.monotonic()
-    try:
-        while True:
+
+    def act(text: str) -> bool:
+        nonlocal sock
+        acted = False
+        for tag in re.findall(r"khod-e2e: host (\S+)", text):
+            if tag in done:
+                continue
+            done.add(tag)
             try:
-                return p.wait(1)
-            except subprocess.TimeoutExpired:
-                pass
-            now = time.monotonic()
-            cur = log.stat().st_size if log.exists() else 0
-            if cur != size:
-                size, since = cur, now
-                text = log.read_text(errors="replace")
-                for tag in re.findall(r"khod-e2e: host (\S+)", text):
-                    if tag in done:
-                        continue
-                    done.add(tag)
-                    try:
-                        host[tag]()
-                    except Exception as e:  # the test reports it
-                        errors.append(f"{tag}: {type(e).__name__}: {e}")
-                    if sock is None:
-                        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                        sock.connect(str(ctl))
-                    sock.sendall(f"go {tag}\n".encode())
-                    since = time.monotonic()  # the host's time is not the guest's stall
-            if now - t0 > timeout or now - since > STALL_SECONDS:
-                p.kill()
-                p.wait()
-                return -1 if now - t0 > timeout else -2
+                host[tag]()
+            except Exception as e:  # the test reports it
+                errors.append(f"{tag}: {type(e).__name__}: {e}")
+            if sock is None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.connect(str(ctl))
+            sock.sendall(f"go {tag}\n".encode())
+            acted = True
+        return acted
+
+    try:
+        return watch(p, log, t0=t0, timeout=timeout, stall=STALL_SECONDS, on_output=act)
     finally:
         if sock is not None:
             sock.close()

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,9 @@ class Run:
         (p,) = sorted(self.out(step).glob(pattern))
         return p
 
+    def digest(self) -> str:
+        return f"{self.name}: qemu rc {self.rc} after {self.seconds:.0f}s\n" + digest(self.serial)
+
 
 def initramfs(dest: Path) -> Path:
     root = dest / "initramfs"
@@ -112,6 +116,33 @@ def parse_serial(serial: str) -> list[Boot]:
 
 
 STALL_SECONDS = 240.0  # no serial output for this long: the guest is stuck
+
+# what a failed run's console says that matters: the kernel or PID 1 giving up, a kexec,
+# a reset, the test's own per-boot lines
+NOTABLE = re.compile(
+    r"Kernel panic|Oops|BUG:|RIP:|general protection|soft lockup|hung_task|blocked for more"
+    r"|Freezing execution|Failed to start up manager|Failed to fork off|reboot: |Rebooting"
+    r"|kexec|KHO: exec from|khod-e2e: (boot|host)|KHODE2E: boot|Power down|Restarting system"
+)
+
+
+def digest(serial: str, *, tail: int = 12, limit: int = 12000) -> str:
+    """A failed run's serial console, short: for each kernel started (its clock and
+    release), the lines that name a panic, an oops, a kexec, a reset or PID 1 giving up,
+    and its last ``tail`` lines; the whole of it at most ``limit`` characters."""
+    lines = serial.splitlines()
+    starts = [i for i, line in enumerate(lines) if "] Linux version " in line]
+    if not starts:
+        return "no kernel started; the console's end:\n" + "\n".join(lines[-tail:])
+    out = [f"{len(starts)} kernel(s) started; before the first: {starts[0]} line(s)"]
+    for k, (a, b) in enumerate(zip(starts, [*starts[1:], len(lines)], strict=True)):
+        out.append(f"-- kernel {k}: {lines[a].strip()[:160]}")
+        notable = [line for line in lines[a + 1 : b - tail] if NOTABLE.search(line)]
+        out += [line.rstrip()[:240] for line in notable[-40:]]
+        out.append(f"   (last {min(tail, b - a)} lines of kernel {k})")
+        out += [line.rstrip()[:240] for line in lines[max(a + 1, b - tail) : b]]
+    text = "\n".join(out)
+    return text if len(text) <= limit else "[...]\n" + text[-limit:]
 
 
 def run(
@@ -211,28 +242,41 @@ def _run_once(
     log = d / "serial.log"
     with open(d / "qemu.stderr", "wb") as err:
         p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
-        size, since = -1, time.monotonic()
-        rc: int | None = None
-        while rc is None:
-            try:
-                rc = p.wait(2)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            now = time.monotonic()
-            cur = log.stat().st_size if log.exists() else 0
-            if cur != size:
-                size, since = cur, now
-            if now - t0 > timeout:
-                rc = -1  # overall time limit
-            elif now - since > STALL_SECONDS:
-                rc = -2  # stalled
-            if rc is not None:
-                p.kill()
-                p.wait()
+        rc = watch(p, log, t0=t0, timeout=timeout, stall=STALL_SECONDS)
     seconds = time.monotonic() - t0
     serial = (d / "serial.log").read_text(errors="replace") if (d / "serial.log").exists() else ""
     return Run(name, d, share, serial, rc, seconds, parse_serial(serial))
+
+
+def watch(
+    p: subprocess.Popen[bytes],
+    log: Path,
+    *,
+    t0: float,
+    timeout: float,
+    stall: float,
+    on_output: Callable[[str], bool] | None = None,
+) -> int:
+    """Wait for qemu ``p``: its exit status, or -1 once ``timeout`` seconds have passed
+    since ``t0``, or -2 once the serial ``log`` has not grown for ``stall`` seconds (then
+    qemu is killed). ``on_output`` gets the whole log each time it grew; its True means
+    the host acted on it, and the time that took is not the guest's stall."""
+    size, since = -1, time.monotonic()
+    while True:
+        try:
+            return p.wait(1)
+        except subprocess.TimeoutExpired:
+            pass
+        now = time.monotonic()
+        cur = log.stat().st_size if log.exists() else 0
+        if cur != size:
+            size, since = cur, now
+            if on_output is not None and on_output(log.read_text(errors="replace")):
+                since = time.monotonic()
+        if now - t0 > timeout or now - since > stall:
+            p.kill()
+            p.wait()
+            return -1 if now - t0 > timeout else -2
 
 
 def records(r: Run) -> dict[str, dict[str, Any]]:
