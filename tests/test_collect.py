@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from khod.collect import collect
+from khod.collect.boot import collect
 from khod.errors import KhodError
 from khod.observation import BootKind, Severity
 from khod.paths import HostPaths

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from khod.capture import capture
+from khod.sources.capture import capture
 from tests.conftest import FIXTURES, SysrootFactory
 from tests.daemon_helpers import BIN, running_daemon
 

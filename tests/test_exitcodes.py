@@ -67,7 +67,7 @@ def test_first_ingest_child_that_dies_says_why(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import sys
-        from khod.firstingest import FirstIngest
+        from khod.daemon.first_ingest import FirstIngest
 
         def _refuse():
             raise ValueError("this job cannot be loaded")

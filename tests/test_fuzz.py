@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from khod.collect_pstore import decode_record
+from khod.collect.pstore import decode_record
 from khod.errors import ParseError
 from khod.observation import Event
 from khod.parse import proc

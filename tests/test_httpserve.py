@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from khod import httpserve
-from khod.httpserve import MAX_CONNECTIONS, MAX_HEAD, MetricsServer, metrics_server
-from khod.metrics import SnapshotCollector
+from khod.daemon import http as httpserve
+from khod.daemon.http import MAX_CONNECTIONS, MAX_HEAD, MetricsServer, metrics_server
+from khod.daemon.metrics import SnapshotCollector
 
 Server = tuple[MetricsServer, SnapshotCollector, int]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from khod import sd
+from khod.adapters import sd
 from khod.cli import khoctl, khod_main
 from khod.cli.common import run_main
 from khod.parse import pstore

@@ -11,12 +11,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from khod.cli.common import run_main
+from khod.daemon.metrics import SnapshotCollector, exposition, make_registry
+from khod.ingest.snapshot import compute_snapshot
 from khod.ingest.steps import IngestOptions, ingest_boot
-from khod.metrics import SnapshotCollector, exposition, make_registry
 from khod.parse.metadata import decode_release
 from khod.paths import HostPaths
 from khod.records import legacy_source
-from khod.snapshot import compute_snapshot
 from khod.store.db import open_store
 from tests.conftest import SysrootFactory
 

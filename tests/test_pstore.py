@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 
 from khod.cli import khoctl, khod_main
 from khod.cli.common import run_main
-from khod.collect import collect
-from khod.collect_pstore import collect_pstore
+from khod.collect.boot import collect
+from khod.collect.pstore import collect_pstore
 from khod.errors import ParseError
 from khod.ingest.steps import IngestOptions, ingest_boot, rescan_pstore
 from khod.parse.pstore import InflateStatus, inflate, parse_dmesg_header, parse_pstore_name

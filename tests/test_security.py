@@ -51,7 +51,9 @@ def test_every_subprocess_runs_an_argv_list_without_a_shell() -> None:
                         assert isinstance(kw.value, ast.Constant) and kw.value.value is False, where
                 if node.args:
                     assert not isinstance(node.args[0], (ast.Constant, ast.JoinedStr)), where
-    assert calls >= 3  # kexec, systemctl, the daemon's children (one Popen: khod.child.Child)
+    assert (
+        calls >= 3
+    )  # kexec, systemctl, the daemon's children (one Popen: khod.daemon.child.Child)
 
 
 def test_created_files_are_private(sysroot: SysrootFactory, tmp_path: Path) -> None:
@@ -151,7 +153,7 @@ def test_a_symlink_at_an_output_is_replaced_not_followed(
     else:  # the textfile is the daemon's: write it through its module, as it does
         from prometheus_client import CollectorRegistry
 
-        from khod.metrics import write_textfile
+        from khod.daemon.metrics import write_textfile
 
         write_textfile(str(out), CollectorRegistry())
     r = subprocess.run(argv, capture_output=True, text=True, check=False)

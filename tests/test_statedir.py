@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-from khod.capture import capture
+from khod.sources.capture import capture
 from tests.conftest import SysrootFactory
 from tests.daemon_helpers import BIN, running_daemon
 

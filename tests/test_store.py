@@ -11,7 +11,7 @@ import pytest
 from alembic import command
 from sqlalchemy import func, inspect, select, text
 
-from khod.collect import collect
+from khod.collect.boot import collect
 from khod.errors import StoreError
 from khod.observation import Blob
 from khod.paths import HostPaths

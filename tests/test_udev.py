@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from khod.adapters.udev import PyudevWatcher
 from khod.ingest.steps import IngestOptions, ingest_boot, rescan_pstore
 from khod.paths import HostPaths
 from khod.store.db import open_store
-from khod.udev import PyudevWatcher
 from tests.conftest import SysrootFactory
 
 UEVENT = Path("/sys/devices/virtual/mem/null/uevent")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from khod.snapshot import compute_snapshot
+from khod.ingest.snapshot import compute_snapshot
 from khod.store.db import open_store
 from tests.conftest import FIXTURES
 

@@ -271,7 +271,7 @@ def _transition_metrics(rows: list[Any], bad_rate: float, bad_min: int) -> bytes
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
     from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
 
-    from khod.metrics import exposition  # noqa: PLC0415
+    from khod.daemon.metrics import exposition  # noqa: PLC0415
 
     labels = ["previous_release", "release"]
     fams = {
@@ -326,7 +326,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         store.dispose()
     if args.textfile:
         from khod.atomic import write_file  # noqa: PLC0415
-        from khod.metrics import TEXTFILE_MODE  # noqa: PLC0415
+        from khod.daemon.metrics import TEXTFILE_MODE  # noqa: PLC0415
 
         data = _transition_metrics(rows, args.bad_rate, args.bad_min_boots)
         write_file(args.textfile, data, TEXTFILE_MODE)
@@ -336,7 +336,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not rows:
         print("no kexec transitions recorded")
         return 0
-    from khod.views import table  # noqa: PLC0415
+    from khod.cli.views import table  # noqa: PLC0415
 
     print_text(
         table(

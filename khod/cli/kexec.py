@@ -44,7 +44,7 @@ def add_parsers(cmd: Any) -> None:
 
 
 def _collect(args: argparse.Namespace) -> tuple[Any, Any]:
-    from khod.collect import collect  # noqa: PLC0415
+    from khod.collect.boot import collect  # noqa: PLC0415
 
     paths = host_paths(args)
     return paths, collect(paths)

@@ -61,10 +61,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from khod.collect import collect  # noqa: PLC0415
+    from khod.cli.views import boot_json, status_text  # noqa: PLC0415
+    from khod.collect.boot import collect  # noqa: PLC0415
     from khod.store.boots import live_record, load_boot  # noqa: PLC0415
     from khod.store.db import open_store  # noqa: PLC0415
-    from khod.views import boot_json, status_text  # noqa: PLC0415
 
     obs = collect(host_paths(args))
     d = boot_json(live_record(obs), history=True)
@@ -137,9 +137,9 @@ def note_other_machines(store: Any, machine: str, see: str, *, mine: bool = True
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    from khod.cli.views import BOOT_COLUMNS, boot_json, table  # noqa: PLC0415
     from khod.store.boots import pstore_counts  # noqa: PLC0415
     from khod.store.db import open_store  # noqa: PLC0415
-    from khod.views import BOOT_COLUMNS, boot_json, table  # noqa: PLC0415
 
     _, boots = _boots(args, "see them with --all, or --machine ID")
     store = open_store(args.db, create=False)
@@ -169,8 +169,8 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_chain(args: argparse.Namespace) -> int:
+    from khod.cli.views import BOOT_COLUMNS, chain_json, table  # noqa: PLC0415
     from khod.store.boots import chain_of  # noqa: PLC0415
-    from khod.views import BOOT_COLUMNS, chain_json, table  # noqa: PLC0415
 
     _, boots = _boots(args, "see them with --machine ID")
     boot_id = args.boot or this_boot(host_paths(args))
@@ -206,9 +206,9 @@ def pick_boot(boots: Sequence[Any], wanted: str | None, current: str | None) -> 
 
 
 def cmd_dmesg(args: argparse.Namespace) -> int:
+    from khod.cli.views import dumps_json, dumps_text  # noqa: PLC0415
     from khod.store.boots import load_pstore  # noqa: PLC0415
     from khod.store.db import open_store  # noqa: PLC0415
-    from khod.views import dumps_json, dumps_text  # noqa: PLC0415
 
     _, boots = _boots(args, "name a boot, or pass --machine ID")
     boot = pick_boot(boots, args.boot, this_boot(host_paths(args)))

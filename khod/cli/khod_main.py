@@ -1,7 +1,7 @@
 """khod: record this boot's kexec handover (KHO) state and pstore records; without
 ``--once``, stay up to serve Prometheus metrics.
 
-The daemon's first act is the boot capture (``khod.capture``, standard library only):
+The daemon's first act is the boot capture (``khod.sources.capture``, standard library only):
 this module imports nothing else at the top, so that capture happens before argparse,
 SQLAlchemy or prometheus-client are loaded.
 """
@@ -66,7 +66,7 @@ def early_capture(argv: Sequence[str]) -> str | None:
     into the state dir the ingest will look in (``resolve_state_dir``)."""
     if "--once" in argv or any(a in argv for a in ("-h", "--help", "--version")):
         return None
-    from khod.capture import capture  # noqa: PLC0415
+    from khod.sources.capture import capture  # noqa: PLC0415
 
     root = _argv_value(argv, "--sysroot") or "/"
     cli = _argv_value(argv, "--state-dir")
@@ -218,7 +218,7 @@ def main(argv: Sequence[str]) -> int:
         return run_ingest(job(args, cfg, paths))
     from pathlib import Path  # noqa: PLC0415
 
-    from khod.daemon import Daemon, Settings  # noqa: PLC0415
+    from khod.daemon.loop import Daemon, Settings  # noqa: PLC0415
 
     def settings() -> Settings:
         c = effective_config(args)
@@ -228,7 +228,7 @@ def main(argv: Sequence[str]) -> int:
     args.snapshot, args.journal = s.snapshot, True
     obs = collect_boot(job(args, s.cfg, paths))
     if FIRST_INGEST is None:  # main() called in-process (tests): fork here
-        from khod.firstingest import FirstIngest  # noqa: PLC0415
+        from khod.daemon.first_ingest import FirstIngest  # noqa: PLC0415
 
         first = FirstIngest.fork()
     else:
@@ -238,7 +238,7 @@ def main(argv: Sequence[str]) -> int:
     return Daemon(s, settings).run(first)
 
 
-FIRST_INGEST: Any = None  # the daemon's pre-forked first ingest (khod.firstingest)
+FIRST_INGEST: Any = None  # the daemon's pre-forked first ingest (khod.daemon.first_ingest)
 
 
 def run() -> None:
@@ -250,7 +250,7 @@ def run() -> None:
     if early_capture(argv) is not None or _daemon_mode(argv):
         # the daemon: fork the first ingest now; it loads SQLAlchemy while this process
         # parses the command line and collects, then it stores what it is sent
-        from khod.firstingest import FirstIngest  # noqa: PLC0415
+        from khod.daemon.first_ingest import FirstIngest  # noqa: PLC0415
 
         FIRST_INGEST = FirstIngest.fork()
     from khod.cli.common import run_main  # noqa: PLC0415

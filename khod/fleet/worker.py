@@ -1,6 +1,6 @@
 """The daemon's pushes to the fleet database run in a process of their own, so that a
 fleet database that hangs never blocks the daemon's loop and the resident daemon never
-loads SQLAlchemy: ``python -m khod.fleet.worker --to URL [--db URL]`` (``khod.daemon``
+loads SQLAlchemy: ``python -m khod.fleet.worker --to URL [--db URL]`` (``khod.daemon.loop``
 starts it through ``argv``), its one line on stdout, 0 or the one-line error's status."""
 
 from __future__ import annotations

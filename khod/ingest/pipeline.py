@@ -40,7 +40,7 @@ def print_events(events: Sequence[Event]) -> None:
 
 def collect_boot(job: IngestJob) -> BootObservation:
     """This boot, collected through ``job.paths``; its problems printed."""
-    from khod.collect import collect  # noqa: PLC0415
+    from khod.collect.boot import collect  # noqa: PLC0415
 
     obs = collect(job.paths, job.cfg.inflate_limit)
     print_events(obs.events)
@@ -50,7 +50,6 @@ def collect_boot(job: IngestJob) -> BootObservation:
 def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> int:
     """Run ``job``; ``on_ready`` (the daemon's cue for READY=1) once the boot is
     committed and the snapshot written. 0, or an error raised (``khod.oneline``)."""
-    from khod.capture import read_boot_id  # noqa: PLC0415
     from khod.ingest.steps import (  # noqa: PLC0415
         IngestOptions,
         Rescan,
@@ -59,6 +58,7 @@ def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> 
         save_boot,
     )
     from khod.observation import Severity  # noqa: PLC0415
+    from khod.sources.capture import read_boot_id  # noqa: PLC0415
     from khod.store.db import default_db_url, open_store  # noqa: PLC0415
     from khod.store.retention import retention  # noqa: PLC0415
     from khod.store.salvage import salvage  # noqa: PLC0415
@@ -109,7 +109,7 @@ def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> 
         if kept.deleted:
             print(f"khod: retention: removed {kept.deleted} old boots", file=sys.stderr)
         if job.snapshot is not None:
-            from khod.snapshot import compute_snapshot, write_snapshot  # noqa: PLC0415
+            from khod.ingest.snapshot import compute_snapshot, write_snapshot  # noqa: PLC0415
 
             write_snapshot(
                 job.snapshot,
@@ -120,7 +120,7 @@ def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> 
         if on_ready is not None:
             on_ready()
         if job.journal:
-            from khod import sd  # noqa: PLC0415
+            from khod.adapters import sd  # noqa: PLC0415
 
             if rescan is not None:  # a rescan: the records a late backend brought
                 sd.journal_pstore(rescan.boot, rescan.records, result.pstore_saved)

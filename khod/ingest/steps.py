@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from khod.collect import collect
-from khod.collect_pstore import collect_pstore
+from khod.collect.boot import collect
+from khod.collect.pstore import collect_pstore
 from khod.errors import KhodError, SourceError
 from khod.observation import BootObservation, Event, EventSource, PstoreRecord, Severity
 from khod.parse.proc import UNKNOWN_MACHINE, provisional_machine_id
@@ -36,7 +36,7 @@ def _release(
     """Unlink owned pstore files; only called once their rows are committed."""
     if not opts.own_pstore:
         return []
-    from khod.pstore_owner import release_pstore_files  # noqa: PLC0415
+    from khod.ingest.pstore_owner import release_pstore_files  # noqa: PLC0415
 
     released = release_pstore_files(paths, records)
     save_later(store, boot_pk, machine_id, evs=released)
@@ -107,7 +107,7 @@ def recover_spools(
     import shutil  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
 
-    from khod.capture import unpack  # noqa: PLC0415
+    from khod.sources.capture import unpack  # noqa: PLC0415
 
     lines = []
     try:

@@ -1,7 +1,7 @@
 """The daemon's later ingests (a reload, a retry, a pstore backend loaded late) run in
 a process of their own, so that the resident daemon never loads SQLAlchemy:
 ``python -m khod.ingest.worker [--debug]``, its ``IngestJob`` pickled on stdin by the
-daemon (``khod.daemon``), its lines on stderr, 0 or the one-line error's status."""
+daemon (``khod.daemon.loop``), its lines on stderr, 0 or the one-line error's status."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from typing import Any
 
 OUT = Path("/khod-e2e")
 PORT = "/dev/virtio-ports/org.khod.e2e"
-MESSAGE_IDS = {  # khod's pstore entries (khod/sd.py)
+MESSAGE_IDS = {  # khod's pstore entries (khod/adapters/sd.py)
     "pstore-record": "4c2e8a6f1b3d4c5e9f8a7b6c5d4e3f96",
     "pstore-crash": "3f8a6c2e1d4b4a9c8e7f6d5c4b3a2e85",
 }

@@ -89,7 +89,7 @@ def _child(job_r: int, ready_w: int) -> None:
     code = 1
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        import khod.snapshot  # noqa: PLC0415
+        import khod.ingest.snapshot  # noqa: PLC0415
         import khod.store.boots  # noqa: PLC0415  (load SQLAlchemy while waiting)
         import khod.store.retention  # noqa: F401, PLC0415
 

@@ -1,5 +1,5 @@
 """The resident daemon. It never imports SQLAlchemy: ingests run in a child process
-(the first one forked early, ``khod.firstingest``; later ones ``khod.ingest.worker``)
+(the first one forked early, ``khod.daemon.first_ingest``; later ones ``khod.ingest.worker``)
 that writes the metrics snapshot this process serves.
 
 Start: (capture already done by the entry point) -> child ingest, while this process
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from khod import sd
-from khod.child import Child
+from khod.adapters import sd
 from khod.config import Config
+from khod.daemon.child import Child
 from khod.errors import KhodError
 from khod.fleet import worker as fleet_worker
 
@@ -163,7 +163,7 @@ class Daemon:
     def write_textfile(self) -> None:
         if not self.s.cfg.textfile:
             return
-        from khod.metrics import write_textfile  # noqa: PLC0415
+        from khod.daemon.metrics import write_textfile  # noqa: PLC0415
 
         try:
             write_textfile(self.s.cfg.textfile, self.registry)
@@ -171,12 +171,12 @@ class Daemon:
             self.log(f"warning: cannot write {self.s.cfg.textfile}: {e.strerror}")
 
     def run(self, first: Any) -> int:
-        """``first`` is the forked first ingest (khod.firstingest), already sent its job;
+        """``first`` is the forked first ingest (khod.daemon.first_ingest), already sent its job;
         it runs while this process imports prometheus-client and binds /metrics."""
         t0 = time.monotonic()
         wake = self._signals()
-        from khod.httpserve import metrics_server  # noqa: PLC0415
-        from khod.metrics import SnapshotCollector, make_registry  # noqa: PLC0415
+        from khod.daemon.http import metrics_server  # noqa: PLC0415
+        from khod.daemon.metrics import SnapshotCollector, make_registry  # noqa: PLC0415
 
         self.collector = SnapshotCollector()
         self.registry = make_registry(self.collector)
@@ -317,7 +317,7 @@ class Daemon:
         if not self.s.cfg.watch_modules:
             return None
         try:
-            from khod.udev import PyudevWatcher  # noqa: PLC0415
+            from khod.adapters.udev import PyudevWatcher  # noqa: PLC0415
 
             return PyudevWatcher("module", ("add",))
         except Exception as e:  # no netlink (containers), no libudev: run without it

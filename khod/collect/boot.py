@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from khod.collect_pstore import collect_pstore
+from khod.collect.pstore import collect_pstore
 from khod.errors import KhodError, ParseError, SourceError
 from khod.observation import (
     Blob,

@@ -1,0 +1,1 @@
+"""What khod says to the system's own services: the journal (sd), udev."""

@@ -1,0 +1,1 @@
+"""The daemon: its loop, the first ingest it forks, its children, /metrics."""
