@@ -59,7 +59,7 @@ def _print_checks(checks: list[Any], ok: bool) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from khod.checks import checks_json, run_checks, verdict  # noqa: PLC0415
+    from khod.checks.run import checks_json, run_checks, verdict  # noqa: PLC0415
 
     paths, obs = _collect(args)
     checks, _, _ = run_checks(paths, obs, args.kernel, args.initrd)
@@ -84,7 +84,7 @@ def plan_argv(args: argparse.Namespace, kexec: str) -> list[list[str]]:
 def cmd_kexec(args: argparse.Namespace) -> int:
     from dataclasses import asdict  # noqa: PLC0415
 
-    from khod.checks import run_checks, verdict  # noqa: PLC0415
+    from khod.checks.run import run_checks, verdict  # noqa: PLC0415
 
     paths, obs = _collect(args)
     checks, target, exe = run_checks(paths, obs, args.kernel, args.initrd, args.append)
@@ -161,7 +161,8 @@ def cmd_record_kexec(args: argparse.Namespace) -> int:
     """Run from kexec.target: record what is about to happen, unless khoctl kexec did."""
     from dataclasses import asdict  # noqa: PLC0415
 
-    from khod.checks import check_loaded, run_checks  # noqa: PLC0415
+    from khod.checks.host import check_loaded  # noqa: PLC0415
+    from khod.checks.run import run_checks  # noqa: PLC0415
     from khod.store.attempts import has_open_attempt, save_attempt  # noqa: PLC0415
     from khod.store.boots import save_observation  # noqa: PLC0415
     from khod.store.db import open_store  # noqa: PLC0415
