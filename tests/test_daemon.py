@@ -175,6 +175,25 @@ def test_a_boot_left_in_the_spool_is_ingested_at_the_next_start(
     assert list((tmp_path / "state" / "spool").iterdir()) == []
 
 
+def test_a_file_over_the_capture_limit_is_left_out_whole_not_cut(
+    sysroot: SysrootFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spool holds each file whole or not at all: a cut pstore record would be
+    ingested at the next start as if it were the whole dump."""
+    from khod.sources import capture as cap
+
+    root = sysroot("pstore-kho/step1")
+    big = root / "sys/fs/pstore/dmesg-ramoops-9"
+    big.write_bytes(b"x" * (3 << 20))
+    monkeypatch.setattr(cap, "FILE_LIMIT", 1 << 20)
+    spool = cap.capture(str(root), str(tmp_path / "spool"))
+    assert spool is not None
+    cap.unpack(spool, str(tmp_path / "tree"))
+    got = {p.name: p.stat().st_size for p in (tmp_path / "tree/sys/fs/pstore").iterdir()}
+    want = {p.name: p.stat().st_size for p in (root / "sys/fs/pstore").iterdir() if p != big}
+    assert got == want  # the others whole, the big one not there at all
+
+
 def test_capture_only_writes_a_durable_spool(sysroot: SysrootFactory, tmp_path: Path) -> None:
     root = sysroot("kexec1/step1")
     r = subprocess.run(

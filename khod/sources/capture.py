@@ -1,6 +1,7 @@
 """Boot capture: this boot's incoming state, durable on disk before anything heavy.
 
-Standard library only (os, struct): it runs first at daemon start, before SQLAlchemy or
+Standard library only (os, struct, and khod's own HostPaths, file readers and boot id
+check, which import nothing else): it runs first at daemon start, before SQLAlchemy or
 prometheus-client are imported, so a boot that crashes again within seconds still leaves
 its KHO blobs, kernel log and pstore bytes behind. The spool is one file per boot,
 ``<state>/spool/<boot_id>.spool``, written to a temporary name, fsync'd and renamed; the
@@ -17,78 +18,57 @@ import errno
 import os
 import stat
 import struct
+from pathlib import Path
 
 from khod.atomic import write_file
-from khod.sources.files import read_kmsg_device
+from khod.errors import ParseError, SourceError
+from khod.parse.proc import parse_boot_id
+from khod.paths import HostPaths
+from khod.sources.files import read_bytes, read_kmsg_device
 
 MAGIC = b"KHODSPOOL1\n"
 ENTRY = struct.Struct("<HQI")
-FILE_LIMIT = 32 << 20
+FILE_LIMIT = 32 << 20  # a larger file is left out whole, never cut
 TOTAL_LIMIT = 256 << 20
-# the files collection reads, relative to the root (see HostPaths)
-IDENTITY = (
-    "proc/sys/kernel/random/boot_id",
-    "proc/sys/kernel/osrelease",
-    "proc/cmdline",
-    "proc/stat",
-    "etc/machine-id",
-)
-TREES = ("sys/kernel/debug/kho", "sys/fs/pstore")
-KMSG = "dev/kmsg"
 
 
-def _read(path: str) -> bytes | None:
+def _files(paths: HostPaths) -> list[Path]:
+    """What collection reads (HostPaths): the boot's identity, the kernel log, the KHO
+    debugfs tree and the pstore files."""
+    identity = [paths.boot_id, paths.osrelease, paths.cmdline, paths.proc_stat, paths.machine_id]
+    return [*identity, paths.kmsg, *_walk(paths.kho), *_walk(paths.pstore)]
+
+
+def _read(paths: HostPaths, path: Path) -> bytes | None:
+    """The whole file, or None: missing, unreadable or over FILE_LIMIT."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
-    except OSError:
+        if path == paths.kmsg and stat.S_ISCHR(os.stat(path).st_mode):
+            return read_kmsg_device(path, FILE_LIMIT)  # records, not a file: no end to cut
+        return read_bytes(path, paths.rel(path), FILE_LIMIT)
+    except (SourceError, OSError):
         return None
+
+
+def _walk(top: Path) -> list[Path]:
+    out: list[Path] = []
     try:
-        chunks = []
-        total = 0
-        while total <= FILE_LIMIT:
-            b = os.read(fd, 1 << 20)
-            if not b:
-                break
-            chunks.append(b)
-            total += len(b)
-        return b"".join(chunks)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _read_kmsg(path: str) -> bytes | None:
-    try:
-        if stat.S_ISCHR(os.stat(path).st_mode):
-            return read_kmsg_device(path, FILE_LIMIT)
-    except OSError:
-        return None
-    return _read(path)
-
-
-def _walk(root: str, rel: str) -> list[str]:
-    out = []
-    try:
-        with os.scandir(os.path.join(root, rel)) as it:
+        with os.scandir(top) as it:
             for e in it:
-                r = f"{rel}/{e.name}"
                 if e.is_dir(follow_symlinks=False):
-                    out += _walk(root, r)
+                    out += _walk(top / e.name)
                 elif e.is_file(follow_symlinks=False):
-                    out.append(r)
+                    out.append(top / e.name)
     except OSError:
         pass
     return out
 
 
 def read_boot_id(root: str) -> str | None:
-    data = _read(os.path.join(root, IDENTITY[0]))
-    if not data:
+    paths = HostPaths(Path(root))
+    try:
+        return parse_boot_id(read_bytes(paths.boot_id, paths.rel(paths.boot_id), 4096), "boot_id")
+    except (SourceError, ParseError):
         return None
-    text = data.decode("ascii", errors="replace").strip()
-    ok = len(text) == 36 and all(c in "0123456789abcdef-" for c in text)
-    return text if ok else None
 
 
 def capture(root: str, spool_dir: str) -> str | None:
@@ -96,18 +76,18 @@ def capture(root: str, spool_dir: str) -> str | None:
     boot_id = read_boot_id(root)
     if boot_id is None:
         return None
+    paths = HostPaths(Path(root))
     parts = [MAGIC]
     total = 0
-    for rel in (*IDENTITY, KMSG, *(f for t in TREES for f in _walk(root, t))):
-        path = os.path.join(root, rel)
-        data = _read_kmsg(path) if rel == KMSG else _read(path)
+    for path in _files(paths):
+        data = _read(paths, path)
         if data is None or total + len(data) > TOTAL_LIMIT:
             continue
         try:
             mtime = os.stat(path, follow_symlinks=False).st_mtime_ns
         except OSError:
             mtime = 0
-        name = rel.encode()
+        name = str(path.relative_to(paths.root)).encode()
         parts += [ENTRY.pack(len(name), mtime, len(data)), name, data]
         total += len(data)
     os.makedirs(spool_dir, mode=0o700, exist_ok=True)
