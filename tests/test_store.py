@@ -27,6 +27,21 @@ def test_head_constant_matches_the_migrations() -> None:
     assert migrate.script_head() == HEAD_REVISION
 
 
+def test_a_boot_is_one_shape_from_collection_to_the_table() -> None:
+    """A field added to the observation, the record or the table alone is seen here, not
+    as a column that is never written or a field that is never read back."""
+    from dataclasses import fields
+
+    from khod.observation import BootObservation
+    from khod.store.boots import OBSERVED, STORE_ONLY, BootRecord
+    from khod.store.schema import boots as table
+
+    observed = {f.name for f in fields(BootObservation)} - {"blobs", "events", "pstore"}
+    assert set(OBSERVED) == observed
+    assert {f.name for f in fields(BootRecord)} == observed | STORE_ONLY
+    assert {c.name for c in table.columns} - {"seq"} == observed | STORE_ONLY
+
+
 def test_migrations_up_check_down_up(db_url: str) -> None:
     store = open_store(db_url)
     assert current_revision(store) == HEAD_REVISION

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -64,30 +64,26 @@ class SaveResult:
         return len(self.pstore_saved)
 
 
+# how an observation's field is stored where it is not stored as it is (JSON columns)
+_STORED: dict[str, Callable[[Any], Any]] = {
+    "kind": str,
+    "subtrees": lambda ts: [{"name": t.name, "size": t.size} for t in ts],
+    "out_subtrees": lambda ts: [{"name": t.name, "size": t.size} for t in ts],
+    "scratch": lambda areas: [[phys, n] for phys, n in areas],
+}
+# a BootRecord's fields that the store adds to what was observed
+STORE_ONLY = frozenset({"khod_version", "id", "ingested_at"})
+OBSERVED = tuple(f.name for f in fields(BootRecord) if f.name not in STORE_ONLY)
+
+
 def boot_values(obs: BootObservation) -> dict[str, Any]:
-    """The boots row for an observation."""
-    return {
-        "machine_id": obs.machine_id,
-        "boot_id": obs.boot_id,
-        "booted_at": obs.booted_at,
-        "release": obs.release,
-        "cmdline": obs.cmdline,
-        "kind": str(obs.kind),
-        "kind_reason": obs.kind_reason,
-        "kho_enabled": obs.kho_enabled,
-        "kho_abi": obs.kho_abi,
-        "memory_map_handed": obs.memory_map_handed,
-        "previous_release": obs.previous_release,
-        "previous_release_raw": obs.previous_release_raw,
-        "kexec_count": obs.kexec_count,
-        "metadata_source": obs.metadata_source,
-        "subtrees": [{"name": s.name, "size": s.size} for s in obs.subtrees],
-        "out_subtrees": [{"name": s.name, "size": s.size} for s in obs.out_subtrees],
-        "out_release": obs.out_release,
-        "out_kexec_count": obs.out_kexec_count,
-        "scratch": [[p, n] for p, n in obs.scratch],
-        "khod_version": __version__,
-    }
+    """The boots row for an observation: each of BootRecord's observed fields, by name."""
+    values = {}
+    for name in OBSERVED:
+        v = getattr(obs, name)
+        values[name] = _STORED[name](v) if name in _STORED else v
+    values["khod_version"] = __version__
+    return values
 
 
 def live_record(obs: BootObservation) -> BootRecord:
