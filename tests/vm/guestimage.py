@@ -147,8 +147,8 @@ class Boot:
         return out
 
     def userspace_started(self) -> float:
-        """CLOCK_MONOTONIC when PID 1 started. After a kexec the clock goes on from the
-        kernel before (x86's TSC is not reset), so times are taken from here."""
+        """CLOCK_MONOTONIC when PID 1 started: the boot's times are taken from here,
+        so that the kernel's own boot (longer after a kexec) is left out of them."""
         m = re.search(r"^UserspaceTimestampMonotonic=(\d+)$", self.out("manager"), re.M)
         return int(m.group(1)) / 1e6 if m else 0.0
 
