@@ -8,17 +8,9 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from sqlalchemy import (
-    Table,
-    func,
-    select,
-)
+from sqlalchemy import Table, func, select
 
-from khod.fleet.format import (
-    TABLES,
-    header,
-    ref_key,
-)
+from khod.fleet.format import TABLES, header, ref_key
 from khod.store.handle import Store
 from khod.store.schema import boots
 

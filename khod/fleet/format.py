@@ -20,16 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Boolean,
-    Float,
-    Integer,
-    LargeBinary,
-    String,
-    Table,
-)
+from sqlalchemy import JSON, BigInteger, Boolean, Float, Integer, LargeBinary, String, Table
 
 from khod import __version__
 from khod.errors import KhodError

@@ -14,28 +14,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    Connection,
-    Table,
-    and_,
-    select,
-    tuple_,
-    update,
-)
+from sqlalchemy import JSON, Connection, Table, and_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import StoreError
-from khod.fleet.format import (
-    CONFLICT,
-    HARD_REFS,
-    SHAPES,
-    TABLES,
-    parse_line,
-    ref_key,
-)
+from khod.fleet.format import CONFLICT, HARD_REFS, SHAPES, TABLES, parse_line, ref_key
 from khod.store.handle import Store, describe_db_error
 from khod.store.schema import boots, kexec_attempts
 

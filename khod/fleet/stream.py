@@ -11,11 +11,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from khod.fleet.format import (
-    BadObject,
-    check_header,
-    parse_line,
-)
+from khod.fleet.format import BadObject, check_header, parse_line
 from khod.fleet.importer import Importer
 
 

@@ -7,19 +7,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import (
-    select,
-)
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import StoreError
 from khod.fleet.export import iter_objects
-from khod.fleet.format import (
-    TABLES,
-    validate,
-)
+from khod.fleet.format import TABLES, validate
 from khod.fleet.importer import ImportCounts, Importer
 from khod.store.db import open_store
 from khod.store.handle import Store, describe_db_error
