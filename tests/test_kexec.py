@@ -817,3 +817,19 @@ def test_kexec_fits_the_command_line_it_will_pass(
         return str(s["detail"]).split("boot params and command line (", 1)[1].split(")")[0]
 
     assert boot_params("--append", "x" * 6000) != boot_params()
+
+
+def test_the_checks_judge_the_state_collection_read(sysroot: SysrootFactory) -> None:
+    """One read of the outgoing KHO state: the checks judge the bytes collection kept
+    (the same ones stored with the boot), not a second read that may differ."""
+    from khod.checks.run import run_checks
+    from khod.collect.boot import collect
+    from khod.paths import HostPaths
+
+    paths = HostPaths(sysroot("cold/step0"))
+    obs = collect(paths)
+    paths.kho_out_fdt.write_bytes(b"\xd0\x0d\xfe\xed garbage after collection")
+    checks, _, _ = run_checks(paths, obs, None, None)
+    by_name = {c.name: c for c in checks}
+    assert by_name["out-fdt"].ok, by_name["out-fdt"]
+    assert by_name["out-fdt"].detail.startswith("valid, compatible 'kho-v"), by_name["out-fdt"]

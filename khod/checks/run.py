@@ -26,7 +26,7 @@ def run_checks(
     """``cmdline``: the new kernel's command line (``--append``); the running one's
     when None (``--reuse-cmdline``)."""
     checks = check_kho(paths, obs)
-    running, running_src = running_abi(paths, obs)
+    running, running_src = running_abi(obs)
     target: Target | None = None
     initrd_size: int | None = None
     if initrd is not None:
@@ -46,7 +46,7 @@ def run_checks(
         )
         checks.append(check_out_fdt(paths, obs))
         checks.append(check_metadata(obs, running))
-        checks.append(check_finalize(paths, obs.release))
+        checks.append(check_finalize(paths, obs))
     if target is not None:
         checks += check_target(target, running, running_src)
     kt, exe = check_kexec_tools()

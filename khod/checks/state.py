@@ -3,25 +3,38 @@ sections 3, 6, 8)?"""
 
 from __future__ import annotations
 
-import contextlib
-
 from khod.checks.base import INFO, WARNING, Check, fail, ok
 from khod.errors import ParseError, SourceError
 from khod.observation import BootObservation, EventSource, Severity
 from khod.parse import kimage
 from khod.parse.kho import parse_kho_fdt
 from khod.paths import HostPaths
-from khod.sources.files import is_dir, read_optional
+from khod.sources.files import is_dir
 
 
-def running_abi(paths: HostPaths, obs: BootObservation) -> tuple[str | None, str]:
+def outgoing(obs: BootObservation, name: str) -> bytes | None:
+    """The bytes of ``out/<name>`` as collection read them (the observation keeps every
+    KHO file it read: the checks read nothing of KHO again)."""
+    for b in obs.blobs:
+        if b.direction == "out" and b.name == name:
+            return b.data
+    return None
+
+
+def read_failure(obs: BootObservation, shown: str) -> str | None:
+    """Why collection could not read ``shown``, if it could not."""
+    for ev in obs.events:
+        if ev.kind == "read-error" and ev.source == shown:
+            return ev.message
+    return None
+
+
+def running_abi(obs: BootObservation) -> tuple[str | None, str]:
     """The KHO ABI this kernel speaks: its incoming or outgoing root compatible, else the
     release table."""
     if obs.kho_abi:
         return obs.kho_abi, "in/fdt"
-    data = None
-    with contextlib.suppress(SourceError):
-        data = read_optional(paths.kho_out_fdt, "out/fdt")
+    data = outgoing(obs, "fdt")
     if data:
         try:
             return parse_kho_fdt(data, "out/fdt").compatible, "out/fdt"
@@ -83,10 +96,10 @@ def check_kho(paths: HostPaths, obs: BootObservation) -> list[Check]:
 
 
 def check_out_fdt(paths: HostPaths, obs: BootObservation) -> Check:
-    try:
-        data = read_optional(paths.kho_out_fdt, paths.rel(paths.kho_out_fdt))
-    except SourceError as e:
-        return fail("out-fdt", str(e), WARNING)
+    data = outgoing(obs, "fdt")
+    failure = read_failure(obs, paths.rel(paths.kho_out_fdt))
+    if failure is not None:
+        return fail("out-fdt", failure, WARNING)
     if data is None:
         return ok(
             "out-fdt",
@@ -128,11 +141,12 @@ def check_metadata(obs: BootObservation, abi: str | None) -> Check:
     return ok("outgoing-metadata", f"{obs.out_release} count {obs.out_kexec_count}")
 
 
-def check_finalize(paths: HostPaths, release: str) -> Check:
-    try:
-        raw = read_optional(paths.kho_out_finalize, "out/finalize")
-    except SourceError as e:
-        return fail("finalize", str(e))
+def check_finalize(paths: HostPaths, obs: BootObservation) -> Check:
+    failure = read_failure(obs, paths.rel(paths.kho_out_finalize))
+    if failure is not None:
+        return fail("finalize", failure)
+    raw = outgoing(obs, "finalize")
+    release = obs.release
     v = kimage.release_version(release)
     if raw is None:
         if v is not None and v <= (7, 0):
