@@ -1,7 +1,7 @@
 """Writing a file whole or not at all: the one way khod writes its outputs (the spool,
 the snapshot, the textfile, exports).
 
-A temporary file beside the target (``tempfile.mkstemp``: a fresh name, ``O_EXCL``, so a
+A temporary file beside the target (a fresh random name, ``O_EXCL | O_NOFOLLOW``, so a
 planted file or link is never written through), its mode set, flushed to disk, renamed
 over the target (a symlink there is replaced, not followed), then the directory flushed.
 Readers see the old file or the new one, never half of it; after a power cut, the old
@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the boot capture imports this module: nothing it does not need
+    from typing import BinaryIO
 
 
 @contextlib.contextmanager
@@ -23,10 +25,12 @@ def atomic_file(path: str | os.PathLike[str], mode: int = 0o600) -> Iterator[Bin
     exception (otherwise it is removed and ``path`` is left as it was)."""
     target = os.fspath(path)
     parent = os.path.dirname(target) or "."
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
+    tmp = os.path.join(parent, f".{os.path.basename(target)}.{os.urandom(6).hex()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)  # mkstemp makes 0600; a textfile is read by others
+            os.fchmod(f.fileno(), mode)  # whatever the umask: a textfile is read by others
             yield f
             f.flush()
             os.fsync(f.fileno())

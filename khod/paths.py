@@ -6,16 +6,36 @@ code reads a live host (root ``/``) and a captured fixture tree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 # KHO debugfs names: scratch_* until 7.3, bootmem_* from 7.4 (liveupdate 8fe64603a475).
 SCRATCH_NAMES = (("scratch_phys", "scratch_len"), ("bootmem_phys", "bootmem_len"))
 
 
-@dataclass(frozen=True)
 class HostPaths:
-    root: Path = Path("/")
+    """Immutable, compared by root. A plain class, not a dataclass: the boot capture
+    imports it before anything heavy, and ``dataclasses`` costs it more than the rest."""
+
+    __slots__ = ("root",)
+    root: Path
+
+    def __init__(self, root: Path = Path("/")) -> None:
+        object.__setattr__(self, "root", root)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"HostPaths is immutable: cannot set {name}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HostPaths) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    def __repr__(self) -> str:
+        return f"HostPaths(root={self.root!r})"
+
+    def __reduce__(self) -> tuple[type[HostPaths], tuple[Path]]:
+        return HostPaths, (self.root,)
 
     def _p(self, rel: str) -> Path:
         return self.root / rel
