@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from khod.records import BootKind, EventSource, Severity
 
 __all__ = [
+    "BOOT_FIELDS",
     "Blob",
+    "Boot",
     "BootKind",
     "BootObservation",
     "Event",
@@ -16,6 +19,7 @@ __all__ = [
     "PstoreRecord",
     "Severity",
     "Subtree",
+    "boot_facts",
 ]
 
 
@@ -51,6 +55,9 @@ class Subtree:
     name: str
     size: int | None
 
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size}
+
 
 @dataclass(frozen=True)
 class PstoreRecord:
@@ -85,13 +92,18 @@ class PstoreRecord:
 
 
 @dataclass(frozen=True)
-class BootObservation:
+class Boot:
+    """What one boot showed of itself: the facts the kernel gave at that boot, the
+    same whether just collected (``BootObservation``) or read back from the store
+    (``khod.store.boots.BootRecord``). A field added here is a column of ``boots``
+    (and a migration): ``tests/test_store.py`` holds the two to one shape."""
+
     machine_id: str
     boot_id: str
     release: str
     cmdline: str
     booted_at: int | None  # btime, seconds since the epoch
-    kind: BootKind
+    kind: str  # a BootKind; a kind stored by a newer khod is kept as its string
     kind_reason: str | None
     kho_enabled: bool
     kho_abi: str | None  # incoming root compatible
@@ -105,6 +117,21 @@ class BootObservation:
     out_release: str | None
     out_kexec_count: int | None
     scratch: tuple[tuple[int, int], ...]  # (phys, len) per area
+
+
+@dataclass(frozen=True)
+class BootObservation(Boot):
+    """A boot as collected: its facts, the raw blobs, the events and the pstore
+    records that came with them."""
+
     blobs: tuple[Blob, ...]
     events: tuple[Event, ...]
     pstore: tuple[PstoreRecord, ...] = ()
+
+
+BOOT_FIELDS = tuple(f.name for f in fields(Boot))
+
+
+def boot_facts(boot: Boot) -> dict[str, Any]:
+    """A boot's facts by field name, whatever else the object carries."""
+    return {name: getattr(boot, name) for name in BOOT_FIELDS}

@@ -32,12 +32,12 @@ def test_a_boot_is_one_shape_from_collection_to_the_table() -> None:
     as a column that is never written or a field that is never read back."""
     from dataclasses import fields
 
-    from khod.observation import BootObservation
-    from khod.store.boots import OBSERVED, STORE_ONLY, BootRecord
+    from khod.observation import BOOT_FIELDS, BootObservation
+    from khod.store.boots import STORE_ONLY, BootRecord
     from khod.store.schema import boots as table
 
-    observed = {f.name for f in fields(BootObservation)} - {"blobs", "events", "pstore"}
-    assert set(OBSERVED) == observed
+    observed = set(BOOT_FIELDS)
+    assert {f.name for f in fields(BootObservation)} == observed | {"blobs", "events", "pstore"}
     assert {f.name for f in fields(BootRecord)} == observed | STORE_ONLY
     assert {c.name for c in table.columns} - {"seq"} == observed | STORE_ONLY
 
@@ -85,6 +85,24 @@ def test_ingest_is_idempotent(db_url: str) -> None:
     assert first.created and not second.created
     assert (second.new_blobs, second.new_events) == (0, 0)
     assert counts(db_url) == (1, len(obs.blobs), len(obs.events))
+
+
+@pytest.mark.parametrize("step", ["pstore-kho/step1", "kexec1/step1", "cold/step0"])
+def test_a_boot_reads_back_as_it_was_observed(db_url: str, step: str) -> None:
+    """``khoctl status`` renders the live boot, ``history`` the stored one: the same
+    facts, the same types (subtrees, scratch areas, the kind), whichever was read."""
+    from khod.observation import boot_facts
+    from khod.store.boots import live_record, load_boot
+
+    obs = collect(HostPaths(FIXTURES / step))
+    store = open_store(db_url)
+    save_observation(store, obs)
+    stored = load_boot(store, obs.machine_id, obs.boot_id)
+    assert stored is not None
+    assert boot_facts(stored) == boot_facts(live_record(obs)) == boot_facts(obs)
+    assert [type(v) for v in boot_facts(stored).values()] == [
+        type(v) for v in boot_facts(obs).values()
+    ]
 
 
 def test_raw_blobs_are_stored_byte_for_byte(db_url: str) -> None:

@@ -10,13 +10,10 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from khod.observation import BootObservation, Event, PstoreRecord, Severity
+from khod.observation import Boot, BootObservation, Event, PstoreRecord, Severity
 from khod.records import is_crash
-
-if TYPE_CHECKING:  # the store (SQLAlchemy) is not imported here
-    from khod.store.boots import BootRecord
 
 # MESSAGE_IDs of khod's journal entries; systemd/khod.catalog explains each one
 MESSAGE_IDS = {
@@ -68,7 +65,7 @@ def event_message_id(e: Event) -> str:
     return MESSAGE_IDS["anomaly"]
 
 
-def journal_fields_for_boot(obs: BootObservation | BootRecord) -> dict[str, Any]:
+def journal_fields_for_boot(obs: Boot) -> dict[str, Any]:
     return {
         "KHOD_BOOT_ID": obs.boot_id,
         "KHOD_MACHINE_ID": obs.machine_id,
@@ -123,7 +120,7 @@ def journal_boot(obs: BootObservation, new_events: list[Event]) -> None:
 
 
 def journal_pstore(
-    boot: BootObservation | BootRecord,
+    boot: Boot,
     records: Sequence[PstoreRecord],
     saved: frozenset[str],
 ) -> None:

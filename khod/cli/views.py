@@ -27,7 +27,7 @@ def boot_json(b: BootRecord, *, history: bool = False) -> dict[str, Any]:
         "kho": {
             "enabled": b.kho_enabled,
             "abi": b.kho_abi,
-            "subtrees": list(b.subtrees or []),
+            "subtrees": [t.as_json() for t in b.subtrees],
         },
     }
     if history:

@@ -12,42 +12,68 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from khod import __version__
 from khod.errors import StoreError
-from khod.observation import BootKind, BootObservation, Event, EventSource, PstoreRecord, Severity
+from khod.observation import (
+    Boot,
+    BootKind,
+    BootObservation,
+    Event,
+    EventSource,
+    PstoreRecord,
+    Severity,
+    Subtree,
+    boot_facts,
+)
+from khod.records import KINDS
 from khod.store.handle import Store, describe_db_error
 from khod.store.order import predecessor, recorded_order
 from khod.store.schema import blobs, boots, events, pstore_records, pstore_seen
 
 
 @dataclass(frozen=True)
-class BootRecord:
-    """A boot as stored (or as it would be stored: ``khoctl status`` renders live ones)."""
+class BootRecord(Boot):
+    """A boot as stored (or as it would be stored: ``khoctl status`` renders live ones):
+    its facts and what the store adds to them."""
 
-    machine_id: str
-    boot_id: str
-    booted_at: int | None
-    release: str
-    cmdline: str
-    kind: str
-    kind_reason: str | None
-    kho_enabled: bool
-    kho_abi: str | None
-    memory_map_handed: bool | None
-    previous_release: str | None
-    previous_release_raw: bytes | None
-    kexec_count: int | None
-    metadata_source: str | None
-    subtrees: list[Any]
-    out_subtrees: list[Any]
-    out_release: str | None
-    out_kexec_count: int | None
-    scratch: list[Any]
     khod_version: str
     id: int | None = None
     ingested_at: float | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> BootRecord:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
+        values = {f.name: row[f.name] for f in fields(cls)}
+        for name, load in _LOADED.items():
+            values[name] = load(values[name])
+        return cls(**values)
+
+
+def _subtree_rows(subtrees: Sequence[Subtree]) -> list[dict[str, Any]]:
+    return [t.as_json() for t in subtrees]
+
+
+def _subtrees_of(rows: Sequence[Mapping[str, Any]] | None) -> tuple[Subtree, ...]:
+    return tuple(Subtree(r["name"], r.get("size")) for r in rows or ())
+
+
+def _kind_of(value: str) -> str:
+    """The BootKind it names; a kind this version does not know stays a string."""
+    return BootKind(value) if value in KINDS else value
+
+
+# how a boot's field is stored where it is not stored as it is (JSON columns), and read
+_STORED: dict[str, Callable[[Any], Any]] = {
+    "kind": str,
+    "subtrees": _subtree_rows,
+    "out_subtrees": _subtree_rows,
+    "scratch": lambda areas: [[phys, n] for phys, n in areas],
+}
+_LOADED: dict[str, Callable[[Any], Any]] = {
+    "kind": _kind_of,
+    "subtrees": _subtrees_of,
+    "out_subtrees": _subtrees_of,
+    "scratch": lambda areas: tuple((int(phys), int(n)) for phys, n in areas or ()),
+}
+# a BootRecord's fields that the store adds to what was observed
+STORE_ONLY = frozenset({"khod_version", "id", "ingested_at"})
 
 
 @dataclass(frozen=True)
@@ -64,30 +90,18 @@ class SaveResult:
         return len(self.pstore_saved)
 
 
-# how an observation's field is stored where it is not stored as it is (JSON columns)
-_STORED: dict[str, Callable[[Any], Any]] = {
-    "kind": str,
-    "subtrees": lambda ts: [{"name": t.name, "size": t.size} for t in ts],
-    "out_subtrees": lambda ts: [{"name": t.name, "size": t.size} for t in ts],
-    "scratch": lambda areas: [[phys, n] for phys, n in areas],
-}
-# a BootRecord's fields that the store adds to what was observed
-STORE_ONLY = frozenset({"khod_version", "id", "ingested_at"})
-OBSERVED = tuple(f.name for f in fields(BootRecord) if f.name not in STORE_ONLY)
-
-
-def boot_values(obs: BootObservation) -> dict[str, Any]:
-    """The boots row for an observation: each of BootRecord's observed fields, by name."""
+def boot_values(boot: Boot) -> dict[str, Any]:
+    """The boots row for a boot's facts (observed or recorded), each by its name."""
     values = {}
-    for name in OBSERVED:
-        v = getattr(obs, name)
+    for name, v in boot_facts(boot).items():
         values[name] = _STORED[name](v) if name in _STORED else v
     values["khod_version"] = __version__
     return values
 
 
 def live_record(obs: BootObservation) -> BootRecord:
-    return BootRecord(**boot_values(obs))
+    """The record ``obs`` would be once stored."""
+    return BootRecord(**boot_facts(obs), khod_version=__version__)
 
 
 def event_values(boot_pk: int | None, e: Event, now: float) -> dict[str, Any]:
