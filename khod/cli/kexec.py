@@ -10,14 +10,20 @@ import argparse
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from khod.cli.common import host_paths, print_json, print_text
 from khod.errors import KhodError
 
+if TYPE_CHECKING:  # annotations only
+    from khod.checks.base import Check
+    from khod.observation import BootObservation
+    from khod.paths import HostPaths
 
-def add_parsers(cmd: Any) -> None:
+
+def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
     c = cmd("check", "check the outgoing KHO state (and a target kernel) before a kexec")
     c.add_argument("--kernel", type=Path, metavar="IMAGE")
     c.add_argument("--initrd", type=Path, metavar="FILE")
@@ -43,14 +49,14 @@ def add_parsers(cmd: Any) -> None:
     c = cmd("record-kexec", "record a kexec attempt made without khoctl (kexec.target hook)")
 
 
-def _collect(args: argparse.Namespace) -> tuple[Any, Any]:
+def _collect(args: argparse.Namespace) -> tuple[HostPaths, BootObservation]:
     from khod.collect.boot import collect  # noqa: PLC0415
 
     paths = host_paths(args)
     return paths, collect(paths)
 
 
-def _print_checks(checks: list[Any], ok: bool) -> None:
+def _print_checks(checks: Sequence[Check], ok: bool) -> None:
     mark = {True: "ok  ", False: "FAIL"}
     for c in checks:
         sev = "" if c.ok else f" [{c.severity}]"

@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from khod import __version__
 from khod.cli.common import add_common, host_paths, print_json, print_text, run_main
 from khod.errors import KhodError
 from khod.sources.identity import this_boot, this_machine
+
+if TYPE_CHECKING:  # annotations only: the store is imported by the commands that use it
+    from khod.store.boots import BootRecord
+    from khod.store.handle import Store
 
 
 def parser() -> argparse.ArgumentParser:
@@ -89,7 +93,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _boots(args: argparse.Namespace, see: str = "") -> tuple[Any, list[Any]]:
+def _boots(args: argparse.Namespace, see: str = "") -> tuple[str | None, list[BootRecord]]:
     """The boots the command looks at; none of this machine's (an imported export, a
     fleet database): a note on stderr saying what the store holds and how to ``see``
     it."""
@@ -111,7 +115,7 @@ def _boots(args: argparse.Namespace, see: str = "") -> tuple[Any, list[Any]]:
     return machine, boots
 
 
-def note_other_machines(store: Any, machine: str, see: str, *, mine: bool = True) -> None:
+def note_other_machines(store: Store, machine: str, see: str, *, mine: bool = True) -> None:
     """When the store has no boot of ``machine``: say on stderr how many boots of how
     many other machines it holds, and how to see them."""
     from sqlalchemy import distinct, func, select  # noqa: PLC0415
@@ -188,7 +192,7 @@ def cmd_chain(args: argparse.Namespace) -> int:
     return 0
 
 
-def pick_boot(boots: Sequence[Any], wanted: str | None, current: str | None) -> Any:
+def pick_boot(boots: Sequence[BootRecord], wanted: str | None, current: str | None) -> BootRecord:
     """A boot by id or unique prefix; by default this boot, else the newest."""
     if wanted:
         hits = [b for b in boots if b.boot_id.startswith(wanted.lower())]
@@ -212,6 +216,7 @@ def cmd_dmesg(args: argparse.Namespace) -> int:
 
     _, boots = _boots(args, "name a boot, or pass --machine ID")
     boot = pick_boot(boots, args.boot, this_boot(host_paths(args)))
+    assert boot.id is not None  # read from the store
     store = open_store(args.db, create=False)
     try:
         records = load_pstore(store, boot.id)

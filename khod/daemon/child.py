@@ -7,7 +7,14 @@ import contextlib
 import os
 import subprocess
 import time
-from typing import IO, Any
+from collections.abc import Sequence
+from typing import IO, Protocol
+
+
+class Selectable(Protocol):
+    """What the loop waits on with ``select``: a socket, a pipe, the uevent monitor."""
+
+    def fileno(self) -> int: ...
 
 
 class Child:
@@ -41,7 +48,7 @@ class Child:
         assert self.proc.stdout is not None
         return self.proc.stdout
 
-    def step(self, ready: list[Any]) -> int | None:
+    def step(self, ready: Sequence[Selectable]) -> int | None:
         """Its exit status once it has ended (or was stopped at its deadline), else None."""
         done = False
         if self.stdout in ready:

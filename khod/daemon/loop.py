@@ -17,15 +17,20 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from khod.adapters import sd
 from khod.config import Config
-from khod.daemon.child import Child
+from khod.daemon.child import Child, Selectable
 from khod.errors import KhodError
 from khod.fleet import worker as fleet_worker
+
+if TYPE_CHECKING:  # annotations only: neither is imported on the boot path here
+    from khod.adapters.udev import UeventWatcher
+    from khod.daemon.first_ingest import FirstIngest
 
 SYNC_FIRST_RETRY = 30.0  # then doubling, up to sync.interval
 SYNC_TIMEOUT = 600.0
@@ -65,9 +70,9 @@ def ingest_job(s: Settings, *, rescan: bool = False, store_checked: bool = False
 
 
 class Daemon:
-    def __init__(self, settings: Settings, reload: Any) -> None:
+    def __init__(self, settings: Settings, reload: Callable[[], Settings]) -> None:
         self.s = settings
-        self._reload = reload  # () -> Settings, re-reading the config file
+        self._reload = reload  # re-reads the config file
         self.stop = False
         self.hup = False
         self.retry_at: float | None = None
@@ -127,7 +132,7 @@ class Daemon:
             ingest_job(self.s, rescan=rescan, store_checked=checked),
         )
 
-    def _ingest_step(self, ready: list[Any]) -> None:
+    def _ingest_step(self, ready: Sequence[Selectable]) -> None:
         child = self.ingest_child
         if child is None:
             return
@@ -170,7 +175,7 @@ class Daemon:
         except OSError as e:
             self.log(f"warning: cannot write {self.s.cfg.textfile}: {e.strerror}")
 
-    def run(self, first: Any) -> int:
+    def run(self, first: FirstIngest) -> int:
         """``first`` is the forked first ingest (khod.daemon.first_ingest), already sent its job;
         it runs while this process imports prometheus-client and binds /metrics."""
         t0 = time.monotonic()
@@ -206,7 +211,7 @@ class Daemon:
         watcher = self._watcher()
         watchdog = _watchdog_interval()
         next_dog = time.monotonic()
-        ready: list[Any] = []
+        ready: list[Selectable] = []
         try:
             while not self.stop:
                 self._sync_step(ready)
@@ -227,7 +232,7 @@ class Daemon:
                     if d
                 ]
                 timeout = max(0.0, min(deadlines) - now) if deadlines else None
-                fds: list[Any] = [wake] + ([watcher] if watcher else [])
+                fds: list[Selectable] = [wake] + ([watcher] if watcher else [])
                 fds += [c.stdout for c in (self.sync, self.ingest_child) if c is not None]
                 try:
                     ready, _, _ = select.select(fds, [], [], timeout)
@@ -259,7 +264,7 @@ class Daemon:
             return 1
         return 0
 
-    def _sync_step(self, ready: list[Any]) -> None:
+    def _sync_step(self, ready: Sequence[Selectable]) -> None:
         """Store-and-forward: a push (khod.fleet.worker) in a child, never blocking this loop (the
         fleet database may hang); on failure retry after 30 s, doubling up to the
         interval. Nothing is lost meanwhile: the local store is the source of truth."""
@@ -313,7 +318,7 @@ class Daemon:
         self.log(f"configuration reloaded from {new.cfg.source}")
         self.ingest(reload=True)  # READY=1 once it has ended
 
-    def _watcher(self) -> Any:
+    def _watcher(self) -> UeventWatcher | None:
         if not self.s.cfg.watch_modules:
             return None
         try:
