@@ -51,6 +51,19 @@ def test_ready_comes_after_the_boot_is_stored_and_watchdog_keeps_coming(
         d.wait_for("STOPPING=1", timeout=5)
 
 
+def test_the_resident_process_keeps_neither_the_parsers_nor_the_boot(
+    sysroot: SysrootFactory, tmp_path: Path
+) -> None:
+    """The boot is collected in a child: libfdt (C, fed the previous kernel's blobs) is
+    never loaded into the process that stays up, and costs it no memory."""
+    root = sysroot("pstore-kho/step2")
+    with running_daemon(root, tmp_path) as d:
+        d.wait_for("READY=1")
+        maps = Path(f"/proc/{d.proc.pid}/maps").read_text()
+        assert d.scrape().count("khod_kexecs_since_cold_boot 2.0") == 1
+    assert "libfdt" not in maps
+
+
 def test_metrics_over_http_are_valid_and_right(sysroot: SysrootFactory, tmp_path: Path) -> None:
     root = sysroot("pstore/step1")
     with running_daemon(root, tmp_path) as d:

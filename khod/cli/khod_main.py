@@ -211,7 +211,7 @@ def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
     cfg = effective_config(args)
     from khod.cli.common import host_paths  # noqa: PLC0415
-    from khod.ingest.pipeline import collect_boot, run_ingest  # noqa: PLC0415
+    from khod.ingest.pipeline import run_ingest  # noqa: PLC0415
 
     paths = host_paths(args)
     if args.once:
@@ -226,15 +226,14 @@ def main(argv: Sequence[str]) -> int:
 
     s = settings()
     args.snapshot, args.journal = s.snapshot, True
-    obs = collect_boot(job(args, s.cfg, paths))
     if FIRST_INGEST is None:  # main() called in-process (tests): fork here
         from khod.daemon.first_ingest import FirstIngest  # noqa: PLC0415
 
         first = FirstIngest.fork()
     else:
         first = FIRST_INGEST
-    first.send(job(args, s.cfg, paths, obs))
-    del obs  # the child has it; the resident process keeps none of its bytes
+    # collected in a child: the resident process never loads the parsers or the bytes
+    first.collect_and_send(job(args, s.cfg, paths))
     return Daemon(s, settings).run(first)
 
 

@@ -1,8 +1,9 @@
 """The daemon's first ingest, forked right after the boot capture.
 
 The child imports the store (SQLAlchemy: most of an ingest's time) at once, while the
-parent parses its command line and collects this boot; the parent then sends the job
-(``khod.ingest.pipeline.IngestJob``, the observation in it) down a pipe, and the child
+parent parses its command line; a second child collects this boot and sends the job
+(``khod.ingest.pipeline.IngestJob``, the observation in it) down a pipe, while the
+parent imports prometheus-client and binds /metrics. The first child
 runs it and writes one byte back when the boot is committed and the snapshot written: the
 parent's cue for READY=1. A parent that fails before sending closes the pipe, and the
 child exits quietly (the parent reports the error, once). A child that fails says why in
@@ -28,6 +29,7 @@ class FirstIngest:
         self.pid = pid
         self.job_w = job_w
         self.ready_r = ready_r
+        self.collector = 0  # the pid of the process collecting the boot for it
 
     @classmethod
     def fork(cls) -> FirstIngest:
@@ -54,6 +56,38 @@ class FirstIngest:
         finally:
             self.job_w = -1
 
+    def collect_and_send(self, job: IngestJob) -> None:
+        """Collect this boot in a child of its own, which sends ``job`` with the
+        observation in it. The parsers, libfdt and the boot's bytes are loaded there,
+        never in the resident process: it keeps only what it serves metrics with."""
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                from dataclasses import replace  # noqa: PLC0415
+
+                from khod.ingest.pipeline import collect_boot  # noqa: PLC0415
+
+                self.send(replace(job, obs=collect_boot(job)))
+                code = 0
+            except BaseException as e:  # os._exit below: nothing else would say it
+                print(f"khod: error: boot collection: {type(e).__name__}: {e}", file=sys.stderr)
+            finally:
+                try:
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(code)
+        os.close(self.job_w)  # the collector holds the job's end now
+        self.job_w = -1
+        self.collector = pid
+
+    def _reap_collector(self) -> None:
+        if self.collector:
+            os.waitpid(self.collector, 0)
+            self.collector = 0
+
     def wait_ready(self) -> bool:
         """True once the boot is committed; False when the child ended without."""
         while True:
@@ -64,9 +98,11 @@ class FirstIngest:
                 continue
         os.close(self.ready_r)
         self.ready_r = -1
+        self._reap_collector()
         return ok
 
     def wait(self) -> int:
+        self._reap_collector()
         _, status = os.waitpid(self.pid, 0)
         self.pid = 0
         return os.waitstatus_to_exitcode(status)

@@ -2,9 +2,10 @@
 (the first one forked early, ``khod.daemon.first_ingest``; later ones ``khod.ingest.worker``)
 that writes the metrics snapshot this process serves.
 
-Start: (capture already done by the entry point) -> child ingest, while this process
-binds /metrics -> READY=1 -> loop: watchdog, late pstore backends (module uevents),
-SIGHUP (reload config, ingest again), SIGTERM (stop), retry after a failed ingest.
+Start: (capture already done by the entry point; the boot collected in a child of
+its own) -> child ingest, while this process binds /metrics -> READY=1 -> loop:
+watchdog, late pstore backends (module uevents), SIGHUP (reload config, ingest
+again), SIGTERM (stop), retry after a failed ingest.
 The loop never waits on a child: an ingest or a sync runs as a ``Child`` it watches,
 killed past its deadline (``daemon.ingest_timeout``), so WATCHDOG=1 and /metrics go on.
 """
