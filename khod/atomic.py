@@ -29,7 +29,12 @@ def atomic_file(path: str | os.PathLike[str], mode: int = 0o600) -> Iterator[Bin
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp, flags, 0o600)
     try:
-        with os.fdopen(fd, "wb") as f:
+        try:
+            f = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            raise
+        with f:
             os.fchmod(f.fileno(), mode)  # whatever the umask: a textfile is read by others
             yield f
             f.flush()
