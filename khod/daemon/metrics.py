@@ -114,11 +114,11 @@ class SnapshotCollector:
         if boot:
             g.add_metric([], boot.get("scratch_bytes") or 0)
         yield g
-        g = GaugeMetricFamily("khod_boots", "Boots of this machine in the store", labels=["kind"])
-        kinds = s.get("boots_by_kind") or {}
-        for k in sorted(set(KINDS) | set(kinds)):
-            g.add_metric([k], kinds.get(k, 0))
-        yield g
+        yield _by_label(
+            GaugeMetricFamily("khod_boots", "Boots of this machine in the store", labels=["kind"]),
+            KINDS,
+            s.get("boots_by_kind") or {},
+        )
         g = GaugeMetricFamily(
             "khod_pstore_records",
             "pstore records of this machine in the store",
@@ -127,23 +127,24 @@ class SnapshotCollector:
         for backend, type_, n in s.get("pstore") or []:
             g.add_metric([backend, type_], n)
         yield g
-        c = CounterMetricFamily(
-            "khod_kexec_attempts", "Kexec attempts by their verdict", labels=["verdict"]
-        )
-        verdicts = s.get("attempts_by_verdict") or {}
-        for v in sorted(set(VERDICTS) | set(verdicts)):
-            c.add_metric([v], verdicts.get(v, 0))
-        yield c
-        c = CounterMetricFamily(
-            "khod_source_errors",
-            "Problems reading or decoding this boot's sources",
-            labels=["source"],
+        yield _by_label(
+            CounterMetricFamily(
+                "khod_kexec_attempts", "Kexec attempts by their verdict", labels=["verdict"]
+            ),
+            VERDICTS,
+            s.get("attempts_by_verdict") or {},
         )
         errors = dict(s.get("source_errors") or {})
         errors["store"] = errors.get("store", 0) + store_errors
-        for src in sorted(set(SOURCES) | set(errors)):
-            c.add_metric([src], errors.get(src, 0))
-        yield c
+        yield _by_label(
+            CounterMetricFamily(
+                "khod_source_errors",
+                "Problems reading or decoding this boot's sources",
+                labels=["source"],
+            ),
+            SOURCES,
+            errors,
+        )
         g = GaugeMetricFamily(
             "khod_last_ingest_timestamp_seconds", "When khod last ingested this boot successfully"
         )
@@ -152,6 +153,18 @@ class SnapshotCollector:
         g = GaugeMetricFamily("khod_ingest_duration_seconds", "How long the last ingest took")
         g.add_metric([], s.get("ingest_duration") or math.nan)
         yield g
+
+
+def _by_label(
+    family: GaugeMetricFamily | CounterMetricFamily,
+    known: tuple[str, ...],
+    counts: dict[str, int],
+) -> Metric:
+    """One sample per name of a known vocabulary (zero when absent) and per name a
+    newer khod stored, so a series never disappears when its count is zero."""
+    for name in sorted(set(known) | set(counts)):
+        family.add_metric([name], counts.get(name, 0))
+    return family
 
 
 def make_registry(collector: SnapshotCollector) -> CollectorRegistry:
