@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.debian import cached_chroot, in_chroot, pack, unpack
-from tests.vm.harness import digest, qemu_machine, watch
+from tests.vm.harness import digest, qemu_machine, split_kernels, watch
 from tests.vm.kernel import CACHE
 
 # what the guest's operator installs beside khod: systemd as init, udev (khod's module
@@ -198,14 +198,11 @@ class Run:
 
 def _kho_lines(serial: str) -> list[list[str]]:
     """The kernel's KHO lines, one list per kernel started (in serial order)."""
-    boots: list[list[str]] = []
-    for line in serial.splitlines():
-        if "] Linux version " in line:
-            boots.append([])
-        m = re.search(r"\] (KHO: .*)$", line)
-        if m and boots:
-            boots[-1].append(m.group(1).strip())
-    return boots
+    _, runs = split_kernels(serial)
+    return [
+        [m.group(1).strip() for line in run if (m := re.search(r"\] (KHO: .*)$", line))]
+        for run in runs
+    ]
 
 
 def run(
@@ -379,11 +376,9 @@ def cloud_image(tar: Path) -> tuple[Path, float]:
 
 def _kernel_of(serial: str, n: int) -> int | None:
     """Which kernel start (0, 1, ...) the driver's boot n ran under."""
-    k = -1
-    for line in serial.splitlines():
-        if "] Linux version " in line:
-            k += 1
-        if re.search(rf"khod-e2e: boot n={n} boot_id=", line):
+    before, runs = split_kernels(serial)
+    for k, run in enumerate([before, *runs], start=-1):
+        if any(re.search(rf"khod-e2e: boot n={n} boot_id=", line) for line in run):
             return k if k >= 0 else None
     return None
 

@@ -96,22 +96,37 @@ def initramfs(dest: Path) -> Path:
     return out
 
 
+KERNEL_START = "] Linux version "  # the first line each kernel prints
+
+
+def split_kernels(serial: str) -> tuple[list[str], list[list[str]]]:
+    """A serial console's lines: those before the first kernel started, and one list
+    per kernel started (in order), each opening with its ``Linux version`` banner."""
+    before: list[str] = []
+    runs: list[list[str]] = []
+    for line in serial.splitlines():
+        if KERNEL_START in line:
+            runs.append([])
+        (runs[-1] if runs else before).append(line)
+    return before, runs
+
+
 def parse_serial(serial: str) -> list[Boot]:
     boots: list[Boot] = []
-    exec_from: tuple[str, int] | None = None
-    kho: list[str] = []
-    for line in serial.splitlines():
-        if "] Linux version " in line:
-            exec_from, kho = None, []
-        m = re.search(r"\] (KHO: .*)$", line)
-        if m:
-            kho.append(m.group(1).strip())
-            e = re.search(r"KHO: exec from: (\S+) \(count (\d+)\)", line)
-            if e:
-                exec_from = (e.group(1), int(e.group(2)))
-        m = re.search(r"KHODE2E: boot step=(\S+) boot_id=(\S+) release=(\S+)", line)
-        if m:
-            boots.append(Boot(m.group(1), m.group(2), m.group(3), exec_from, kho))
+    before, runs = split_kernels(serial)
+    for run in [before, *runs]:
+        exec_from: tuple[str, int] | None = None
+        kho: list[str] = []
+        for line in run:
+            m = re.search(r"\] (KHO: .*)$", line)
+            if m:
+                kho.append(m.group(1).strip())
+                e = re.search(r"KHO: exec from: (\S+) \(count (\d+)\)", line)
+                if e:
+                    exec_from = (e.group(1), int(e.group(2)))
+            m = re.search(r"KHODE2E: boot step=(\S+) boot_id=(\S+) release=(\S+)", line)
+            if m:
+                boots.append(Boot(m.group(1), m.group(2), m.group(3), exec_from, kho))
     return boots
 
 
@@ -130,17 +145,16 @@ def digest(serial: str, *, tail: int = 12, limit: int = 12000) -> str:
     """A failed run's serial console, short: for each kernel started (its clock and
     release), the lines that name a panic, an oops, a kexec, a reset or PID 1 giving up,
     and its last ``tail`` lines; the whole of it at most ``limit`` characters."""
-    lines = serial.splitlines()
-    starts = [i for i, line in enumerate(lines) if "] Linux version " in line]
-    if not starts:
-        return "no kernel started; the console's end:\n" + "\n".join(lines[-tail:])
-    out = [f"{len(starts)} kernel(s) started; before the first: {starts[0]} line(s)"]
-    for k, (a, b) in enumerate(zip(starts, [*starts[1:], len(lines)], strict=True)):
-        out.append(f"-- kernel {k}: {lines[a].strip()[:160]}")
-        notable = [line for line in lines[a + 1 : b - tail] if NOTABLE.search(line)]
+    before, runs = split_kernels(serial)
+    if not runs:
+        return "no kernel started; the console's end:\n" + "\n".join(before[-tail:])
+    out = [f"{len(runs)} kernel(s) started; before the first: {len(before)} line(s)"]
+    for k, run in enumerate(runs):
+        out.append(f"-- kernel {k}: {run[0].strip()[:160]}")
+        notable = [line for line in run[1 : max(1, len(run) - tail)] if NOTABLE.search(line)]
         out += [line.rstrip()[:240] for line in notable[-40:]]
-        out.append(f"   (last {min(tail, b - a)} lines of kernel {k})")
-        out += [line.rstrip()[:240] for line in lines[max(a + 1, b - tail) : b]]
+        out.append(f"   (last {min(tail, len(run))} lines of kernel {k})")
+        out += [line.rstrip()[:240] for line in run[max(1, len(run) - tail) :]]
     text = "\n".join(out)
     return text if len(text) <= limit else "[...]\n" + text[-limit:]
 
