@@ -7,7 +7,13 @@ configuration under the cache (the host's apt setup is not touched). Kernels:
 
 - ``a`` and ``b``: the same tree, different LOCALVERSION (a chain alternates them);
 - ``v3abi``: ``KHO_FDT_COMPATIBLE`` set to ``kho-v3``, a stand-in for a kernel of the
-  previous KHO ABI (kernels of different ABIs refuse each other's handover).
+  previous KHO ABI (kernels of different ABIs refuse each other's handover);
+- ``composite``: ``KHO_FDT_COMPATIBLE`` set to ``kho-v4;radix-v1;vmalloc-v1``, the root
+  string a proposed series builds from a base ABI and feature tags: it accepts its own
+  handover and a stock ``kho-v4`` kernel refuses it (the kernel compares whole strings).
+
+All of them have the Live Update Orchestrator built in (``CONFIG_LIVEUPDATE``, with
+memfd preservation); it stays off unless a boot says ``liveupdate=on``.
 
 Cached under ``~/.cache/khod-e2e/<key>/`` (key: this file, the config fragment and the
 source package version); ``KHOD_E2E_KERNEL_DIR`` points at prebuilt ones instead.
@@ -33,7 +39,8 @@ SOURCES = (
     "deb http://deb.debian.org/debian trixie-backports main\n"
     "deb http://deb.debian.org/debian sid main\n"
 )
-KERNELS = {"a": "-khod-a", "b": "-khod-b", "v3abi": "-khod-v3abi"}
+KERNELS = {"a": "-khod-a", "b": "-khod-b", "v3abi": "-khod-v3abi", "composite": "-khod-comp"}
+ABIS = {"v3abi": "kho-v3", "composite": "kho-v4;radix-v1;vmalloc-v1"}  # others: kho-v4
 REQUIRED = (
     "KEXEC_FILE",
     "KEXEC_HANDOVER",
@@ -51,6 +58,8 @@ REQUIRED = (
     "MEMCG",
     "USER_NS",
     "SECCOMP_FILTER",
+    "LIVEUPDATE",
+    "LIVEUPDATE_MEMFD",
 )
 
 
@@ -122,7 +131,7 @@ def set_abi(src: Path, abi: str) -> None:
     for rel in hits:
         p = src / rel
         text = p.read_text()
-        new = re.sub(r'(#define KHO_FDT_COMPATIBLE\s+)"kho-v\d+"', rf'\1"{abi}"', text)
+        new = re.sub(r'(#define KHO_FDT_COMPATIBLE\s+)"kho-v[^"]*"', rf'\1"{abi}"', text)
         if new != text:
             p.write_text(new)
 
@@ -130,7 +139,7 @@ def set_abi(src: Path, abi: str) -> None:
 def build(src: Path, tag: str, out: Path) -> None:
     jobs = str(os.cpu_count() or 2)
     t0 = time.monotonic()
-    set_abi(src, "kho-v3" if tag == "v3abi" else "kho-v4")
+    set_abi(src, ABIS.get(tag, "kho-v4"))
     make = ["make", "-s"]
     subprocess.run([*make, "x86_64_defconfig"], cwd=src, check=True)
     subprocess.run([*make, "kvm_guest.config"], cwd=src, check=True, stdout=subprocess.DEVNULL)
@@ -160,7 +169,7 @@ def build(src: Path, tag: str, out: Path) -> None:
 
 
 def kernels() -> Path:
-    """The directory holding bzImage-{a,b,v3abi}, building what is missing."""
+    """The directory holding bzImage-{a,b,v3abi,composite}, building what is missing."""
     pre = os.environ.get("KHOD_E2E_KERNEL_DIR")
     if pre:
         return Path(pre)
