@@ -16,7 +16,8 @@ import os
 import pickle
 import signal
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NoReturn
 
 from khod.errors import KhodError
 
@@ -62,23 +63,16 @@ class FirstIngest:
         never in the resident process: it keeps only what it serves metrics with."""
         pid = os.fork()
         if pid == 0:
-            code = 1
-            try:
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+            def collect() -> int:
                 from dataclasses import replace  # noqa: PLC0415
 
                 from khod.ingest.pipeline import collect_boot  # noqa: PLC0415
 
                 self.send(replace(job, obs=collect_boot(job)))
-                code = 0
-            except BaseException as e:  # os._exit below: nothing else would say it
-                print(f"khod: error: boot collection: {type(e).__name__}: {e}", file=sys.stderr)
-            finally:
-                try:
-                    sys.stdout.flush()
-                    sys.stderr.flush()
-                finally:
-                    os._exit(code)
+                return 0
+
+            _child_exits("boot collection", collect)
         os.close(self.job_w)  # the collector holds the job's end now
         self.job_w = -1
         self.collector = pid
@@ -121,10 +115,26 @@ class FirstIngest:
             self.wait()
 
 
-def _child(job_r: int, ready_w: int) -> None:
+def _child_exits(what: str, body: Callable[[], int]) -> NoReturn:
+    """Run ``body`` in a forked child and exit with its status, never returning into
+    the parent's code: an exception is one line on stderr, and exit 1."""
     code = 1
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        code = body()
+    except BaseException as e:  # os._exit below: nothing else would say it
+        code = 1
+        print(f"khod: error: {what}: {type(e).__name__}: {e}", file=sys.stderr)
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _child(job_r: int, ready_w: int) -> NoReturn:
+    def ingest() -> int:
         import khod.ingest.snapshot  # noqa: PLC0415
         import khod.store.boots  # noqa: PLC0415  (load SQLAlchemy while waiting)
         import khod.store.retention  # noqa: F401, PLC0415
@@ -132,21 +142,11 @@ def _child(job_r: int, ready_w: int) -> None:
         with os.fdopen(job_r, "rb") as f:
             data = f.read()
         if not data:
-            code = 0  # the parent stopped before the daemon started; it said why
-        else:
-            from khod.ingest.pipeline import run_ingest  # noqa: PLC0415
-            from khod.oneline import run_main  # noqa: PLC0415
+            return 0  # the parent stopped before the daemon started; it said why
+        from khod.ingest.pipeline import run_ingest  # noqa: PLC0415
+        from khod.oneline import run_main  # noqa: PLC0415
 
-            job: IngestJob = pickle.loads(data)  # noqa: S301  (our own parent)
-            code = run_main(
-                "khod", lambda _argv: run_ingest(job, lambda: os.write(ready_w, b"1")), []
-            )
-    except BaseException as e:  # os._exit below: nothing else would say it
-        code = 1
-        print(f"khod: error: first ingest: {type(e).__name__}: {e}", file=sys.stderr)
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
+        job: IngestJob = pickle.loads(data)  # noqa: S301  (our own parent)
+        return run_main("khod", lambda _argv: run_ingest(job, lambda: os.write(ready_w, b"1")), [])
+
+    _child_exits("first ingest", ingest)
