@@ -142,6 +142,7 @@ def report(d: Path, analyze: bool = False) -> None:
     if analyze:  # slow under TCG (blame: 48 s), so only where a step asks
         save(d, "analyze-blame", "systemd-analyze blame | head -15")
         save(d, "critical-chain", "systemd-analyze critical-chain sysinit.target")
+    save(d, "bootloader_type", "cat /proc/sys/kernel/bootloader_type")
     save(d, "pstore-sys", "ls -ln --full-time /sys/fs/pstore")
     save(d, "pstore-archive", "ls -lnR --full-time /var/lib/systemd/pstore")
     metrics(d, "metrics")

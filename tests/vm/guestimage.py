@@ -26,7 +26,7 @@ from typing import Any
 
 from tests.debian import cached_chroot, in_chroot, pack, unpack
 from tests.vm.harness import digest, qemu_machine, split_kernels, watch
-from tests.vm.kernel import CACHE
+from tests.vm.kernel import CACHE, KERNELS
 
 # what the guest's operator installs beside khod: systemd as init, udev (khod's module
 # uevents), kexec-tools (khoctl kexec), psycopg (khod's sync to the fleet's PostgreSQL)
@@ -35,6 +35,7 @@ CLOUD_KERNEL = "linux-image-cloud-amd64"  # Debian's own, from trixie-backports
 OUT = "khod-e2e"  # the directory in the image the driver writes to
 TABLES: list[str] = []  # this session's guest reports (tests/vm/conftest.py)
 DRIVER = Path(__file__).with_name("guestdriver.py")
+VMM = Path(__file__).with_name("luovmm.py")  # /usr/local/sbin/khod-e2e-vmm
 PORT_NAME = "org.khod.e2e"  # the virtio port the host says "go" on
 GUEST_IP = "10.0.2.15"  # QEMU user networking: the guest; the host is 10.0.2.2
 STALL_SECONDS = 300.0  # no serial output this long, the host not acting: stuck
@@ -216,9 +217,11 @@ def run(
     forward: int | None = None,
     host: dict[str, Callable[[], None]] | None = None,
     own_kernel: bool = False,
+    first: str = "a",
     timeout: float = 2400,
 ) -> Run:
-    """Boot the image cold on ``kernel_dir``'s kernel ``a`` and let the driver follow
+    """Boot the image cold on ``kernel_dir``'s kernel ``first`` (every kernel of
+    tests/vm/kernel.py is in the image, /boot/khod-e2e/bzImage-TAG) and let the driver follow
     ``steps`` (one per boot, see tests/vm/guestdriver.py) until it powers off.
 
     ``files`` are added to the image (paths relative to its root; a value ``@/dev/null``
@@ -241,12 +244,13 @@ def run(
         wants = units / ("sysinit.target.wants" if "early" in unit else "multi-user.target.wants")
         wants.mkdir(exist_ok=True)
         (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")
-    shutil.copy(DRIVER, root / "usr/local/sbin/khod-e2e")
-    (root / "usr/local/sbin/khod-e2e").chmod(0o755)
+    for script, installed in ((DRIVER, "khod-e2e"), (VMM, "khod-e2e-vmm")):
+        shutil.copy(script, root / "usr/local/sbin" / installed)
+        (root / "usr/local/sbin" / installed).chmod(0o755)
     (root / OUT).mkdir()
     (root / OUT / "plan.json").write_text(json.dumps({"steps": steps}, indent=1))
     (root / "boot/khod-e2e").mkdir(parents=True)
-    for k in ("a", "b"):
+    for k in KERNELS:
         shutil.copy(kernel_dir / f"bzImage-{k}", root / f"boot/khod-e2e/bzImage-{k}")
     nic = ["-nic", "none"]
     if forward is not None:
@@ -293,7 +297,7 @@ def run(
         ]
     else:
         boot = [
-            *qemu_machine(d / "serial.log", kernel_dir / "bzImage-a"),
+            *qemu_machine(d / "serial.log", kernel_dir / f"bzImage-{first}"),
             "-append",
             f"{append} root=groot rootfstype=9p "
             "rootflags=trans=virtio,version=9p2000.L,msize=262144,cache=loose rw "

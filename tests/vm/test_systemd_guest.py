@@ -33,10 +33,9 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests import daemon_helpers
-from tests.debian import build_deb
 from tests.pgserver import PostgresServer
 from tests.test_prometheus import get_json, process, wait_until
-from tests.vm import guestimage, harness, kernel
+from tests.vm import guestimage, harness
 from tests.vm.guestimage import Boot, Run
 
 pytestmark = pytest.mark.vm
@@ -49,17 +48,6 @@ PANIC = "echo c > /proc/sysrq-trigger"
 REMOTE = "/etc/khod/khod.toml.d/50-e2e-remote.toml"
 BROKEN = "/etc/khod/khod.toml.d/70-e2e-broken.toml"
 ALLOW = "/etc/systemd/system/khod.service.d/50-e2e-allow.conf"
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The image tarball and the kernels' directory."""
-    deb, _ = build_deb(tmp_path_factory.mktemp("deb"))
-    tar, built = guestimage.image(deb)
-    guestimage.TABLES.append(
-        f"image: {tar.name}, " + (f"built in {built:.0f}s" if built else "cached")
-    )
-    return tar, kernel.kernels()
 
 
 def records(db: Path) -> dict[str, dict[str, Any]]:
