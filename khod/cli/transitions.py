@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -182,7 +183,7 @@ def text(rows: Sequence[Transition], th: Thresholds) -> str:
                 **name(t),
                 "rate": key.replace("_", " "),
                 "observed": _rate(c.observed),
-                "baseline": _rate(c.baseline),
+                "baseline": _rate(c.baseline) + (" (fleet)" if c.scope == "fleet" else ""),
                 "p": _p(c),
                 "verdict": "-" if c.verdict is None else str(c.verdict),
             }
@@ -199,11 +200,14 @@ def text(rows: Sequence[Transition], th: Thresholds) -> str:
             ("VERDICT", "verdict"),
         ),
     )
-    how = (
-        f"verdict: Fisher's exact test of each rate against the release's baseline (its "
-        f"fresh boots and the boots that came from other releases; for landing, the "
-        f"attempts from other releases), two-sided p < {th.alpha:g}, with at least "
-        f"{th.min_n} boots (attempts) on each side; intervals: Wilson score, 95%"
+    how = textwrap.fill(
+        f"Verdict: Fisher's exact test of each rate against the release's baseline (its "
+        f"boots without a handover and its boots from other releases; for landing, the "
+        f"attempts into it from other releases, or the whole fleet's other attempts when "
+        f"those are fewer than {th.min_n}), two-sided p < {th.alpha:g}, with at least "
+        f"{th.min_n} boots (attempts) on each side; worse in any rate is worse. "
+        f"Intervals: Wilson score, 95%.",
+        width=88,
     )
     return "\n\n".join((landed, attempts, tests, how))
 

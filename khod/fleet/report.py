@@ -20,7 +20,9 @@ landed, and whether that is worse than the release's baseline (``khod.fleet.stat
 - **The baseline** of ``P -> R``: the boots of R that took no KHO handover (the
   ``(cold boot)`` row: cold, rejected, or without handover) with the boots of R that
   came from another previous release; for landing, the attempts into R from another
-  previous release.
+  previous release, or, when those are fewer than the verdict needs (``min_n``), every
+  other attempt in the fleet (``"scope": "fleet"``): a transition that never lands is
+  often the only way into its release.
 """
 
 from __future__ import annotations
@@ -196,6 +198,8 @@ def build(
         t = totals.setdefault(rel, dict.fromkeys(_BOOT_COUNTS + _ATTEMPT_COUNTS, 0))
         for k in _BOOT_COUNTS + _ATTEMPT_COUNTS:
             t[k] += int(d.get(k) or 0)
+    fleet_attempts = sum(t["attempts"] for t in totals.values())
+    fleet_not_landed = sum(t["failed_to_land"] + t["rejected"] for t in totals.values())
     out = []
     for (prev, rel), d in by_key.items():
         if prev is None and not include_cold:
@@ -212,17 +216,16 @@ def build(
             "warning": compare(
                 c["warned_boots"], c["logged_boots"], versus("warned_boots", "logged_boots"), th
             ),
-            "land_failure": compare(
-                not_landed,
-                c["attempts"],
-                None
-                if base is None
-                else (base["failed_to_land"] + base["rejected"], base["attempts"]),
-                th,
-            ),
         }
-        if prev is None:
-            del rates["land_failure"]  # a fresh boot is no attempt
+        if base is not None:
+            scope, k2, n2 = "release", base["failed_to_land"] + base["rejected"], base["attempts"]
+            if n2 < th.min_n:
+                scope, k2, n2 = (
+                    "fleet",
+                    fleet_not_landed - not_landed,
+                    fleet_attempts - c["attempts"],
+                )
+            rates["land_failure"] = compare(not_landed, c["attempts"], (k2, n2), th, scope)
         first, last = d.get("first_booted_at"), d.get("last_booted_at")
         out.append(
             Transition(

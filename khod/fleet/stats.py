@@ -104,31 +104,35 @@ class Comparison:
     baseline: Rate | None  # None: a baseline row itself
     p_value: float | None  # two-sided; None without a baseline
     verdict: TransitionVerdict | None
+    scope: str = "release"  # what the baseline is: the same release, or the whole fleet
 
     def as_json(self) -> dict[str, Any]:
+        base = None if self.baseline is None else {**self.baseline.as_json(), "scope": self.scope}
         return {
             **self.observed.as_json(),
-            "baseline": None if self.baseline is None else self.baseline.as_json(),
+            "baseline": base,
             "p_value": self.p_value,
             "verdict": None if self.verdict is None else str(self.verdict),
         }
 
 
-def compare(k1: int, n1: int, base: tuple[int, int] | None, th: Thresholds) -> Comparison:
+def compare(
+    k1: int, n1: int, base: tuple[int, int] | None, th: Thresholds, scope: str = "release"
+) -> Comparison:
     observed = rate(k1, n1, th.confidence)
     if base is None:
         return Comparison(observed, None, None, None)
     k2, n2 = base
     baseline = rate(k2, n2, th.confidence)
     if n1 == 0 or n2 == 0:
-        return Comparison(observed, baseline, None, TransitionVerdict.NO_EVIDENCE)
+        return Comparison(observed, baseline, None, TransitionVerdict.NO_EVIDENCE, scope)
     p_ge, p_le = fisher(k1, n1, k2, n2)
     p = min(1.0, 2 * min(p_ge, p_le))
     verdict = TransitionVerdict.NO_EVIDENCE
     if p < th.alpha and n1 >= th.min_n and n2 >= th.min_n:
         worse = k1 * n2 > k2 * n1
         verdict = TransitionVerdict.WORSE if worse else TransitionVerdict.BETTER
-    return Comparison(observed, baseline, p, verdict)
+    return Comparison(observed, baseline, p, verdict, scope)
 
 
 def overall(comparisons: list[Comparison]) -> TransitionVerdict:
