@@ -113,7 +113,9 @@ def _rate(r: Rate | None) -> str:
 
 
 def _p(c: Comparison) -> str:
-    return "-" if c.p_value is None else f"{c.p_value:.2g}"
+    if c.p_value is None:
+        return "-"
+    return "<1e-300" if c.p_value == 0 else f"{c.p_value:.2g}"  # below a double's range
 
 
 def text(rows: Sequence[Transition], th: Thresholds) -> str:
