@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, case, distinct, func, literal, select
+from sqlalchemy import case, distinct, func, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import StoreError
@@ -168,7 +168,7 @@ def attempts_query(since: float | None = None) -> Any:
         .group_by(a.c.expected_previous_release, release)
     )
     if since is not None:
-        q = q.where(and_(a.c.created_at >= literal(float(since))))
+        q = q.where(a.c.created_at >= literal(float(since)))
     return q
 
 
