@@ -117,6 +117,9 @@ class Boot:
     out_release: str | None
     out_kexec_count: int | None
     scratch: tuple[tuple[int, int], ...]  # (phys, len) per area
+    # the kernel's own warning lines in its log so far (khod.parse.kmsg.count_warnings:
+    # WARNING, BUG, Oops, hung task, soft lockup, MCE); None: the log was not read
+    warnings: int | None
 
 
 @dataclass(frozen=True)

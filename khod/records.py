@@ -41,6 +41,23 @@ class EventSource(StrEnum):
     KEXEC = "kexec"  # kexec attempts and their verdicts
 
 
+class TransitionVerdict(StrEnum):
+    """How a kernel transition compares with its baseline (khod.fleet.stats)."""
+
+    WORSE = "worse"
+    NO_EVIDENCE = "no evidence"
+    BETTER = "better"
+
+
+# What became of the kexec attempts that ran, as the transition report groups their
+# verdicts. "landed-without-handover" is the verdict of an attempt whose next boot was
+# a kexec-no-handover boot (a loader or kernel without KHO); stores that never judge
+# one count none.
+LANDED_WITHOUT_HANDOVER = "landed-without-handover"
+FAILED_TO_LAND = (Verdict.COLD_BOOT, Verdict.MISMATCH)  # a firmware boot, another kernel
+REJECTED = (Verdict.ABI_MISMATCH,)  # the new kernel refused the handover
+RAN = (Verdict.LANDED, *FAILED_TO_LAND, *REJECTED, LANDED_WITHOUT_HANDOVER)
+
 KINDS = tuple(str(k) for k in BootKind)
 SEVERITIES = tuple(str(s) for s in Severity)
 VERDICTS = tuple(str(v) for v in Verdict)

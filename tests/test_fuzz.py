@@ -16,7 +16,7 @@ from khod.errors import ParseError
 from khod.observation import Event
 from khod.parse import proc
 from khod.parse.kho import parse_kho_fdt
-from khod.parse.kmsg import parse_kho_log, parse_kmsg
+from khod.parse.kmsg import count_warnings, parse_kho_log, parse_kmsg
 from khod.parse.metadata import parse_kexec_metadata
 from khod.parse.pstore import inflate, parse_dmesg_header, parse_pstore_name
 from khod.parse.pstore_kho import parse_pstore_kho
@@ -28,7 +28,9 @@ SEEDS: dict[str, bytes] = {
     "in-fdt": (FIXTURES / "pstore-kho/step1" / KHO / "in/fdt").read_bytes(),
     "out-fdt": (FIXTURES / "pstore/step0" / KHO / "out/fdt").read_bytes(),
     "metadata": (FIXTURES / "kexec1/step1" / KHO / "in/sub_fdts/kexec-metadata").read_bytes(),
-    "kmsg": b"".join((FIXTURES / "kexec1/step1/dev/kmsg").read_bytes().splitlines(True)[-40:]),
+    "kmsg": b"".join((FIXTURES / "kexec1/step1/dev/kmsg").read_bytes().splitlines(True)[-40:])
+    + b"4,900,1,-;WARNING: CPU: 0 PID: 1 at x.c:1\n3,901,2,-;INFO: task a:1 blocked for more "
+    b"than 1 seconds.\n0,902,3,-;mce: [Hardware Error]: Machine check events logged\n",
     "scratch": (FIXTURES / "kexec1/step1" / KHO / "out/scratch_phys").read_bytes(),
     "stat": (FIXTURES / "kexec1/step1/proc/stat").read_bytes(),
     "pstore-kho": (FIXTURES / "pstore-kho/step1" / KHO / "in/sub_fdts/pstore-kho").read_bytes()[
@@ -75,11 +77,18 @@ def kmsg_parser(data: bytes, _source: str) -> object:
     return parse_kho_log(parse_kmsg(data))
 
 
+def warnings_parser(data: bytes, _source: str) -> object:
+    records = parse_kmsg(data)
+    n = count_warnings(records)
+    assert 0 <= n <= len(records)
+    return n
+
+
 PARSERS: dict[str, list[Callable[[bytes, str], object]]] = {
     "in-fdt": [parse_kho_fdt],
     "out-fdt": [parse_kho_fdt],
     "metadata": [parse_kexec_metadata],
-    "kmsg": [kmsg_parser],
+    "kmsg": [kmsg_parser, warnings_parser],
     "scratch": [proc.parse_scratch],
     "stat": [proc.parse_btime, proc.parse_boot_id, proc.parse_osrelease, proc.parse_cmdline],
     "pstore-kho": [pstore_kho_parser],

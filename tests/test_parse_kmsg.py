@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from khod.parse.kmsg import parse_kho_log, parse_kmsg
+from khod.parse.kmsg import count_warnings, parse_kho_log, parse_kmsg
 from tests.conftest import FIXTURES
 
 
@@ -78,3 +78,29 @@ def test_metadata_errors_logged_by_the_kernel() -> None:
     assert parse_kho_log(parse_kmsg(data)).metadata_errors == (
         "KHO: kexec-metadata: version 2 not supported",
     )
+
+
+def test_the_kernels_own_warnings_are_counted_line_by_line() -> None:
+    lines = [
+        b"4,1,10,-;------------[ cut here ]------------",
+        b"4,2,11,-;WARNING: CPU: 1 PID: 1 at kernel/liveupdate/kexec_handover.c:812 kho_x+0x1/0x2",
+        b"1,3,12,-;BUG: kernel NULL pointer dereference, address: 0000000000000008",
+        b"4,4,13,-;Oops: 0002 [#1] PREEMPT SMP NOPTI",
+        b"0,5,14,-;Internal error: Oops: 0000000096000005 [#1] PREEMPT SMP",
+        b"3,6,15,-;INFO: task kworker/0:1:12 blocked for more than 122 seconds.",
+        b"0,7,16,-;watchdog: BUG: soft lockup - CPU#1 stuck for 23s! [swapper/1:0]",
+        b"0,8,17,-;mce: [Hardware Error]: CPU 0: Machine Check: 0 Bank 4: b200000000070005",
+        b"0,9,18,-;mce: [Hardware Error]: RIP !INEXACT! 10:<ffffffff8102e8b1>",  # same MCE
+        b"4,10,19,-;mce: [Hardware Error]: Machine check events logged",
+        b"6,11,20,-;KHO: exec from: 7.3.4 (count 1)",
+        b"6,12,21,-;a driver says WARNING: in the middle of a line",
+        b"12,13,22,-;WARNING: written to /dev/kmsg by a user program (facility 1)",
+        b"14,14,23,-;BUG: so is this",
+    ]
+    recs = parse_kmsg(b"\n".join(lines) + b"\n")
+    assert count_warnings(recs) == 8
+
+
+def test_real_boots_have_no_warnings() -> None:
+    for step in ("kexec1/step1", "cold/step0", "nokho/step2"):
+        assert count_warnings(parse_kmsg(kmsg(step))) == 0

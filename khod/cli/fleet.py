@@ -41,7 +41,9 @@ def add_parsers(cmd: Cmd) -> None:
     c.add_argument(
         "--include-cold", action="store_true", help="add each release's cold boots as a baseline"
     )
-    c.add_argument("--min-boots", type=int, default=1, metavar="N", help="hide rarer rows")
+    c.add_argument(
+        "--min-boots", type=int, default=1, metavar="N", help="hide rows with fewer boots, attempts"
+    )
     c.add_argument(
         "--textfile",
         metavar="PATH",
@@ -60,6 +62,23 @@ def add_parsers(cmd: Cmd) -> None:
         default=20,
         metavar="N",
         help="... once it has at least N boots (default 20)",
+    )
+    # the defaults of khod.fleet.stats.Thresholds (not imported here: start-up time)
+    c.add_argument(
+        "--alpha",
+        type=float,
+        default=0.01,
+        metavar="P",
+        help="a verdict of worse or better needs Fisher's exact test against the release's "
+        "baseline at p < P, two-sided (default 0.01)",
+    )
+    c.add_argument(
+        "--min-evidence",
+        type=int,
+        default=20,
+        metavar="N",
+        help="... and at least N boots (attempts) in the transition and in its baseline "
+        "(default 20)",
     )
 
 
@@ -267,101 +286,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
-def _transition_metrics(rows: list[Any], bad_rate: float, bad_min: int) -> bytes:
-    from prometheus_client import CollectorRegistry  # noqa: PLC0415
-    from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
-
-    from khod.daemon.metrics import exposition  # noqa: PLC0415
-
-    labels = ["previous_release", "release"]
-    fams = {
-        "boots": GaugeMetricFamily(
-            "khod_fleet_transition_boots", "Boots that came through this kexec", labels=labels
-        ),
-        "hosts": GaugeMetricFamily(
-            "khod_fleet_transition_hosts", "Hosts that took this kexec", labels=labels
-        ),
-        "crashes": GaugeMetricFamily(
-            "khod_fleet_transition_crashes",
-            "Boots through this kexec that left a Panic or Oops record",
-            labels=labels,
-        ),
-        "crash_rate": GaugeMetricFamily(
-            "khod_fleet_transition_crash_rate", "crashes / boots", labels=labels
-        ),
-        "bad": GaugeMetricFamily(
-            "khod_fleet_transition_bad",
-            f"1 when the crash rate is >= {bad_rate} over >= {bad_min} boots",
-            labels=labels,
-        ),
-    }
-    for t in rows:
-        lv = [t.previous_release or "", t.release]
-        for key in ("boots", "hosts", "crashes", "crash_rate"):
-            fams[key].add_metric(lv, getattr(t, key))
-        fams["bad"].add_metric(lv, 1.0 if t.boots >= bad_min and t.crash_rate >= bad_rate else 0.0)
-
-    class _C:
-        def collect(self) -> Any:
-            return list(fams.values())
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_C())
-    return exposition(registry)
-
-
 def cmd_report(args: argparse.Namespace) -> int:
-    from khod.fleet.report import transitions  # noqa: PLC0415
-    from khod.store.db import open_store  # noqa: PLC0415
+    from khod.cli.transitions import cmd_report as report  # noqa: PLC0415
 
-    since = _since(args)
-    store = open_store(args.db, create=False)
-    try:
-        rows = [
-            t
-            for t in transitions(store, since, include_cold=args.include_cold)
-            if t.boots >= args.min_boots
-        ]
-    finally:
-        store.dispose()
-    if args.textfile:
-        from khod.atomic import write_file  # noqa: PLC0415
-        from khod.daemon.metrics import TEXTFILE_MODE  # noqa: PLC0415
-
-        data = _transition_metrics(rows, args.bad_rate, args.bad_min_boots)
-        write_file(args.textfile, data, TEXTFILE_MODE)
-    if args.json:
-        print_json([t.as_json() for t in rows])
-        return 0
-    if not rows:
-        print("no kexec transitions recorded")
-        return 0
-    from khod.cli.views import table  # noqa: PLC0415
-
-    print_text(
-        table(
-            [
-                {
-                    "from": t.previous_release or "(cold boot)",
-                    "to": t.release,
-                    "boots": t.boots,
-                    "hosts": t.hosts,
-                    "crashes": t.crashes,
-                    "rate": f"{t.crash_rate:.2%}",
-                }
-                for t in rows
-            ],
-            (
-                ("PREVIOUS_RELEASE", "from"),
-                ("RELEASE", "to"),
-                ("BOOTS", "boots"),
-                ("HOSTS", "hosts"),
-                ("CRASHES", "crashes"),
-                ("CRASH_RATE", "rate"),
-            ),
-        )
-    )
-    return 0
+    return report(args, _since(args))
 
 
 COMMANDS = {"export": cmd_export, "import": cmd_import, "sync": cmd_sync, "report": cmd_report}

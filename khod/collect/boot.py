@@ -23,7 +23,7 @@ from khod.observation import (
 from khod.parse import proc
 from khod.parse.fdt import TruncatedFdt
 from khod.parse.kho import KhoRoot, parse_kho_fdt
-from khod.parse.kmsg import KhoLog, parse_kho_log, parse_kmsg
+from khod.parse.kmsg import KhoLog, count_warnings, parse_kho_log, parse_kmsg
 from khod.parse.metadata import KexecMetadata, UnsupportedMetadataVersion, parse_kexec_metadata
 from khod.parse.pstore import DEFAULT_INFLATE_LIMIT
 from khod.paths import SCRATCH_NAMES, HostPaths
@@ -104,7 +104,7 @@ def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> Boo
     cmdline = c.file("cmdline", proc.parse_cmdline) or ""
     booted_at = c.file("proc_stat", proc.parse_btime)
 
-    log = _read_log(c)
+    log, warnings = _read_log(c)
     kf = read_kho_files(paths)
     if kf.unreadable is not None:
         c.event(
@@ -188,20 +188,23 @@ def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> Boo
         out_release=out_meta.previous_release if out_meta else None,
         out_kexec_count=out_meta.kexec_count if out_meta else None,
         scratch=scratch,
+        warnings=warnings,
         blobs=blobs,
         events=tuple(c.events),
         pstore=tuple(pstore),
     )
 
 
-def _read_log(c: Collector) -> KhoLog | None:
+def _read_log(c: Collector) -> tuple[KhoLog | None, int | None]:
+    """What the kernel log says of the handover, and how many warnings it holds."""
     shown = c.paths.rel(c.paths.kmsg)
     try:
         data = read_kmsg(c.paths.kmsg, shown)
     except SourceError as e:
         c.failed(e, Severity.WARNING, origin=EventSource.KMSG)
-        return None
-    return parse_kho_log(parse_kmsg(data))
+        return None, None
+    records = parse_kmsg(data)
+    return parse_kho_log(records), count_warnings(records)
 
 
 def _kho_enabled(c: Collector, kf: KhoFiles, log: KhoLog | None, cmdline: str) -> bool:

@@ -14,6 +14,10 @@ KHO lines (``kernel/liveupdate/kexec_handover.c``, 6.16-7.3), all prefixed ``KHO
 - ``disabling KHO revival`` (7.1+) or ``disabling KHO revival: -N`` (6.16-7.0)
 - ``exec from: <release> (count <n>)`` (7.1+, from ``kho_in_kexec_metadata``)
 - ``Failed to reserve scratch area, disabling kexec handover``
+
+The kernel's own warnings (``count_warnings``): records of facility 0 (the kernel;
+what user space writes to ``/dev/kmsg`` is facility 1 or above) whose message starts
+with one of ``KERNEL_WARNINGS``.
 """
 
 from __future__ import annotations
@@ -136,3 +140,25 @@ def parse_kho_log(records: list[KmsgRecord]) -> KhoLog:
         tuple(meta_errors),
         tuple(lines),
     )
+
+
+# The kernel's reports of its own trouble, by the first words of the line:
+# WARN_ON and lockdep ("WARNING: CPU: 0 PID: 1 at ...", "WARNING: possible circular
+# locking dependency detected"), BUG ("BUG: kernel NULL pointer dereference", "BUG:
+# KASAN: ..."), an Oops (x86 "Oops: 0002 [#1] ...", arm64 "Internal error: Oops: ..."),
+# a hung task ("INFO: task kworker/0:1:12 blocked for more than 120 seconds."), a soft
+# lockup ("watchdog: BUG: soft lockup - CPU#1 stuck for 23s!") and a machine check
+# ("mce: [Hardware Error]: CPU 0: Machine Check ..." or "... Machine check events
+# logged"; the lines after the first of an MCE report are not counted again).
+KERNEL_WARNINGS = re.compile(
+    rb"^(?:WARNING: |BUG: |(?:Internal error: )?Oops\b|INFO: task .{0,200} blocked for more than "
+    rb"|watchdog: BUG: soft lockup|mce: \[Hardware Error\]: (?:CPU \d+: Machine Check"
+    rb"|Machine check events logged))",
+    re.S,
+)
+
+
+def count_warnings(records: list[KmsgRecord]) -> int:
+    """How many of the kernel's own warning lines the log holds (``KERNEL_WARNINGS``):
+    each line counts once, so a BUG followed by its Oops counts two."""
+    return sum(1 for r in records if r.facility == 0 and KERNEL_WARNINGS.match(r.message))

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from khod import __version__
@@ -157,6 +157,16 @@ def _save(conn: Connection, obs: BootObservation, *, adopted: bool = False) -> S
         pk = conn.execute(
             insert(boots).values(**boot_values(obs), seq=seq, ingested_at=now).returning(boots.c.id)
         ).scalar_one()
+    elif obs.warnings is not None:
+        # a later look at the same boot (khoctl kexec, at its end) has seen more of its log
+        conn.execute(
+            update(boots)
+            .where(
+                boots.c.id == pk,
+                or_(boots.c.warnings.is_(None), boots.c.warnings < obs.warnings),
+            )
+            .values(warnings=obs.warnings)
+        )
     have_blobs = {
         (d, n)
         for d, n in conn.execute(

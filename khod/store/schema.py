@@ -27,7 +27,7 @@ from sqlalchemy.engine import Dialect
 
 # The revision ``migrations/versions`` ends at; a test checks they agree. Knowing it
 # here lets start-up skip importing Alembic when the database is already current.
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0009"
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -85,6 +85,8 @@ boots = Table(
     Column("out_release", KText),
     Column("out_kexec_count", Integer),
     Column("scratch", JSON, nullable=False),  # [[phys, len], ...]
+    # the kernel's own warning lines in its log (NULL: not read, or stored before 0009)
+    Column("warnings", Integer),
     Column("ingested_at", Float, nullable=False),
     Column("khod_version", String(32), nullable=False),
     UniqueConstraint("machine_id", "boot_id"),

@@ -1,0 +1,244 @@
+"""khoctl report transitions: the table, its JSON and its Prometheus metrics."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from collections.abc import Sequence
+from typing import Any
+
+from khod.cli.common import print_json, print_text
+from khod.errors import KhodError
+from khod.fleet.report import RATES, Transition
+from khod.fleet.stats import Comparison, Rate, Thresholds
+from khod.records import TransitionVerdict
+
+VERDICT_VALUE = {
+    TransitionVerdict.WORSE: 1.0,
+    TransitionVerdict.NO_EVIDENCE: 0.0,
+    TransitionVerdict.BETTER: -1.0,
+}
+RATE_HELP = {
+    "crash": "boots through this kexec that left a Panic or Oops record / boots",
+    "warning": "boots through this kexec whose kernel log held a warning / boots counted",
+    "land_failure": "attempts at this kexec that failed to land or were rejected / attempts",
+}
+
+
+def thresholds(args: argparse.Namespace) -> Thresholds:
+    if not 0 < args.alpha < 1:
+        raise KhodError(f"--alpha must be between 0 and 1, not {args.alpha}")
+    if args.min_evidence < 0:
+        raise KhodError(f"--min-evidence must be 0 or more, not {args.min_evidence}")
+    return Thresholds(alpha=args.alpha, min_n=args.min_evidence)
+
+
+def metrics(rows: Sequence[Transition], bad_rate: float, bad_min: int) -> bytes:
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+    from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
+
+    from khod.daemon.metrics import exposition  # noqa: PLC0415
+
+    labels = ["previous_release", "release"]
+    fams: dict[str, GaugeMetricFamily] = {}
+
+    def fam(key: str, doc: str) -> GaugeMetricFamily:
+        return fams.setdefault(
+            key, GaugeMetricFamily(f"khod_fleet_transition_{key}", doc, labels=labels)
+        )
+
+    fam("boots", "Boots that came through this kexec")
+    fam("hosts", "Hosts that took this kexec")
+    fam("crashes", "Boots through this kexec that left a Panic or Oops record")
+    fam("crash_rate", "crashes / boots")
+    fam("bad", f"1 when the crash rate is >= {bad_rate} over >= {bad_min} boots")
+    fam("attempts", "Kexec attempts at this transition that ran (khoctl kexec, the hook)")
+    fam("landed", "Attempts that landed in the kernel they aimed at")
+    fam("failed_to_land", "Attempts followed by a firmware boot or another kernel")
+    fam("rejected", "Attempts whose handover the new kernel refused (ABI mismatch)")
+    fam("without_handover", "Attempts that landed without a KHO handover")
+    fam("warned_boots", "Boots through this kexec whose kernel log held a warning")
+    fam("warnings", "Warning lines (WARNING, BUG, Oops, hung task, lockup, MCE) in them")
+    for r in RATES:
+        if r != "crash":
+            fam(f"{r}_rate", RATE_HELP[r])
+        fam(f"{r}_rate_low", f"Lower bound of the 95% Wilson interval of {r}_rate")
+        fam(f"{r}_rate_high", f"Upper bound of the 95% Wilson interval of {r}_rate")
+        fam(f"baseline_{r}_rate", f"{r}_rate of the release's baseline")
+    fam(
+        "verdict",
+        "1 worse than the release's baseline, 0 no evidence, -1 better "
+        "(khoctl report transitions: Fisher's exact test)",
+    )
+    for t in rows:
+        lv = [t.previous_release or "", t.release]
+        for key in ("boots", "hosts", "crashes", "attempts", "landed", "failed_to_land"):
+            fams[key].add_metric(lv, getattr(t, key))
+        for key in ("rejected", "without_handover", "warned_boots", "warnings"):
+            fams[key].add_metric(lv, getattr(t, key))
+        if t.crash_rate is not None:  # no boot landed: no rate (the report's JSON: null)
+            fams["crash_rate"].add_metric(lv, t.crash_rate)
+        bad = t.crash_rate is not None and t.boots >= bad_min and t.crash_rate >= bad_rate
+        fams["bad"].add_metric(lv, 1.0 if bad else 0.0)
+        for name, c in t.rates.items():
+            if c.observed.of:
+                if name != "crash":
+                    fams[f"{name}_rate"].add_metric(lv, c.observed.count / c.observed.of)
+                fams[f"{name}_rate_low"].add_metric(lv, c.observed.low)
+                fams[f"{name}_rate_high"].add_metric(lv, c.observed.high)
+            if c.baseline is not None and c.baseline.of:
+                fams[f"baseline_{name}_rate"].add_metric(lv, c.baseline.count / c.baseline.of)
+        if t.verdict is not None:
+            fams["verdict"].add_metric(lv, VERDICT_VALUE[t.verdict])
+
+    class _C:
+        def collect(self) -> Any:
+            return list(fams.values())
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_C())
+    return exposition(registry)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2%}"
+
+
+def _rate(r: Rate | None) -> str:
+    if r is None:
+        return "-"
+    if not r.of:
+        return "0/0"
+    return f"{r.count}/{r.of} {_pct(r.rate)} [{_pct(r.low)}, {_pct(r.high)}]"
+
+
+def _p(c: Comparison) -> str:
+    if c.p_value is None:
+        return "-"
+    return "<1e-300" if c.p_value == 0 else f"{c.p_value:.2g}"  # below a double's range
+
+
+def text(rows: Sequence[Transition], th: Thresholds) -> str:
+    """Three tables: the boots that landed (as before), the attempts and the verdict,
+    and each rate against its baseline."""
+    from khod.cli.views import table  # noqa: PLC0415
+
+    def name(t: Transition) -> dict[str, Any]:
+        return {"from": t.previous_release or "(cold boot)", "to": t.release}
+
+    landed = table(
+        [
+            {
+                **name(t),
+                "boots": t.boots,
+                "hosts": t.hosts,
+                "crashes": t.crashes,
+                "rate": _pct(t.crash_rate),
+            }
+            for t in rows
+        ],
+        (
+            ("PREVIOUS_RELEASE", "from"),
+            ("RELEASE", "to"),
+            ("BOOTS", "boots"),
+            ("HOSTS", "hosts"),
+            ("CRASHES", "crashes"),
+            ("CRASH_RATE", "rate"),
+        ),
+    )
+    attempts = table(
+        [
+            {
+                **name(t),
+                **{
+                    k: getattr(t, k)
+                    for k in (
+                        "attempts",
+                        "landed",
+                        "failed_to_land",
+                        "rejected",
+                        "without_handover",
+                        "warned_boots",
+                        "warnings",
+                    )
+                },
+                "verdict": "(baseline)" if t.verdict is None else str(t.verdict),
+            }
+            for t in rows
+        ],
+        (
+            ("PREVIOUS_RELEASE", "from"),
+            ("RELEASE", "to"),
+            ("ATTEMPTS", "attempts"),
+            ("LANDED", "landed"),
+            ("FAILED_TO_LAND", "failed_to_land"),
+            ("REJECTED", "rejected"),
+            ("NO_HANDOVER", "without_handover"),
+            ("WARNED_BOOTS", "warned_boots"),
+            ("WARNINGS", "warnings"),
+            ("VERDICT", "verdict"),
+        ),
+    )
+    tests = table(
+        [
+            {
+                **name(t),
+                "rate": key.replace("_", " "),
+                "observed": _rate(c.observed),
+                "baseline": _rate(c.baseline) + (" (fleet)" if c.scope == "fleet" else ""),
+                "p": _p(c),
+                "verdict": "-" if c.verdict is None else str(c.verdict),
+            }
+            for t in rows
+            for key, c in t.rates.items()
+        ],
+        (
+            ("PREVIOUS_RELEASE", "from"),
+            ("RELEASE", "to"),
+            ("RATE", "rate"),
+            ("TRANSITION (95% INTERVAL)", "observed"),
+            ("BASELINE (95% INTERVAL)", "baseline"),
+            ("P", "p"),
+            ("VERDICT", "verdict"),
+        ),
+    )
+    how = textwrap.fill(
+        f"Verdict: Fisher's exact test of each rate against the release's baseline (its "
+        f"boots without a handover and its boots from other releases; for landing, the "
+        f"attempts into it from other releases, or the whole fleet's other attempts when "
+        f"those are fewer than {th.min_n}), two-sided p < {th.alpha:g}, with at least "
+        f"{th.min_n} boots (attempts) on each side; worse in any rate is worse. "
+        f"Intervals: Wilson score, 95%.",
+        width=88,
+    )
+    return "\n\n".join((landed, attempts, tests, how))
+
+
+def cmd_report(args: argparse.Namespace, since: float | None) -> int:
+    from khod.fleet.report import transitions  # noqa: PLC0415
+    from khod.store.db import open_store  # noqa: PLC0415
+
+    th = thresholds(args)
+    store = open_store(args.db, create=False)
+    try:
+        rows = [
+            t
+            for t in transitions(store, since, include_cold=args.include_cold, thresholds=th)
+            if t.boots >= args.min_boots or t.attempts >= args.min_boots
+        ]
+    finally:
+        store.dispose()
+    if args.textfile:
+        from khod.atomic import write_file  # noqa: PLC0415
+        from khod.daemon.metrics import TEXTFILE_MODE  # noqa: PLC0415
+
+        data = metrics(rows, args.bad_rate, args.bad_min_boots)
+        write_file(args.textfile, data, TEXTFILE_MODE)
+    if args.json:
+        print_json([t.as_json() for t in rows])
+        return 0
+    if not rows:
+        print("no kexec transitions recorded")
+        return 0
+    print_text(text(rows, th))
+    return 0

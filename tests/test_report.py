@@ -1,0 +1,518 @@
+"""The transition report on a fleet worked out by hand: attempts and what became of
+them, crashes and warnings after landing, baselines, Wilson intervals and the verdict
+(Fisher's exact test). Every test taking db_url runs on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from math import comb, sqrt
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from khod.fleet.stats import Thresholds, fisher, wilson
+from tests.test_fleet import boot_obj, ctl, pstore_obj, write_export
+
+T0 = 1_790_000_000
+Z = 1.959963984540054  # the 97.5% quantile of the normal law: 95% intervals
+
+
+def attempt_obj(
+    machine: str,
+    n: int,
+    from_boot: str,
+    prev: str,
+    target: str | None,
+    verdict: str | None,
+    verdict_boot: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "object": "attempt",
+        "uid": f"{machine[:8]}-0000-4000-8000-{n:012x}",
+        "machine_id": machine,
+        "from_boot": from_boot,
+        "created_at": float(T0 + n),
+        "source": "khoctl" if target else "hook",
+        "target_image": None,
+        "target_release": target,
+        "target_abi": None,
+        "initrd": None,
+        "cmdline": None,
+        "checks": [],
+        "forced": False,
+        "argv": [],
+        "expected_previous_release": prev,
+        "expected_kexec_count": 1,
+        "verdict": verdict,
+        "verdict_boot": verdict_boot,
+        "verdict_detail": None,
+    }
+
+
+def host(i: int, group: str) -> str:
+    return f"{group}{i:031x}"
+
+
+def fleet() -> list[dict[str, Any]]:
+    """Worked out by hand (each host's boots in order; kexec attempts made from a boot
+    are judged by the next one):
+
+    7.0 -> 7.1, large and bad: hosts a0..a19 each boot cold 7.0, kexec 7.1, cold 7.0,
+        kexec 7.1, cold 7.0: 40 boots on 20 hosts, 40 attempts landed. a0..a9's first
+        7.1 boot panicked (found by the cold boot after it): 10 crashes. a10, a11's first
+        7.1 boot logged 1 warning each: 2 warned of 40. From a0..a9's last boot one more
+        attempt each: 4 cold-boot, 2 mismatch (failed to land), 4 abi-mismatch
+        (rejected): 50 attempts, 10 that did not land. a10 has a superseded attempt,
+        a11 a failed (load) one, a12 an open one: none of them ran, none counted.
+    6.9 -> 7.1, small and noisy: hosts s0..s2 boot cold 6.9, kexec 7.1 (3 attempts
+        landed); s0's 7.1 boot panicked (s0 boots cold 6.9 again), s1's logged 2
+        warnings and did not crash: 1 crash of 3, 1 warned of 3.
+    7.1 cold: hosts c0..c39 boot cold 7.1 once: 40 boots, no crash, no warning.
+        c0..c3 then try 7.1 -> 7.3, and every attempt falls back to firmware (4 of 4
+        failed to land, no boot of 7.3 at all).
+    6.8 -> 7.2, warnings without crashes: hosts w0..w29 boot cold 6.8, kexec 7.2 (the
+        kexec.target hook's attempts: no target release, the boot that judged them
+        names it; 30 landed). w0..w9 logged 1, 2, 3, 1, 2, 3, 1, 2, 3, 1 warnings (19),
+        w10..w24 none, w25..w29 were recorded by a khod that did not count them (NULL):
+        10 warned of 25 counted, 0 crashes. One more hook attempt from w0's 7.2 boot
+        fell back to firmware: it names no target and is left out.
+    7.2 cold: hosts d0..d24 boot cold 7.2 once: 25 boots, no warning.
+    """
+    objs: list[dict[str, Any]] = []
+    n = 0
+
+    def boot(m: str, b: str, rel: str, prev: str | None, t: int, warnings: int | None = 0) -> str:
+        objs.append(boot_obj(m, b, rel, prev, T0 + t) | {"warnings": warnings})
+        return b
+
+    def attempt(m: str, frm: str, prev: str, to: str | None, v: str | None, vb: str | None) -> None:
+        nonlocal n
+        n += 1
+        objs.append(attempt_obj(m, n, frm, prev, to, v, vb))
+
+    for i in range(20):
+        m = host(i, "a")
+        b0 = boot(m, f"a{i}-0", "7.0", None, 0)
+        b1 = boot(m, f"a{i}-1", "7.1", "7.0", 100, 1 if i in (10, 11) else 0)
+        b2 = boot(m, f"a{i}-2", "7.0", None, 200)
+        b3 = boot(m, f"a{i}-3", "7.1", "7.0", 300)
+        b4 = boot(m, f"a{i}-4", "7.0", None, 400)
+        attempt(m, b0, "7.0", "7.1", "landed", b1)
+        attempt(m, b2, "7.0", "7.1", "landed", b3)
+        if i < 10:
+            objs.append(pstore_obj(m, b2, b1, "Panic"))
+            failed = ["cold-boot"] * 4 + ["mismatch"] * 2 + ["abi-mismatch"] * 4
+            attempt(m, b4, "7.0", "7.1", failed[i], None)
+        elif i <= 12:
+            attempt(m, b4, "7.0", "7.1", {10: "superseded", 11: "failed", 12: None}[i], None)
+    for i in range(3):
+        m = host(i, "b")
+        b0 = boot(m, f"s{i}-0", "6.9", None, 0)
+        b1 = boot(m, f"s{i}-1", "7.1", "6.9", 100, 2 if i == 1 else 0)
+        attempt(m, b0, "6.9", "7.1", "landed", b1)
+        if i == 0:
+            boot(m, "s0-2", "6.9", None, 200)
+            objs.append(pstore_obj(m, "s0-2", b1, "Panic"))
+    for i in range(40):
+        m = host(i, "c")
+        b0 = boot(m, f"c{i}-0", "7.1", None, 0)
+        if i < 4:
+            attempt(m, b0, "7.1", "7.3", "cold-boot", None)
+    counts = [1, 2, 3, 1, 2, 3, 1, 2, 3, 1] + [0] * 15 + [None] * 5
+    for i in range(30):
+        m = host(i, "e")
+        b0 = boot(m, f"w{i}-0", "6.8", None, 0)
+        b1 = boot(m, f"w{i}-1", "7.2", "6.8", 100, counts[i])
+        attempt(m, b0, "6.8", None, "landed", b1)
+        if i == 0:
+            attempt(m, b1, "7.2", None, "cold-boot", None)
+    for i in range(25):
+        boot(host(i, "d"), f"d{i}-0", "7.2", None, 0)
+    return sorted(objs, key=lambda o: ["boot", "pstore", "attempt"].index(o["object"]))
+
+
+def w(k: int, n: int) -> tuple[float, float]:
+    """The Wilson interval, written out: (p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)."""
+    p, z2 = k / n, Z * Z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z * sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return (0.0 if k == 0 else centre - half, 1.0 if k == n else centre + half)
+
+
+def upper(k1: int, n1: int, k2: int, n2: int) -> float:
+    """P(X >= k1), X hypergeometric (the rows do not differ): by exact binomials."""
+    big_n, big_k = n1 + n2, k1 + k2
+    top = min(n1, big_k)
+    return sum(comb(big_k, x) * comb(big_n - big_k, n1 - x) for x in range(k1, top + 1)) / comb(
+        big_n, n1
+    )
+
+
+def lower(k1: int, n1: int, k2: int, n2: int) -> float:
+    big_n, big_k = n1 + n2, k1 + k2
+    bottom = max(0, n1 - (big_n - big_k))
+    return sum(comb(big_k, x) * comb(big_n - big_k, n1 - x) for x in range(bottom, k1 + 1)) / comb(
+        big_n, n1
+    )
+
+
+def two_sided(k1: int, n1: int, k2: int, n2: int) -> float:
+    return min(1.0, 2 * min(upper(k1, n1, k2, n2), lower(k1, n1, k2, n2)))
+
+
+@pytest.fixture
+def report(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Any:
+    f = write_export(tmp_path / "fleet.jsonl", fleet())
+    rc, out, err = ctl(capsys, "import", str(f), "--db", db_url, "--json")
+    assert rc == 0, err
+    assert json.loads(out)["new"] == {"boot": 232, "pstore": 11, "attempt": 91}
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        return ctl(capsys, "report", "transitions", "--db", db_url, *argv)
+
+    return run
+
+
+# (previous_release, release): boots, hosts, crashes, attempts, landed, failed_to_land,
+# rejected, without_handover, logged_boots, warned_boots, warnings, verdict; worst first
+# (by verdict, then crash rate: 7.0 -> 7.1 at 25% before 6.8 -> 7.2 at 0%; the small
+# 6.9 -> 7.1 at 33% is no evidence and comes after both)
+ROWS = [
+    (("7.0", "7.1"), (40, 20, 10, 50, 40, 6, 4, 0, 40, 2, 2, "worse")),
+    (("6.8", "7.2"), (30, 30, 0, 30, 30, 0, 0, 0, 25, 10, 19, "worse")),
+    (("6.9", "7.1"), (3, 3, 1, 3, 3, 0, 0, 0, 3, 1, 2, "no evidence")),
+    (("7.1", "7.3"), (0, 0, 0, 4, 0, 4, 0, 0, 0, 0, 0, "no evidence")),
+]
+COUNTS = [
+    "boots",
+    "hosts",
+    "crashes",
+    "attempts",
+    "landed",
+    "failed_to_land",
+    "rejected",
+    "without_handover",
+    "logged_boots",
+    "warned_boots",
+    "warnings",
+    "verdict",
+]
+
+# rate -> (count, of), (baseline count, baseline of, scope), verdict; the p-value is
+# two_sided(count, of, baseline count, baseline of) by exact binomials
+TESTS = {
+    ("7.0", "7.1"): {
+        # baseline: 7.1's 40 cold boots (c0..c39, no crash) + 6.9 -> 7.1 (1 crash of 3)
+        "crash": ((10, 40), (1, 43, "release"), "worse"),  # p = 0.0048 < 0.01
+        "warning": ((2, 40), (1, 43, "release"), "no evidence"),
+        # into 7.1 from elsewhere: 3 attempts, fewer than 20: the fleet's other
+        # attempts, 3 (6.9) + 30 (6.8, hook) + 4 (7.1 -> 7.3, all failed) = 37, 4 failed
+        "land_failure": ((10, 50), (4, 37, "fleet"), "no evidence"),
+    },
+    ("6.8", "7.2"): {
+        "crash": ((0, 30), (0, 25, "release"), "no evidence"),  # p = 1
+        # w0..w24 counted, w0..w9 warned; the baseline: d0..d24, none
+        "warning": ((10, 25), (0, 25, "release"), "worse"),  # p = 2·C(40,15)/C(50,25)
+        # 87 attempts counted in the fleet, 14 of them failed; minus these 30 (none)
+        "land_failure": ((0, 30), (14, 57, "fleet"), "better"),
+    },
+    ("6.9", "7.1"): {
+        # 1 of 3 is 33%, above 7.0 -> 7.1's 25%, and no evidence: p = 0.70, 3 < 20
+        "crash": ((1, 3), (10, 80, "release"), "no evidence"),  # 40 cold + 40 from 7.0
+        "warning": ((1, 3), (2, 80, "release"), "no evidence"),
+        "land_failure": ((0, 3), (10, 50, "release"), "no evidence"),  # 50 from 7.0
+    },
+    ("7.1", "7.3"): {
+        "crash": ((0, 0), (0, 0, "release"), "no evidence"),
+        "warning": ((0, 0), (0, 0, "release"), "no evidence"),
+        # p = 2·C(14,4)/C(87,4) = 0.0009, but 4 attempts are fewer than 20
+        "land_failure": ((4, 4), (10, 83, "fleet"), "no evidence"),
+    },
+}
+
+
+def test_every_count_of_the_hand_computed_fleet(report: Any) -> None:
+    rc, out, err = report("--json")
+    assert rc == 0, err
+    got = [
+        ((r["previous_release"], r["release"]), tuple(r[k] for k in COUNTS))
+        for r in json.loads(out)
+    ]
+    assert got == ROWS
+    rows = {(r["previous_release"], r["release"]): r for r in json.loads(out)}
+    assert rows[("7.0", "7.1")]["crash_rate"] == 0.25
+    assert rows[("7.1", "7.3")]["crash_rate"] is None  # nothing landed: no rate
+    assert rows[("7.1", "7.3")]["first_booted_at"] is None
+    assert rows[("7.0", "7.1")]["first_booted_at"] == T0 + 100
+    assert rows[("7.0", "7.1")]["last_booted_at"] == T0 + 300
+
+
+def test_every_rate_interval_and_verdict_of_the_hand_computed_fleet(report: Any) -> None:
+    _, out, _ = report("--json")
+    rows = {(r["previous_release"], r["release"]): r for r in json.loads(out)}
+    for key, tests in TESTS.items():
+        assert set(rows[key]["rates"]) == set(tests)
+        for name, ((k, n), (bk, bn, scope), verdict) in tests.items():
+            got = rows[key]["rates"][name]
+            where = f"{key} {name}"
+            assert (got["count"], got["of"], got["verdict"]) == (k, n, verdict), where
+            base = got["baseline"]
+            assert (base["count"], base["of"], base["scope"]) == (bk, bn, scope), where
+            if n:
+                assert got["rate"] == pytest.approx(k / n)
+                assert got["interval"] == pytest.approx(w(k, n), abs=1e-12), where
+            else:
+                assert got["rate"] is None and got["interval"] == [0.0, 1.0]
+            if bn:
+                assert base["interval"] == pytest.approx(w(bk, bn), abs=1e-12), where
+            if n and bn:
+                assert got["p_value"] == pytest.approx(two_sided(k, n, bk, bn), rel=1e-9), where
+            else:
+                assert got["p_value"] is None
+    # the figures quoted above, to four places
+    crash = rows[("7.0", "7.1")]["rates"]["crash"]
+    assert round(crash["p_value"], 4) == 0.0048
+    assert [round(x, 4) for x in crash["interval"]] == [0.1419, 0.4019]
+    assert [round(x, 4) for x in crash["baseline"]["interval"]] == [0.0041, 0.1206]
+    warned = rows[("6.8", "7.2")]["rates"]["warning"]
+    assert warned["p_value"] == pytest.approx(2 * comb(40, 15) / comb(50, 25))
+    assert [round(x, 4) for x in warned["interval"]] == [0.2340, 0.5926]
+    noisy = rows[("6.9", "7.1")]["rates"]["crash"]
+    assert round(noisy["p_value"], 2) == 0.70  # 2·(1 - C(72,3)/C(83,3))
+    assert [round(x, 4) for x in noisy["interval"]] == [0.0615, 0.7923]
+    never = rows[("7.1", "7.3")]["rates"]["land_failure"]
+    assert never["p_value"] == pytest.approx(2 * comb(14, 4) / comb(87, 4))
+    assert [round(x, 4) for x in never["interval"]] == [0.5101, 1.0]
+
+
+def words(line: str) -> str:
+    return " ".join(line.split())
+
+
+def test_the_text_report_shows_the_counts_the_intervals_and_the_verdicts(report: Any) -> None:
+    rc, out, _ = report()
+    assert rc == 0
+    landed, attempts, tests, how = out.rstrip("\n").split("\n\n")
+    assert [words(x) for x in landed.splitlines()] == [
+        "PREVIOUS_RELEASE RELEASE BOOTS HOSTS CRASHES CRASH_RATE",
+        "7.0 7.1 40 20 10 25.00%",
+        "6.8 7.2 30 30 0 0.00%",
+        "6.9 7.1 3 3 1 33.33%",
+        "7.1 7.3 0 0 0 -",
+    ]
+    assert [words(x) for x in attempts.splitlines()] == [
+        "PREVIOUS_RELEASE RELEASE ATTEMPTS LANDED FAILED_TO_LAND REJECTED NO_HANDOVER "
+        "WARNED_BOOTS WARNINGS VERDICT",
+        "7.0 7.1 50 40 6 4 0 2 2 worse",
+        "6.8 7.2 30 30 0 0 0 10 19 worse",
+        "6.9 7.1 3 3 0 0 0 1 2 no evidence",
+        "7.1 7.3 4 0 4 0 0 0 0 no evidence",
+    ]
+    lines = [words(x) for x in tests.splitlines()]
+    assert lines[0] == (
+        "PREVIOUS_RELEASE RELEASE RATE TRANSITION (95% INTERVAL) BASELINE (95% INTERVAL) P VERDICT"
+    )
+    assert lines[1] == (
+        "7.0 7.1 crash 10/40 25.00% [14.19%, 40.19%] 1/43 2.33% [0.41%, 12.06%] 0.0048 worse"
+    )
+    assert lines[3] == (
+        "7.0 7.1 land failure 10/50 20.00% [11.24%, 33.04%] 4/37 10.81% [4.29%, 24.71%] "
+        "(fleet) 0.39 no evidence"
+    )
+    assert lines[5] == (
+        "6.8 7.2 warning 10/25 40.00% [23.40%, 59.26%] 0/25 0.00% [0.00%, 13.32%] 0.00064 worse"
+    )
+    assert lines[7] == (
+        "6.9 7.1 crash 1/3 33.33% [6.15%, 79.23%] 10/80 12.50% [6.93%, 21.50%] 0.7 no evidence"
+    )
+    assert len(lines) == 1 + 4 * 3
+    how = words(how)
+    assert "Fisher's exact test" in how and "p < 0.01, with at least 20 boots" in how
+
+
+def test_thresholds_move_the_verdicts(report: Any) -> None:
+    def verdicts(*argv: str) -> dict[tuple[str, str], str]:
+        rc, out, err = report("--json", *argv)
+        assert rc == 0, err
+        return {(r["previous_release"], r["release"]): r["verdict"] for r in json.loads(out)}
+
+    # 4 of 4 attempts failed, p = 0.0009: enough once 4 attempts are enough
+    assert verdicts("--min-evidence", "4")[("7.1", "7.3")] == "worse"
+    # 7.0 -> 7.1's crashes (p = 0.0048) are not enough at 0.001; 6.8 -> 7.2's warnings
+    # (p = 0.00064) still are
+    strict = verdicts("--alpha", "0.001")
+    assert strict[("7.0", "7.1")] == "no evidence" and strict[("6.8", "7.2")] == "worse"
+    # with 3 boots enough, the noisy transition is still no evidence: p = 0.70
+    assert verdicts("--min-evidence", "3")[("6.9", "7.1")] == "no evidence"
+
+
+def test_the_baseline_rows_carry_rates_and_no_verdict(report: Any) -> None:
+    rc, out, _ = report("--json", "--include-cold")
+    assert rc == 0
+    cold = {r["release"]: r for r in json.loads(out) if r["previous_release"] is None}
+    assert {k: (r["boots"], r["crashes"], r["verdict"]) for k, r in cold.items()} == {
+        "6.8": (30, 0, None),
+        "6.9": (4, 0, None),  # s0..s2, and s0 again after its crash
+        "7.0": (60, 0, None),
+        "7.1": (40, 0, None),
+        "7.2": (25, 0, None),
+    }
+    assert set(cold["7.1"]["rates"]) == {"crash", "warning"}  # a fresh boot is no attempt
+    assert cold["7.1"]["rates"]["crash"]["baseline"] is None
+    _, out, _ = report("--include-cold")
+    assert "(cold boot) 7.1 0 0 0 0 0 0 0 (baseline)" in [words(x) for x in out.splitlines()]
+
+
+def test_textfile_metrics_carry_the_counts_intervals_and_verdicts(
+    report: Any, tmp_path: Path
+) -> None:
+    prom = tmp_path / "t.prom"
+    assert report("--textfile", str(prom))[0] == 0
+    text = prom.read_text()
+
+    def value(name: str, prev: str, rel: str) -> float:
+        prefix = f'khod_fleet_transition_{name}{{previous_release="{prev}",release="{rel}"}} '
+        (line,) = [x for x in text.splitlines() if x.startswith(prefix)]
+        return float(line.removeprefix(prefix))
+
+    assert value("verdict", "7.0", "7.1") == 1.0
+    assert value("verdict", "6.8", "7.2") == 1.0
+    assert value("verdict", "6.9", "7.1") == 0.0
+    assert value("attempts", "7.0", "7.1") == 50
+    assert value("failed_to_land", "7.0", "7.1") == 6
+    assert value("rejected", "7.0", "7.1") == 4
+    assert value("without_handover", "7.0", "7.1") == 0
+    assert value("warned_boots", "6.8", "7.2") == 10
+    assert value("warnings", "6.8", "7.2") == 19
+    assert value("crash_rate_low", "7.0", "7.1") == pytest.approx(w(10, 40)[0])
+    assert value("crash_rate_high", "7.0", "7.1") == pytest.approx(w(10, 40)[1])
+    assert value("baseline_crash_rate", "7.0", "7.1") == pytest.approx(1 / 43)
+    assert value("warning_rate", "6.8", "7.2") == pytest.approx(10 / 25)
+    assert value("land_failure_rate", "7.1", "7.3") == 1.0
+    assert value("land_failure_rate_low", "7.1", "7.3") == pytest.approx(w(4, 4)[0])
+    # nothing landed: no crash rate, no interval (a gap on the dashboard, not a zero)
+    assert 'khod_fleet_transition_crash_rate{previous_release="7.1",release="7.3"}' not in text
+    assert "machine_id" not in text and "boot_id" not in text  # no per-boot labels
+
+
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [
+        (["--alpha", "0"], "--alpha must be between 0 and 1, not 0.0"),
+        (["--alpha", "1.5"], "--alpha must be between 0 and 1, not 1.5"),
+        (["--min-evidence", "-1"], "--min-evidence must be 0 or more, not -1"),
+    ],
+)
+def test_bad_thresholds_are_one_line_errors(report: Any, argv: list[str], why: str) -> None:
+    rc, out, err = report(*argv)
+    assert (rc, out, err) == (1, "", f"khoctl: error: {why}\n")
+
+
+# --- the statistics alone ----------------------------------------------------------
+
+
+def test_cli_defaults_are_the_thresholds_defaults() -> None:
+    from khod.cli import khoctl
+
+    args = khoctl.parser().parse_args(["report", "transitions"])
+    assert (args.alpha, args.min_evidence) == (Thresholds.alpha, Thresholds.min_n)
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "interval"),
+    [
+        (0, 10, (0.0, 0.2775)),  # Newcombe (1998), table I
+        (1, 29, (0.0061, 0.1718)),
+        (15, 148, (0.0624, 0.1605)),
+        (81, 263, (0.2553, 0.3662)),
+        (10, 10, (0.7225, 1.0)),
+    ],
+)
+def test_wilson_matches_the_published_intervals(
+    k: int, n: int, interval: tuple[float, float]
+) -> None:
+    assert tuple(round(x, 4) for x in wilson(k, n)) == interval
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        (1, 3, 40, 10000),
+        (1, 20, 40, 10000),
+        (2, 3, 1, 3),
+        (0, 10, 5, 10),
+        (7, 7, 0, 9),
+        (30, 200, 100, 5000),
+        (0, 50, 50, 50),
+        (3, 9, 1, 12),
+        (12, 15, 3, 30),
+    ],
+)
+def test_fisher_tails_are_the_exact_sums(table: tuple[int, int, int, int]) -> None:
+    p_ge, p_le = fisher(*table)
+    assert p_ge == pytest.approx(upper(*table), rel=1e-9, abs=1e-300)
+    assert p_le == pytest.approx(lower(*table), rel=1e-9, abs=1e-300)
+
+
+def test_one_crash_in_three_boots_is_no_evidence_against_forty_in_ten_thousand() -> None:
+    from khod.fleet.stats import compare
+
+    th = Thresholds()
+    # the exact chance of 1 or more of 3 at the baseline's 0.4% is 1.2%: suggestive,
+    # and 3 boots are too few to call it
+    noisy = compare(1, 3, (40, 10_000), th)
+    assert noisy.verdict == "no evidence" and round(noisy.p_value or 0, 3) == 0.024
+    # 40 in 10,000 against 4 in 10,000 is worse, by a p-value of 1.7e-8
+    large = compare(40, 10_000, (4, 10_000), th)
+    assert large.verdict == "worse"
+    assert large.p_value == pytest.approx(two_sided(40, 10_000, 4, 10_000), rel=1e-9)
+
+
+# --- warnings, from the kernel log to the report ------------------------------------
+
+
+def test_a_boots_warnings_are_counted_and_grow_with_its_log(
+    sysroot: Any, sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from khod.cli import khoctl, khod_main
+    from khod.cli.common import run_main
+
+    root = sysroot("kexec1/step1")
+    kmsg = root / "dev" / "kmsg"
+    with kmsg.open("ab") as f:
+        f.write(b"4,385,2600000,-;WARNING: CPU: 0 PID: 1 at mm/memblock.c:1 x+0x1/0x2\n")
+        f.write(b"12,386,2600001,-;WARNING: a user program wrote this\n")  # not the kernel
+    argv = ["--sysroot", str(root), "--db", sqlite_url]
+    assert run_main("khod", khod_main.main, ["--once", *argv]) == 0
+
+    def exported() -> list[Any]:
+        dump = tmp_path / "x.jsonl"
+        assert run_main("khoctl", khoctl.main, ["export", "--db", sqlite_url, "-o", str(dump)]) == 0
+        objs = [json.loads(x) for x in dump.read_text().splitlines()[1:]]
+        return [o["warnings"] for o in objs if o["object"] == "boot"]
+
+    assert exported() == [1]
+    # later in the same boot (khoctl kexec and the hook look at it again before leaving)
+    with kmsg.open("ab") as f:
+        f.write(b"3,387,9000000,-;INFO: task kworker/0:1:12 blocked for more than 122 seconds.\n")
+    assert run_main("khoctl", khoctl.main, ["record-kexec", *argv]) == 0
+    assert exported() == [2]
+    # the report counts it: 7.3.4-khlab-a -> 7.3.4-khlab-a, 1 warned boot of 1
+    rc, out, _ = ctl(capsys, "report", "transitions", "--db", sqlite_url, "--json")
+    assert rc == 0
+    (row,) = json.loads(out)
+    assert (row["logged_boots"], row["warned_boots"], row["warnings"]) == (1, 1, 2)
+
+
+def test_an_export_without_warnings_still_imports(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = write_export(tmp_path / "old.jsonl", [boot_obj("1" * 32, "b-1", "7.1", "7.0", T0)])
+    assert "warnings" not in boot_obj("1" * 32, "b-1", "7.1", "7.0", T0)
+    assert ctl(capsys, "import", str(f), "--db", db_url)[0] == 0
+    rc, out, _ = ctl(capsys, "report", "transitions", "--db", db_url, "--json")
+    assert rc == 0
+    (row,) = json.loads(out)
+    assert (row["boots"], row["logged_boots"], row["warned_boots"]) == (1, 0, 0)
+    assert row["rates"]["warning"]["of"] == 0 and row["rates"]["warning"]["rate"] is None
