@@ -14,6 +14,7 @@ import io
 import json
 import shutil
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from psycopg.conninfo import make_conninfo
 from khod.cli import khoctl, khod_main
 from khod.cli.common import run_main
 from khod.fleet import certs
-from tests import pgserver
+from tests import daemon_helpers, pgserver
 from tests.conftest import FIXTURES, restore_pstore_mtimes
 
 CHAIN = ["pstore-kho/step0", "pstore-kho/step1", "pstore-kho/step2", "pstore-kho/step3"]
@@ -296,7 +297,19 @@ def test_an_absurd_push_is_refused_and_disturbs_no_other_host(fleet: Fleet) -> N
     a, b = fleet.hosts[A], fleet.hosts[B]
     a_boot = json.loads(fleet.owner_rows(A)["boots"][-1])["id"]
     with psycopg.connect(a.conninfo(fleet), autocommit=True) as conn:
-        # a million rows in one statement, as a compromised host would send them
+        # the role's own bounds, as the server applies them
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("1min",)
+        assert conn.execute("SHOW temp_file_limit").fetchone() == ("256MB",)
+        with psycopg.connect(a.conninfo(fleet)), pytest.raises(psycopg.OperationalError) as e:
+            psycopg.connect(a.conninfo(fleet))  # a third connection of the same host
+        assert f'too many connections for role "{a.role}"' in str(e.value)
+        # a statement timeout is only the role's default: a hostile host lifts it (and
+        # cannot lift temp_file_limit: "permission denied to set parameter")...
+        conn.execute("SET statement_timeout = 0")
+        assert refused(conn, "SET temp_file_limit = -1") == (
+            'permission denied to set parameter "temp_file_limit"'
+        )
+        # ... then sends a million rows in one statement: the server counts them
         answer = refused(
             conn,
             "INSERT INTO events (boot_pk, created_at, kind, source, severity, message, "
@@ -306,12 +319,6 @@ def test_an_absurd_push_is_refused_and_disturbs_no_other_host(fleet: Fleet) -> N
         assert answer == (
             f"khod fleet: host {A} sent 1000000 rows in one transaction, over the limit of 100000"
         )
-        # the role's own bounds, as the server applies them
-        assert conn.execute("SHOW statement_timeout").fetchone() == ("1min",)
-        assert conn.execute("SHOW temp_file_limit").fetchone() == ("256MB",)
-        with psycopg.connect(a.conninfo(fleet)), pytest.raises(psycopg.OperationalError) as e:
-            psycopg.connect(a.conninfo(fleet))  # a third connection of the same host
-        assert f'too many connections for role "{a.role}"' in str(e.value)
     # a 100 MiB blob, through khoctl sync: one line on the host, an event in its store
     local = a.local.removeprefix("sqlite:///")
     with sqlite3.connect(local) as db:
@@ -483,3 +490,56 @@ def test_the_reporting_role_reads_everything_and_writes_nothing(fleet: Fleet) ->
         ):
             assert refused(conn, sql) == f"permission denied for table {table}"
     assert {m: fleet.owner_rows(m) for m in (A, B)} == before
+
+
+# --- the daemon -------------------------------------------------------------------
+
+
+def _samples(text: str, name: str) -> dict[str, float]:
+    """``{labels: value}`` of every series of ``name`` in an exposition."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line[len(name) :].rsplit(" ", 1)
+            out[labels] = float(value)
+    return out
+
+
+def test_the_daemon_serves_on_while_the_fleet_refuses_it(fleet: Fleet, tmp_path: Path) -> None:
+    """A revoked host's daemon: every push refused by the server, counted by reason,
+    /metrics served all along; enrolled again, its next push goes through."""
+    step = "pstore/step0"
+    host = fleet.enroll(machine_of(step))
+    assert ctl("fleet", "revoke", host.machine, "--db", fleet.owner)[0] == 0
+    conf = tmp_path / "khod.toml"
+    conf.write_text(host.config.read_text() + 'interval = "2s"\n')
+    with daemon_helpers.running_daemon(
+        root_of(tmp_path, step), tmp_path, "--config", str(conf)
+    ) as d:
+        d.wait_for("READY=1")
+        deadline = time.monotonic() + 60
+        failures = "khod_sync_failures_total"
+        while _samples(d.scrape(), failures).get('{reason="refused"}', 0) < 2:
+            assert time.monotonic() < deadline and d.proc.poll() is None, d.scrape()
+            time.sleep(0.2)
+        counted = _samples(d.scrape(), failures)
+        assert {k for k, v in counted.items() if v} == {'{reason="refused"}'}
+        rc, _, err = ctl(
+            "fleet", "enroll", host.machine, "--db", fleet.owner, "--out", str(host.dir),
+            "--ca-cert", str(fleet.server.ca_cert), "--ca-key", str(fleet.server.ca_key),
+        )  # fmt: skip
+        assert rc == 0, err
+        last = "khod_sync_last_success_timestamp_seconds "
+        while "nan" in next(ln for ln in d.scrape().splitlines() if ln.startswith(last)).lower():
+            assert time.monotonic() < deadline and d.proc.poll() is None, d.scrape()
+            time.sleep(0.2)
+        local = d.db.removeprefix("sqlite:///")
+        d.proc.terminate()
+        d.proc.wait(10)
+        log = d.proc.stdout.read() if d.proc.stdout else ""
+    assert f'role "{host.role}" is not permitted to log in' in log
+    assert "sync failed (1 in a row)" in log
+    with sqlite3.connect(local) as db:
+        (msg,) = db.execute("SELECT message FROM events WHERE kind = 'sync-failed'").fetchone()
+    assert "is not permitted to log in" in msg
+    assert len(fleet.owner_rows(host.machine)["boots"]) == 1
