@@ -13,6 +13,9 @@ import   `khoctl import` into PostgreSQL (a durable cluster: fsync on) and into 
 report   `report transitions` (khod.fleet.report, SQLAlchemy Core) against the same
          query written by hand and run on the bare driver (psycopg, sqlite3):
          target <= 1.5x on both; peak RSS of `khoctl report transitions --json`
+trust    (bench/fleet_trust.py) the first --trust-hosts hosts push their part through their
+         own roles over TLS, and the reporting role runs the report: with and without the
+         row-level security policies and the quota trigger, and the ratio
 """
 
 from __future__ import annotations
@@ -287,6 +290,8 @@ def main() -> int:
     ap.add_argument("--hosts", type=int, default=20_000)
     ap.add_argument("--pstore", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--trust-hosts", type=int, default=8, metavar="N", help="0: skip the stage")
+    ap.add_argument("--only-trust", action="store_true", help="skip import and report")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="khod-fleet-bench-"))
     try:
@@ -299,6 +304,11 @@ def main() -> int:
             f"{time.perf_counter() - t0:.1f} s",
             flush=True,
         )
+        if a.only_trust:
+            from bench.fleet_trust import measure
+
+            measure(export, tmp, a.trust_hosts, a.runs)
+            return 0
         small = tmp / "tenth.jsonl"
         head(export, small, 0.1)
         with pgserver.running_server(durable=True) as pg:
@@ -369,6 +379,10 @@ def main() -> int:
                     f"{cli_rss / 1024:.0f} MiB",
                     flush=True,
                 )
+        if a.trust_hosts:
+            from bench.fleet_trust import measure
+
+            measure(export, tmp, a.trust_hosts, a.runs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
