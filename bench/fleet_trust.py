@@ -141,6 +141,70 @@ def measure(export: Path, tmp: Path, max_hosts: int = 8, runs: int = 5) -> None:
         )
 
 
+def connect_time(conninfo: str, n: int = 30) -> float:
+    """Median seconds of a TLS connection with cert authentication and one query."""
+    import psycopg
+
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        with psycopg.connect(conninfo) as conn:
+            conn.execute("SELECT 1")
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+MAKE_ROLES = """
+DO $$ BEGIN FOR i IN 2..@N@ LOOP
+  EXECUTE format('CREATE ROLE %I LOGIN CONNECTION LIMIT 2 IN ROLE khod_host',
+                 'host_' || lpad(to_hex(i), 32, '0'));
+  EXECUTE format('ALTER ROLE %I SET statement_timeout = %L',
+                 'host_' || lpad(to_hex(i), 32, '0'), '60s');
+END LOOP; END $$
+"""
+
+
+def roles_at_scale(n_roles: int, tmp: Path) -> None:
+    """One login role per host, at fleet size: the catalog bytes of n_roles host roles
+    and a host's connection time with 1 enrolled host against n_roles."""
+    from psycopg.conninfo import make_conninfo
+
+    from khod.fleet import admin
+    from khod.store.db import open_store
+
+    size = "SELECT pg_total_relation_size('pg_authid') + pg_total_relation_size('pg_auth_members')"
+    with pgserver.running_server(tls=True) as pg:
+        db = pg.create_database()
+        ctl("fleet", "init", "--db", pg.url(db))
+        owner = open_store(pg.url(db))
+        machine = f"{1:032x}"
+        c = admin.enroll(
+            owner, admin.host_role(machine), admin.HOST_GROUP, ca_cert=pg.ca_cert,
+            ca_key=pg.ca_key, out=tmp / "tls-one",
+        )  # fmt: skip
+        owner.dispose()
+        info = make_conninfo(
+            host="localhost", port=pg.port, dbname=db, user=admin.host_role(machine),
+            sslmode="verify-full", sslrootcert=c["ca"], sslcert=c["cert"], sslkey=c["key"],
+        )  # fmt: skip
+        before_bytes = int(pg.psql(size, db))
+        before = connect_time(info)
+        t0 = time.perf_counter()
+        pg.psql(MAKE_ROLES.replace("@N@", str(n_roles)), db)
+        made = time.perf_counter() - t0
+        after_bytes = int(pg.psql(size, db))
+        settings = int(pg.psql("SELECT pg_total_relation_size('pg_db_role_setting')", db))
+        after = connect_time(info)
+        print(
+            f"{n_roles:,} host roles: made in {made:.1f} s; pg_authid + pg_auth_members "
+            f"{before_bytes / 2**20:.2f} -> {after_bytes / 2**20:.2f} MiB "
+            f"(pg_db_role_setting {settings / 2**20:.2f} MiB); a host's TLS connection "
+            f"{before * 1000:.1f} ms with 1 role, {after * 1000:.1f} ms with {n_roles:,} "
+            f"(ratio {after / before:.2f}x)",
+            flush=True,
+        )
+
+
 def main() -> int:
     from bench.fleet import generate
 
@@ -149,9 +213,13 @@ def main() -> int:
     ap.add_argument("--hosts", type=int, default=8)
     ap.add_argument("--pstore", type=int, default=4_000)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--roles", type=int, default=0, metavar="N", help="only: N host roles")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="khod-fleet-trust-bench-"))
     try:
+        if a.roles:
+            roles_at_scale(a.roles, tmp)
+            return 0
         export = tmp / "fleet.jsonl"
         generate(export, a.boots, a.hosts, a.pstore)
         measure(export, tmp, a.hosts, a.runs)
