@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import KhodError, StoreError
@@ -40,11 +41,12 @@ def _watermarks(local: Store, target: str) -> dict[str, int]:
     return {k: v for k, v in rows}
 
 
-def sync(local: Store, target: Store, *, full: bool = False) -> SyncResult:
+def sync(local: Store, target: Store, *, full: bool = False, name: str | None = None) -> SyncResult:
     """Push the local rows the target has not had yet. Watermarks (the last local row
-    id sent, per type) advance only after the target committed, so a failure at any
-    point sends the same rows again next time, and the import ignores what it has."""
-    name = target.location
+    id sent, per type, under ``name``: the target's location by default) advance only
+    after the target committed, so a failure at any point sends the same rows again
+    next time, and the import ignores what it has."""
+    name = name or target.location
     marks = {} if full else _watermarks(local, name)
     importer = Importer(target)
     new_marks: dict[str, int] = {}
@@ -104,7 +106,9 @@ def push(
         try:
             target = open_store(secure_url(to, tls or TlsSettings()))
             try:
-                return sync(local, target, full=full)
+                # named as configured: the TLS parameters added are not part of the name
+                name = Store(target.engine, make_url(to)).location
+                return sync(local, target, full=full, name=name)
             finally:
                 target.dispose()
         except KhodError as e:
@@ -122,7 +126,8 @@ def record_failure(local: Store, message: str) -> None:
     from khod.store.boots import event_values  # noqa: PLC0415
     from khod.store.schema import boots, events  # noqa: PLC0415
 
-    e = Event("sync-failed", "sync", Severity.WARNING, message, origin=EventSource.STORE)
+    # info: khod_sync_failures_total counts it; a warning would count as a store error
+    e = Event("sync-failed", "sync", Severity.INFO, message, origin=EventSource.STORE)
     try:
         with local.writer.begin() as conn:
             pk = conn.execute(select(boots.c.id).order_by(boots.c.id.desc()).limit(1)).scalar()
