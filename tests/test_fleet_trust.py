@@ -215,17 +215,30 @@ def test_a_hosts_credentials_cannot_touch_another_hosts_history(fleet: Fleet) ->
     a_boot = json.loads(before[A]["boots"][-1])
     rls = "new row violates row-level security policy for table"
     with psycopg.connect(fleet.hosts[A].conninfo(fleet), autocommit=True) as conn:
-        # reading: B's rows are filtered out by the server (RLS), by machine or by id
+        # reading: the identifiers of B's rows are filtered out by the server (RLS)...
         for q in (
             f"SELECT count(*) FROM boots WHERE machine_id = '{B}'",
-            f"SELECT count(*) FROM blobs WHERE boot_pk = {b_boot['id']}",
+            f"SELECT count(*) FROM boots WHERE id = {b_boot['id']}",
             f"SELECT count(*) FROM kexec_attempts WHERE machine_id = '{B}'",
-            f"SELECT count(*) FROM pstore_records WHERE machine_id <> '{A}'",
         ):
             row = conn.execute(q).fetchone()
             assert row == (0,), q
         row = conn.execute("SELECT count(DISTINCT machine_id) FROM boots").fetchone()
         assert row == (1,)
+        row = conn.execute("SELECT count(*) FROM blobs").fetchone()
+        assert row == (len(before[A]["blobs"]),)
+        # ... and any content, B's or its own, is refused
+        reads = {
+            f"SELECT * FROM boots WHERE machine_id = '{B}'": "boots",
+            f"SELECT release, cmdline FROM boots WHERE id = {b_boot['id']}": "boots",
+            f"SELECT data FROM blobs WHERE boot_pk = {b_boot['id']}": "blobs",
+            "SELECT message FROM events": "events",
+            "SELECT text, raw FROM pstore_records": "pstore_records",
+            "SELECT target_release FROM kexec_attempts": "kexec_attempts",
+            "SELECT * FROM host_usage": "host_usage",
+        }
+        for q, table in reads.items():
+            assert refused(conn, q) == f"permission denied for table {table}", q
         cols = "machine_id, boot_id, release, cmdline, kind, kho_enabled, subtrees, "
         cols += "out_subtrees, scratch, ingested_at, khod_version"
         vals = "'x', 'r', 'c', 'cold', false, '[]', '[]', '[]', 0, 'forged'"

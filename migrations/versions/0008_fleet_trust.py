@@ -44,6 +44,16 @@ POLICIES = {
         f"machine_id = {MACHINE}",
     ),
 }
+# what a host may read back of its own rows: the identifiers its push resolves (boot
+# ids, attempt uids and verdicts), RETURNs, and checks for conflicts (each table's
+# natural key); reading anything else is refused
+HOST_READS = {
+    "boots": "id, machine_id, boot_id",
+    "blobs": "id, boot_pk, direction, name",
+    "events": "id, boot_pk, fingerprint",
+    "pstore_records": "id, machine_id, sha256",
+    "kexec_attempts": "id, uid, machine_id, verdict",
+}
 # the variable-length columns of each table: what a row weighs against the bounds
 SIZED = {
     "boots": "release cmdline kind_reason kho_abi previous_release previous_release_raw "
@@ -106,7 +116,9 @@ def upgrade() -> None:
     )
     op.execute(_QUOTA.replace("@SCHEMA@", schema))
     tables = list(POLICIES)
-    op.execute(f"GRANT SELECT, INSERT ON {', '.join(tables)} TO khod_host")
+    op.execute(f"GRANT INSERT ON {', '.join(tables)} TO khod_host")
+    for table, cols in HOST_READS.items():
+        op.execute(f"GRANT SELECT ({cols}) ON {table} TO khod_host")
     # an attempt sent while open gets its verdict once (a policy keeps it to open ones)
     op.execute(
         "GRANT UPDATE (verdict, verdict_boot, verdict_detail) ON kexec_attempts TO khod_host"
