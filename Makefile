@@ -10,10 +10,11 @@ STAMP    := $(VENV)/.khod-installed
 # systemd (systemd-analyze, journalctl), prometheus (promtool and the server the
 # tests start) with prometheus-node-exporter (serves the fleet report to it),
 # util-linux (setpriv, unshare), postgresql (the server the store tests start),
-# debootstrap (the Debian 13 chroots the package is built and installed in), rpm.
+# debootstrap (the Debian 13 chroots the package is built and installed in), rpm,
+# openssl (khoctl fleet enroll; the fleet trust tests' CA and certificates).
 DEB_PKGS ?= gcc python3-dev python3-venv pkg-config libsystemd-dev swig device-tree-compiler \
             systemd prometheus prometheus-node-exporter util-linux postgresql \
-            debootstrap rpm e2fsprogs \
+            debootstrap rpm e2fsprogs openssl \
             qemu-system-x86 kexec-tools busybox-static cpio \
             make flex bison bc libelf-dev libssl-dev xz-utils dpkg-dev
 

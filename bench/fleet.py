@@ -16,6 +16,9 @@ report   `report transitions` (khod.fleet.report: its two SQLAlchemy Core querie
          the bare driver (psycopg, sqlite3): target <= 1.5x on both; peak RSS of
          `khoctl report transitions --json`. The attempts are a second export,
          imported after the import is timed (the import figures stay comparable).
+trust    (bench/fleet_trust.py) the first --trust-hosts hosts push their part through their
+         own roles over TLS, and the reporting role runs the report: with and without the
+         row-level security policies and the quota trigger, and the ratio
 """
 
 from __future__ import annotations
@@ -379,6 +382,8 @@ def main() -> int:
     ap.add_argument("--hosts", type=int, default=20_000)
     ap.add_argument("--pstore", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--trust-hosts", type=int, default=8, metavar="N", help="0: skip the stage")
+    ap.add_argument("--only-trust", action="store_true", help="skip import and report")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="khod-fleet-bench-"))
     try:
@@ -393,6 +398,11 @@ def main() -> int:
             f"{time.perf_counter() - t0:.1f} s",
             flush=True,
         )
+        if a.only_trust:
+            from bench.fleet_trust import measure
+
+            measure(export, tmp, a.trust_hosts, a.runs)
+            return 0
         small = tmp / "tenth.jsonl"
         head(export, small, 0.1)
         with pgserver.running_server(durable=True) as pg:
@@ -492,6 +502,10 @@ def main() -> int:
                     f"{cli_rss / 1024:.0f} MiB",
                     flush=True,
                 )
+        if a.trust_hosts:
+            from bench.fleet_trust import measure
+
+            measure(export, tmp, a.trust_hosts, a.runs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -24,6 +24,11 @@ max_bytes = "1GiB"            # raw blobs and pstore bytes per machine; "0" = no
 [sync]                        # store-and-forward to the fleet database
 to = ""                       # SQLAlchemy URL, e.g. postgresql+psycopg://khod@db/fleet
 interval = "5m"               # between pushes; failures retry sooner, backing off
+sslmode = ""                  # "" = verify-full for a remote database; another mode is
+                              #   an explicit opt-out (disable, require, verify-ca, ...)
+ca = "/etc/khod/fleet/ca.crt"     # the fleet CA, that signed the server's certificate
+cert = "/etc/khod/fleet/host.crt" # this host's client certificate (khoctl fleet enroll)
+key = "/etc/khod/fleet/host.key"  # ... and its key (0600)
 """
 
 from __future__ import annotations
@@ -98,6 +103,10 @@ class Config:
     max_bytes: int = 1 << 30
     sync_to: str = ""
     sync_interval: int = 300
+    sync_sslmode: str = ""
+    sync_ca: str = "/etc/khod/fleet/ca.crt"
+    sync_cert: str = "/etc/khod/fleet/host.crt"
+    sync_key: str = "/etc/khod/fleet/host.key"
     source: str = field(default="defaults", compare=False)
 
 
@@ -120,6 +129,15 @@ def _count(v: object, key: str) -> int:
     return v
 
 
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def _sslmode(v: object, key: str) -> str:
+    if v != "" and v not in SSLMODES:
+        raise ConfigError(f'{key}: expected "" or one of {", ".join(SSLMODES)}, got {v!r}')
+    return str(v)
+
+
 KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("daemon", "listen"): ("listen", parse_listen),
     ("daemon", "textfile"): ("textfile", _str),
@@ -135,6 +153,10 @@ KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("retention", "max_bytes"): ("max_bytes", parse_size),
     ("sync", "to"): ("sync_to", _str),
     ("sync", "interval"): ("sync_interval", parse_duration),
+    ("sync", "sslmode"): ("sync_sslmode", _sslmode),
+    ("sync", "ca"): ("sync_ca", _str),
+    ("sync", "cert"): ("sync_cert", _str),
+    ("sync", "key"): ("sync_key", _str),
 }
 assert {f for f, _ in KEYS.values()} == {f.name for f in fields(Config)} - {"source"}
 

@@ -1,6 +1,12 @@
 """A real PostgreSQL server for the tests: Debian's binaries, a cluster made by initdb
 in a temp directory, listening on loopback only, stopped at the end of the session.
 
+With ``tls=True`` it is a fleet database as operators run it: ``ssl = on`` with a server
+certificate signed by a test CA made here (``ca_cert``, ``ca_key``; names localhost,
+127.0.0.1 and fleet.test), and a pg_hba.conf where only the ``postgres`` superuser (the
+operator) may come in without TLS; hosts (``+khod_host``) and readers (``+khod_report``)
+need TLS and a client certificate whose CN is their role (``cert``).
+
 PostgreSQL refuses to run as root; as root the cluster belongs to the `postgres` user
 that the Debian package creates (or to `nobody` where it does not exist).
 """
@@ -36,8 +42,9 @@ def free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, tls: bool = False) -> None:
         self.bindir = bindir
+        self.tls = tls
         self.port = free_port()
         # not under pytest's tmp dir: that is 0700 and owned by root
         self.dir = Path(tempfile.mkdtemp(prefix="khod-pg-"))
@@ -87,6 +94,43 @@ class PostgresServer:
             )
             if not durable:  # a test cluster: durability is not under test there
                 f.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
+            if self.tls:
+                f.write(self._tls_setup())
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.dir / "tls" / "ca.crt"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.dir / "tls" / "ca.key"
+
+    def _tls_setup(self) -> str:
+        from khod.fleet import certs
+
+        tls = self.dir / "tls"
+        certs.make_ca(tls, "khod test fleet CA")
+        server = certs.issue(
+            self.ca_cert,
+            self.ca_key,
+            "fleet.test",
+            tls / "server.crt",
+            tls / "server.key",
+            server_names=("fleet.test", "localhost", "127.0.0.1"),
+        )
+        for p in (tls, *tls.iterdir()):
+            if self.user is not None:
+                os.chown(p, self.user.pw_uid, self.user.pw_gid)
+        (self.data / "pg_hba.conf").write_text(
+            "local all all trust\n"
+            "host all postgres 127.0.0.1/32 trust\n"
+            "hostssl all +khod_host 127.0.0.1/32 cert\n"
+            "hostssl all +khod_report 127.0.0.1/32 cert\n"
+        )
+        return (
+            f"ssl = on\nssl_cert_file = '{server.cert}'\nssl_key_file = '{server.key}'\n"
+            f"ssl_ca_file = '{self.ca_cert}'\n"
+        )
 
     def start(self) -> None:
         self._run(
@@ -142,11 +186,11 @@ class PostgresServer:
 
 
 @contextlib.contextmanager
-def running_server(durable: bool = False) -> Iterator[PostgresServer]:
+def running_server(durable: bool = False, tls: bool = False) -> Iterator[PostgresServer]:
     bindir = pg_bindir()
     if bindir is None:
         raise RuntimeError("PostgreSQL is not installed: `make test` installs it (postgresql)")
-    server = PostgresServer(bindir)
+    server = PostgresServer(bindir, tls)
     try:
         server.init(durable)
         server.start()

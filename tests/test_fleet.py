@@ -474,10 +474,13 @@ def test_attempt_verdicts_follow_the_attempt_to_the_fleet(
 
 
 def _metric(text: str, name: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
+    """The sample of ``name`` (``name{labels}``: every series summed), None without one."""
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((name + " ", name + "{"))
+    ]
+    return sum(values) if values else None
 
 
 def test_the_daemon_pushes_to_the_fleet_and_retries_until_it_is_back(
@@ -496,6 +499,7 @@ def test_the_daemon_pushes_to_the_fleet_and_retries_until_it_is_back(
                 assert time.monotonic() < deadline, d.scrape()
                 time.sleep(0.2)
             assert math.isnan(_metric(d.scrape(), "khod_sync_last_success_timestamp_seconds") or 0)
+            assert (_metric(d.scrape(), 'khod_sync_failures_total{reason="unreachable"}') or 0) >= 2
             assert d.proc.poll() is None  # serving all along
             pg.start()
             while math.isnan(

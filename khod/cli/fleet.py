@@ -262,22 +262,26 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def sync_target(args: argparse.Namespace) -> str:
-    if args.to:
-        return str(args.to)
+def sync_target(args: argparse.Namespace) -> tuple[str, Any]:
+    """The fleet database's URL (--to, else sync.to) and the TLS settings of [sync]."""
     from khod.config import DEFAULT_PATH, load_config  # noqa: PLC0415
+    from khod.fleet.tls import TlsSettings  # noqa: PLC0415
 
     cfg = load_config(args.config, required=args.config is not None)
+    tls = TlsSettings(cfg.sync_sslmode, cfg.sync_ca, cfg.sync_cert, cfg.sync_key)
+    if args.to:
+        return str(args.to), tls
     if not cfg.sync_to:
         where = args.config or DEFAULT_PATH
         raise KhodError(f"no fleet database: pass --to URL or set sync.to in {where}")
-    return cfg.sync_to
+    return cfg.sync_to, tls
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
     from khod.fleet.sync import push  # noqa: PLC0415
 
-    result = push(sync_target(args), args.db, full=args.full)
+    to, tls = sync_target(args)
+    result = push(to, args.db, full=args.full, tls=tls)
     c = result.counts
     if args.json:
         print_json({"target": result.target, "sent": c.ordered(c.read), "new": c.ordered(c.new)})

@@ -59,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
     from khod.cli import fleet  # noqa: PLC0415
 
     fleet.add_parsers(cmd)
+    from khod.cli import fleetadmin  # noqa: PLC0415
+
+    fleetadmin.add_parsers(cmd)
     c = cmd("db", "manage the store's schema")
     c.add_argument("action", choices=("upgrade", "current"))
     return p
@@ -279,6 +282,10 @@ def main(argv: Sequence[str]) -> int:
         from khod.cli import fleet  # noqa: PLC0415
 
         return fleet.COMMANDS[args.command](args)
+    if args.command == "fleet":
+        from khod.cli import fleetadmin  # noqa: PLC0415
+
+        return fleetadmin.cmd_fleet(args)
     return COMMANDS[args.command](args)
 
 

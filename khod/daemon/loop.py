@@ -276,9 +276,11 @@ class Daemon:
             if rc is None:
                 return
             self.sync = None
-            for line in child.lines("khod: "):
+            lines = child.lines("khod: ")
+            for line in lines:
                 self.log(line)
-            self.collector.sync_result(rc == 0)
+            errors = [ln for ln in lines if ln.startswith("error:")] or lines or [""]
+            self.collector.sync_result(rc == 0, fleet_worker.failure_reason(errors[-1]))
             interval = float(self.s.cfg.sync_interval)
             if rc == 0:
                 self.sync_failures = 0
@@ -297,7 +299,9 @@ class Daemon:
         if now < self.sync_at:
             return
         self.sync_at = None
-        self.sync = Child(fleet_worker.argv(self.s.cfg.sync_to, self.s.db), SYNC_TIMEOUT, "sync")
+        cfg = self.s.cfg
+        tls = (cfg.sync_sslmode, cfg.sync_ca, cfg.sync_cert, cfg.sync_key)
+        self.sync = Child(fleet_worker.argv(cfg.sync_to, self.s.db, tls), SYNC_TIMEOUT, "sync")
 
     def _on_hup(self) -> None:
         try:

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import generate_latest
 
 from khod.atomic import write_file
+from khod.fleet.worker import REASON_LABELS as SYNC_FAILURE_REASONS
 from khod.records import KINDS, SOURCES, VERDICTS
 
 
@@ -25,6 +26,7 @@ class SnapshotCollector:
         self._snap: dict[str, Any] = {}
         self._store_errors = 0
         self._sync: dict[str, float] | None = None  # set once sync.to is configured
+        self._sync_failures: dict[str, float] = {}  # by reason
         self.on_change: Callable[[], None] | None = None  # e.g. drop a cached exposition
 
     def _changed(self) -> None:
@@ -51,13 +53,13 @@ class SnapshotCollector:
             self._store_errors += 1
         self._changed()
 
-    def sync_result(self, ok: bool) -> None:
+    def sync_result(self, ok: bool, reason: str = "other") -> None:
         with self._lock:
-            st = self._sync or {"failures": 0.0, "last_success": math.nan}
+            st = self._sync or {"last_success": math.nan}
             if ok:
                 st["last_success"] = time.time()
             else:
-                st["failures"] += 1
+                self._sync_failures[reason] = self._sync_failures.get(reason, 0.0) + 1
             self._sync = st
         self._changed()
 
@@ -66,6 +68,7 @@ class SnapshotCollector:
             s = self._snap
             store_errors = self._store_errors
             sync = dict(self._sync) if self._sync is not None else None
+            failures = dict(self._sync_failures)
         if sync is not None:
             g = GaugeMetricFamily(
                 "khod_sync_last_success_timestamp_seconds",
@@ -74,9 +77,12 @@ class SnapshotCollector:
             g.add_metric([], sync["last_success"])
             yield g
             c = CounterMetricFamily(
-                "khod_sync_failures", "Pushes to the fleet database that failed (retried)"
+                "khod_sync_failures",
+                "Pushes to the fleet database that failed (retried), by why",
+                labels=["reason"],
             )
-            c.add_metric([], sync["failures"])
+            for reason in sorted(set(SYNC_FAILURE_REASONS) | set(failures)):
+                c.add_metric([reason], failures.get(reason, 0.0))
             yield c
         boot = s.get("boot") or {}
         g = GaugeMetricFamily(

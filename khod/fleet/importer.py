@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import JSON, Connection, Table, and_, select, tuple_, update
+from sqlalchemy import JSON, Connection, Table, and_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -83,6 +83,9 @@ class Importer:
         self.boot_ids: dict[BootKey, int] = {}
         self.counts = ImportCounts()
         self.pg = store.url.get_backend_name() == "postgresql"
+        # may this role make the temporary table COPY stages rows in? (a fleet host may
+        # not: `khoctl fleet init` takes TEMP away from everyone but the owner)
+        self.can_stage: bool | None = None
 
     def add(self, kind: str, values: dict[str, Any]) -> None:
         self.pending[kind].append(values)
@@ -188,7 +191,7 @@ class Importer:
                 return 0
         if kind == "attempt":
             return self._upsert_attempts(conn, rows)
-        if self.pg and len(rows) >= 200:
+        if self.pg and len(rows) >= 200 and self._may_stage(conn):
             return self._pg_copy(conn, table, rows, CONFLICT[kind])
         if not self.pg:
             return self._sqlite_many(conn, table, rows, CONFLICT[kind])
@@ -198,6 +201,12 @@ class Importer:
             .returning(table.c.id)  # the rows inserted: executemany's rowcount is not kept
         )
         return len(conn.execute(ins, rows).all())
+
+    def _may_stage(self, conn: Connection) -> bool:
+        if self.can_stage is None:
+            q = text("SELECT has_database_privilege(current_database(), 'TEMP')")
+            self.can_stage = bool(conn.execute(q).scalar())
+        return self.can_stage
 
     def _sqlite_many(
         self, conn: Connection, table: Table, rows: list[dict[str, Any]], conflict: tuple[str, ...]

@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from khod.errors import StoreError
+from khod.errors import KhodError, StoreError
 from khod.fleet.export import iter_objects
 from khod.fleet.format import TABLES, validate
 from khod.fleet.importer import ImportCounts, Importer
+from khod.fleet.tls import TlsSettings, secure_url
 from khod.store.db import open_store
 from khod.store.handle import Store, describe_db_error
 from khod.store.schema import sync_state
@@ -39,11 +41,12 @@ def _watermarks(local: Store, target: str) -> dict[str, int]:
     return {k: v for k, v in rows}
 
 
-def sync(local: Store, target: Store, *, full: bool = False) -> SyncResult:
+def sync(local: Store, target: Store, *, full: bool = False, name: str | None = None) -> SyncResult:
     """Push the local rows the target has not had yet. Watermarks (the last local row
-    id sent, per type) advance only after the target committed, so a failure at any
-    point sends the same rows again next time, and the import ignores what it has."""
-    name = target.location
+    id sent, per type, under ``name``: the target's location by default) advance only
+    after the target committed, so a failure at any point sends the same rows again
+    next time, and the import ignores what it has."""
+    name = name or target.location
     marks = {} if full else _watermarks(local, name)
     importer = Importer(target)
     new_marks: dict[str, int] = {}
@@ -92,14 +95,49 @@ def _save_watermarks(local: Store, target: str, marks: dict[str, int]) -> None:
         ) from None
 
 
-def push(to: str, db: str | None = None, *, full: bool = False) -> SyncResult:
-    """Sync the store at ``db`` (the default: this host's) to the database at ``to``."""
+def push(
+    to: str, db: str | None = None, *, full: bool = False, tls: TlsSettings | None = None
+) -> SyncResult:
+    """Sync the store at ``db`` (the default: this host's) to the database at ``to``,
+    over verified TLS when it is remote (khod.fleet.tls). A failure is also recorded as
+    an event of this host's newest boot (once per boot and message), then raised."""
     local = open_store(db, create=False)
     try:
-        target = open_store(to)
         try:
-            return sync(local, target, full=full)
-        finally:
-            target.dispose()
+            target = open_store(secure_url(to, tls or TlsSettings()))
+            try:
+                # named as configured: the TLS parameters added are not part of the name
+                name = Store(target.engine, make_url(to)).location
+                return sync(local, target, full=full, name=name)
+            finally:
+                target.dispose()
+        except KhodError as e:
+            record_failure(local, str(e))
+            raise
     finally:
         local.dispose()
+
+
+def record_failure(local: Store, message: str) -> None:
+    """The event of a failed push (``sync-failed``), on the newest boot of the store;
+    best effort: the push's own error is the one the operator sees."""
+    from khod.observation import Event, Severity  # noqa: PLC0415
+    from khod.records import EventSource  # noqa: PLC0415
+    from khod.store.boots import event_values  # noqa: PLC0415
+    from khod.store.schema import boots, events  # noqa: PLC0415
+
+    # info: khod_sync_failures_total counts it; a warning would count as a store error
+    e = Event("sync-failed", "sync", Severity.INFO, message, origin=EventSource.STORE)
+    try:
+        with local.writer.begin() as conn:
+            pk = conn.execute(select(boots.c.id).order_by(boots.c.id.desc()).limit(1)).scalar()
+            if pk is None:
+                return
+            ins = sqlite_insert if local.url.get_backend_name() == "sqlite" else pg_insert
+            conn.execute(
+                ins(events)
+                .values(event_values(pk, e, time.time()))
+                .on_conflict_do_nothing(index_elements=["boot_pk", "fingerprint"])
+            )
+    except SQLAlchemyError:
+        pass

@@ -11,20 +11,64 @@ from collections.abc import Sequence
 
 from khod.oneline import print_text, run_main
 
+# why a push failed: the ``reason`` label of ``khod_sync_failures_total``, from its one
+# line (the server's answer, or the client's); the first that matches, in this order
+REASONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("insecure", ("does not verify the server",)),
+    ("timeout", ("statement timeout", "no answer in", "timeout expired")),
+    ("quota", ("khod fleet:",)),
+    (
+        "refused",
+        (
+            "permission denied",
+            "row-level security",
+            "not permitted to log in",
+            "no pg_hba.conf entry",
+            "certificate authentication failed",
+            "too many connections",
+            'role "',
+        ),
+    ),
+    ("tls", ("ssl", "certificate", "tls")),
+    ("unreachable", ("connection refused", "could not translate", "no route", "unreachable")),
+    ("schema", ("schema revision",)),
+)
+REASON_LABELS = (*(r for r, _ in REASONS), "other")
 
-def argv(to: str, db: str | None) -> list[str]:
-    """How the daemon starts a push of the store at ``db`` to ``to``."""
-    return [sys.executable, "-m", "khod.fleet.worker", "--to", to, *(["--db", db] if db else [])]
+
+def failure_reason(text: str) -> str:
+    low = text.lower()
+    for reason, needles in REASONS:
+        if any(n in low for n in needles):
+            return reason
+    return "other"
+
+
+def argv(
+    to: str,
+    db: str | None,
+    tls: tuple[str, str, str, str] = ("", "", "", ""),
+) -> list[str]:
+    """How the daemon starts a push of the store at ``db`` to ``to``; ``tls``: sync.sslmode,
+    ca, cert and key from its configuration."""
+    out = [sys.executable, "-m", "khod.fleet.worker", "--to", to, *(["--db", db] if db else [])]
+    for flag, value in zip(("--sslmode", "--ca", "--cert", "--key"), tls, strict=True):
+        out += [flag, value]
+    return out
 
 
 def _push(args: Sequence[str]) -> int:
-    from khod.fleet.sync import push  # noqa: PLC0415  (after the arguments parsed)
-
     p = argparse.ArgumentParser(prog="khod-sync")
     p.add_argument("--to", required=True)
     p.add_argument("--db")
+    for flag in ("--sslmode", "--ca", "--cert", "--key"):
+        p.add_argument(flag, default="")
     ns = p.parse_args(args)
-    print_text(push(ns.to, ns.db).line())
+    from khod.fleet.sync import push  # noqa: PLC0415  (after the arguments parsed)
+    from khod.fleet.tls import TlsSettings  # noqa: PLC0415
+
+    tls = TlsSettings(ns.sslmode, ns.ca, ns.cert, ns.key)
+    print_text(push(ns.to, ns.db, tls=tls).line())
     return 0
 
 

@@ -103,6 +103,9 @@ def open_store(url_text: str | None = None, *, create: bool = True, migrate: boo
         url = make_url(url_text)
     except ArgumentError:
         raise StoreError(f"not a database URL: {url_text!r}") from None
+    from khod.fleet.tls import default_remote_tls  # noqa: PLC0415
+
+    url = default_remote_tls(url)
     path = _sqlite_path(url)
     if path is not None:
         _prepare_sqlite_file(path, create)

@@ -9,6 +9,8 @@ from pathlib import Path
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
+TLS_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl")
+
 
 def describe_db_error(e: BaseException) -> str:
     orig = getattr(e, "orig", None)
@@ -25,7 +27,9 @@ class Store:
     def location(self) -> str:
         if self.url.get_backend_name() == "sqlite":
             return str(Path(self.url.database or ":memory:").resolve())
-        return self.url.render_as_string(hide_password=True)
+        # the paths of TLS keys and certificates are not part of the database's name
+        url = self.url.difference_update_query(TLS_FILES)
+        return url.render_as_string(hide_password=True)
 
     @property
     def writer(self) -> Engine:

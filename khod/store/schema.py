@@ -205,3 +205,26 @@ sync_state = Table(
     Column("last_id", Integer, nullable=False),
     Column("synced_at", Float, nullable=False),
 )
+
+# The fleet database's bounds on what one host may push (PostgreSQL; one row, id 1,
+# set by `khoctl fleet init`; migration 0008's triggers enforce them on host roles).
+fleet_limits = Table(
+    "fleet_limits",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("max_row_bytes", BigInteger, nullable=False),  # one row's values, in bytes
+    Column("max_push_rows", BigInteger, nullable=False),  # rows one transaction inserts
+    Column("max_host_rows", BigInteger, nullable=False),  # rows a host has inserted in all
+    Column("max_host_bytes", BigInteger, nullable=False),  # ... and their bytes
+)
+
+# What each host has pushed (PostgreSQL; written by the triggers only, never by a host).
+host_usage = Table(
+    "host_usage",
+    metadata,
+    Column("machine_id", String(64), primary_key=True),
+    Column("rows", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("xact", BigInteger),  # the transaction counted last, and its rows so far
+    Column("xact_rows", BigInteger, nullable=False),
+)

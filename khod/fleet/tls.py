@@ -1,0 +1,88 @@
+"""How a host reaches the fleet database: verified TLS by default.
+
+A PostgreSQL URL whose host is not this machine (not loopback, not a Unix socket) gets
+``sslmode=verify-full`` with the fleet CA, and the host's client certificate and key,
+from ``[sync]`` in khod.toml. A weaker mode (plaintext, or TLS that does not check the
+server's name) is refused unless the operator set that mode in ``sync.sslmode``
+explicitly. Loopback and Unix sockets are left as the URL says, unless ``sync.sslmode``
+is set: then it applies to them too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from khod.errors import KhodError
+
+MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+VERIFIED = "verify-full"
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    sslmode: str = ""  # "": verify-full for a remote database, the URL's own for a local one
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+
+
+def _hosts(url: URL) -> list[str]:
+    """Every host the URL may connect to (libpq takes a list; ``?host=`` overrides)."""
+    query_host = url.query.get("host")
+    if query_host:
+        values = query_host if isinstance(query_host, tuple) else (query_host,)
+        return [h for v in values for h in v.split(",")]
+    return [url.host or ""]
+
+
+def is_local(host: str) -> bool:
+    if not host or host.startswith("/") or host.startswith("@") or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: wherever DNS points it, possibly another machine
+
+
+def secure_url(text: str, tls: TlsSettings) -> str:
+    """The URL to connect with; a KhodError when it would not be verified TLS and the
+    operator did not say that is wanted."""
+    try:
+        url = make_url(text)
+    except ArgumentError:
+        raise KhodError(f"not a database URL: {text!r}") from None
+    if url.get_backend_name() != "postgresql":
+        return text
+    if tls.sslmode and tls.sslmode not in MODES:
+        raise KhodError(f"sync.sslmode: expected one of {', '.join(MODES)}, got {tls.sslmode!r}")
+    remote = [h for h in _hosts(url) if not is_local(h)]
+    if not remote and not tls.sslmode:
+        return text
+    given = url.query.get("sslmode")
+    mode = str(given) if given else (tls.sslmode or VERIFIED)
+    if remote and mode not in (VERIFIED, tls.sslmode):
+        where = remote[0] if url.port is None else f"{remote[0]}:{url.port}"
+        raise KhodError(
+            f"fleet database {where}: sslmode={mode} does not verify the server; "
+            f'set sync.sslmode = "{mode}" in khod.toml to allow it'
+        )
+    extra = {"sslmode": mode}
+    if mode != "disable":
+        for param, path in (("sslrootcert", tls.ca), ("sslcert", tls.cert), ("sslkey", tls.key)):
+            if path and param not in url.query:
+                extra[param] = path
+    return url.update_query_dict(extra).render_as_string(hide_password=False)
+
+
+def default_remote_tls(url: URL) -> URL:
+    """Any command's ``--db``: a remote PostgreSQL URL that names no sslmode gets
+    verify-full (libpq's CA file: ~/.postgresql/root.crt, or ``sslrootcert=``)."""
+    if url.get_backend_name() != "postgresql" or "sslmode" in url.query:
+        return url
+    if all(is_local(h) for h in _hosts(url)):
+        return url
+    return url.update_query_dict({"sslmode": VERIFIED})
