@@ -111,12 +111,19 @@ class Boot:
     previous_release: str | None
     previous_release_raw: bytes | None
     kexec_count: int | None  # None: a handover without metadata (pre-7.1 or unreadable)
-    metadata_source: str | None  # "kho" (the blob) or "kmsg" (the log line)
+    # "kho" (the blob), "kmsg" (the log line), "attempt" (khod's own kexec attempt record,
+    # not the kernel's word: set by the store where the kernel said nothing)
+    metadata_source: str | None
     subtrees: tuple[Subtree, ...]  # incoming
     out_subtrees: tuple[Subtree, ...]
     out_release: str | None
     out_kexec_count: int | None
     scratch: tuple[tuple[int, int], ...]  # (phys, len) per area
+    # x86 /proc/sys/kernel/bootloader_type (0xD0: kexec, 0xB0: QEMU); None: not there
+    bootloader_type: int | None
+    luo_compatible: str | None  # incoming LUO subtree's compatible (also when unknown)
+    liveupdate_num: int | None  # incoming liveupdate_num; None: no LUO state decoded
+    luo_sessions: bool | None  # incoming sessions_pa != 0; None: not told
 
 
 @dataclass(frozen=True)
