@@ -833,3 +833,48 @@ def test_the_checks_judge_the_state_collection_read(sysroot: SysrootFactory) -> 
     by_name = {c.name: c for c in checks}
     assert by_name["out-fdt"].ok, by_name["out-fdt"]
     assert by_name["out-fdt"].detail.startswith("valid, compatible 'kho-v"), by_name["out-fdt"]
+
+
+def test_verdict_landed_without_handover_takes_the_release_from_the_attempt(
+    sysroot: SysrootFactory,
+    image: Path,
+    fakebin: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """khoctl kexec --force from a kernel without KHO: the next kernel says kexec loaded
+    it (bootloader_type 0xD0) and nothing was handed over."""
+    after = sysroot("nokho/step1")
+    variants.replace(after, "proc/sys/kernel/bootloader_type", b"208\n")
+    rows = attempt_then_boot(
+        sysroot,
+        image,
+        f"sqlite:///{tmp_path / 'k.db'}",
+        "nokho/step0",
+        after,
+        capsys,
+        "--force",
+    )
+    got = rows[0]
+    assert (got["kind"], got["verdict"]) == ("kexec-no-handover", "landed-without-handover")
+    assert (got["previous_release"], got["metadata_source"]) == ("7.3.4-khlab-a", "attempt")
+    assert got["bootloader_type"] == 0xD0
+
+
+def test_kho_off_after_a_kho_kexec_is_a_rejected_handover_with_khods_release(
+    sysroot: SysrootFactory,
+    image: Path,
+    fakebin: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.test_collect import kho_off_after_kho
+
+    after = sysroot("kexec1/step1")
+    kho_off_after_kho(after)
+    rows = attempt_then_boot(
+        sysroot, image, f"sqlite:///{tmp_path / 'k.db'}", "kexec1/step0", after, capsys
+    )
+    got = rows[0]
+    assert (got["kind"], got["verdict"]) == ("kexec-rejected", "abi-mismatch")
+    assert (got["previous_release"], got["metadata_source"]) == ("7.3.4-khlab-a", "attempt")
