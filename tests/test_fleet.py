@@ -374,17 +374,21 @@ def test_report_transitions_matches_the_hand_computed_fleet(
     assert rc == 0 and out.splitlines()[0].split() == [
         "PREVIOUS_RELEASE",
         "RELEASE",
+        "KIND",
         "BOOTS",
         "HOSTS",
         "CRASHES",
         "CRASH_RATE",
     ]
-    assert out.splitlines()[2].split() == ["A", "B", "3", "2", "2", "66.67%"]
+    assert out.splitlines()[2].split() == ["A", "B", "kexec", "3", "2", "2", "66.67%"]
     text = prom.read_text()
-    assert 'khod_fleet_transition_bad{previous_release="A",release="B"} 1.0' in text
+    assert 'khod_fleet_transition_bad{kind="kexec",previous_release="A",release="B"} 1.0' in text
     # A -> A crashed every time but once: below --bad-min-boots
-    assert 'khod_fleet_transition_bad{previous_release="A",release="A"} 0.0' in text
-    assert 'khod_fleet_transition_crash_rate{previous_release="B",release="A"} 0.0' in text
+    assert 'khod_fleet_transition_bad{kind="kexec",previous_release="A",release="A"} 0.0' in text
+    assert (
+        'khod_fleet_transition_crash_rate{kind="kexec",previous_release="B",release="A"} 0.0'
+        in text
+    )
 
 
 def test_report_on_real_captures(
@@ -814,3 +818,33 @@ def test_an_export_from_before_the_luo_columns_still_imports(
         row = conn.execute(select(boots.c.bootloader_type, boots.c.liveupdate_num)).one()
     store.dispose()
     assert tuple(row) == (None, None)
+
+
+def test_kexecs_without_handover_and_refused_ones_are_counted_apart(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    h = "4" * 32
+    t = 1_790_000_000
+    objs = [
+        boot_obj(h, "h4-0", "A", None, t),
+        boot_obj(h, "h4-1", "B", "A", t + 100),  # a KHO handover
+        {**boot_obj(h, "h4-2", "B", "A", t + 200), "kind": "kexec-no-handover"},
+        {**boot_obj(h, "h4-3", "B", "A", t + 300), "kind": "kexec-rejected"},
+        {**boot_obj(h, "h4-4", "B", None, t + 400), "kind": "kexec-no-handover"},
+    ]
+    for o in objs[2:4]:
+        o.update(metadata_source="attempt", kexec_count=0)
+    f = write_export(tmp_path / "fleet.jsonl", objs)
+    assert ctl(capsys, "import", str(f), "--db", db_url)[0] == 0
+    rc, out, _ = ctl(capsys, "report", "transitions", "--db", db_url, "--json")
+    got = sorted(
+        (r["previous_release"], r["release"], r["kind"], r["boots"]) for r in json.loads(out)
+    )
+    assert got == [
+        ("A", "B", "kexec", 1),
+        ("A", "B", "kexec-no-handover", 1),
+        ("A", "B", "kexec-rejected", 1),
+    ]
+    rc, out, _ = ctl(capsys, "report", "transitions", "--db", db_url, "--json", "--include-cold")
+    base = sorted((r["release"], r["kind"]) for r in json.loads(out) if not r["previous_release"])
+    assert base == [("A", "cold"), ("B", "kexec-no-handover")]

@@ -273,7 +273,7 @@ def _transition_metrics(rows: list[Any], bad_rate: float, bad_min: int) -> bytes
 
     from khod.daemon.metrics import exposition  # noqa: PLC0415
 
-    labels = ["previous_release", "release"]
+    labels = ["previous_release", "release", "kind"]
     fams = {
         "boots": GaugeMetricFamily(
             "khod_fleet_transition_boots", "Boots that came through this kexec", labels=labels
@@ -296,7 +296,7 @@ def _transition_metrics(rows: list[Any], bad_rate: float, bad_min: int) -> bytes
         ),
     }
     for t in rows:
-        lv = [t.previous_release or "", t.release]
+        lv = [t.previous_release or "", t.release, t.kind]
         for key in ("boots", "hosts", "crashes", "crash_rate"):
             fams[key].add_metric(lv, getattr(t, key))
         fams["bad"].add_metric(lv, 1.0 if t.boots >= bad_min and t.crash_rate >= bad_rate else 0.0)
@@ -344,6 +344,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                 {
                     "from": t.previous_release or "(cold boot)",
                     "to": t.release,
+                    "kind": t.kind,
                     "boots": t.boots,
                     "hosts": t.hosts,
                     "crashes": t.crashes,
@@ -354,6 +355,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             (
                 ("PREVIOUS_RELEASE", "from"),
                 ("RELEASE", "to"),
+                ("KIND", "kind"),
                 ("BOOTS", "boots"),
                 ("HOSTS", "hosts"),
                 ("CRASHES", "crashes"),

@@ -1,5 +1,8 @@
 """Fleet reports. ``transitions``: for each (previous_release, release) a kexec went
-through, how many boots and hosts took it, and how many of those boots crashed.
+through, how many boots and hosts took it, and how many of those boots crashed. Each
+kind of boot is counted apart: a KHO handover (``kexec``), a kexec that carried none
+(``kexec-no-handover``) and a handover refused (``kexec-rejected``); the last two have a
+previous release only where khod's own kexec attempt recorded it.
 
 A boot crashed when the next boot on its machine found a pstore record with a Panic
 or Oops reason that describes it (``pstore_records.describes``). A dump of several
@@ -16,7 +19,7 @@ from sqlalchemy import distinct, func, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import StoreError
-from khod.records import CRASH_REASONS
+from khod.records import CRASH_REASONS, BootKind
 from khod.store.handle import Store, describe_db_error
 from khod.store.schema import boots, pstore_records
 
@@ -25,6 +28,7 @@ from khod.store.schema import boots, pstore_records
 class Transition:
     previous_release: str | None  # None: the cold-boot baseline of a release
     release: str
+    kind: str  # the BootKind of these boots
     boots: int
     hosts: int
     crashes: int
@@ -34,6 +38,9 @@ class Transition:
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+KEXEC_KINDS = (BootKind.KEXEC, BootKind.KEXEC_NO_HANDOVER, BootKind.KEXEC_REJECTED)
 
 
 def transitions_query(since: float | None = None, include_cold: bool = False) -> Any:
@@ -51,6 +58,7 @@ def transitions_query(since: float | None = None, include_cold: bool = False) ->
         select(
             prev.label("previous_release"),
             boots.c.release,
+            boots.c.kind,
             func.count().label("boots"),
             func.count(distinct(boots.c.machine_id)).label("hosts"),
             func.count(crashed.c.boot_pk).label("crashes"),
@@ -58,11 +66,12 @@ def transitions_query(since: float | None = None, include_cold: bool = False) ->
             func.max(boots.c.booted_at).label("last_booted_at"),
         )
         .select_from(boots.outerjoin(crashed, crashed.c.boot_pk == boots.c.id))
-        .group_by(prev, boots.c.release)
+        .group_by(prev, boots.c.release, boots.c.kind)
     )
     # a kexec without metadata (before 7.1) has no known previous release: left out
-    kexec = (boots.c.kind == "kexec") & prev.is_not(None)
-    q = q.where(kexec | (boots.c.kind != "kexec") if include_cold else kexec)
+    kexec = boots.c.kind.in_(KEXEC_KINDS) & prev.is_not(None)
+    # the baseline: cold boots, and the others whose previous release nobody recorded
+    q = q.where(kexec | (boots.c.kind != BootKind.KEXEC) if include_cold else kexec)
     if since is not None:
         q = q.where(boots.c.booted_at >= literal(int(since)))
     return q
@@ -82,6 +91,7 @@ def transitions(
         Transition(
             previous_release=r.previous_release,
             release=r.release,
+            kind=str(r.kind),
             boots=int(r.boots),
             hosts=int(r.hosts),
             crashes=int(r.crashes),
@@ -91,5 +101,5 @@ def transitions(
         )
         for r in rows
     ]
-    out.sort(key=lambda t: (-t.crash_rate, -t.boots, t.previous_release or "", t.release))
+    out.sort(key=lambda t: (-t.crash_rate, -t.boots, t.previous_release or "", t.release, t.kind))
     return out
