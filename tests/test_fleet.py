@@ -846,5 +846,6 @@ def test_kexecs_without_handover_and_refused_ones_are_counted_apart(
         ("A", "B", "kexec-rejected", 1),
     ]
     rc, out, _ = ctl(capsys, "report", "transitions", "--db", db_url, "--json", "--include-cold")
+    assert rc == 0
     base = sorted((r["release"], r["kind"]) for r in json.loads(out) if not r["previous_release"])
     assert base == [("A", "cold"), ("B", "kexec-no-handover")]
