@@ -878,3 +878,31 @@ def test_kho_off_after_a_kho_kexec_is_a_rejected_handover_with_khods_release(
     got = rows[0]
     assert (got["kind"], got["verdict"]) == ("kexec-rejected", "abi-mismatch")
     assert (got["previous_release"], got["metadata_source"]) == ("7.3.4-khlab-a", "attempt")
+
+
+@pytest.mark.parametrize(
+    ("running", "target", "same"),
+    [
+        ("kho-v4", "kho-v4;radix-v1;vmalloc-v1", False),
+        ("kho-v4;radix-v1;vmalloc-v1", "kho-v4", False),
+        ("kho-v4;radix-v1;vmalloc-v1", "kho-v4;radix-v1;vmalloc-v1", True),
+    ],
+)
+def test_feature_tags_of_the_compatible_are_part_of_the_abi(
+    sysroot: SysrootFactory,
+    tmp_path: Path,
+    fakebin: Path,
+    capsys: pytest.CaptureFixture[str],
+    running: str,
+    target: str,
+    same: bool,
+) -> None:
+    root = sysroot("kexec1/step0")
+    variants.replace(root, f"{KHO}/out/fdt", kho_root(running, 0, []))
+    img = tmp_path / "vmlinuz"
+    img.write_bytes(bzimage("7.3.4-khlab-composite", abi=target))
+    _, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(img))
+    a = by_name(res)["abi"]
+    assert a["ok"] is same
+    if not same:
+        assert "feature tags" in a["detail"] and "whole string" in a["detail"]
