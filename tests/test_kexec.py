@@ -906,3 +906,40 @@ def test_feature_tags_of_the_compatible_are_part_of_the_abi(
     assert a["ok"] is same
     if not same:
         assert "feature tags" in a["detail"] and "whole string" in a["detail"]
+
+
+_OPENED: list[str] | None = None
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if _OPENED is not None and event == "open" and args and "liveupdate" in str(args[0]):
+        _OPENED.append(str(args[0]))
+
+
+def test_nothing_khod_runs_opens_dev_liveupdate(
+    sysroot: SysrootFactory, fakebin: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """/dev/liveupdate has one holder, and opening it deserializes the incoming sessions:
+    collection, the boot capture, status and check only look at it (every open of this
+    process is audited)."""
+    global _OPENED  # noqa: PLW0603
+    from khod.collect.boot import collect
+    from khod.paths import HostPaths
+    from khod.sources import capture as cap
+
+    root = sysroot("kexec1/step1")
+    variants.replace(root, "dev/liveupdate", b"")
+    sys.addaudithook(_audit)
+    _OPENED = []
+    try:
+        collect(HostPaths(root))
+        assert cap.capture(str(root), str(tmp_path / "spool")) is not None
+        _, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root))
+        assert "not opened" in by_name(res)["liveupdate"]["detail"]
+        ctl(
+            capsys, "status", "--json", "--sysroot", str(root), "--db", f"sqlite:///{tmp_path}/k.db"
+        )
+        opened = list(_OPENED)
+    finally:
+        _OPENED = None
+    assert opened == []
