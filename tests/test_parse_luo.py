@@ -98,3 +98,27 @@ def test_a_compatible_is_a_base_and_tags_and_the_whole_string_decides() -> None:
     assert same_abi("kho-v4", "kho-v4")
     assert not same_abi("kho-v4", "kho-v4;radix-v1;vmalloc-v1")
     assert not same_abi(None, "kho-v4")
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "kexec"),
+    [
+        (b"208\n", 0xD0, True),
+        (b"176\n", 0xB0, False),
+        (b"33\n", 0x21, False),  # the EFI stub
+        (b"306\n", 0x132, False),  # an extended id (0x13, barebox)
+    ],
+)
+def test_bootloader_type_and_what_says_kexec(text: bytes, value: int, kexec: bool) -> None:
+    from khod.parse import proc
+
+    assert proc.parse_bootloader_type(text, "b") == value
+    assert proc.loaded_by_kexec(value) is kexec
+
+
+@pytest.mark.parametrize("text", [b"", b"-1\n", b"0xd0\n", b"99999999\n", b"\xff"])
+def test_a_bootloader_type_that_is_no_loader_id_is_a_parse_error(text: bytes) -> None:
+    from khod.parse import proc
+
+    with pytest.raises(ParseError):
+        proc.parse_bootloader_type(text, "b")

@@ -102,9 +102,11 @@ KEXEC_LOADER = 0xD  # arch/x86/kernel/kexec-bzimage64.c and kexec-tools set 0x0D
 
 
 def parse_bootloader_type(data: bytes, source: str) -> int:
-    """``/proc/sys/kernel/bootloader_type``: a decimal byte (x86 only)."""
+    """``/proc/sys/kernel/bootloader_type`` (x86 only), decimal: ``type_of_loader``, or
+    for an extended loader id (T = 0xE) ``(ext_loader_type + 0x10) << 4 | V``
+    (``arch/x86/kernel/setup.c``), so up to 0x10FF."""
     text = _text(data, source).strip()
-    if not text.isdigit() or int(text) > 0xFF:
+    if not text.isdigit() or len(text) > 5 or int(text) > 0x10FF:
         raise ParseError(source, 0, f"not a loader id: {text[:20]!r}")
     return int(text)
 
