@@ -45,8 +45,13 @@ def test_rules_pass_promtool_unit_tests() -> None:
 @pytest.mark.parametrize(
     ("old", "new"),
     [
-        ("(khod_fleet_transition_bad) == 1", "(khod_fleet_transition_bad) == 0"),
-        ('verdict=~"cold-boot|abi-mismatch|mismatch|failed"', 'verdict=~"abi-mismatch"'),
+        ('(khod_fleet_transition_bad{kind=~"kexec|"}) == 1', "(khod_fleet_transition_bad) == 0"),
+        # a bad transition of kexecs without handover must not mark the KHO kexecs
+        ('khod_fleet_transition_bad{kind=~"kexec|"}', "khod_fleet_transition_bad"),
+        (
+            'verdict=~"cold-boot|abi-mismatch|mismatch|failed|landed-without-handover"',
+            'verdict=~"abi-mismatch"',
+        ),
         ("(khod_last_ingest_timestamp_seconds >= ", "(khod_last_ingest_timestamp_seconds > 0 * "),
     ],
 )
