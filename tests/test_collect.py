@@ -391,7 +391,7 @@ def test_luo_state_the_kernel_refused_is_quoted_and_an_unknown_one_kept_raw(
 
 def test_an_fdt_luo_of_an_older_kernel(sysroot: SysrootFactory) -> None:
 
-    root = luo_step(sysroot, luo_fdt("luo-v2", 6), luo_ser("luo-v5", 7))
+    root = luo_step(sysroot, luo_fdt("luo-v2", 6), luo_fdt("luo-v2", 7))
     obs = collect(HostPaths(root))
     assert (obs.luo_compatible, obs.liveupdate_num, obs.luo_sessions) == ("luo-v2", 6, None)
 
@@ -408,3 +408,26 @@ def test_the_boot_capture_keeps_who_loaded_the_kernel(
     cap.unpack(spool, str(tmp_path / "tree"))
     obs = collect(HostPaths(tmp_path / "tree"))
     assert (obs.kind, obs.bootloader_type) == (BootKind.KEXEC_NO_HANDOVER, 0xD0)
+
+
+@pytest.mark.parametrize("logged", [True, False])
+def test_a_composite_luo_state_a_stock_kernel_refused_is_not_taken(
+    sysroot: SysrootFactory, logged: bool
+) -> None:
+    """A luo-v5 kernel compares its 8 bytes ("luo-v5\\0\\0" against "luo-v5;b") and
+    refuses the state: the number is not this boot's, the count starts again. Without
+    the log line the outgoing compatible tells the same (the whole string compared)."""
+    log = [b"luo: LUO state is incompatible with 'luo-v5'"] if logged else []
+    root = luo_step(
+        sysroot, luo_ser("luo-v5;block-v1", 3, sessions_pa=1), luo_ser("luo-v5", 1), *log
+    )
+    obs = collect(HostPaths(root))
+    assert (obs.luo_compatible, obs.liveupdate_num, obs.luo_sessions) == (
+        "luo-v5;block-v1",
+        None,
+        None,
+    )
+    by_kind = {e.kind: e.message for e in obs.events}
+    assert "'luo-v5;block-v1' was not taken" in by_kind["luo-not-taken"]
+    assert ("incompatible with 'luo-v5'" in by_kind["luo-not-taken"]) is logged
+    assert "outgoing-luo-mismatch" not in by_kind  # 1: counted again from 0

@@ -21,6 +21,7 @@ from khod.observation import (
     Subtree,
 )
 from khod.parse import proc
+from khod.parse.compat import same_abi
 from khod.parse.fdt import TruncatedFdt
 from khod.parse.kho import KhoRoot, parse_kho_fdt
 from khod.parse.kmsg import KhoLog, parse_kho_log, parse_kmsg
@@ -131,8 +132,7 @@ def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> Boo
         _parse_root(c, kf, "out")
     meta = _parse_metadata(c, kf, "in")
     out_meta = _parse_metadata(c, kf, "out")
-    luo_compatible, luo = _parse_luo(c, kf, "in")
-    _, out_luo = _parse_luo(c, kf, "out")
+    luo_compatible, liveupdate_num, luo_sessions = _luo(c, kf, log)
 
     kind, reason = _kind(c, kf, log, in_root, kho_enabled, loader=loader)
     previous_release: str | None = None
@@ -157,10 +157,6 @@ def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> Boo
             source = "kmsg"
         _cross_check(c, meta, log)
 
-    liveupdate_num = luo.liveupdate_num if luo else None
-    if luo is None and luo_compatible is None and log is not None:
-        liveupdate_num = log.liveupdate_num  # the blob was not read: the kernel's word
-    _check_luo(c, luo, log, out_luo, failed=luo is None and kf.get("in/" + LUO) is not None)
     if liveupdate_num is not None and liveupdate_num > MAX_STORED:
         c.event(
             "luo-number-out-of-range",
@@ -211,7 +207,7 @@ def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> Boo
         bootloader_type=loader,
         luo_compatible=luo_compatible,
         liveupdate_num=liveupdate_num,
-        luo_sessions=luo.sessions if luo else None,
+        luo_sessions=luo_sessions,
         blobs=blobs,
         events=tuple(c.events),
         pstore=tuple(pstore),
@@ -328,26 +324,57 @@ def _parse_luo(c: Collector, kf: KhoFiles, direction: str) -> tuple[str | None, 
     return luo.compatible, luo
 
 
-def _check_luo(
-    c: Collector, luo: LuoState | None, log: KhoLog | None, out: LuoState | None, *, failed: bool
-) -> None:
-    """The kernel's log line against the blob (one struct, two views), its refusals
-    quoted, and the outgoing number against the incoming one + 1."""
-    if log is not None:
-        for err in log.luo_errors:
-            c.event("kernel-luo-error", "kmsg", Severity.WARNING, err, origin=EventSource.KMSG)
-        if luo is not None and log.liveupdate_num not in (None, luo.liveupdate_num):
-            c.event(
-                "luo-log-mismatch",
-                "kmsg",
-                Severity.WARNING,
-                f"the LUO subtree says liveupdate number {luo.liveupdate_num}, the kernel "
-                f"log says {log.liveupdate_num}",
-                origin=EventSource.KMSG,
-            )
-    if out is None or failed:
-        return
-    expected = (luo.liveupdate_num if luo else 0) + 1
+def _luo(
+    c: Collector, kf: KhoFiles, log: KhoLog | None
+) -> tuple[str | None, int | None, bool | None]:
+    """The incoming LUO state: its compatible (what was offered), and the number and
+    sessions this kernel took (None when it refused them: its log says so, or it writes
+    another compatible than it was handed, the whole string being what it compares).
+    The kernel's log line is held against the blob (one struct, two views), and the
+    outgoing number against the incoming one + 1."""
+    compatible, luo = _parse_luo(c, kf, "in")
+    out_compatible, out = _parse_luo(c, kf, "out")
+    errors = log.luo_errors if log is not None else ()
+    for err in errors:
+        c.event("kernel-luo-error", "kmsg", Severity.WARNING, err, origin=EventSource.KMSG)
+    refused = None
+    if compatible is not None:
+        if errors:
+            refused = f"the kernel said: {errors[-1]}"
+        elif out_compatible is not None and not same_abi(compatible, out_compatible):
+            refused = f"this kernel writes {out_compatible!r}"
+    if refused is not None:
+        c.event(
+            "luo-not-taken",
+            c.kho_path("in/" + LUO),
+            Severity.WARNING,
+            f"the incoming LUO state {compatible!r} was not taken ({refused}): no live "
+            "update number, no sessions, the count starts again",
+            origin=EventSource.KHO,
+        )
+        luo = None
+    logged = log.liveupdate_num if log is not None else None
+    if luo is not None and logged not in (None, luo.liveupdate_num):
+        c.event(
+            "luo-log-mismatch",
+            "kmsg",
+            Severity.WARNING,
+            f"the LUO subtree says liveupdate number {luo.liveupdate_num}, the kernel "
+            f"log says {logged}",
+            origin=EventSource.KMSG,
+        )
+    num = luo.liveupdate_num if luo is not None else None
+    if luo is None and refused is None:
+        num = logged  # the blob was not read or not decoded here: the kernel's word
+    incoming = num
+    if incoming is None and (refused is not None or kf.get("in/" + LUO) is None):
+        incoming = 0  # nothing taken: the kernel counts from 0
+    if out is not None and incoming is not None:
+        _check_outgoing_luo(c, out, incoming + 1)
+    return compatible, num, luo.sessions if luo is not None else None
+
+
+def _check_outgoing_luo(c: Collector, out: LuoState, expected: int) -> None:
     if out.liveupdate_num != expected:
         c.event(
             "outgoing-luo-mismatch",
