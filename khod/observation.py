@@ -111,7 +111,9 @@ class Boot:
     previous_release: str | None
     previous_release_raw: bytes | None
     kexec_count: int | None  # None: a handover without metadata (pre-7.1 or unreadable)
-    metadata_source: str | None  # "kho" (the blob) or "kmsg" (the log line)
+    # "kho" (the blob), "kmsg" (the log line), "attempt" (khod's own kexec attempt record,
+    # not the kernel's word: set by the store where the kernel said nothing)
+    metadata_source: str | None
     subtrees: tuple[Subtree, ...]  # incoming
     out_subtrees: tuple[Subtree, ...]
     out_release: str | None
@@ -120,6 +122,11 @@ class Boot:
     # the kernel's own warning lines in its log so far (khod.parse.kmsg.count_warnings:
     # WARNING, BUG, Oops, hung task, soft lockup, MCE); None: the log was not read
     warnings: int | None
+    # x86 /proc/sys/kernel/bootloader_type (0xD0: kexec, 0xB0: QEMU); None: not there
+    bootloader_type: int | None
+    luo_compatible: str | None  # incoming LUO subtree's compatible (also when unknown)
+    liveupdate_num: int | None  # incoming liveupdate_num; None: no LUO state decoded
+    luo_sessions: bool | None  # incoming sessions_pa != 0; None: not told
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,11 @@ class HostPaths:
         return self._p("proc/stat")
 
     @property
+    def bootloader_type(self) -> Path:
+        """x86 only: the boot protocol's type_of_loader (0xD0 kexec, 0xB0 QEMU)."""
+        return self._p("proc/sys/kernel/bootloader_type")
+
+    @property
     def machine_id(self) -> Path:
         return self._p("etc/machine-id")
 

@@ -10,7 +10,8 @@ from enum import StrEnum
 class BootKind(StrEnum):
     KEXEC = "kexec"  # a KHO handover was accepted
     KEXEC_REJECTED = "kexec-rejected"  # one was offered and the kernel refused it
-    COLD = "cold"  # no sign of a handover (firmware boot, or kexec without KHO)
+    KEXEC_NO_HANDOVER = "kexec-no-handover"  # loaded by kexec, no KHO state at all
+    COLD = "cold"  # no sign of a kexec (firmware or VMM boot, or a loader not told)
 
 
 class Severity(StrEnum):
@@ -24,6 +25,8 @@ class Verdict(StrEnum):
 
     LANDED = "landed"
     COLD_BOOT = "cold-boot"  # the kexec did not happen or fell back to firmware
+    # the kexec happened (the kernel says it was loaded by kexec) with no handover
+    LANDED_WITHOUT_HANDOVER = "landed-without-handover"
     ABI_MISMATCH = "abi-mismatch"  # the handover was offered and rejected
     MISMATCH = "mismatch"  # a handover, not the one expected
     SUPERSEDED = "superseded"  # a later attempt in the same boot took its place

@@ -49,7 +49,9 @@ def test_history_of_the_pstore_kho_chain(db_url: str, capsys: pytest.CaptureFixt
     ]
     for r in rows:
         assert CONTRACT_KEYS | {"booted_at"} <= set(r)
-        assert set(r["kho"]) == {"enabled", "abi", "subtrees"}
+        assert set(r["kho"]) == {"enabled", "abi", "abi_base", "abi_tags", "subtrees"}
+        assert set(r["luo"]) == {"compatible", "liveupdate_num", "sessions"}
+        assert {"metadata_source", "bootloader_type"} <= set(r)
     assert rows[0]["kho"]["subtrees"] == [
         {"name": "kexec-metadata", "size": 73},
         {"name": "pstore-kho", "size": 262192},
@@ -118,6 +120,7 @@ def test_tables_without_json(db_url: str, capsys: pytest.CaptureFixture[str]) ->
         "FROM",
         "COUNT",
         "ABI",
+        "LIVEUPDATE",
         "PSTORE",
         "VERDICT",
     ]
@@ -127,6 +130,7 @@ def test_tables_without_json(db_url: str, capsys: pytest.CaptureFixture[str]) ->
         "7.3.4-khlab-a",
         "1",
         "kho-v4",
+        "-",
         "0",
         "-",
     ]
@@ -265,3 +269,37 @@ def test_permission_denied_on_a_kho_file_is_an_event(
     assert "khod: error: /sys/kernel/debug/kho/in/fdt: permission denied" in r.stderr
     assert "kexec from 7.3.4-khlab-a, count 1" in r.stdout
     assert "Traceback" not in r.stderr
+
+
+def test_status_shows_the_live_update_the_loader_and_the_compat_tags(
+    db_url: str, sysroot: SysrootFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.fdtbuild import kho_root, v3_subtree
+    from tests.test_parse_luo import luo_ser
+
+    root = sysroot("kexec1/step1")
+    kho = "sys/kernel/debug/kho"
+    variants.replace(root, f"{kho}/in/sub_fdts/LUO", luo_ser("luo-v5", 2, sessions_pa=0x1000))
+    variants.replace(root, "proc/sys/kernel/bootloader_type", b"208\n")
+    variants.replace(
+        root,
+        f"{kho}/in/fdt",
+        kho_root("kho-v4;radix-v1;vmalloc-v1", 0x1000, [v3_subtree("kexec-metadata", 0x2000, 73)]),
+    )
+    d = khoctl_json(capsys, "status", "--sysroot", str(root), "--db", db_url)
+    assert isinstance(d, dict)
+    assert d["luo"] == {"compatible": "luo-v5", "liveupdate_num": 2, "sessions": True}
+    assert (d["bootloader_type"], d["metadata_source"]) == (0xD0, "kho")
+    assert (d["kho"]["abi"], d["kho"]["abi_base"], d["kho"]["abi_tags"]) == (
+        "kho-v4;radix-v1;vmalloc-v1",
+        "kho-v4",
+        ["radix-v1", "vmalloc-v1"],
+    )
+    assert khod("--once", "--sysroot", str(root), "--db", db_url) == 0
+    rows = khoctl_json(capsys, "history", "--sysroot", str(root), "--db", db_url)
+    assert isinstance(rows, list) and rows[0]["luo"]["liveupdate_num"] == 2
+    capsys.readouterr()
+    assert run_main("khoctl", khoctl.main, ["status", "--sysroot", str(root), "--db", db_url]) == 0
+    out = capsys.readouterr().out
+    assert "live update (LUO): luo-v5, liveupdate number 2, sessions handed over" in out
+    assert "loaded by:         0xd0 (kexec)" in out

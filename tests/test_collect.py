@@ -13,9 +13,11 @@ from khod.collect.boot import collect
 from khod.errors import KhodError
 from khod.observation import BootKind, Severity
 from khod.paths import HostPaths
+from khod.sources import capture as cap
 from tests import variants
 from tests.conftest import FIXTURES, SysrootFactory, fixture_steps
 from tests.fdtbuild import Node, kho_root, v1_subtree, v2_subtree, v3_subtree
+from tests.test_parse_luo import luo_fdt, luo_ser
 
 KHO = "sys/kernel/debug/kho"
 META_IN = f"{KHO}/in/sub_fdts/kexec-metadata"
@@ -258,3 +260,174 @@ def test_7_4_bootmem_names_are_read_like_scratch(sysroot: SysrootFactory) -> Non
     obs = collect(HostPaths(root))
     assert [n for _, n in obs.scratch] == [16 << 20, 64 << 20, 16 << 20]
     assert {b.name for b in obs.blobs} >= {"bootmem_phys", "bootmem_len"}
+
+
+# --- kexec without a handover, KHO off after a KHO kernel, LUO -------------------------
+
+LOADER = "proc/sys/kernel/bootloader_type"
+LUO_IN = f"{KHO}/in/sub_fdts/LUO"
+LUO_OUT = f"{KHO}/out/sub_fdts/LUO"
+
+
+def kho_off_after_kho(root: Path) -> None:
+    """kexec1/step1 as a kho=off kernel shows it: no kho/ at all, only the kernel's
+    "found kexec handover data." line (KERNEL-INTERFACES section 10)."""
+    variants.remove(root, KHO)
+    variants.drop_kmsg_lines(root, b"KHO: exec from")
+    variants.drop_kmsg_lines(root, b"KHO: scratch areas")
+    cmdline = (root / "proc/cmdline").read_bytes().replace(b"kho=on", b"kho=off")
+    variants.replace(root, "proc/cmdline", cmdline)
+
+
+def test_a_kho_off_kernel_entered_from_a_kho_kernel_is_a_rejected_handover(
+    sysroot: SysrootFactory,
+) -> None:
+    root = sysroot("kexec1/step1")
+    kho_off_after_kho(root)
+    variants.replace(root, LOADER, b"208\n")
+    obs = collect(HostPaths(root))
+    assert obs.kind is BootKind.KEXEC_REJECTED
+    assert obs.kind_reason and "found kexec handover data" in obs.kind_reason
+    assert (obs.previous_release, obs.kexec_count, obs.kho_enabled) == (None, 0, False)
+    assert "handover-ignored" in {e.kind for e in obs.events}
+
+
+@pytest.mark.parametrize("step", ["cold/step0", "nokho/step1"])
+def test_loaded_by_kexec_without_any_handover(sysroot: SysrootFactory, step: str) -> None:
+    """kexec -c (nokho/step1 is one), or kexec -s into or from a kernel without KHO:
+    nothing handed over, and the kernel says kexec loaded it."""
+    root = sysroot(step)
+    variants.replace(root, LOADER, b"208\n")
+    obs = collect(HostPaths(root))
+    assert obs.kind is BootKind.KEXEC_NO_HANDOVER
+    assert obs.kind_reason and "0xd0" in obs.kind_reason
+    assert (obs.bootloader_type, obs.previous_release, obs.kexec_count) == (0xD0, None, 0)
+
+
+@pytest.mark.parametrize(("content", "loader"), [(b"176\n", 0xB0), (None, None), (b"0\n", 0)])
+def test_a_firmware_or_vmm_loader_or_none_told_is_a_cold_boot(
+    sysroot: SysrootFactory, content: bytes | None, loader: int | None
+) -> None:
+    root = sysroot("cold/step0")
+    if content is not None:
+        variants.replace(root, LOADER, content)
+    obs = collect(HostPaths(root))
+    assert (obs.kind, obs.bootloader_type) == (BootKind.COLD, loader)
+    assert not [e for e in obs.events if "bootloader" in e.source]
+
+
+def test_a_garbled_bootloader_type_is_an_event_and_unknown(sysroot: SysrootFactory) -> None:
+    root = sysroot("cold/step0")
+    variants.replace(root, LOADER, b"kexec\n")
+    obs = collect(HostPaths(root))
+    assert (obs.kind, obs.bootloader_type) == (BootKind.COLD, None)
+    assert any(e.source == "/" + LOADER for e in obs.events)
+
+
+def test_an_accepted_handover_stays_kexec_whatever_the_loader(sysroot: SysrootFactory) -> None:
+    root = sysroot("kexec1/step1")
+    variants.replace(root, LOADER, b"208\n")
+    obs = collect(HostPaths(root))
+    assert (obs.kind, obs.bootloader_type, obs.kexec_count) == (BootKind.KEXEC, 0xD0, 1)
+
+
+def luo_step(sysroot: SysrootFactory, incoming: bytes, outgoing: bytes, *log: bytes) -> Path:
+    root = sysroot("kexec1/step1")
+    variants.replace(root, LUO_IN, incoming)
+    variants.replace(root, LUO_OUT, outgoing)
+    variants.append_kmsg(root, *log, level=6)
+    return root
+
+
+def test_the_luo_state_a_live_update_handed_over(sysroot: SysrootFactory) -> None:
+
+    root = luo_step(
+        sysroot,
+        luo_ser("luo-v5", 2, sessions_pa=0x10F000),
+        luo_ser("luo-v5", 3),
+        b"luo: Retrieved live update data, liveupdate number: 2",
+    )
+    obs = collect(HostPaths(root))
+    assert (obs.luo_compatible, obs.liveupdate_num, obs.luo_sessions) == ("luo-v5", 2, True)
+    assert not [e for e in obs.events if "luo" in e.kind]
+    assert ("in", "sub_fdts/LUO") in {(b.direction, b.name) for b in obs.blobs}
+
+
+def test_luo_blob_and_kernel_log_disagreeing_is_an_event(sysroot: SysrootFactory) -> None:
+
+    root = luo_step(
+        sysroot,
+        luo_ser("luo-v5;block-v1", 4),
+        luo_ser("luo-v5;block-v1", 9),
+        b"luo: Retrieved live update data, liveupdate number: 5",
+    )
+    obs = collect(HostPaths(root))
+    assert (obs.luo_compatible, obs.liveupdate_num, obs.luo_sessions) == (
+        "luo-v5;block-v1",
+        4,
+        False,
+    )
+    kinds = {e.kind: e.message for e in obs.events}
+    assert "number 4, the kernel log says 5" in kinds["luo-log-mismatch"]
+    assert "is 9, expected 5" in kinds["outgoing-luo-mismatch"]
+
+
+def test_luo_state_the_kernel_refused_is_quoted_and_an_unknown_one_kept_raw(
+    sysroot: SysrootFactory,
+) -> None:
+
+    blob = luo_ser("luo-v6", 4)
+    root = luo_step(
+        sysroot, blob, luo_ser("luo-v5", 1), b"luo: LUO state is incompatible with 'luo-v5'"
+    )
+    obs = collect(HostPaths(root))
+    assert (obs.luo_compatible, obs.liveupdate_num, obs.luo_sessions) == ("luo-v6", None, None)
+    by_kind = {e.kind: e.message for e in obs.events}
+    assert by_kind["kernel-luo-error"] == "luo: LUO state is incompatible with 'luo-v5'"
+    assert "'luo-v6' not supported" in by_kind["unknown-luo-version"]
+    assert "outgoing-luo-mismatch" not in by_kind  # not judged against what is unknown
+    assert [b.data for b in obs.blobs if b.name == "sub_fdts/LUO" and b.direction == "in"] == [blob]
+
+
+def test_an_fdt_luo_of_an_older_kernel(sysroot: SysrootFactory) -> None:
+
+    root = luo_step(sysroot, luo_fdt("luo-v2", 6), luo_fdt("luo-v2", 7))
+    obs = collect(HostPaths(root))
+    assert (obs.luo_compatible, obs.liveupdate_num, obs.luo_sessions) == ("luo-v2", 6, None)
+
+
+def test_the_boot_capture_keeps_who_loaded_the_kernel(
+    sysroot: SysrootFactory, tmp_path: Path
+) -> None:
+    """The spool is what a restarted daemon ingests: a kexec without handover must not
+    come back from it as a cold boot."""
+    root = sysroot("nokho/step1")
+    variants.replace(root, LOADER, b"208\n")
+    spool = cap.capture(str(root), str(tmp_path / "spool"))
+    assert spool is not None
+    cap.unpack(spool, str(tmp_path / "tree"))
+    obs = collect(HostPaths(tmp_path / "tree"))
+    assert (obs.kind, obs.bootloader_type) == (BootKind.KEXEC_NO_HANDOVER, 0xD0)
+
+
+@pytest.mark.parametrize("logged", [True, False])
+def test_a_composite_luo_state_a_stock_kernel_refused_is_not_taken(
+    sysroot: SysrootFactory, logged: bool
+) -> None:
+    """A luo-v5 kernel compares its 8 bytes ("luo-v5\\0\\0" against "luo-v5;b") and
+    refuses the state: the number is not this boot's, the count starts again. Without
+    the log line the outgoing compatible tells the same (the whole string compared)."""
+    log = [b"luo: LUO state is incompatible with 'luo-v5'"] if logged else []
+    root = luo_step(
+        sysroot, luo_ser("luo-v5;block-v1", 3, sessions_pa=1), luo_ser("luo-v5", 1), *log
+    )
+    obs = collect(HostPaths(root))
+    assert (obs.luo_compatible, obs.liveupdate_num, obs.luo_sessions) == (
+        "luo-v5;block-v1",
+        None,
+        None,
+    )
+    by_kind = {e.kind: e.message for e in obs.events}
+    assert "'luo-v5;block-v1' was not taken" in by_kind["luo-not-taken"]
+    assert ("incompatible with 'luo-v5'" in by_kind["luo-not-taken"]) is logged
+    assert "outgoing-luo-mismatch" not in by_kind  # 1: counted again from 0

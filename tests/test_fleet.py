@@ -766,3 +766,81 @@ def test_an_export_from_before_events_had_an_origin_still_imports(
     with store.engine.connect() as conn:
         assert set(conn.execute(select(events.c.origin)).scalars()) == {None}
     store.dispose()
+
+
+def test_luo_and_loader_facts_travel_through_export_and_import(
+    sysroot: SysrootFactory,
+    sqlite_url: str,
+    db_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The PostgreSQL bulk path (COPY) and the line path both carry the new columns."""
+    from tests import variants
+    from tests.test_parse_luo import luo_ser
+
+    kho = "sys/kernel/debug/kho"
+    for step, luo, loader in (
+        ("kexec1/step0", None, b"176\n"),
+        ("kexec1/step1", luo_ser("luo-v5;block-v1", (1 << 63) - 1, sessions_pa=1), b"208\n"),
+    ):
+        root = sysroot(step)
+        if luo is not None:
+            variants.replace(root, f"{kho}/in/sub_fdts/LUO", luo)
+        variants.replace(root, "proc/sys/kernel/bootloader_type", loader)
+        argv = ["--once", "--sysroot", str(root), "--db", sqlite_url]
+        assert run_main("khod", khod_main.main, argv) == 0
+    dump = tmp_path / "fleet.jsonl"
+    assert ctl(capsys, "export", "--db", sqlite_url, "-o", str(dump))[0] == 0
+    rc, out, _ = ctl(capsys, "import", str(dump), "--db", db_url, "--json")
+    assert rc == 0 and json.loads(out)["new"]["boot"] == 2
+    cols = (boots.c.bootloader_type, boots.c.luo_compatible, boots.c.liveupdate_num)
+    store = open_store(db_url)
+    with store.engine.connect() as conn:
+        got = conn.execute(select(*cols, boots.c.luo_sessions).order_by(boots.c.seq)).all()
+    store.dispose()
+    assert [tuple(r) for r in got] == [
+        (0xB0, None, None, None),
+        (0xD0, "luo-v5;block-v1", (1 << 63) - 1, True),
+    ]
+
+
+def test_an_export_from_before_the_luo_columns_still_imports(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = boot_obj("m" * 32, "00000000-0000-4000-8000-000000000001", "7.3.4", None, 100)
+    assert "liveupdate_num" not in old
+    path = write_export(tmp_path / "old.jsonl", [old])
+    rc, out, _ = ctl(capsys, "import", str(path), "--db", db_url, "--json")
+    assert rc == 0 and json.loads(out)["new"]["boot"] == 1
+    store = open_store(db_url)
+    with store.engine.connect() as conn:
+        row = conn.execute(select(boots.c.bootloader_type, boots.c.liveupdate_num)).one()
+    store.dispose()
+    assert tuple(row) == (None, None)
+
+
+def test_kexecs_without_handover_and_refused_ones_are_counted_apart(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    h = "4" * 32
+    t = 1_790_000_000
+    objs = [
+        boot_obj(h, "h4-0", "A", None, t),
+        boot_obj(h, "h4-1", "B", "A", t + 100),  # a KHO handover
+        {**boot_obj(h, "h4-2", "B", "A", t + 200), "kind": "kexec-no-handover"},
+        {**boot_obj(h, "h4-3", "B", "A", t + 300), "kind": "kexec-rejected"},
+        {**boot_obj(h, "h4-4", "B", None, t + 400), "kind": "kexec-no-handover"},
+    ]
+    for o in objs[2:4]:
+        o.update(metadata_source="attempt", kexec_count=0)
+    f = write_export(tmp_path / "fleet.jsonl", objs)
+    assert ctl(capsys, "import", str(f), "--db", db_url)[0] == 0
+    rc, out, _ = ctl(capsys, "report", "transitions", "--db", db_url, "--json")
+    assert rc == 0
+    rows = {(r["previous_release"], r["release"]): r for r in json.loads(out)}
+    # the A -> B transition is the boots that took A's KHO handover: one; the kexec
+    # without a handover and the refused one took none, and are B's baseline
+    assert rows[("A", "B")]["boots"] == 1, rows
+    assert rows[(None, "B")]["boots"] == 3, rows
+    assert rows[(None, "A")]["boots"] == 1, rows

@@ -17,11 +17,13 @@ from khod.observation import Event
 from khod.parse import proc
 from khod.parse.kho import parse_kho_fdt
 from khod.parse.kmsg import count_warnings, parse_kho_log, parse_kmsg
+from khod.parse.luo import parse_luo
 from khod.parse.metadata import parse_kexec_metadata
 from khod.parse.pstore import inflate, parse_dmesg_header, parse_pstore_name
 from khod.parse.pstore_kho import parse_pstore_kho
 from khod.sources.pstore import PstoreFile
 from tests.conftest import FIXTURES
+from tests.test_parse_luo import luo_fdt, luo_ser
 
 KHO = "sys/kernel/debug/kho"
 SEEDS: dict[str, bytes] = {
@@ -43,6 +45,9 @@ SEEDS: dict[str, bytes] = {
         (FIXTURES / "pstore/step1/sys/fs/pstore/dmesg-ramoops-0").read_bytes()[:4096]
     ),
     "pstore-name": b"dmesg-efi_pstore-155741337601001.enc.z",
+    "luo-v5": luo_ser("luo-v5", 3, 0x1000, 0x2000),
+    "luo-v5-block": luo_ser("luo-v5;block-v1", 3, 0x1000, 0x2000),
+    "luo-fdt": luo_fdt("luo-v2", 3),
 }
 
 
@@ -95,6 +100,9 @@ PARSERS: dict[str, list[Callable[[bytes, str], object]]] = {
     "dmesg-record": [record_parser],
     "enc-z": [inflate_parser, record_parser],
     "pstore-name": [name_parser],
+    "luo-v5": [parse_luo],
+    "luo-v5-block": [parse_luo],
+    "luo-fdt": [parse_luo],
 }
 
 

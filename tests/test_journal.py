@@ -294,3 +294,18 @@ def test_records_a_late_backend_brings_are_journaled(
     assert crashes[0]["KHOD_BOOT_ID"] == "c8be1a8f-766f-4cb8-8a3b-fc30c50a300f"
     names = [e["KHOD_PSTORE_NAME"] for e in entries if e["MESSAGE_ID"] in pstore_ids]
     assert len(names) == 4 == len(set(names)), entries
+
+
+def test_journal_entry_of_a_live_update_loaded_by_kexec(
+    journal: Journal, tmp_path: Path, sysroot: SysrootFactory
+) -> None:
+    from tests.test_parse_luo import luo_ser
+
+    root = sysroot("kexec1/step1")
+    variants.replace(root, "sys/kernel/debug/kho/in/sub_fdts/LUO", luo_ser("luo-v5", 6))
+    variants.replace(root, "proc/sys/kernel/bootloader_type", b"208\n")
+    ingest_journaled(journal, tmp_path, "", root)
+    (boot,) = [
+        e for e in receive_all(journal.sock) if e["MESSAGE_ID"] == sd.MESSAGE_IDS["boot-recorded"]
+    ]
+    assert (boot["KHOD_LIVEUPDATE_NUM"], boot["KHOD_BOOTLOADER_TYPE"]) == ("6", "208")

@@ -833,3 +833,113 @@ def test_the_checks_judge_the_state_collection_read(sysroot: SysrootFactory) -> 
     by_name = {c.name: c for c in checks}
     assert by_name["out-fdt"].ok, by_name["out-fdt"]
     assert by_name["out-fdt"].detail.startswith("valid, compatible 'kho-v"), by_name["out-fdt"]
+
+
+def test_verdict_landed_without_handover_takes_the_release_from_the_attempt(
+    sysroot: SysrootFactory,
+    image: Path,
+    fakebin: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """khoctl kexec --force from a kernel without KHO: the next kernel says kexec loaded
+    it (bootloader_type 0xD0) and nothing was handed over."""
+    after = sysroot("nokho/step1")
+    variants.replace(after, "proc/sys/kernel/bootloader_type", b"208\n")
+    rows = attempt_then_boot(
+        sysroot,
+        image,
+        f"sqlite:///{tmp_path / 'k.db'}",
+        "nokho/step0",
+        after,
+        capsys,
+        "--force",
+    )
+    got = rows[0]
+    assert (got["kind"], got["verdict"]) == ("kexec-no-handover", "landed-without-handover")
+    assert (got["previous_release"], got["metadata_source"]) == ("7.3.4-khlab-a", "attempt")
+    assert got["bootloader_type"] == 0xD0
+
+
+def test_kho_off_after_a_kho_kexec_is_a_rejected_handover_with_khods_release(
+    sysroot: SysrootFactory,
+    image: Path,
+    fakebin: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.test_collect import kho_off_after_kho
+
+    after = sysroot("kexec1/step1")
+    kho_off_after_kho(after)
+    rows = attempt_then_boot(
+        sysroot, image, f"sqlite:///{tmp_path / 'k.db'}", "kexec1/step0", after, capsys
+    )
+    got = rows[0]
+    assert (got["kind"], got["verdict"]) == ("kexec-rejected", "abi-mismatch")
+    assert (got["previous_release"], got["metadata_source"]) == ("7.3.4-khlab-a", "attempt")
+
+
+@pytest.mark.parametrize(
+    ("running", "target", "same"),
+    [
+        ("kho-v4", "kho-v4;radix-v1;vmalloc-v1", False),
+        ("kho-v4;radix-v1;vmalloc-v1", "kho-v4", False),
+        ("kho-v4;radix-v1;vmalloc-v1", "kho-v4;radix-v1;vmalloc-v1", True),
+    ],
+)
+def test_feature_tags_of_the_compatible_are_part_of_the_abi(
+    sysroot: SysrootFactory,
+    tmp_path: Path,
+    fakebin: Path,
+    capsys: pytest.CaptureFixture[str],
+    running: str,
+    target: str,
+    same: bool,
+) -> None:
+    root = sysroot("kexec1/step0")
+    variants.replace(root, f"{KHO}/out/fdt", kho_root(running, 0, []))
+    img = tmp_path / "vmlinuz"
+    img.write_bytes(bzimage("7.3.4-khlab-composite", abi=target))
+    _, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(img))
+    a = by_name(res)["abi"]
+    assert a["ok"] is same
+    if not same:
+        assert "feature tags" in a["detail"] and "whole string" in a["detail"]
+
+
+_OPENED: list[str] | None = None
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if _OPENED is not None and event == "open" and args and "liveupdate" in str(args[0]):
+        _OPENED.append(str(args[0]))
+
+
+def test_nothing_khod_runs_opens_dev_liveupdate(
+    sysroot: SysrootFactory, fakebin: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """/dev/liveupdate has one holder, and opening it deserializes the incoming sessions:
+    collection, the boot capture, status and check only look at it (every open of this
+    process is audited)."""
+    global _OPENED  # noqa: PLW0603
+    from khod.collect.boot import collect
+    from khod.paths import HostPaths
+    from khod.sources import capture as cap
+
+    root = sysroot("kexec1/step1")
+    variants.replace(root, "dev/liveupdate", b"")
+    sys.addaudithook(_audit)
+    _OPENED = []
+    try:
+        collect(HostPaths(root))
+        assert cap.capture(str(root), str(tmp_path / "spool")) is not None
+        _, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root))
+        assert "not opened" in by_name(res)["liveupdate"]["detail"]
+        ctl(
+            capsys, "status", "--json", "--sysroot", str(root), "--db", f"sqlite:///{tmp_path}/k.db"
+        )
+        opened = list(_OPENED)
+    finally:
+        _OPENED = None
+    assert opened == []

@@ -106,6 +106,7 @@ def test_an_empty_snapshot_still_exposes_every_family() -> None:
         "khod_kexecs_since_cold_boot",
         "khod_boot_info",
         "khod_kho_enabled",
+        "khod_liveupdate_number",
         "khod_boot_timestamp_seconds",
         "khod_kho_scratch_bytes",
         "khod_boots",
@@ -180,3 +181,21 @@ def test_a_kexec_that_did_not_land_is_counted_as_a_kexec_error(
     )
     assert (errors.get("kexec"), errors["identity"]) == (1, 0)
     assert _origins(db, "kexec-verdict") == ["kexec"]
+
+
+def test_the_live_update_number_of_this_boot_is_a_gauge(
+    sysroot: SysrootFactory, db_url: str
+) -> None:
+    from tests import variants
+    from tests.test_parse_luo import luo_ser
+
+    root = sysroot("kexec1/step1")
+    variants.replace(root, "sys/kernel/debug/kho/in/sub_fdts/LUO", luo_ser("luo-v5", 41))
+    store = open_store(db_url)
+    obs, _, _ = ingest_boot(HostPaths(root), store, IngestOptions())
+    snap = compute_snapshot(store, obs.machine_id, obs.boot_id, ingested_at=0.0, duration=0.0)
+    c = SnapshotCollector()
+    c.set(snap)
+    text = exposition(make_registry(c)).decode()
+    (fam,) = [f for f in text_string_to_metric_families(text) if f.name == "khod_liveupdate_number"]
+    assert [(s.labels, s.value) for s in fam.samples] == [({}, 41)]

@@ -291,3 +291,38 @@ def test_upgrade_from_0006_numbers_each_machines_boots_in_recorded_order(db_url:
     assert [tuple(r) for r in got] == [(1, 1), (2, 1), (3, 2), (4, 3)]
     migrate.downgrade(store, "0006")
     assert "seq" not in {c["name"] for c in inspect(store.engine).get_columns("boots")}
+
+
+def test_upgrade_from_0007_adds_the_luo_columns_and_room_for_longer_verdicts(
+    db_url: str,
+) -> None:
+    store = open_store(db_url, migrate=False)
+    migrate.upgrade(store, None, "0007")
+    with store.engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO boots (id, machine_id, boot_id, release, cmdline, kind, "
+                "kho_enabled, subtrees, out_subtrees, scratch, ingested_at, khod_version) "
+                "VALUES (1, 'm', 'b1', '7.3.4', '', 'cold', false, '[]', '[]', '[]', 0, 'x')"
+            )
+        )
+    assert migrate.upgrade(store, "0007") == HEAD_REVISION
+    with store.engine.begin() as conn:
+        row = conn.execute(
+            text("SELECT bootloader_type, luo_compatible, liveupdate_num, luo_sessions FROM boots")
+        ).one()
+        assert tuple(row) == (None, None, None, None)
+        conn.execute(
+            text(
+                "INSERT INTO kexec_attempts (uid, machine_id, from_boot, created_at, source, "
+                "checks, forced, argv, expected_previous_release, expected_kexec_count, "
+                "verdict) VALUES ('u', 'm', 1, 0, 'khoctl', '[]', true, '[]', '7.3.4', 1, "
+                "'landed-without-handover')"
+            )
+        )
+        conn.execute(text("UPDATE boots SET liveupdate_num = :n"), {"n": (1 << 63) - 1})
+    migrate.downgrade(store, "0007")
+    cols = {c["name"] for c in inspect(store.engine).get_columns("boots")}
+    assert not cols & {"bootloader_type", "luo_compatible", "liveupdate_num", "luo_sessions"}
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT verdict FROM kexec_attempts")).scalar() is None

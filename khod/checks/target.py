@@ -7,6 +7,7 @@ from pathlib import Path
 
 from khod.checks.base import WARNING, Check, fail, ok
 from khod.parse import kimage
+from khod.parse.compat import same_abi, split_compat
 from khod.paths import HostPaths
 from khod.sources.files import read_bytes, read_optional
 
@@ -106,12 +107,20 @@ def check_target(target: Target, running: str | None, running_src: str) -> list[
                 WARNING,
             )
         )
-    elif target.abi != running:  # the kernel matches the root compatible exactly
+    elif not same_abi(running, target.abi):  # the kernel matches the whole compatible
+        ours, theirs = split_compat(running), split_compat(target.abi)
+        tags = ""
+        if ours.base == theirs.base:
+            tags = (
+                f" (same base {ours.base!r}, feature tags "
+                f"{';'.join(ours.tags) or 'none'} vs {';'.join(theirs.tags) or 'none'}: "
+                "the kernel compares the whole string)"
+            )
         out.append(
             fail(
                 "abi",
                 f"this kernel speaks {running!r} ({running_src}), the target "
-                f"{target.abi!r} ({target.abi_source}): the target would refuse the "
+                f"{target.abi!r} ({target.abi_source}){tags}: the target would refuse the "
                 "handover, lose all handover data and reset the count",
             )
         )

@@ -6,6 +6,8 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
+from khod.parse.compat import split_compat
+from khod.parse.proc import loaded_by_kexec
 from khod.store.boots import BootRecord
 
 
@@ -24,11 +26,22 @@ def boot_json(b: BootRecord, *, history: bool = False) -> dict[str, Any]:
         "kind_reason": b.kind_reason,
         "previous_release": b.previous_release,
         "kexec_count": b.kexec_count,
+        # where previous_release and kexec_count come from: "kho" (the handed-over blob),
+        # "kmsg" (the kernel's log line), "attempt" (khod's own kexec record), or None
+        "metadata_source": b.metadata_source,
         "kho": {
             "enabled": b.kho_enabled,
             "abi": b.kho_abi,
+            "abi_base": split_compat(b.kho_abi).base if b.kho_abi else None,
+            "abi_tags": list(split_compat(b.kho_abi).tags) if b.kho_abi else [],
             "subtrees": [t.as_json() for t in b.subtrees],
         },
+        "luo": {
+            "compatible": b.luo_compatible,
+            "liveupdate_num": b.liveupdate_num,
+            "sessions": b.luo_sessions,
+        },
+        "bootloader_type": b.bootloader_type,
     }
     if history:
         d["booted_at"] = iso(b.booted_at)
@@ -84,7 +97,24 @@ BOOT_COLUMNS = (
     ("FROM", "previous_release"),
     ("COUNT", "kexec_count"),
     ("ABI", "kho.abi"),
+    ("LIVEUPDATE", "luo.liveupdate_num"),
 )
+
+
+def _loader(v: int | None) -> str:
+    if v is None:
+        return "-"
+    return f"0x{v:02x}" + (" (kexec)" if loaded_by_kexec(v) else "")
+
+
+def _luo(luo: dict[str, Any]) -> str:
+    if luo["compatible"] is None and luo["liveupdate_num"] is None:
+        return "-"
+    sessions = {True: ", sessions handed over", False: ", no sessions", None: ""}
+    return (
+        f"{_cell(luo['compatible'])}, liveupdate number {_cell(luo['liveupdate_num'])}"
+        + sessions[luo["sessions"]]
+    )
 
 
 def status_text(d: dict[str, Any]) -> str:
@@ -100,11 +130,14 @@ def status_text(d: dict[str, Any]) -> str:
         f"boot:              {d['boot_id']}",
         f"release:           {d['release']}",
         f"kind:              {d['kind']}" + (f" ({d['kind_reason']})" if d["kind_reason"] else ""),
-        f"previous release:  {_cell(d['previous_release'])}",
+        f"previous release:  {_cell(d['previous_release'])}"
+        + (" (khod's kexec record, not the kernel's)" if d["metadata_source"] == "attempt" else ""),
         f"kexec count:       {_cell(d['kexec_count'])}",
         f"KHO:               {'enabled' if kho['enabled'] else 'disabled'}, "
         f"ABI {_cell(kho['abi'])}",
         f"incoming subtrees: {subtrees}",
+        f"live update (LUO): {_luo(d['luo'])}",
+        f"loaded by:         {_loader(d['bootloader_type'])}",
     ]
     if "recorded" in d:
         lines.append(f"recorded:          {'yes' if d['recorded'] else 'no'}")

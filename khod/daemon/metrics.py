@@ -108,6 +108,13 @@ class SnapshotCollector:
                 1,
             )
         yield info
+        g = GaugeMetricFamily(
+            "khod_liveupdate_number",
+            "Live updates (LUO) handed over into this boot (liveupdate_num; absent: no LUO)",
+        )
+        if boot.get("liveupdate_num") is not None:
+            g.add_metric([], boot["liveupdate_num"])
+        yield g
         g = GaugeMetricFamily("khod_kho_enabled", "1 when KHO is enabled in this kernel")
         if boot:
             g.add_metric([], 1 if boot.get("kho_enabled") else 0)

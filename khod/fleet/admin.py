@@ -1,6 +1,6 @@
 """The operator's side of fleet trust (``khoctl fleet init|enroll|revoke``), run with the
 fleet database's owner role (a superuser, or a role with CREATEROLE that owns the
-database). Migration 0008 makes the group roles, grants and policies; this module
+database). Migration 0010 makes the group roles, grants and policies; this module
 locks the database down, sets the bounds, and makes or disables one login role per host.
 
 A host's role is ``host_<machine_id>``: its client certificate's CN, checked by

@@ -72,6 +72,7 @@ def compute_snapshot(
             "kexec_count": boot.kexec_count,
             "booted_at": boot.booted_at,
             "scratch_bytes": sum(n for _, n in boot.scratch or []),
+            "liveupdate_num": boot.liveupdate_num,
         }
     return {
         "version": SNAPSHOT_VERSION,

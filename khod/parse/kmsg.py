@@ -18,6 +18,11 @@ KHO lines (``kernel/liveupdate/kexec_handover.c``, 6.16-7.3), all prefixed ``KHO
 The kernel's own warnings (``count_warnings``): records of facility 0 (the kernel;
 what user space writes to ``/dev/kmsg`` is facility 1 or above) whose message starts
 with one of ``KERNEL_WARNINGS``.
+LUO lines (``kernel/liveupdate/luo_core.c``, 6.19+), prefixed ``luo: ``:
+
+- ``Retrieved live update data, liveupdate number: N`` (the incoming struct accepted)
+- ``LUO state is too small (N < M)``, ``LUO state is incompatible with '...'``,
+  ``failed to retrieve LUO state '...' from KHO: ...``
 """
 
 from __future__ import annotations
@@ -77,6 +82,10 @@ def parse_kmsg(data: bytes) -> list[KmsgRecord]:
 _EXEC_FROM = re.compile(rb"^KHO: exec from: (.*) \(count (\d{1,10})\)$", re.S)
 _REJECT = re.compile(rb"^KHO: setup: handover FDT \((0x[0-9a-fA-F]+)\) is (invalid|incompatible)")
 _DISABLE = re.compile(rb"disabling KHO revival|Disabling KHO revival")
+_LUO_NUM = re.compile(rb"^luo: Retrieved live update data, liveupdate number: (-?\d{1,20})$")
+_LUO_ERR = re.compile(
+    rb"^luo: (LUO state is (too small|incompatible with)|failed to retrieve LUO state)"
+)
 _META_ERR = re.compile(rb"^KHO: .*(blob too small|version \d+ not supported|too small for v\d+)")
 
 
@@ -94,6 +103,8 @@ class KhoLog:
     scratch_areas: bool = False  # "KHO: scratch areas: ..." (KHO enabled, scratch reserved)
     metadata_errors: tuple[str, ...] = ()
     lines: tuple[str, ...] = ()  # every KHO line, in order
+    liveupdate_num: int | None = None  # "luo: Retrieved live update data, ... number: N"
+    luo_errors: tuple[str, ...] = ()  # the kernel's own words on LUO state it refused
 
 
 def parse_kho_log(records: list[KmsgRecord]) -> KhoLog:
@@ -104,8 +115,19 @@ def parse_kho_log(records: list[KmsgRecord]) -> KhoLog:
     rejected = disabled = None
     meta_errors: list[str] = []
     lines: list[str] = []
+    luo_num: int | None = None
+    luo_errors: list[str] = []
     for rec in records:
         msg = rec.message
+        if msg.startswith(b"luo: "):
+            m = _LUO_NUM.match(msg)
+            if m:
+                luo_num = int(m.group(1))  # %lld of a u64
+                if luo_num < 0:
+                    luo_num += 1 << 64
+            elif _LUO_ERR.match(msg):
+                luo_errors.append(rec.text)
+            continue
         is_kho = msg.startswith(b"KHO: ") or b"KHO revival" in msg or b"kexec handover" in msg
         if not is_kho:
             continue
@@ -139,6 +161,8 @@ def parse_kho_log(records: list[KmsgRecord]) -> KhoLog:
         scratch_areas,
         tuple(meta_errors),
         tuple(lines),
+        luo_num,
+        tuple(luo_errors),
     )
 
 

@@ -97,6 +97,24 @@ def parse_scratch(data: bytes, source: str) -> tuple[int, ...]:
     return tuple(values)
 
 
+# boot protocol type_of_loader ids (Documentation/arch/x86/boot.rst): the high nibble
+KEXEC_LOADER = 0xD  # arch/x86/kernel/kexec-bzimage64.c and kexec-tools set 0x0D << 4
+
+
+def parse_bootloader_type(data: bytes, source: str) -> int:
+    """``/proc/sys/kernel/bootloader_type`` (x86 only), decimal: ``type_of_loader``, or
+    for an extended loader id (T = 0xE) ``(ext_loader_type + 0x10) << 4 | V``
+    (``arch/x86/kernel/setup.c``), so up to 0x10FF."""
+    text = _text(data, source).strip()
+    if not text.isdigit() or len(text) > 5 or int(text) > 0x10FF:
+        raise ParseError(source, 0, f"not a loader id: {text[:20]!r}")
+    return int(text)
+
+
+def loaded_by_kexec(bootloader_type: int | None) -> bool:
+    return bootloader_type is not None and bootloader_type >> 4 == KEXEC_LOADER
+
+
 def kho_cmdline_setting(cmdline: str) -> bool | None:
     """The ``kho=`` boot parameter (kstrtobool), or None when it is not given."""
     value = None

@@ -35,7 +35,14 @@ TOTAL_LIMIT = 256 << 20
 def _files(paths: HostPaths) -> list[Path]:
     """What collection reads (HostPaths): the boot's identity, the kernel log, the KHO
     debugfs tree and the pstore files."""
-    identity = [paths.boot_id, paths.osrelease, paths.cmdline, paths.proc_stat, paths.machine_id]
+    identity = [
+        paths.boot_id,
+        paths.osrelease,
+        paths.cmdline,
+        paths.proc_stat,
+        paths.machine_id,
+        paths.bootloader_type,
+    ]
     return [*identity, paths.kmsg, *_walk(paths.kho), *_walk(paths.pstore)]
 
 

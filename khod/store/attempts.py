@@ -17,6 +17,8 @@ from khod.observation import BootKind
 from khod.store.handle import Store, describe_db_error
 from khod.store.schema import boots, kexec_attempts
 
+ATTEMPT_SOURCE = "attempt"  # boots.metadata_source: from khod's attempt, not the kernel
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -73,6 +75,11 @@ def judge(expected_release: str, expected_count: int, boot: Any) -> tuple[str, s
     want = f"kexec from {expected_release} count {expected_count}"
     if boot.kind == BootKind.KEXEC_REJECTED:
         return records.Verdict.ABI_MISMATCH, f"the handover was rejected: {boot.kind_reason}"
+    if boot.kind == BootKind.KEXEC_NO_HANDOVER:
+        return (
+            records.Verdict.LANDED_WITHOUT_HANDOVER,
+            f"loaded by kexec with no handover ({boot.kind_reason}): expected {want}",
+        )
     if boot.kind == BootKind.COLD:
         return records.Verdict.COLD_BOOT, f"no handover data: expected {want}"
     if boot.previous_release == expected_release and boot.kexec_count == expected_count:
@@ -106,6 +113,17 @@ def close_attempts(
         .where(kexec_attempts.c.id == newest.id)
         .values(verdict=verdict, verdict_boot=boot_pk, verdict_detail=detail)
     )
+    if boot.previous_release is None and boot.kind != BootKind.COLD:
+        # the kernel did not say what ran before (no handover, or one refused): khod's
+        # own record of the kexec does, and is named as the source
+        conn.execute(
+            update(boots)
+            .where(boots.c.id == boot_pk)
+            .values(
+                previous_release=newest.expected_previous_release,
+                metadata_source=ATTEMPT_SOURCE,
+            )
+        )
     if older:
         conn.execute(
             update(kexec_attempts)

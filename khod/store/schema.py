@@ -27,7 +27,7 @@ from sqlalchemy.engine import Dialect
 
 # The revision ``migrations/versions`` ends at; a test checks they agree. Knowing it
 # here lets start-up skip importing Alembic when the database is already current.
-HEAD_REVISION = "0009"
+HEAD_REVISION = "0010"
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -71,7 +71,8 @@ boots = Table(
     Column("seq", Integer),
     Column("release", KText, nullable=False),
     Column("cmdline", KText, nullable=False),
-    Column("kind", String(20), nullable=False),  # kexec | kexec-rejected | cold
+    # kexec | kexec-rejected | kexec-no-handover | cold
+    Column("kind", String(20), nullable=False),
     Column("kind_reason", KText),
     Column("kho_enabled", Boolean, nullable=False),
     Column("kho_abi", KText),  # incoming root compatible, verbatim
@@ -79,14 +80,18 @@ boots = Table(
     Column("previous_release", KText),
     Column("previous_release_raw", LargeBinary),
     Column("kexec_count", Integer),  # NULL: handover without metadata (pre-7.1, unreadable)
-    Column("metadata_source", String(8)),  # kho | kmsg
+    Column("metadata_source", String(8)),  # kho | kmsg | attempt
     Column("subtrees", JSON, nullable=False),  # [{"name", "size"}], incoming
     Column("out_subtrees", JSON, nullable=False),
     Column("out_release", KText),
     Column("out_kexec_count", Integer),
     Column("scratch", JSON, nullable=False),  # [[phys, len], ...]
-    # the kernel's own warning lines in its log (NULL: not read, or stored before 0009)
+    # the kernel's own warning lines in its log (NULL: not read, or stored before 0008)
     Column("warnings", Integer),
+    Column("bootloader_type", Integer),  # x86 type_of_loader; NULL: not there
+    Column("luo_compatible", KText),  # incoming LUO compatible, verbatim
+    Column("liveupdate_num", BigInteger),  # u64 in the kernel
+    Column("luo_sessions", Boolean),  # sessions handed over (sessions_pa != 0)
     Column("ingested_at", Float, nullable=False),
     Column("khod_version", String(32), nullable=False),
     UniqueConstraint("machine_id", "boot_id"),
@@ -189,8 +194,8 @@ kexec_attempts = Table(
     Column("argv", JSON, nullable=False),  # every command run, as argv lists
     Column("expected_previous_release", KText, nullable=False),
     Column("expected_kexec_count", Integer, nullable=False),
-    # landed | cold-boot | abi-mismatch | mismatch | superseded; NULL while open
-    Column("verdict", String(16)),
+    # khod.records.Verdict; NULL while open
+    Column("verdict", String(32)),
     Column("verdict_boot", ForeignKey("boots.id", ondelete="SET NULL"), index=True),
     Column("verdict_detail", KText),
 )
@@ -207,7 +212,7 @@ sync_state = Table(
 )
 
 # The fleet database's bounds on what one host may push (PostgreSQL; one row, id 1,
-# set by `khoctl fleet init`; migration 0008's triggers enforce them on host roles).
+# set by `khoctl fleet init`; migration 0010's triggers enforce them on host roles).
 fleet_limits = Table(
     "fleet_limits",
     metadata,

@@ -1,8 +1,8 @@
 """boots.warnings: the kernel's own warning lines (WARNING, BUG, Oops, hung task, soft
 lockup, MCE) in the boot's log; NULL for boots recorded before.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-04
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

@@ -4,8 +4,8 @@ nothing); row-level security tying each row to the host that inserts it; per-hos
 bounds (``fleet_limits``, ``host_usage``) checked by triggers. PostgreSQL only: the
 embedded SQLite store gets the two tables and nothing else.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-04
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
