@@ -836,7 +836,7 @@ def test_kexecs_without_handover_and_refused_ones_are_counted_apart(
         o.update(metadata_source="attempt", kexec_count=0)
     f = write_export(tmp_path / "fleet.jsonl", objs)
     assert ctl(capsys, "import", str(f), "--db", db_url)[0] == 0
-    rc, out, _ = ctl(capsys, "report", "transitions", "--db", db_url, "--json")
+    rc, out, _ = ctl(capsys, "report", "transitions", "--db", db_url, "--json", "--include-cold")
     assert rc == 0
     rows = {(r["previous_release"], r["release"]): r for r in json.loads(out)}
     # the A -> B transition is the boots that took A's KHO handover: one; the kexec

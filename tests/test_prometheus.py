@@ -48,7 +48,10 @@ def test_rules_pass_promtool_unit_tests() -> None:
         ("(khod_fleet_transition_bad) == 1", "(khod_fleet_transition_bad) == 0"),
         ("(khod_fleet_transition_verdict) == 1", "(khod_fleet_transition_verdict) != 0"),
         ("(khod_fleet_transition_verdict) == 1\n", "(khod_fleet_transition_verdict) >= 0\n"),
-        ('verdict=~"cold-boot|abi-mismatch|mismatch|failed"', 'verdict=~"abi-mismatch"'),
+        (
+            'verdict=~"cold-boot|abi-mismatch|mismatch|failed|landed-without-handover"',
+            'verdict=~"abi-mismatch"',
+        ),
         ("(khod_last_ingest_timestamp_seconds >= ", "(khod_last_ingest_timestamp_seconds > 0 * "),
     ],
 )

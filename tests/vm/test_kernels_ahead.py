@@ -138,8 +138,9 @@ def test_kexecs_without_a_handover_are_not_cold_boots(luo: Run) -> None:
         ("kexec", rel[1], "kho", "landed"),
         # kexec -c: no KHO state; khod's own attempt record (the hook's) names the kernel
         ("kexec-no-handover", rel[2], "attempt", "landed-without-handover"),
-        # kho=off: the kernel logged "KHO: found kexec handover data." and revived nothing
-        ("kexec-rejected", None, None, "abi-mismatch"),
+        # kho=off: the kernel logged "KHO: found kexec handover data." and revived
+        # nothing; where it came from, only khod's attempt says
+        ("kexec-rejected", rel[3], "attempt", "abi-mismatch"),
         ("kexec-no-handover", rel[4], "attempt", "landed-without-handover"),
     ], got
     assert "KHO: found kexec handover data." in luo.boots[4].kho_lines, luo.boots[4].kho_lines
