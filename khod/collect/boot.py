@@ -6,69 +6,29 @@ A source that fails becomes an Event; the others still land. Only the boot ident
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
+from khod.collect.collector import Collector
+from khod.collect.luo import collect_luo
 from khod.collect.pstore import collect_pstore
 from khod.errors import KhodError, ParseError, SourceError
 from khod.observation import (
     Blob,
     BootKind,
     BootObservation,
-    Event,
     EventSource,
     Severity,
     Subtree,
 )
 from khod.parse import proc
-from khod.parse.compat import same_abi
 from khod.parse.fdt import TruncatedFdt
 from khod.parse.kho import KhoRoot, parse_kho_fdt
 from khod.parse.kmsg import KhoLog, count_warnings, parse_kho_log, parse_kmsg
-from khod.parse.luo import LuoState, UnknownLuoVersion, parse_luo
 from khod.parse.metadata import KexecMetadata, UnsupportedMetadataVersion, parse_kexec_metadata
 from khod.parse.pstore import DEFAULT_INFLATE_LIMIT
 from khod.paths import SCRATCH_NAMES, HostPaths
 from khod.sources.files import read_bytes, read_kmsg, read_optional
 from khod.sources.kho import KhoFiles, read_kho_files
 
-T = TypeVar("T")
 META = "sub_fdts/kexec-metadata"
-LUO = "sub_fdts/LUO"
-MAX_STORED = (1 << 63) - 1  # a BIGINT column; the kernel's u64 counts live updates
-
-
-class Collector:
-    def __init__(self, paths: HostPaths) -> None:
-        self.paths = paths
-        self.events: list[Event] = []
-
-    def event(
-        self, kind: str, source: str, severity: Severity, message: str, *, origin: EventSource
-    ) -> None:
-        self.events.append(Event(kind, source, severity, message, origin=origin))
-
-    def failed(
-        self, e: KhodError, severity: Severity = Severity.ERROR, *, origin: EventSource
-    ) -> None:
-        if isinstance(e, ParseError):
-            self.event("parse-error", e.source, severity, str(e), origin=origin)
-        elif isinstance(e, SourceError):
-            self.event("read-error", e.source, severity, str(e), origin=origin)
-        else:
-            self.event("error", "khod", severity, str(e), origin=origin)
-
-    def file(self, path_attr: str, parse: Callable[[bytes, str], T]) -> T | None:
-        path = getattr(self.paths, path_attr)
-        shown = self.paths.rel(path)
-        try:
-            return parse(read_bytes(path, shown, 1 << 20), shown)
-        except (SourceError, ParseError) as e:
-            self.failed(e, origin=EventSource.IDENTITY)
-            return None
-
-    def kho_path(self, name: str) -> str:
-        return self.paths.rel(self.paths.kho / name)
 
 
 def _machine_id(c: Collector, boot_id: str) -> str:
@@ -132,7 +92,7 @@ def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> Boo
         _parse_root(c, kf, "out")
     meta = _parse_metadata(c, kf, "in")
     out_meta = _parse_metadata(c, kf, "out")
-    luo_compatible, liveupdate_num, luo_sessions = _luo(c, kf, log)
+    luo_compatible, liveupdate_num, luo_sessions = collect_luo(c, kf, log)
 
     kind, reason = _kind(c, kf, log, in_root, kho_enabled, loader=loader)
     previous_release: str | None = None
@@ -156,16 +116,6 @@ def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> Boo
             )
             source = "kmsg"
         _cross_check(c, meta, log)
-
-    if liveupdate_num is not None and liveupdate_num > MAX_STORED:
-        c.event(
-            "luo-number-out-of-range",
-            c.kho_path("in/" + LUO),
-            Severity.WARNING,
-            f"liveupdate number {liveupdate_num} is beyond what is stored; kept raw only",
-            origin=EventSource.KHO,
-        )
-        liveupdate_num = None
 
     scratch = _scratch(c, kf)
     pstore, pstore_events = collect_pstore(paths, kf.get("in/sub_fdts/pstore-kho"), inflate_limit)
@@ -304,88 +254,6 @@ def _bootloader_type(c: Collector) -> int | None:
     except (SourceError, ParseError) as e:
         c.failed(e, Severity.WARNING, origin=EventSource.IDENTITY)
         return None
-
-
-def _parse_luo(c: Collector, kf: KhoFiles, direction: str) -> tuple[str | None, LuoState | None]:
-    """The LUO subtree: (its compatible, the decoded state). An unknown version keeps
-    its compatible and an event; the blob itself is stored raw either way."""
-    name = f"{direction}/{LUO}"
-    data = kf.get(name)
-    if data is None:
-        return None, None
-    shown = c.kho_path(name)
-    try:
-        luo = parse_luo(data, shown)
-    except UnknownLuoVersion as e:
-        c.event("unknown-luo-version", shown, Severity.WARNING, str(e), origin=EventSource.KHO)
-        return e.compatible, None
-    except ParseError as e:
-        c.failed(e, origin=EventSource.KHO)
-        return None, None
-    for w in luo.warnings:
-        c.event("luo-warning", shown, Severity.WARNING, f"{shown}: {w}", origin=EventSource.KHO)
-    return luo.compatible, luo
-
-
-def _luo(
-    c: Collector, kf: KhoFiles, log: KhoLog | None
-) -> tuple[str | None, int | None, bool | None]:
-    """The incoming LUO state: its compatible (what was offered), and the number and
-    sessions this kernel took (None when it refused them: its log says so, or it writes
-    another compatible than it was handed, the whole string being what it compares).
-    The kernel's log line is held against the blob (one struct, two views), and the
-    outgoing number against the incoming one + 1."""
-    compatible, luo = _parse_luo(c, kf, "in")
-    out_compatible, out = _parse_luo(c, kf, "out")
-    errors = log.luo_errors if log is not None else ()
-    for err in errors:
-        c.event("kernel-luo-error", "kmsg", Severity.WARNING, err, origin=EventSource.KMSG)
-    refused = None
-    if compatible is not None:
-        if errors:
-            refused = f"the kernel said: {errors[-1]}"
-        elif out_compatible is not None and not same_abi(compatible, out_compatible):
-            refused = f"this kernel writes {out_compatible!r}"
-    if refused is not None:
-        c.event(
-            "luo-not-taken",
-            c.kho_path("in/" + LUO),
-            Severity.WARNING,
-            f"the incoming LUO state {compatible!r} was not taken ({refused}): no live "
-            "update number, no sessions, the count starts again",
-            origin=EventSource.KHO,
-        )
-        luo = None
-    logged = log.liveupdate_num if log is not None else None
-    if luo is not None and logged not in (None, luo.liveupdate_num):
-        c.event(
-            "luo-log-mismatch",
-            "kmsg",
-            Severity.WARNING,
-            f"the LUO subtree says liveupdate number {luo.liveupdate_num}, the kernel "
-            f"log says {logged}",
-            origin=EventSource.KMSG,
-        )
-    num = luo.liveupdate_num if luo is not None else None
-    if luo is None and refused is None:
-        num = logged  # the blob was not read or not decoded here: the kernel's word
-    incoming = num
-    if incoming is None and (refused is not None or kf.get("in/" + LUO) is None):
-        incoming = 0  # nothing taken: the kernel counts from 0
-    if out is not None and incoming is not None:
-        _check_outgoing_luo(c, out, incoming + 1)
-    return compatible, num, luo.sessions if luo is not None else None
-
-
-def _check_outgoing_luo(c: Collector, out: LuoState, expected: int) -> None:
-    if out.liveupdate_num != expected:
-        c.event(
-            "outgoing-luo-mismatch",
-            c.kho_path("out/" + LUO),
-            Severity.WARNING,
-            f"outgoing LUO liveupdate number is {out.liveupdate_num}, expected {expected}",
-            origin=EventSource.KHO,
-        )
 
 
 def _kind(

@@ -1,0 +1,107 @@
+"""The Live Update Orchestrator's state handed over (``kho/in/sub_fdts/LUO``): what was
+offered, and what this kernel took of it, held against the kernel's own ``luo:`` lines
+(``kernel/liveupdate/luo_core.c``; the layouts are ``khod.parse.luo``'s)."""
+
+from __future__ import annotations
+
+from khod.collect.collector import Collector
+from khod.errors import ParseError
+from khod.observation import EventSource, Severity
+from khod.parse.compat import same_abi
+from khod.parse.kmsg import KhoLog
+from khod.parse.luo import LuoState, UnknownLuoVersion, parse_luo
+from khod.sources.kho import KhoFiles
+
+LUO = "sub_fdts/LUO"
+MAX_STORED = (1 << 63) - 1  # a BIGINT column; the kernel's u64 counts live updates
+
+
+def _parse_luo(c: Collector, kf: KhoFiles, direction: str) -> tuple[str | None, LuoState | None]:
+    """The LUO subtree: (its compatible, the decoded state). An unknown version keeps
+    its compatible and an event; the blob itself is stored raw either way."""
+    name = f"{direction}/{LUO}"
+    data = kf.get(name)
+    if data is None:
+        return None, None
+    shown = c.kho_path(name)
+    try:
+        luo = parse_luo(data, shown)
+    except UnknownLuoVersion as e:
+        c.event("unknown-luo-version", shown, Severity.WARNING, str(e), origin=EventSource.KHO)
+        return e.compatible, None
+    except ParseError as e:
+        c.failed(e, origin=EventSource.KHO)
+        return None, None
+    for w in luo.warnings:
+        c.event("luo-warning", shown, Severity.WARNING, f"{shown}: {w}", origin=EventSource.KHO)
+    return luo.compatible, luo
+
+
+def collect_luo(
+    c: Collector, kf: KhoFiles, log: KhoLog | None
+) -> tuple[str | None, int | None, bool | None]:
+    """The incoming LUO state: its compatible (what was offered), and the number and
+    sessions this kernel took (None when it refused them: its log says so, or it writes
+    another compatible than it was handed, the whole string being what it compares).
+    The kernel's log line is held against the blob (one struct, two views), and the
+    outgoing number against the incoming one + 1."""
+    compatible, luo = _parse_luo(c, kf, "in")
+    out_compatible, out = _parse_luo(c, kf, "out")
+    errors = log.luo_errors if log is not None else ()
+    for err in errors:
+        c.event("kernel-luo-error", "kmsg", Severity.WARNING, err, origin=EventSource.KMSG)
+    refused = None
+    if compatible is not None:
+        if errors:
+            refused = f"the kernel said: {errors[-1]}"
+        elif out_compatible is not None and not same_abi(compatible, out_compatible):
+            refused = f"this kernel writes {out_compatible!r}"
+    if refused is not None:
+        c.event(
+            "luo-not-taken",
+            c.kho_path("in/" + LUO),
+            Severity.WARNING,
+            f"the incoming LUO state {compatible!r} was not taken ({refused}): no live "
+            "update number, no sessions, the count starts again",
+            origin=EventSource.KHO,
+        )
+        luo = None
+    logged = log.liveupdate_num if log is not None else None
+    if luo is not None and logged not in (None, luo.liveupdate_num):
+        c.event(
+            "luo-log-mismatch",
+            "kmsg",
+            Severity.WARNING,
+            f"the LUO subtree says liveupdate number {luo.liveupdate_num}, the kernel "
+            f"log says {logged}",
+            origin=EventSource.KMSG,
+        )
+    num = luo.liveupdate_num if luo is not None else None
+    if luo is None and refused is None:
+        num = logged  # the blob was not read or not decoded here: the kernel's word
+    incoming = num
+    if incoming is None and (refused is not None or kf.get("in/" + LUO) is None):
+        incoming = 0  # nothing taken: the kernel counts from 0
+    if out is not None and incoming is not None:
+        _check_outgoing_luo(c, out, incoming + 1)
+    if num is not None and num > MAX_STORED:
+        c.event(
+            "luo-number-out-of-range",
+            c.kho_path("in/" + LUO),
+            Severity.WARNING,
+            f"liveupdate number {num} is beyond what is stored; kept raw only",
+            origin=EventSource.KHO,
+        )
+        num = None
+    return compatible, num, luo.sessions if luo is not None else None
+
+
+def _check_outgoing_luo(c: Collector, out: LuoState, expected: int) -> None:
+    if out.liveupdate_num != expected:
+        c.event(
+            "outgoing-luo-mismatch",
+            c.kho_path("out/" + LUO),
+            Severity.WARNING,
+            f"outgoing LUO liveupdate number is {out.liveupdate_num}, expected {expected}",
+            origin=EventSource.KHO,
+        )
