@@ -431,3 +431,24 @@ def test_a_composite_luo_state_a_stock_kernel_refused_is_not_taken(
     assert "'luo-v5;block-v1' was not taken" in by_kind["luo-not-taken"]
     assert ("incompatible with 'luo-v5'" in by_kind["luo-not-taken"]) is logged
     assert "outgoing-luo-mismatch" not in by_kind  # 1: counted again from 0
+
+
+def test_luo_state_the_kernel_took_and_freed_is_the_kernels_word(
+    sysroot: SysrootFactory,
+) -> None:
+    """7.3.4 frees the incoming LUO state once read; debugfs shows the memory reused
+    (the e2e's every LUO boot: "LUO compatible is not ASCII"). The log line gives the
+    number, this kernel's own outgoing compatible the one it took; no error."""
+    reused = bytes(range(0x80, 0xA0))  # 32 bytes that are no luo_ser
+    root = luo_step(
+        sysroot,
+        reused,
+        luo_ser("luo-v5", 2),
+        b"luo: Retrieved live update data, liveupdate number: 1",
+    )
+    obs = collect(HostPaths(root))
+    assert (obs.luo_compatible, obs.liveupdate_num, obs.luo_sessions) == ("luo-v5", 1, None)
+    by_kind = {e.kind: e for e in obs.events}
+    assert by_kind["luo-state-freed"].severity == "info"
+    assert not [e for e in obs.events if e.severity == "error"], obs.events
+    assert "outgoing-luo-mismatch" not in by_kind  # 2 = 1 + 1

@@ -45,8 +45,24 @@ def collect_luo(
     another compatible than it was handed, the whole string being what it compares).
     The kernel's log line is held against the blob (one struct, two views), and the
     outgoing number against the incoming one + 1."""
-    compatible, luo = _parse_luo(c, kf, "in")
     out_compatible, out = _parse_luo(c, kf, "out")
+    logged = log.liveupdate_num if log is not None else None
+    if logged is not None and _freed(kf):
+        # the kernel took it (its log says so) and freed it: what debugfs shows is the
+        # memory reused. It took only its own compatible, which it writes out again.
+        c.event(
+            "luo-state-freed",
+            c.kho_path("in/" + LUO),
+            Severity.INFO,
+            f"{c.kho_path('in/' + LUO)} no longer holds the LUO state the kernel took "
+            "(it frees it once read, and debugfs shows that memory reused): the number "
+            "is the kernel's log line, the compatible its own, the sessions not told",
+            origin=EventSource.KHO,
+        )
+        if out is not None:
+            _check_outgoing_luo(c, out, logged + 1)
+        return out_compatible, _stored(c, logged), None
+    compatible, luo = _parse_luo(c, kf, "in")
     errors = log.luo_errors if log is not None else ()
     for err in errors:
         c.event("kernel-luo-error", "kmsg", Severity.WARNING, err, origin=EventSource.KMSG)
@@ -66,7 +82,6 @@ def collect_luo(
             origin=EventSource.KHO,
         )
         luo = None
-    logged = log.liveupdate_num if log is not None else None
     if luo is not None and logged not in (None, luo.liveupdate_num):
         c.event(
             "luo-log-mismatch",
@@ -84,6 +99,28 @@ def collect_luo(
         incoming = 0  # nothing taken: the kernel counts from 0
     if out is not None and incoming is not None:
         _check_outgoing_luo(c, out, incoming + 1)
+    return compatible, _stored(c, num), luo.sessions if luo is not None else None
+
+
+def _freed(kf: KhoFiles) -> bool:
+    """The incoming LUO blob is there and is not a LUO state. 7.3.4's
+    ``luo_early_startup`` (an early initcall) reads the state and hands its pages back
+    (``kho_restore_free``), while debugfs goes on showing that address: by the time
+    user space reads it, the memory holds whatever the kernel put there since (seen
+    on every LUO boot of the end-to-end suite)."""
+    data = kf.get("in/" + LUO)
+    if data is None:
+        return False
+    try:
+        parse_luo(data, "in/" + LUO)
+    except UnknownLuoVersion:  # a compatible, readable: a version khod does not know
+        return False
+    except ParseError:
+        return True
+    return False
+
+
+def _stored(c: Collector, num: int | None) -> int | None:
     if num is not None and num > MAX_STORED:
         c.event(
             "luo-number-out-of-range",
@@ -92,8 +129,8 @@ def collect_luo(
             f"liveupdate number {num} is beyond what is stored; kept raw only",
             origin=EventSource.KHO,
         )
-        num = None
-    return compatible, num, luo.sessions if luo is not None else None
+        return None
+    return num
 
 
 def _check_outgoing_luo(c: Collector, out: LuoState, expected: int) -> None:
