@@ -136,5 +136,10 @@ class HostPaths:
     def liveupdate(self) -> Path:
         return self._p("dev/liveupdate")
 
+    def boot_image(self, release: str) -> tuple[Path, Path]:
+        """Where a distribution installs the kernel of ``release``: Debian's
+        /boot/vmlinuz-RELEASE, kernel-install's /lib/modules/RELEASE/vmlinuz."""
+        return (self._p(f"boot/vmlinuz-{release}"), self._p(f"lib/modules/{release}/vmlinuz"))
+
     def boot_config(self, release: str) -> tuple[Path, Path]:
         return (self._p(f"boot/config-{release}"), self._p(f"lib/modules/{release}/config"))

@@ -943,3 +943,24 @@ def test_nothing_khod_runs_opens_dev_liveupdate(
     finally:
         _OPENED = None
     assert opened == []
+
+
+def test_the_running_kernels_abi_from_its_installed_image(
+    sysroot: SysrootFactory, tmp_path: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cold boot whose out/fdt debugfs cut short (the kernel sizes the blob at boot)
+    does not say its compatible: the release table knows only stock kernels, so the
+    kernel's own /boot/vmlinuz-RELEASE is read, as the e2e's composite kernel needed."""
+    root = sysroot("pstore/step0")  # a cold 7.3.4-khlab-a boot, out/fdt truncated
+    composite = "kho-v4;radix-v1;vmalloc-v1"
+    (root / "boot").mkdir(exist_ok=True)
+    (root / "boot/vmlinuz-7.3.4-khlab-a").write_bytes(bzimage("7.3.4-khlab-a", abi=composite))
+    stock, same = tmp_path / "stock", tmp_path / "same"
+    stock.write_bytes(bzimage("7.3.4-khlab-b"))
+    same.write_bytes(bzimage("7.3.4-khlab-b", abi=composite))
+    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(stock))
+    a = by_name(res)["abi"]
+    assert rc == 1 and not a["ok"] and a["severity"] == "error"
+    assert f"'{composite}' (/boot/vmlinuz-7.3.4-khlab-a)" in a["detail"], a
+    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(same))
+    assert rc == 0 and by_name(res)["abi"]["ok"], by_name(res)["abi"]

@@ -10,7 +10,7 @@ from khod.checks.base import ERROR, Check, fail, ok
 from khod.checks.host import check_kexec_tools, check_liveupdate, check_loaded, check_lockdown
 from khod.checks.placement import check_scratch
 from khod.checks.state import check_finalize, check_kho, check_metadata, check_out_fdt, running_abi
-from khod.checks.target import Target, check_target, inspect_target
+from khod.checks.target import Target, check_target, inspect_target, running_image_abi
 from khod.errors import ParseError, SourceError
 from khod.observation import BootObservation
 from khod.paths import HostPaths
@@ -27,6 +27,8 @@ def run_checks(
     when None (``--reuse-cmdline``)."""
     checks = check_kho(paths, obs)
     running, running_src = running_abi(obs)
+    if running_src == "release table":  # this kernel's own state did not say
+        running, running_src = running_image_abi(paths, obs.release) or (running, running_src)
     target: Target | None = None
     initrd_size: int | None = None
     if initrd is not None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from khod.checks.base import WARNING, Check, fail, ok
+from khod.errors import ParseError, SourceError
 from khod.parse import kimage
 from khod.parse.compat import same_abi, split_compat
 from khod.paths import HostPaths
@@ -53,6 +54,22 @@ def inspect_target(paths: HostPaths, image: Path) -> Target:
                 config, config_source = text.decode("utf-8", "replace"), paths.rel(p)
                 break
     return Target(image, len(data), img, release, abi, abi_source, config, config_source)
+
+
+def running_image_abi(paths: HostPaths, release: str) -> tuple[str, str] | None:
+    """The KHO ABI the running kernel's own installed image speaks (its embedded
+    KHO_FDT_COMPATIBLE), where the image is found and says: better than the release
+    table, which knows only stock kernels."""
+    for image in paths.boot_image(release):
+        if not image.is_file():
+            continue
+        try:
+            found = inspect_target(paths, image)
+        except (SourceError, ParseError):
+            continue
+        if found.abi_source == "image" and found.abi and found.release == release:
+            return found.abi, paths.rel(image)
+    return None
 
 
 def check_target(target: Target, running: str | None, running_src: str) -> list[Check]:
