@@ -5,7 +5,8 @@ Four runs cover the scenarios (the kernels are built once and cached, tests/vm/k
 - chain: cold A -> B -> A -> B with khoctl kexec (real kexec -s -l, kexec -e):
   1 cold boot, 2 the chain and its verdicts, 4 a pstore record across a kexec,
   6 the daemon's metrics;
-- refuse: KHO off: 3 khoctl check refuses, --force goes on (verdict cold-boot);
+- refuse: KHO off: 3 khoctl check refuses, --force goes on: the next boot was loaded
+  by kexec and handed nothing (kexec-no-handover, verdict landed-without-handover);
 - panic: 5 a panic, collected with reason Panic at the next boot (after the VM reset);
 - abi: 7 a kexec into a kernel of another KHO ABI: kexec-rejected, verdict abi-mismatch.
 
@@ -121,7 +122,9 @@ def assert_matches_kernel(r: harness.Run) -> None:
         rec = recs[b.boot_id]
         assert rec["release"] == b.release
         if b.exec_from is None:
-            assert rec["kexec_count"] == 0 and rec["previous_release"] is None
+            # the kernel named no previous kernel: only khod's own attempt record may
+            assert rec["kexec_count"] == 0
+            assert rec["previous_release"] is None or rec["metadata_source"] == "attempt"
         else:
             assert (rec["previous_release"], rec["kexec_count"]) == b.exec_from
             assert rec["kind"] == "kexec" and rec["metadata_source"] == "kho"
@@ -193,7 +196,15 @@ def test_3_check_refuses_without_kho_and_force_goes_on(refuse: harness.Run) -> N
     assert next(c for c in check["checks"] if c["name"] == "kho-enabled")["ok"] is False
     steps = boots_by_step(refuse)
     rec = harness.records(refuse)[steps["1"].boot_id]
-    assert (rec["kind"], rec["kexec_count"], rec.get("verdict")) == ("cold", 0, "cold-boot")
+    # KHO off: nothing handed over, but the kernel was loaded by kexec (0xD0), not cold
+    assert (rec["kind"], rec["kexec_count"], rec.get("verdict"), rec["bootloader_type"]) == (
+        "kexec-no-handover",
+        0,
+        "landed-without-handover",
+        0xD0,
+    ), rec
+    assert (rec["previous_release"], rec["metadata_source"]) == (steps["0"].release, "attempt")
+    assert harness.records(refuse)[steps["0"].boot_id]["bootloader_type"] == 0xB0  # QEMU
     assert_matches_kernel(refuse)
 
 
