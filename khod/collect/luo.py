@@ -43,11 +43,13 @@ def collect_luo(
     """The incoming LUO state: its compatible (what was offered), and the number and
     sessions this kernel took (None when it refused them: its log says so, or it writes
     another compatible than it was handed, the whole string being what it compares).
-    The kernel's log line is held against the blob (one struct, two views), and the
-    outgoing number against the incoming one + 1."""
+    Where the kernel's log says it took the state, the blob must be that state (its
+    number, this kernel's own compatible); else it is memory reused since (``_freed``).
+    The outgoing number is held against the incoming one + 1."""
     out_compatible, out = _parse_luo(c, kf, "out")
     logged = log.liveupdate_num if log is not None else None
-    if logged is not None and _freed(kf):
+    seen = _freed(kf, out_compatible, logged)
+    if logged is not None and seen is not None:
         # the kernel took it (its log says so) and freed it: what debugfs shows is the
         # memory reused. It took only its own compatible, which it writes out again.
         c.event(
@@ -55,8 +57,8 @@ def collect_luo(
             c.kho_path("in/" + LUO),
             Severity.INFO,
             f"{c.kho_path('in/' + LUO)} no longer holds the LUO state the kernel took "
-            "(it frees it once read, and debugfs shows that memory reused): the number "
-            "is the kernel's log line, the compatible its own, the sessions not told",
+            f"(it frees it once read; debugfs shows that memory reused: {seen}): the "
+            "number is the kernel's log line, the compatible its own, the sessions not told",
             origin=EventSource.KHO,
         )
         if out is not None:
@@ -82,15 +84,6 @@ def collect_luo(
             origin=EventSource.KHO,
         )
         luo = None
-    if luo is not None and logged not in (None, luo.liveupdate_num):
-        c.event(
-            "luo-log-mismatch",
-            "kmsg",
-            Severity.WARNING,
-            f"the LUO subtree says liveupdate number {luo.liveupdate_num}, the kernel "
-            f"log says {logged}",
-            origin=EventSource.KMSG,
-        )
     num = luo.liveupdate_num if luo is not None else None
     if luo is None and refused is None:
         num = logged  # the blob was not read or not decoded here: the kernel's word
@@ -102,22 +95,28 @@ def collect_luo(
     return compatible, _stored(c, num), luo.sessions if luo is not None else None
 
 
-def _freed(kf: KhoFiles) -> bool:
-    """The incoming LUO blob is there and is not a LUO state. 7.3.4's
-    ``luo_early_startup`` (an early initcall) reads the state and hands its pages back
-    (``kho_restore_free``), while debugfs goes on showing that address: by the time
-    user space reads it, the memory holds whatever the kernel put there since (seen
-    on every LUO boot of the end-to-end suite)."""
+def _freed(kf: KhoFiles, own: str | None, logged: int | None) -> str | None:
+    """What the incoming LUO blob holds instead of the state the kernel logged it took
+    (number ``logged``; its compatible can only be the kernel's own, ``own``), or None
+    when it is that state (or nothing says otherwise). 7.3.4's ``luo_early_startup``, an
+    early initcall, reads the state and hands its pages back (``kho_restore_free``)
+    while debugfs goes on showing that address: on the e2e's LUO boots it held other
+    bytes, zeros, or a string the system wrote there since
+    ("systemd-udev-trigger.service")."""
     data = kf.get("in/" + LUO)
-    if data is None:
-        return False
+    if data is None or logged is None:
+        return None
     try:
-        parse_luo(data, "in/" + LUO)
-    except UnknownLuoVersion:  # a compatible, readable: a version khod does not know
-        return False
-    except ParseError:
-        return True
-    return False
+        luo = parse_luo(data, "in/" + LUO)
+    except UnknownLuoVersion as e:
+        return f"compatible {e.compatible!r}"
+    except ParseError as e:
+        return e.why
+    if own is not None and not same_abi(luo.compatible, own):
+        return f"compatible {luo.compatible!r}"
+    if luo.liveupdate_num != logged:
+        return f"liveupdate number {luo.liveupdate_num}"
+    return None
 
 
 def _stored(c: Collector, num: int | None) -> int | None:
