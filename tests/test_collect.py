@@ -436,12 +436,15 @@ def test_a_composite_luo_state_a_stock_kernel_refused_is_not_taken(
     assert "outgoing-luo-mismatch" not in by_kind  # 1: counted again from 0
 
 
-# kho/in/sub_fdts/LUO as 7.3.4 showed it after boot, in the e2e's `luo` run (boots 1 and
-# 2 of tests/vm/test_kernels_ahead.py, 2026-12-04): the page, handed back by the kernel
-# once read, already reused; and zeroed
+# kho/in/sub_fdts/LUO as 7.3.4 showed it after boot, in the e2e's `luo` runs (boots 1
+# and 2 of tests/vm/test_kernels_ahead.py, two runs on 2026-12-04): the page, handed
+# back by the kernel once read, already reused by other data, zeroed, holding a string
+# the system wrote there since, and the start of an ELF file
 FREED_LUO = {
     "reused": bytes.fromhex("90ED000012000D00F0861F000000000038010000000000002C05000012000D00"),
     "zeroed": bytes(32),
+    "string": bytes.fromhex("73797374656D642D756465762D747269676765722E7365727669636500000000"),
+    "elf": bytes.fromhex("7F454C4602010100000000000000000003003E00010000000000000000000000"),
 }
 
 
