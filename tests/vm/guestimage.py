@@ -252,9 +252,9 @@ def run(
     (root / "boot/khod-e2e").mkdir(parents=True)
     for k in KERNELS:
         shutil.copy(kernel_dir / f"bzImage-{k}", root / f"boot/khod-e2e/bzImage-{k}")
-        # installed as a distribution installs a kernel: /boot/vmlinuz-RELEASE
-        release = (kernel_dir / f"release-{k}").read_text().strip()
-        (root / f"boot/vmlinuz-{release}").symlink_to(f"khod-e2e/bzImage-{k}")
+        if not own_kernel:  # installed as a distribution installs a kernel
+            release = (kernel_dir / f"release-{k}").read_text().strip()
+            (root / f"boot/vmlinuz-{release}").symlink_to(f"khod-e2e/bzImage-{k}")
     nic = ["-nic", "none"]
     if forward is not None:
         (root / "etc/systemd/network/50-khod-e2e.network").write_text(NETWORK)

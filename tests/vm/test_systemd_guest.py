@@ -353,8 +353,12 @@ def chain(
 ) -> tuple[Run, Fleet]:
     tar, kernels = image
     fleet = Fleet(tmp_path_factory.mktemp("fleet"), pg_server)
+    # the suite's plaintext PostgreSQL: the operator's explicit opt-out of verified TLS
+    # (a remote URL is verify-full otherwise); tests/test_fleet_trust.py runs the
+    # trusted path, per-host roles over TLS
     remote = (
-        f'[daemon]\nlisten = "0.0.0.0:9733"\n\n[sync]\nto = "{fleet.guest_url}"\ninterval = "10s"\n'
+        f'[daemon]\nlisten = "0.0.0.0:9733"\n\n[sync]\nto = "{fleet.guest_url}"\n'
+        'interval = "10s"\nsslmode = "disable"\n'
     )
     with process(fleet.prom_argv, fleet.tmp / "prometheus.log"):
         r = guestimage.run(
@@ -491,6 +495,15 @@ def test_the_chain_reaches_the_fleet_database_and_its_report(chain: tuple[Run, F
     report = {(t["previous_release"], t["release"]): t for t in final["report"]}
     assert (report[(a, b_)]["boots"], report[(a, b_)]["crashes"]) == (2, 1), report
     assert (report[(b_, a)]["boots"], report[(b_, a)]["crashes"]) == (1, 0), report
+    # the real attempts (khoctl kexec twice, the hook once) and their verdicts, and the
+    # kernels' own warnings counted at every boot, reached the fleet and its report
+    assert [(report[t]["attempts"], report[t]["landed"]) for t in ((a, b_), (b_, a))] == [
+        (2, 2),
+        (1, 1),
+    ], report
+    assert all(report[t]["logged_boots"] == report[t]["boots"] for t in ((a, b_), (b_, a)))
+    # three boots are too few to say a transition is worse than its baseline
+    assert {report[t]["verdict"] for t in ((a, b_), (b_, a))} == {"no evidence"}, report
 
 
 # --- khod owns pstore (khod-pstore.service), systemd-pstore masked ---------------------
