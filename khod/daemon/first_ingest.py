@@ -102,8 +102,10 @@ class FirstIngest:
         return os.waitstatus_to_exitcode(status)
 
     def kill(self) -> None:
+        for pid in (self.collector, self.pid):  # a collector stuck on a read goes too
+            if pid:
+                os.kill(pid, signal.SIGKILL)
         if self.pid:
-            os.kill(self.pid, signal.SIGKILL)
             self.wait()
 
     def abandon(self) -> None:
