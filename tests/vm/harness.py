@@ -337,14 +337,14 @@ def table(r: Run) -> str:
         f"== {r.name}: {len(r.boots)} boots in {r.seconds:.0f}s (qemu rc {r.rc})"
         + (f"; a first attempt stalled ({r.stalled_before})" if r.stalled_before else ""),
         f"{'step':<6} {'boot':<8} {'release':<20} {'kernel: KHO: exec from':<32} "
-        f"{'khod: kind':<15} {'previous_release':<20} {'count':<5} verdict",
+        f"{'khod: kind':<17} {'previous_release':<20} {'count':<5} verdict",
     ]
     for b in r.boots:
         rec = recs.get(b.boot_id, {})
         said = f"{b.exec_from[0]} (count {b.exec_from[1]})" if b.exec_from else "-"
         lines.append(
             f"{b.step:<6} {b.boot_id[:8]:<8} {b.release:<20} {said:<32} "
-            f"{rec.get('kind', 'NOT RECORDED'):<15} "
+            f"{rec.get('kind', 'NOT RECORDED'):<17} "
             f"{rec.get('previous_release') or '-':<20} "
             f"{rec.get('kexec_count', '-')!s:<5} {rec.get('verdict') or '-'}"
         )

@@ -59,8 +59,8 @@ def table(r: Run) -> str:
     recs = records(r.db)
     lines = [
         f"== {r.summary()}",
-        f"{'n':<2} {'release':<16} {'kernel: KHO: exec from':<30} {'khod: kind':<11} "
-        f"{'previous':<16} {'count':<5} {'verdict':<8} {'gens':>6} {'sysinit':>8} {'khod up':>8}",
+        f"{'n':<2} {'release':<16} {'kernel: KHO: exec from':<30} {'khod: kind':<17} "
+        f"{'previous':<16} {'count':<5} {'verdict':<23} {'gens':>6} {'sysinit':>8} {'khod up':>8}",
     ]
     for b in r.boots:
         rec = recs.get(b.boot_id, {})
@@ -69,8 +69,8 @@ def table(r: Run) -> str:
         lines.append(
             f"{b.n:<2} {b.out('release').strip():<16} "
             f"{f'{said[0]} (count {said[1]})' if said else '-':<30} "
-            f"{rec.get('kind', 'NOT RECORDED'):<11} {rec.get('previous_release') or '-':<16} "
-            f"{rec.get('kexec_count', '-')!s:<5} {rec.get('verdict') or '-':<8} "
+            f"{rec.get('kind', 'NOT RECORDED'):<17} {rec.get('previous_release') or '-':<16} "
+            f"{rec.get('kexec_count', '-')!s:<5} {rec.get('verdict') or '-':<23} "
             f"{b.generators():>5.1f}s {b.reached('sysinit.target'):>7.1f}s "
             f"{f'{ready:.1f}s' if ready else '-':>8}"
         )
