@@ -4,45 +4,75 @@
 PYTHON   ?= python3
 VENV     ?= .venv
 BIN      := $(VENV)/bin
-STAMP    := $(VENV)/.khod-installed
-# Debian packages: build deps of systemd-python (libsystemd-dev, pkg-config) and
-# pylibfdt (swig), a compiler and headers; for the tests: dtc (a second FDT decoder),
-# systemd (systemd-analyze, journalctl), prometheus (promtool and the server the
-# tests start) with prometheus-node-exporter (serves the fleet report to it),
-# util-linux (setpriv, unshare), postgresql (the server the store tests start),
-# debootstrap (the Debian 13 chroots the package is built and installed in), rpm,
-# openssl (khoctl fleet enroll; the fleet trust tests' CA and certificates).
-DEB_PKGS ?= gcc python3-dev python3-venv pkg-config libsystemd-dev swig device-tree-compiler \
+RUN_STAMP  := $(VENV)/.khod-run-installed
+TEST_STAMP := $(VENV)/.khod-test-installed
+# What khod itself needs on the host it records (`make run`): a compiler, the Python
+# headers, pkg-config and libsystemd-dev to build systemd-python, swig to build pylibfdt.
+# No server: nothing here ships a service that Debian would enable and start
+# (tests/test_makefile.py holds the list, and its dependencies, to that).
+RUN_PKGS ?= gcc python3-dev python3-venv pkg-config libsystemd-dev swig
+# What the tests need on top (`make test`): dtc (a second FDT decoder), systemd
+# (systemd-analyze, journalctl), prometheus (promtool and the server the tests start)
+# with prometheus-node-exporter (serves the fleet report to it), util-linux (setpriv,
+# unshare), postgresql (the server the store tests start), debootstrap (the Debian 13
+# chroots the package is built and installed in), rpm, openssl (khoctl fleet enroll;
+# the fleet trust tests' CA and certificates), QEMU, kexec-tools, busybox and a kernel
+# build toolchain (the VM stage).
+TEST_PKGS ?= device-tree-compiler \
             systemd prometheus prometheus-node-exporter util-linux postgresql \
             debootstrap rpm e2fsprogs openssl \
             qemu-system-x86 kexec-tools busybox-static cpio \
             make flex bison bc libelf-dev libssl-dev xz-utils dpkg-dev
 
-.PHONY: all deps sysdeps run test test-fast check lint typecheck pytest package-test bench bench-fleet bench-boot clean
+.PHONY: all deps run-deps sysdeps run-sysdeps print-run-packages print-test-packages \
+        run test test-fast check lint typecheck pytest package-test bench bench-fleet \
+        bench-boot clean
 
 all: test
 
-sysdeps:
-	@missing=""; for p in $(DEB_PKGS); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
-	fi
+# apt-get install of the packages in $(PKGS) that are not installed yet
+define install_debs
+@missing=""; for p in $(1); do \
+  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+done; \
+if [ -n "$$missing" ]; then \
+  echo "installing Debian packages:$$missing"; \
+  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+  $$SUDO apt-get update -q && \
+  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+fi
+endef
 
-$(STAMP): pyproject.toml | sysdeps
+run-sysdeps:
+	$(call install_debs,$(RUN_PKGS))
+
+sysdeps:
+	$(call install_debs,$(RUN_PKGS) $(TEST_PKGS))
+
+print-run-packages:
+	@echo $(RUN_PKGS)
+
+print-test-packages:
+	@echo $(RUN_PKGS) $(TEST_PKGS)
+
+$(RUN_STAMP): pyproject.toml | run-sysdeps
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[postgres]'
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | sysdeps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,postgres]'
-	touch $@
+	touch $@ $(RUN_STAMP)
 
-deps: sysdeps $(STAMP)
+run-deps: run-sysdeps $(RUN_STAMP)
+
+deps: sysdeps $(TEST_STAMP)
 
 # khod's main job on this host: record this boot in the embedded SQLite default.
-run: deps
+run: run-deps
 	$(BIN)/khod --once $(ARGS)
 	$(BIN)/khoctl status
 
