@@ -473,6 +473,32 @@ def test_attempt_verdicts_follow_the_attempt_to_the_fleet(
     assert FIXTURES.exists()
 
 
+def test_syncs_with_nothing_new_lose_no_attempt(
+    sysroot: SysrootFactory, sqlite_url: str, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Syncing again and again with nothing new moves no watermark: the attempt
+    recorded after them still reaches the fleet, and so does every row."""
+    roots = [sysroot(step) for step in CHAIN]
+
+    def sync3() -> None:
+        for _ in range(3):
+            assert ctl(capsys, "sync", "--db", sqlite_url, "--to", db_url)[0] == 0
+
+    for i, root in enumerate(roots):
+        argv = ["--sysroot", str(root), "--db", sqlite_url]
+        assert run_main("khod", khod_main.main, ["--once", *argv]) == 0
+        sync3()
+        if i < len(roots) - 1:
+            assert ctl(capsys, "record-kexec", *argv)[0] == 0
+            sync3()
+    assert ctl(capsys, "record-kexec", "--sysroot", str(roots[-1]), "--db", sqlite_url)[0] == 0
+    rc, out, _ = ctl(capsys, "sync", "--db", sqlite_url, "--to", db_url, "--json")
+    assert rc == 0 and json.loads(out)["new"].get("attempt") == 1, out
+    assert table_counts(db_url) == table_counts(sqlite_url)
+    assert table_counts(db_url)["attempt"] == 4
+    assert content(db_url) == content(sqlite_url)
+
+
 def _metric(text: str, name: str) -> float | None:
     """The sample of ``name`` (``name{labels}``: every series summed), None without one."""
     values = [
