@@ -473,6 +473,101 @@ def test_attempt_verdicts_follow_the_attempt_to_the_fleet(
     assert FIXTURES.exists()
 
 
+def test_syncs_with_nothing_new_lose_no_attempt(
+    sysroot: SysrootFactory, sqlite_url: str, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Syncing again and again with nothing new moves no watermark: the attempt
+    recorded after them still reaches the fleet, and so does every row."""
+    roots = [sysroot(step) for step in CHAIN]
+
+    def sync3() -> None:
+        for _ in range(3):
+            assert ctl(capsys, "sync", "--db", sqlite_url, "--to", db_url)[0] == 0
+
+    for i, root in enumerate(roots):
+        argv = ["--sysroot", str(root), "--db", sqlite_url]
+        assert run_main("khod", khod_main.main, ["--once", *argv]) == 0
+        sync3()
+        if i < len(roots) - 1:
+            assert ctl(capsys, "record-kexec", *argv)[0] == 0
+            sync3()
+    assert ctl(capsys, "record-kexec", "--sysroot", str(roots[-1]), "--db", sqlite_url)[0] == 0
+    rc, out, _ = ctl(capsys, "sync", "--db", sqlite_url, "--to", db_url, "--json")
+    assert rc == 0 and json.loads(out)["new"].get("attempt") == 1, out
+    assert table_counts(db_url) == table_counts(sqlite_url)
+    assert table_counts(db_url)["attempt"] == 4
+    assert content(db_url) == content(sqlite_url)
+
+
+def kernel_sized(sysroot: SysrootFactory) -> Path:
+    """pstore-kho/step1 as a kernel may show it: kexec_count 2**31 (a u32) in the
+    metadata, a dmesg record counted Oops#3000000000 (10 digits)."""
+    from tests import variants
+
+    root = sysroot("pstore-kho/step1")
+    meta = "sys/kernel/debug/kho/in/sub_fdts/kexec-metadata"
+    real = (root / meta).read_bytes()
+    variants.replace(root, meta, real[:69] + (2**31).to_bytes(4, "little") + real[73:])
+    rec = "sys/fs/pstore/dmesg-kho-0"
+    data = (root / rec).read_bytes()
+    assert data.startswith(b"Shutdown#1 Part1\n")
+    variants.replace(root, rec, b"Oops#3000000000 Part1\n" + data.split(b"\n", 1)[1])
+    return root
+
+
+def kernel_sized_values(url: str) -> tuple[list[Any], list[Any]]:
+    store = open_store(url)
+    with store.engine.connect() as conn:
+        counts = sorted(conn.execute(select(boots.c.kexec_count)).scalars(), key=str)
+        oops = conn.execute(
+            select(pstore_records.c.count).where(pstore_records.c.reason == "Oops")
+        ).scalars()
+        out = (counts, list(oops))
+    store.dispose()
+    return out
+
+
+def test_values_the_kernel_allows_fit_every_store(
+    sysroot: SysrootFactory,
+    sqlite_url: str,
+    db_url: str,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A u32 kexec_count past 2**31 and a 10-digit pstore count: khod --once records
+    them, export and import carry them, sync sends them and the boots after them."""
+    pg = db_url.startswith("postgresql")
+
+    def fresh(name: str) -> str:
+        if pg:
+            server: pgserver.PostgresServer = request.getfixturevalue("pg_server")
+            return server.url(server.create_database())
+        return f"sqlite:///{tmp_path / name / 'khod.db'}"
+
+    root = kernel_sized(sysroot)
+    for url in (sqlite_url, db_url):
+        argv = ["--once", "--sysroot", str(root), "--db", url]
+        rc = run_main("khod", khod_main.main, argv)
+        assert rc == 0, capsys.readouterr().err
+        assert kernel_sized_values(url) == ([2**31], [3000000000])
+    dump = tmp_path / "host.jsonl"
+    assert ctl(capsys, "export", "--db", sqlite_url, "-o", str(dump))[0] == 0
+    imported = fresh("imported")
+    rc, out, err = ctl(capsys, "import", str(dump), "--db", imported, "--json")
+    assert rc == 0, err
+    assert json.loads(out)["new"]["boot"] == 1, out
+    assert content(imported) == content(sqlite_url)
+    fleet = fresh("fleet")
+    rc, out, err = ctl(capsys, "sync", "--db", sqlite_url, "--to", fleet, "--json")
+    assert rc == 0, err
+    host_store(sysroot, sqlite_url, ["pstore-kho/step2"])
+    rc, out, err = ctl(capsys, "sync", "--db", sqlite_url, "--to", fleet, "--json")
+    assert rc == 0 and json.loads(out)["new"]["boot"] == 1, out + err
+    assert content(fleet) == content(sqlite_url)
+    assert kernel_sized_values(fleet)[1] == [3000000000]
+
+
 def _metric(text: str, name: str) -> float | None:
     """The sample of ``name`` (``name{labels}``: every series summed), None without one."""
     values = [

@@ -234,3 +234,45 @@ def test_a_clock_years_behind_ages_against_the_newest_record(
     pks.append(boot(6, T0 + 5 * DAY))
     assert by_age(db_url, machine, pks[-1], now=T0 + 5 * DAY + 60) == 2  # boots 1 and 2
     assert remaining(db_url) == ["06", "04", "03", "05"]
+
+
+def attempt_totals(db_url: str, root: Path) -> dict[str, float]:
+    """khod_kexec_attempts_total as the daemon serves it for the boot at ``root``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from khod.daemon.metrics import SnapshotCollector, exposition, make_registry
+    from khod.ingest.snapshot import compute_snapshot
+
+    machine = (root / "etc/machine-id").read_text().strip()
+    boot_id = (root / "proc/sys/kernel/random/boot_id").read_text().strip()
+    store = open_store(db_url)
+    snap = compute_snapshot(store, machine, boot_id, ingested_at=0.0, duration=0.0)
+    store.dispose()
+    c = SnapshotCollector()
+    c.set(snap)
+    text = exposition(make_registry(c)).decode()
+    (fam,) = [f for f in text_string_to_metric_families(text) if f.name == "khod_kexec_attempts"]
+    return {s.labels["verdict"]: s.value for s in fam.samples if s.name.endswith("_total")}
+
+
+def test_retention_takes_nothing_from_the_attempts_counter(
+    sysroot: SysrootFactory, db_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A counter never goes down: deleting old attempts with their boots leaves
+    khod_kexec_attempts_total where it was (Prometheus would read a reset, and
+    KhodKexecNotLanding fire on it)."""
+    from khod.cli import khod_main
+
+    roots = [sysroot(f"pstore-kho/step{i}") for i in range(4)]
+    for i, root in enumerate(roots):
+        argv = ["--sysroot", str(root), "--db", db_url]
+        assert run_main("khod", khod_main.main, ["--once", *argv]) == 0
+        if i < len(roots) - 1:
+            assert run_main("khoctl", khoctl.main, ["record-kexec", *argv]) == 0
+    before = attempt_totals(db_url, roots[-1])
+    assert before["landed"] == 3
+    argv = ["--once", "--max-boots", "2", "--sysroot", str(roots[-1]), "--db", db_url]
+    assert run_main("khod", khod_main.main, argv) == 0
+    assert "removed 2 old boots" in capsys.readouterr().err
+    after = attempt_totals(db_url, roots[-1])
+    assert after == before

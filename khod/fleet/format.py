@@ -79,6 +79,16 @@ def header(since: float | None = None) -> dict[str, Any]:
 Check = Callable[[Any], Any]
 
 
+def int_range(col: Any) -> tuple[int, int]:
+    """The values an integer column takes (from, up to but not including): the
+    kernel's type where the column names one (``info["range"]``), else the column's."""
+    if "range" in col.info:
+        low, high = col.info["range"]
+        return int(low), int(high)
+    limit = INT64 if isinstance(col.type, BigInteger) else INT32
+    return -limit, limit
+
+
 def _checker(col: Any, name: str) -> Check:
     t = col.type
 
@@ -93,7 +103,7 @@ def _checker(col: Any, name: str) -> Check:
             return v
 
     elif isinstance(t, Integer):  # BigInteger is an Integer
-        limit = INT64 if isinstance(t, BigInteger) else INT32
+        low, high = int_range(col)
 
         def check(v: Any) -> Any:
             # JSON has one number type: 3, 3.0 and 3e0 are the same integer
@@ -101,7 +111,7 @@ def _checker(col: Any, name: str) -> Check:
                 v = int(v)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise bad("expected an integer")
-            if not -limit <= v < limit:
+            if not low <= v < high:
                 raise bad("integer out of range")
             return v
 

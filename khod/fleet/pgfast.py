@@ -34,9 +34,9 @@ def _pred(col: Any, v: str) -> str:
     if isinstance(t, Boolean):
         return f"{typ} = 'boolean'"
     if isinstance(t, Integer):
-        lim = fmt.INT64 if isinstance(t, BigInteger) else fmt.INT32
+        low, high = fmt.int_range(col)
         return (
-            f"({typ} = 'number' AND {v}::numeric BETWEEN {-lim} AND {lim - 1} "
+            f"({typ} = 'number' AND {v}::numeric BETWEEN {low} AND {high - 1} "
             f"AND trunc({v}::numeric) = {v}::numeric)"
         )
     if isinstance(t, Float):

@@ -60,18 +60,24 @@ def sync(local: Store, target: Store, *, full: bool = False, name: str | None = 
         else:
             objs = iter_objects(local, kind, after_id=last, with_ids=True)
         open_min = None
+        sent = False
         for obj in objs:
             rid = obj.pop("_id")
             top = max(top, rid)
+            sent = True
             if kind == "attempt" and obj["verdict"] is None and open_min is None:
                 open_min = rid
             obj.pop("object")
             _, values = validate({"object": kind, **obj})
             importer.add(kind, values)
         importer.flush()
-        new_marks[kind] = (
-            open_min if open_min is not None else top + 1 if kind == "attempt" else top
-        )
+        if kind != "attempt":
+            new_marks[kind] = top
+        elif open_min is not None:
+            new_marks[kind] = open_min
+        else:
+            # past the newest attempt sent (all closed); with none sent, where it was
+            new_marks[kind] = top + 1 if sent else last
     _save_watermarks(local, name, new_marks)
     return SyncResult(name, importer.counts, new_marks)
 

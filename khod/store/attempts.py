@@ -15,7 +15,10 @@ from khod import records
 from khod.errors import StoreError
 from khod.observation import BootKind
 from khod.store.handle import Store, describe_db_error
-from khod.store.schema import boots, kexec_attempts
+from khod.store.schema import boots, counters, kexec_attempts
+
+# the counters row of khod_kexec_attempts_total (migration 0011 bumps it)
+ATTEMPTS_COUNTER = "kexec_attempts"
 
 ATTEMPT_SOURCE = "attempt"  # boots.metadata_source: from khod's attempt, not the kernel
 
@@ -147,12 +150,14 @@ def verdicts_by_boot(store: Store, boot_pks: Sequence[int]) -> dict[int, str]:
 
 
 def verdict_counts(conn: Connection, machine_id: str) -> dict[str, int]:
+    """Every verdict this machine's store has given or imported, ever: a running total
+    (``counters``, kept by the store's triggers) that retention does not lower."""
     return {
-        v: n
+        v: int(n)
         for v, n in conn.execute(
-            select(kexec_attempts.c.verdict, func.count())
-            .where(kexec_attempts.c.machine_id == machine_id, kexec_attempts.c.verdict.is_not(None))
-            .group_by(kexec_attempts.c.verdict)
+            select(counters.c.label, counters.c.value).where(
+                counters.c.machine_id == machine_id, counters.c.name == ATTEMPTS_COUNTER
+            )
         )
     }
 

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Dialect
 
 # The revision ``migrations/versions`` ends at; a test checks they agree. Knowing it
 # here lets start-up skip importing Alembic when the database is already current.
-HEAD_REVISION = "0010"
+HEAD_REVISION = "0011"
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -38,6 +38,16 @@ NAMING = {
 }
 
 metadata = MetaData(naming_convention=NAMING)
+
+# what a kernel u32 can hold, and a pstore dmesg header's 10 digits (Column.info: the
+# import checks values against it, khod.fleet.format.int_range)
+U32 = {"range": (0, 2**32)}
+DIGITS10 = {"range": (0, 10**10)}
+
+# A 64-bit integer: BIGINT on PostgreSQL, INTEGER on SQLite (already 64-bit there, and an
+# INTEGER PRIMARY KEY stays the rowid). Every row id a fleet fills is one (a fleet runs
+# past 2**31 rows), and every value whose kernel type is wider than an int32.
+Int64 = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class KText(TypeDecorator[str]):
@@ -61,14 +71,14 @@ class KText(TypeDecorator[str]):
 boots = Table(
     "boots",
     metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", Int64, primary_key=True),
     Column("machine_id", String(64), nullable=False, index=True),
     Column("boot_id", String(64), nullable=False),
     Column("booted_at", BigInteger),  # btime, seconds since the epoch
     # the order boots were recorded in on their machine (1, 2, ...; carried by exports):
     # a boot's predecessor is the one before it, whatever the wall clock said. NULL for
     # boots imported from exports that predate it: they order by id, before the others.
-    Column("seq", Integer),
+    Column("seq", Int64),
     Column("release", KText, nullable=False),
     Column("cmdline", KText, nullable=False),
     # kexec | kexec-rejected | kexec-no-handover | cold
@@ -79,12 +89,14 @@ boots = Table(
     Column("memory_map_handed", Boolean),
     Column("previous_release", KText),
     Column("previous_release_raw", LargeBinary),
-    Column("kexec_count", Integer),  # NULL: handover without metadata (pre-7.1, unreadable)
+    Column(
+        "kexec_count", Int64, info=U32
+    ),  # u32; NULL: handover without metadata (pre-7.1, unreadable)
     Column("metadata_source", String(8)),  # kho | kmsg | attempt
     Column("subtrees", JSON, nullable=False),  # [{"name", "size"}], incoming
     Column("out_subtrees", JSON, nullable=False),
     Column("out_release", KText),
-    Column("out_kexec_count", Integer),
+    Column("out_kexec_count", Int64, info=U32),  # u32
     Column("scratch", JSON, nullable=False),  # [[phys, len], ...]
     # the kernel's own warning lines in its log (NULL: not read, or stored before 0008)
     Column("warnings", Integer),
@@ -101,7 +113,7 @@ boots = Table(
 blobs = Table(
     "blobs",
     metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", Int64, primary_key=True),
     Column("boot_pk", ForeignKey("boots.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("direction", String(8), nullable=False),  # in | out
     Column("name", KText, nullable=False),  # fdt, sub_fdts/<name>, scratch_len, ...
@@ -115,7 +127,7 @@ blobs = Table(
 events = Table(
     "events",
     metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", Int64, primary_key=True),
     Column("boot_pk", ForeignKey("boots.id", ondelete="CASCADE"), index=True),
     Column("created_at", Float, nullable=False),
     Column("kind", String(64), nullable=False),
@@ -134,7 +146,7 @@ events = Table(
 pstore_records = Table(
     "pstore_records",
     metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", Int64, primary_key=True),
     Column("machine_id", String(64), nullable=False),
     Column("sha256", String(64), nullable=False),  # of the raw bytes
     # the boot whose ingest found it, and the boot it describes (the one before)
@@ -146,9 +158,10 @@ pstore_records = Table(
     Column("type", KText, nullable=False),
     Column("backend", KText, nullable=False),
     Column("record_id", BigInteger),  # EFI/ERST ids are 64-bit CPER record ids
-    Column("part", Integer),
+    # the dmesg header's Part<n> and <Reason>#<count>: up to 10 digits each
+    Column("part", Int64, info=DIGITS10),
     Column("reason", KText),
-    Column("count", Integer),
+    Column("count", Int64, info=DIGITS10),
     Column("record_time", Float),
     Column("compressed", Boolean, nullable=False),
     Column("inflate_status", String(16), nullable=False),
@@ -177,7 +190,7 @@ pstore_seen = Table(
 kexec_attempts = Table(
     "kexec_attempts",
     metadata,
-    Column("id", Integer, primary_key=True),
+    Column("id", Int64, primary_key=True),
     # the attempt's identity across stores (sync, export, import)
     Column("uid", String(36), nullable=False, unique=True),
     Column("machine_id", String(64), nullable=False, index=True),
@@ -193,7 +206,7 @@ kexec_attempts = Table(
     Column("forced", Boolean, nullable=False),
     Column("argv", JSON, nullable=False),  # every command run, as argv lists
     Column("expected_previous_release", KText, nullable=False),
-    Column("expected_kexec_count", Integer, nullable=False),
+    Column("expected_kexec_count", Int64, nullable=False),
     # khod.records.Verdict; NULL while open
     Column("verdict", String(32)),
     Column("verdict_boot", ForeignKey("boots.id", ondelete="SET NULL"), index=True),
@@ -207,7 +220,7 @@ sync_state = Table(
     metadata,
     Column("target", Text, primary_key=True),
     Column("kind", String(16), primary_key=True),
-    Column("last_id", Integer, nullable=False),
+    Column("last_id", Int64, nullable=False),
     Column("synced_at", Float, nullable=False),
 )
 
@@ -221,6 +234,18 @@ fleet_limits = Table(
     Column("max_push_rows", BigInteger, nullable=False),  # rows one transaction inserts
     Column("max_host_rows", BigInteger, nullable=False),  # rows a host has inserted in all
     Column("max_host_bytes", BigInteger, nullable=False),  # ... and their bytes
+)
+
+# Running totals that only ever go up: retention deletes the rows, never these. One row
+# per machine, counter (``kexec_attempts``: khod_kexec_attempts_total) and label (the
+# verdict). Bumped by triggers of migration 0011 in the transaction that writes the row.
+counters = Table(
+    "counters",
+    metadata,
+    Column("machine_id", String(64), primary_key=True),
+    Column("name", String(32), primary_key=True),
+    Column("label", String(32), primary_key=True),
+    Column("value", BigInteger, nullable=False),
 )
 
 # What each host has pushed (PostgreSQL; written by the triggers only, never by a host).
