@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from khod.cli.common import print_json, print_text
+from khod.cli.common import fraction, print_json, print_text, whole_number
 from khod.errors import KhodError
 
 Cmd = Callable[[str, str], argparse.ArgumentParser]
@@ -42,7 +42,11 @@ def add_parsers(cmd: Cmd) -> None:
         "--include-cold", action="store_true", help="add each release's cold boots as a baseline"
     )
     c.add_argument(
-        "--min-boots", type=int, default=1, metavar="N", help="hide rows with fewer boots, attempts"
+        "--min-boots",
+        type=whole_number(),
+        default=1,
+        metavar="N",
+        help="hide rows with fewer boots, attempts",
     )
     c.add_argument(
         "--textfile",
@@ -51,14 +55,14 @@ def add_parsers(cmd: Cmd) -> None:
     )
     c.add_argument(
         "--bad-rate",
-        type=float,
+        type=fraction(),
         default=0.05,
         metavar="R",
         help="mark a transition bad at this crash rate (default 0.05), in --textfile",
     )
     c.add_argument(
         "--bad-min-boots",
-        type=int,
+        type=whole_number(),
         default=20,
         metavar="N",
         help="... once it has at least N boots (default 20)",
@@ -66,7 +70,7 @@ def add_parsers(cmd: Cmd) -> None:
     # the defaults of khod.fleet.stats.Thresholds (not imported here: start-up time)
     c.add_argument(
         "--alpha",
-        type=float,
+        type=fraction(open_low=True, open_high=True),
         default=0.01,
         metavar="P",
         help="a verdict of worse or better needs Fisher's exact test against the release's "
@@ -74,7 +78,7 @@ def add_parsers(cmd: Cmd) -> None:
     )
     c.add_argument(
         "--min-evidence",
-        type=int,
+        type=whole_number(),
         default=20,
         metavar="N",
         help="... and at least N boots (attempts) in the transition and in its baseline "

@@ -8,7 +8,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from khod import __version__
-from khod.cli.common import add_common, host_paths, print_json, print_text, run_main
+from khod.cli.common import (
+    add_common,
+    host_paths,
+    print_json,
+    print_text,
+    run_main,
+    whole_number,
+)
 from khod.errors import KhodError
 from khod.sources.identity import this_boot, this_machine
 
@@ -40,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
             "--machine", metavar="ID", help="machine id (default: this host's; see --all)"
         )
         if name == "history":
-            c.add_argument("--limit", type=int, metavar="N")
+            c.add_argument("--limit", type=whole_number(), metavar="N")
             c.add_argument("--all", action="store_true", help="boots of every machine")
         else:
             c.add_argument(
@@ -290,6 +297,9 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run() -> None:
+    from khod.oneline import guard_stdout  # noqa: PLC0415
+
+    guard_stdout()
     sys.exit(run_main("khoctl", main, sys.argv[1:]))
 
 
