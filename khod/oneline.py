@@ -30,6 +30,16 @@ def escape_controls(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+_JSON_C1 = re.compile(r"[\x7f-\x9f]")
+
+
+def escape_json_controls(text: str) -> str:
+    """JSON text (``ensure_ascii=False``) with DEL and the C1 controls escaped as
+    ``\\u0080`` too: JSON escapes only C0, and a terminal obeys C1 (U+009B is a CSI).
+    They occur only inside strings, so the JSON decodes to the same values."""
+    return _JSON_C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def print_text(text: str, file: TextIO | None = None) -> None:
     """Print text for a person: control characters escaped when ``file`` (stdout by
     default) is a terminal, exact otherwise (a pipe, a file)."""

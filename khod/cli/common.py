@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from khod.errors import KhodError
-from khod.oneline import print_text, run_main
+from khod.oneline import escape_json_controls, print_text, run_main
 from khod.paths import HostPaths
 
 __all__ = [
@@ -105,5 +105,7 @@ def host_paths(args: argparse.Namespace) -> HostPaths:
 
 
 def print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, sort_keys=False, ensure_ascii=False)
-    sys.stdout.write("\n")
+    """JSON as it is meant to be read (UTF-8, not \\u-escaped) but for the controls a
+    terminal would obey (C1, DEL): escaped always, on a terminal or not."""
+    text = json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False)
+    sys.stdout.write(escape_json_controls(text) + "\n")
