@@ -89,7 +89,8 @@ def add_common(p: argparse.ArgumentParser, *, command: bool = False) -> None:
         "--db",
         metavar="URL",
         default=default(None),
-        help="SQLAlchemy database URL (default: $KHOD_DB, else SQLite at "
+        help="SQLAlchemy database URL (default: [store] db of the configuration, else "
+        "$KHOD_DB, else SQLite at "
         "/var/lib/khod/khod.db for root, $XDG_STATE_HOME/khod/khod.db otherwise)",
     )
     p.add_argument(

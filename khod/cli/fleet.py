@@ -31,7 +31,6 @@ def add_parsers(cmd: Cmd) -> None:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c = cmd("sync", "push the rows the fleet database has not had yet (store-and-forward)")
     c.add_argument("--to", metavar="URL", help="the fleet database (default: sync.to in config)")
-    c.add_argument("--config", type=Path, metavar="PATH", help="default /etc/khod/khod.toml")
     c.add_argument("--full", action="store_true", help="send everything again (it is deduped)")
     c.add_argument("--json", action="store_true")
     c = cmd("report", "fleet reports")
