@@ -201,6 +201,7 @@ def job(args: Any, cfg: Any, paths: Any, obs: Any = None) -> Any:
         snapshot=args.snapshot,
         journal=args.journal,
         store_checked=args.store_checked,
+        textfile=cfg.textfile if args.once else "",  # the daemon writes its own
     )
 
 
