@@ -124,8 +124,8 @@ def _str(v: object, key: str) -> str:
 
 
 def _count(v: object, key: str) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise ConfigError(f"{key}: expected a whole number >= 0, got {v!r}")
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 1 << 63:
+        raise ConfigError(f"{key}: expected a whole number from 0 to {(1 << 63) - 1}, got {v!r}")
     return v
 
 

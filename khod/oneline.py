@@ -4,13 +4,18 @@ children): an error is one line on stderr and an exit status, a traceback only w
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import re
 import select
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer as Buffer
 
 from khod.errors import KhodError
 
@@ -25,11 +30,85 @@ def escape_controls(text: str) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
+_JSON_C1 = re.compile(r"[\x7f-\x9f]")
+
+
+def escape_json_controls(text: str) -> str:
+    """JSON text (``ensure_ascii=False``) with DEL and the C1 controls escaped as
+    ``\\u0080`` too: JSON escapes only C0, and a terminal obeys C1 (U+009B is a CSI).
+    They occur only inside strings, so the JSON decodes to the same values."""
+    return _JSON_C1.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def print_text(text: str, file: TextIO | None = None) -> None:
     """Print text for a person: control characters escaped when ``file`` (stdout by
     default) is a terminal, exact otherwise (a pipe, a file)."""
     out = sys.stdout if file is None else file
     print(escape_controls(text) if out.isatty() else text, file=out)
+
+
+class OutputError(KhodError):
+    """stdout cannot be written: closed (``>&-``), or a full disk (``>/dev/full``)."""
+
+
+class _Stdout(io.FileIO):
+    """fd 1, whose write errors (but a broken pipe: ``run_main`` tells a reader that
+    left from a real error) are ``OutputError``; ``failing``: the errno every write
+    fails with (stdout was closed: fd 1 holds /dev/null only so that no file the
+    command opens lands on it); not ``strict``: a failed write is dropped; ``quiet``:
+    every write is dropped (the error was said)."""
+
+    def __init__(self, failing: int | None, strict: bool) -> None:
+        super().__init__(1, "w", closefd=False)
+        self.failing = failing
+        self.strict = strict
+        self.quiet = False
+
+    def write(self, b: Buffer) -> int:
+        size = memoryview(b).nbytes
+        if self.quiet:
+            return size
+        try:
+            if self.failing is not None:
+                raise OSError(self.failing, os.strerror(self.failing))
+            return super().write(b) or 0
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            if not self.strict:
+                return size
+            raise OutputError(f"cannot write output: {e.strerror}") from None
+
+
+_GUARDED: _Stdout | None = None
+
+
+def guard_stdout(*, strict: bool = True) -> None:
+    """At an entry point, before anything is opened: stdout's write errors become one
+    line (``OutputError``) instead of a traceback. A closed fd 1 is held by /dev/null,
+    so that no database or file the command opens can become its stdout. ``strict``
+    False (the daemon, whose lines on stdout only inform): a write that fails is
+    dropped."""
+    global _GUARDED  # noqa: PLW0603  (one stdout per process)
+    failing = None
+    try:
+        os.fstat(1)
+    except OSError as e:
+        failing = e.errno or errno.EBADF
+        fd = os.open(os.devnull, os.O_WRONLY)
+        if fd != 1:
+            os.dup2(fd, 1)
+            os.close(fd)
+    old = sys.stdout
+    raw = _Stdout(failing, strict)
+    sys.stdout = io.TextIOWrapper(
+        io.BufferedWriter(raw),
+        encoding=getattr(old, "encoding", None) or "utf-8",
+        errors=getattr(old, "errors", None) or "strict",
+        line_buffering=raw.isatty(),
+        write_through=bool(getattr(old, "write_through", False)),
+    )
+    _GUARDED = raw
 
 
 STDOUT_CLOSED = 128 + 13  # the status of a program killed by SIGPIPE, as a shell shows it
@@ -48,6 +127,8 @@ def stdout_closed() -> bool:
 
 def _quiet_stdout() -> None:
     """Point stdout at /dev/null: the interpreter's last flush must not fail again."""
+    if _GUARDED is not None:
+        _GUARDED.quiet = True
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, sys.stdout.fileno())
@@ -85,6 +166,8 @@ def run_main(
     except KhodError as e:
         if debug:
             traceback.print_exc()
+        if isinstance(e, OutputError):
+            _quiet_stdout()  # the interpreter's last flush must not fail again
         print_text(f"{prog}: error: {e}", sys.stderr)
         from khod.conffiles import ConfigError  # noqa: PLC0415  (standard library only)
 

@@ -18,6 +18,7 @@ SERVICES = (
     "khod-pstore.service",
     "khod-kexec.service",
     "khod-fleet-report.service",
+    "khod-once.service",
 )
 
 
@@ -77,3 +78,44 @@ def test_kexec_hook_runs_at_kexec_target_before_the_kexec() -> None:
     assert "WantedBy=kexec.target" in text
     assert re.search(r"^Before=.*systemd-kexec.service", text, re.M)
     assert "ExecStart=/usr/bin/khoctl record-kexec" in text
+
+
+def test_once_mode_is_the_alternative_to_the_daemon() -> None:
+    """khod-once.service: khod --once writing node_exporter's textfile, instead of
+    khod.service; the udev rule runs it again when a pstore backend module loads, on
+    hosts where it is the enabled one."""
+    text = (UNITS / "khod-once.service").read_text()
+    assert "Type=oneshot" in text and "Conflicts=khod.service" in text
+    (start,) = re.findall(r"^ExecStart=(.*)$", text, re.M)
+    assert start.split()[:2] == ["/usr/bin/khod", "--once"] and "--textfile" in start
+    assert "WantedBy=multi-user.target" in text
+    rule = (UNITS / "60-khod-once.rules").read_text().replace("\\\n", "")
+    (line,) = [ln for ln in rule.splitlines() if ln and not ln.startswith("#")]
+    keys = {}
+    for part in line.split(","):
+        m = re.match(r'\s*([A-Z_]+(?:\{\w+\})?)\s*(?:==|\+=|=)\s*"([^"]*)"', part)
+        assert m, part
+        keys[m.group(1)] = m.group(2)
+    assert keys["SUBSYSTEM"] == "module" and keys["ACTION"] == "add"
+    assert {"ramoops", "efi_pstore", "pstore_blk"} <= set(keys["KERNEL"].split("|"))
+    assert keys["TAG"] == "systemd" and keys["ENV{SYSTEMD_WANTS}"] == "khod-once.service"
+    assert keys["TEST"].endswith("multi-user.target.wants/khod-once.service")
+
+
+def test_the_packages_install_every_unit_and_rule() -> None:
+    repo = UNITS.parent
+    rules = (repo / "packaging/debian/rules").read_text()
+    deb = rules + (repo / "packaging/debian/khod.install").read_text()
+    spec = (repo / "packaging/rpm/khod.spec").read_text()
+    (units,) = re.findall(r"^UNITS = (.*)$", rules, re.M)
+    for f in sorted(UNITS.iterdir()):
+        if f.suffix in (".service", ".timer"):
+            assert f.stem in units.split() or f"cp systemd/{f.name}" in rules, f.name
+            assert f"--name={f.stem}" in rules, f.name
+        else:
+            assert f"systemd/{f.name}" in deb, f.name
+        assert f"systemd/{f.name}" in spec, f.name
+        if f.suffix == ".rules":
+            assert f"%{{_udevrulesdir}}/{f.name}" in spec, f.name
+        elif f.suffix in (".service", ".timer"):
+            assert f"%{{_unitdir}}/{f.name}" in spec, f.name

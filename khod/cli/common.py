@@ -5,15 +5,69 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from khod.errors import KhodError
-from khod.oneline import print_text, run_main
+from khod.oneline import escape_json_controls, print_text, run_main
 from khod.paths import HostPaths
 
-__all__ = ["add_common", "host_paths", "print_json", "print_text", "run_main"]
+__all__ = [
+    "add_common",
+    "fraction",
+    "host_paths",
+    "print_json",
+    "print_text",
+    "run_main",
+    "whole_number",
+]
+
+INT64_MAX = (1 << 63) - 1  # the largest integer either database binds
+
+
+def whole_number(low: int = 0, high: int = INT64_MAX) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` to ``high``; anything else is a
+    usage error (exit 2) that says the range, not a database's overflow later."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number from {low} to {high}, got {text!r}"
+            )
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def fraction(*, open_low: bool = False, open_high: bool = False) -> Callable[[str], float]:
+    """An argparse type: a number from 0 to 1 (``open_*``: that end excluded)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        ok = (
+            math.isfinite(value)
+            and (value > 0 if open_low else value >= 0)
+            and (value < 1 if open_high else value <= 1)
+        )
+        if not ok:
+            low = "above 0" if open_low else "from 0"
+            high = "below 1" if open_high else "to 1"
+            raise argparse.ArgumentTypeError(f"expected a number {low} {high}, got {text!r}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
 
 
 def add_common(p: argparse.ArgumentParser, *, command: bool = False) -> None:
@@ -35,7 +89,8 @@ def add_common(p: argparse.ArgumentParser, *, command: bool = False) -> None:
         "--db",
         metavar="URL",
         default=default(None),
-        help="SQLAlchemy database URL (default: $KHOD_DB, else SQLite at "
+        help="SQLAlchemy database URL (default: [store] db of the configuration, else "
+        "$KHOD_DB, else SQLite at "
         "/var/lib/khod/khod.db for root, $XDG_STATE_HOME/khod/khod.db otherwise)",
     )
     p.add_argument(
@@ -51,5 +106,7 @@ def host_paths(args: argparse.Namespace) -> HostPaths:
 
 
 def print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=2, sort_keys=False, ensure_ascii=False)
-    sys.stdout.write("\n")
+    """JSON as it is meant to be read (UTF-8, not \\u-escaped) but for the controls a
+    terminal would obey (C1, DEL): escaped always, on a terminal or not."""
+    text = json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False)
+    sys.stdout.write(escape_json_controls(text) + "\n")

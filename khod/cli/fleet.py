@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from khod.cli.common import print_json, print_text
+from khod.cli.common import fraction, print_json, print_text, whole_number
 from khod.errors import KhodError
 
 Cmd = Callable[[str, str], argparse.ArgumentParser]
@@ -31,7 +31,6 @@ def add_parsers(cmd: Cmd) -> None:
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c = cmd("sync", "push the rows the fleet database has not had yet (store-and-forward)")
     c.add_argument("--to", metavar="URL", help="the fleet database (default: sync.to in config)")
-    c.add_argument("--config", type=Path, metavar="PATH", help="default /etc/khod/khod.toml")
     c.add_argument("--full", action="store_true", help="send everything again (it is deduped)")
     c.add_argument("--json", action="store_true")
     c = cmd("report", "fleet reports")
@@ -42,7 +41,11 @@ def add_parsers(cmd: Cmd) -> None:
         "--include-cold", action="store_true", help="add each release's cold boots as a baseline"
     )
     c.add_argument(
-        "--min-boots", type=int, default=1, metavar="N", help="hide rows with fewer boots, attempts"
+        "--min-boots",
+        type=whole_number(),
+        default=1,
+        metavar="N",
+        help="hide rows with fewer boots, attempts",
     )
     c.add_argument(
         "--textfile",
@@ -51,14 +54,14 @@ def add_parsers(cmd: Cmd) -> None:
     )
     c.add_argument(
         "--bad-rate",
-        type=float,
+        type=fraction(),
         default=0.05,
         metavar="R",
         help="mark a transition bad at this crash rate (default 0.05), in --textfile",
     )
     c.add_argument(
         "--bad-min-boots",
-        type=int,
+        type=whole_number(),
         default=20,
         metavar="N",
         help="... once it has at least N boots (default 20)",
@@ -66,7 +69,7 @@ def add_parsers(cmd: Cmd) -> None:
     # the defaults of khod.fleet.stats.Thresholds (not imported here: start-up time)
     c.add_argument(
         "--alpha",
-        type=float,
+        type=fraction(open_low=True, open_high=True),
         default=0.01,
         metavar="P",
         help="a verdict of worse or better needs Fisher's exact test against the release's "
@@ -74,7 +77,7 @@ def add_parsers(cmd: Cmd) -> None:
     )
     c.add_argument(
         "--min-evidence",
-        type=int,
+        type=whole_number(),
         default=20,
         metavar="N",
         help="... and at least N boots (attempts) in the transition and in its baseline "

@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from khod.cli.common import print_json, print_text
+from khod.cli.common import print_json, print_text, whole_number
 from khod.errors import KhodError
 
 Cmd = Callable[[str, str], argparse.ArgumentParser]
@@ -47,8 +47,20 @@ def add_parsers(cmd: Cmd) -> None:
     g.add_argument(
         "--out", type=Path, metavar="DIR", help="where to write (default ./khod-fleet-MACHINE_ID)"
     )
-    g.add_argument("--days", type=int, default=397, metavar="N", help="certificate validity")
-    g.add_argument("--connections", type=int, default=2, metavar="N", help="per host (default 2)")
+    g.add_argument(
+        "--days",
+        type=whole_number(1, 100000),
+        default=397,
+        metavar="N",
+        help="certificate validity",
+    )
+    g.add_argument(
+        "--connections",
+        type=whole_number(1, 10000),
+        default=2,
+        metavar="N",
+        help="per host (default 2)",
+    )
     g.add_argument(
         "--statement-timeout", type=_seconds, default=60, metavar="T", help="default 60s"
     )
@@ -62,9 +74,14 @@ def add_parsers(cmd: Cmd) -> None:
     g = c.add_argument_group("init (each bound of one host)")
     g.add_argument("--max-row-bytes", type=_size, metavar="SIZE", help="one row (default 32MiB)")
     g.add_argument(
-        "--max-push-rows", type=int, metavar="N", help="rows in one transaction (default 100000)"
+        "--max-push-rows",
+        type=whole_number(1),
+        metavar="N",
+        help="rows in one transaction (default 100000)",
     )
-    g.add_argument("--max-host-rows", type=int, metavar="N", help="rows in all (default 5000000)")
+    g.add_argument(
+        "--max-host-rows", type=whole_number(1), metavar="N", help="rows in all (default 5000000)"
+    )
     g.add_argument("--max-host-bytes", type=_size, metavar="SIZE", help="in all (default 4GiB)")
 
 

@@ -5,10 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from khod import __version__
-from khod.cli.common import add_common, host_paths, print_json, print_text, run_main
+from khod.cli.common import (
+    add_common,
+    host_paths,
+    print_json,
+    print_text,
+    run_main,
+    whole_number,
+)
 from khod.errors import KhodError
 from khod.sources.identity import this_boot, this_machine
 
@@ -21,11 +29,13 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="khoctl", description="Inspect kexec handover history.")
     p.add_argument("--version", action="version", version=f"khoctl {__version__}")
     add_common(p)  # before the command, as after it
+    add_config(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help_: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_, description=help_)
         add_common(c, command=True)
+        add_config(c, command=True)
         return c
 
     c = cmd("status", "this boot: live from the sysroot, plus whether it is recorded")
@@ -40,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
             "--machine", metavar="ID", help="machine id (default: this host's; see --all)"
         )
         if name == "history":
-            c.add_argument("--limit", type=int, metavar="N")
+            c.add_argument("--limit", type=whole_number(), metavar="N")
             c.add_argument("--all", action="store_true", help="boots of every machine")
         else:
             c.add_argument(
@@ -65,6 +75,28 @@ def parser() -> argparse.ArgumentParser:
     c = cmd("db", "manage the store's schema")
     c.add_argument("action", choices=("upgrade", "current"))
     return p
+
+
+def add_config(p: argparse.ArgumentParser, *, command: bool = False) -> None:
+    """--config, as khod takes it (before the command or after it, as ``add_common``)."""
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        default=argparse.SUPPRESS if command else None,
+        help="khod's configuration: [store] db is the store unless --db is given, [sync] "
+        "the fleet database (default: /etc/khod/khod.toml and khod.toml.d/, if present)",
+    )
+
+
+def configured_store(args: argparse.Namespace) -> None:
+    """``--db``, else ``[store] db`` of the configuration khod reads, else the default
+    (``khod.store.db.default_db_url``): khoctl and khod use one store."""
+    if args.db is not None:
+        return
+    from khod.config import load_config  # noqa: PLC0415
+
+    args.db = load_config(args.config, required=args.config is not None).db or None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -270,6 +302,7 @@ COMMANDS = {
 
 def main(argv: Sequence[str]) -> int:
     args = parser().parse_args(argv)
+    configured_store(args)
     if args.command in ("check", "kexec", "record-kexec"):
         from khod.cli import kexec  # noqa: PLC0415
 
@@ -290,6 +323,9 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run() -> None:
+    from khod.oneline import guard_stdout  # noqa: PLC0415
+
+    guard_stdout()
     sys.exit(run_main("khoctl", main, sys.argv[1:]))
 
 

@@ -83,7 +83,7 @@ def parser() -> Any:
     from pathlib import Path  # noqa: PLC0415
 
     from khod import __version__  # noqa: PLC0415
-    from khod.cli.common import add_common  # noqa: PLC0415
+    from khod.cli.common import add_common, whole_number  # noqa: PLC0415
 
     p = argparse.ArgumentParser(
         prog="khod",
@@ -131,7 +131,12 @@ def parser() -> Any:
         help="keep a compressed pstore record raw past this size (pstore.inflate_"
         "limit; default 16MiB)",
     )
-    p.add_argument("--max-boots", metavar="N", help="retention.max_boots (default 10000)")
+    p.add_argument(
+        "--max-boots",
+        type=whole_number(),
+        metavar="N",
+        help="retention.max_boots (default 10000)",
+    )
     p.add_argument("--max-age", metavar="AGE", help="retention.max_age (default 730d)")
     p.add_argument("--max-bytes", metavar="SIZE", help="retention.max_bytes (default 1GiB)")
     p.add_argument(
@@ -175,21 +180,13 @@ def effective_config(args: Any) -> Any:
     if args.pstore_inflate_limit is not None:
         over["inflate_limit"] = parse_size(args.pstore_inflate_limit, "--pstore-inflate-limit")
     if args.max_boots is not None:
-        over["max_boots"] = _count(args.max_boots, "--max-boots")
+        over["max_boots"] = args.max_boots
     if args.max_bytes is not None:
         over["max_bytes"] = parse_size(args.max_bytes, "--max-bytes")
     if args.max_age is not None:
         over["max_age"] = parse_duration(args.max_age, "--max-age")
     over["state_dir"] = resolve_state_dir(args.state_dir, cfg.state_dir)
     return replace(cfg, **over)
-
-
-def _count(v: str, key: str) -> int:
-    from khod.config import ConfigError  # noqa: PLC0415
-
-    if not v.isdigit():
-        raise ConfigError(f"{key}: expected a whole number >= 0, got {v!r}")
-    return int(v)
 
 
 def job(args: Any, cfg: Any, paths: Any, obs: Any = None) -> Any:
@@ -204,6 +201,7 @@ def job(args: Any, cfg: Any, paths: Any, obs: Any = None) -> Any:
         snapshot=args.snapshot,
         journal=args.journal,
         store_checked=args.store_checked,
+        textfile=cfg.textfile if args.once else "",  # the daemon writes its own
     )
 
 
@@ -243,6 +241,9 @@ FIRST_INGEST: Any = None  # the daemon's pre-forked first ingest (khod.daemon.fi
 def run() -> None:
     global FIRST_INGEST  # noqa: PLW0603
     argv = sys.argv[1:]
+    from khod.oneline import guard_stdout  # noqa: PLC0415  (standard library only)
+
+    guard_stdout(strict=not _daemon_mode(argv))  # before the capture opens any file
     os.umask(0o077)  # the state dir, spool, database and snapshot are private
     if "--capture-only" in argv:  # the boot-capture benchmark
         sys.exit(0 if early_capture([a for a in argv if a != "--capture-only"]) else 1)

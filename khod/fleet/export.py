@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Table, func, select
 
 from khod.fleet.format import TABLES, header, ref_key
+from khod.oneline import escape_json_controls
 from khod.store.handle import Store
 from khod.store.schema import boots
 
@@ -85,7 +86,8 @@ def export(store: Store, out: io.TextIOBase | Any, since: float | None = None) -
     for kind in TABLES:
         n = 0
         for obj in iter_objects(store, kind, since=since):
-            out.write(json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":")))
+            line = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            out.write(escape_json_controls(line))  # C1 and DEL too: it may be a terminal
             out.write("\n")
             n += 1
         counts[kind] = n

@@ -31,6 +31,8 @@ class IngestJob:
     snapshot: Path | None = None  # the daemon's ingests write its metrics snapshot here
     journal: bool = False  # journal entries for the boot and the records new in it
     store_checked: bool = False  # checked whole earlier in this start: the header suffices
+    # khod --once: write the exposition the daemon serves here (node_exporter's textfile)
+    textfile: str = ""
 
 
 def print_events(events: Sequence[Event]) -> None:
@@ -45,6 +47,20 @@ def collect_boot(job: IngestJob) -> BootObservation:
     obs = collect(job.paths, job.cfg.inflate_limit)
     print_events(obs.events)
     return obs
+
+
+def write_textfile(path: str, snap: dict[str, object]) -> None:
+    """The daemon's exposition of ``snap`` (its collector, its registry), written whole
+    to ``path`` for node_exporter: ``khod --once`` without a resident khod."""
+    from khod.daemon.metrics import SnapshotCollector, make_registry  # noqa: PLC0415
+    from khod.daemon.metrics import write_textfile as write  # noqa: PLC0415
+
+    collector = SnapshotCollector()
+    collector.set(snap)
+    try:
+        write(path, make_registry(collector))
+    except OSError as e:
+        raise KhodError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> int:
@@ -108,15 +124,15 @@ def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> 
         print_events(kept.events)
         if kept.deleted:
             print(f"khod: retention: removed {kept.deleted} old boots", file=sys.stderr)
-        if job.snapshot is not None:
+        snap = None
+        if job.snapshot is not None or job.textfile:
             from khod.ingest.snapshot import compute_snapshot, write_snapshot  # noqa: PLC0415
 
-            write_snapshot(
-                job.snapshot,
-                compute_snapshot(
-                    store, machine, boot, ingested_at=time.time(), duration=time.monotonic() - t0
-                ),
+            snap = compute_snapshot(
+                store, machine, boot, ingested_at=time.time(), duration=time.monotonic() - t0
             )
+            if job.snapshot is not None:
+                write_snapshot(job.snapshot, snap)
         if on_ready is not None:
             on_ready()
         if job.journal:
@@ -136,6 +152,8 @@ def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> 
             )
     finally:
         store.dispose()
+    if job.textfile and snap is not None:  # the boot is committed: a failure here loses nothing
+        write_textfile(job.textfile, snap)
     if obs is not None:
         what = f"{obs.kind}"
         if obs.previous_release is not None or obs.kexec_count:
