@@ -90,10 +90,10 @@ def _since(args: argparse.Namespace) -> float | None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from khod.fleet.export import export  # noqa: PLC0415
-    from khod.store.db import open_store  # noqa: PLC0415
+    from khod.store.db import open_reader  # noqa: PLC0415
 
     since = _since(args)
-    store = open_store(args.db, create=False)
+    store = open_reader(args.db, read_only=None)  # written to only to mark the export
     try:
         from khod.store.retention import last_pstore_id, mark_exported  # noqa: PLC0415
 

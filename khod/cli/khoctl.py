@@ -71,17 +71,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     from khod.cli.views import boot_json, status_text  # noqa: PLC0415
     from khod.collect.boot import collect  # noqa: PLC0415
     from khod.store.boots import UnreadableRow, live_record, load_boot  # noqa: PLC0415
-    from khod.store.db import open_store  # noqa: PLC0415
+    from khod.store.db import NoStore, open_reader  # noqa: PLC0415
 
     obs = collect(host_paths(args))
     d = boot_json(live_record(obs), history=True)
     recorded = False
     skipped: list[str] = []
     try:
-        store = open_store(args.db, create=False)
-    except KhodError as e:
-        if "no database at" not in str(e):
-            raise
+        store = open_reader(args.db)
+    except NoStore:
+        pass
     else:
         try:
             try:
@@ -107,9 +106,9 @@ def _boots(args: argparse.Namespace, see: str = "") -> tuple[str | None, list[Bo
     in one line); none of this machine's (an imported export, a fleet database): a note
     on stderr saying what the store holds and how to ``see`` it."""
     from khod.store.boots import load_boots  # noqa: PLC0415
-    from khod.store.db import open_store  # noqa: PLC0415
+    from khod.store.db import open_reader  # noqa: PLC0415
 
-    store = open_store(args.db, create=False)
+    store = open_reader(args.db)
     machine = args.machine
     # a boot named by id is looked up on every machine unless one is given
     named = getattr(args, "boot", None)
@@ -165,10 +164,10 @@ def note_other_machines(store: Store, machine: str, see: str, *, mine: bool = Tr
 def cmd_history(args: argparse.Namespace) -> int:
     from khod.cli.views import BOOT_COLUMNS, boot_json, table  # noqa: PLC0415
     from khod.store.boots import pstore_counts  # noqa: PLC0415
-    from khod.store.db import open_store  # noqa: PLC0415
+    from khod.store.db import open_reader  # noqa: PLC0415
 
     _, boots, _ = _boots(args, "see them with --all, or --machine ID")
-    store = open_store(args.db, create=False)
+    store = open_reader(args.db)
     try:
         pks = [b.id for b in boots if b.id is not None]
         counts = pstore_counts(store, pks)
@@ -234,12 +233,12 @@ def pick_boot(boots: Sequence[BootRecord], wanted: str | None, current: str | No
 def cmd_dmesg(args: argparse.Namespace) -> int:
     from khod.cli.views import dumps_json, dumps_text  # noqa: PLC0415
     from khod.store.boots import load_pstore  # noqa: PLC0415
-    from khod.store.db import open_store  # noqa: PLC0415
+    from khod.store.db import open_reader  # noqa: PLC0415
 
     _, boots, skipped = _boots(args, "name a boot, or pass --machine ID")
     boot = pick_boot(boots, args.boot, this_boot(host_paths(args)))
     assert boot.id is not None  # read from the store
-    store = open_store(args.db, create=False)
+    store = open_reader(args.db)
     try:
         records = load_pstore(store, boot.id)
     finally:
@@ -266,12 +265,14 @@ def cmd_dmesg(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from khod.store.db import current_revision, open_store  # noqa: PLC0415
+    from khod.store import db  # noqa: PLC0415
     from khod.store.schema import HEAD_REVISION  # noqa: PLC0415
 
-    store = open_store(args.db, create=args.action == "upgrade", migrate=False)
+    store = db.open_store(args.db, create=args.action == "upgrade", migrate=False)
     try:
-        before = current_revision(store)
+        before = db.current_revision(store)
+        if before is not None and before != HEAD_REVISION and not db.is_known(before):
+            raise db.newer_than_head(store, before)
         if args.action == "upgrade":
             from khod.store import migrate  # noqa: PLC0415
 
