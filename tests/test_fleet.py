@@ -87,7 +87,10 @@ def content(url: str) -> dict[str, Any]:
             ),
             "events": sorted(
                 (boot_ids[r["boot_pk"]], r["fingerprint"], r["message"], r["origin"] or "")
-                for r in conn.execute(select(events)).mappings()
+                # events of no boot are the store's own (an import's refused lines)
+                for r in conn.execute(
+                    select(events).where(events.c.boot_pk.is_not(None))
+                ).mappings()
             ),
             "pstore": sorted(
                 (
