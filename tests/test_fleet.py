@@ -87,7 +87,10 @@ def content(url: str) -> dict[str, Any]:
             ),
             "events": sorted(
                 (boot_ids[r["boot_pk"]], r["fingerprint"], r["message"], r["origin"] or "")
-                for r in conn.execute(select(events)).mappings()
+                # events of no boot are the store's own (an import's refused lines)
+                for r in conn.execute(
+                    select(events).where(events.c.boot_pk.is_not(None))
+                ).mappings()
             ),
             "pstore": sorted(
                 (
@@ -637,6 +640,14 @@ def _mutants() -> list[tuple[str, dict[str, Any]]]:
             for v in values:
                 out.append((f"{kind}.{key}={v!r}", obj | {key: v}))
             out.append((f"{kind}-without-{key}", {k: v for k, v in obj.items() if k != key}))
+    nested: list[Any] = [
+        [1], [None], [[1]], [[1, 2]], [[1, 2.0]], [[1, 2**63]], [[1, "2"]], [[1, 2, 3]],
+        [{"name": "x"}], [{"name": "x", "size": 3.0}], [{"name": "x", "size": 2**64}],
+        [{"name": 1, "size": 1}], [{"size": 1}], [{"name": "x", "size": None}], [["x"]],
+    ]  # fmt: skip
+    for key in ("subtrees", "out_subtrees", "scratch"):
+        for v in nested:
+            out.append((f"boot.{key}={v!r}", base["boot"] | {key: v}))
     return out
 
 

@@ -93,10 +93,10 @@ def _since(args: argparse.Namespace) -> float | None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from khod.fleet.export import export  # noqa: PLC0415
-    from khod.store.db import open_store  # noqa: PLC0415
+    from khod.store.db import open_reader  # noqa: PLC0415
 
     since = _since(args)
-    store = open_store(args.db, create=False)
+    store = open_reader(args.db, read_only=None)  # written to only to mark the export
     try:
         from khod.store.retention import last_pstore_id, mark_exported  # noqa: PLC0415
 
@@ -237,6 +237,9 @@ def cmd_import(args: argparse.Namespace) -> int:
             if result.bad_count > len(result.bad):
                 more = result.bad_count - len(result.bad)
                 print(f"khoctl: warning: {name}: {more} more bad lines", file=sys.stderr)
+            importer.record_refused(
+                "import-refused", result.bad, result.bad_count - len(result.bad)
+            )
             bad += result.bad_count
             files.append({"file": name, "lines": result.lines, "bad": result.bad_count})
     finally:
@@ -286,11 +289,22 @@ def cmd_sync(args: argparse.Namespace) -> int:
     to, tls = sync_target(args)
     result = push(to, args.db, full=args.full, tls=tls)
     c = result.counts
+    for line in result.refused[:10]:
+        print_text(f"khoctl: warning: {line}", sys.stderr)
+    if len(result.refused) > 10:
+        print(f"khoctl: warning: {len(result.refused) - 10} more rows not sent", file=sys.stderr)
     if args.json:
-        print_json({"target": result.target, "sent": c.ordered(c.read), "new": c.ordered(c.new)})
+        print_json(
+            {
+                "target": result.target,
+                "sent": c.ordered(c.read),
+                "new": c.ordered(c.new),
+                "refused": len(result.refused),
+            }
+        )
     else:
         print_text(result.line())
-    return 0
+    return 1 if result.refused else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:

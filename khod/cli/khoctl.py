@@ -102,52 +102,70 @@ def configured_store(args: argparse.Namespace) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     from khod.cli.views import boot_json, status_text  # noqa: PLC0415
     from khod.collect.boot import collect  # noqa: PLC0415
-    from khod.store.boots import live_record, load_boot  # noqa: PLC0415
-    from khod.store.db import open_store  # noqa: PLC0415
+    from khod.store.boots import UnreadableRow, live_record, load_boot  # noqa: PLC0415
+    from khod.store.db import NoStore, open_reader  # noqa: PLC0415
 
     obs = collect(host_paths(args))
     d = boot_json(live_record(obs), history=True)
     recorded = False
+    skipped: list[str] = []
     try:
-        store = open_store(args.db, create=False)
-    except KhodError as e:
-        if "no database at" not in str(e):
-            raise
+        store = open_reader(args.db)
+    except NoStore:
+        pass
     else:
         try:
-            recorded = load_boot(store, obs.machine_id, obs.boot_id) is not None
+            try:
+                recorded = load_boot(store, obs.machine_id, obs.boot_id) is not None
+            except UnreadableRow as e:  # recorded, in a shape this khod cannot show
+                recorded, skipped = True, [str(e)]
+                note_skipped(skipped)
             if not recorded:
                 note_other_machines(store, obs.machine_id, "see them with khoctl history --all")
         finally:
             store.dispose()
     d["recorded"] = recorded
     if args.json:
+        d["skipped_boots"] = len(skipped)  # its recorded row could not be shown
         print_json(d)
     else:
         print_text(status_text(d))
     return 0
 
 
-def _boots(args: argparse.Namespace, see: str = "") -> tuple[str | None, list[BootRecord]]:
-    """The boots the command looks at; none of this machine's (an imported export, a
-    fleet database): a note on stderr saying what the store holds and how to ``see``
-    it."""
+def _boots(args: argparse.Namespace, see: str = "") -> tuple[str | None, list[BootRecord], int]:
+    """The boots the command looks at, and how many it could not show (said on stderr
+    in one line); none of this machine's (an imported export, a fleet database): a note
+    on stderr saying what the store holds and how to ``see`` it."""
     from khod.store.boots import load_boots  # noqa: PLC0415
-    from khod.store.db import open_store  # noqa: PLC0415
+    from khod.store.db import open_reader  # noqa: PLC0415
 
-    store = open_store(args.db, create=False)
+    store = open_reader(args.db)
     machine = args.machine
     # a boot named by id is looked up on every machine unless one is given
     named = getattr(args, "boot", None)
     if machine is None and not getattr(args, "all", False) and not named:
         machine = this_machine(host_paths(args))
+    skipped: list[str] = []
     try:
-        boots = list(load_boots(store, machine, getattr(args, "limit", None)))
-        if machine is not None and not boots and see:
+        boots = list(load_boots(store, machine, getattr(args, "limit", None), skipped))
+        if machine is not None and not boots and not skipped and see:
             note_other_machines(store, machine, see, mine=args.machine is None)
     finally:
         store.dispose()
-    return machine, boots
+    note_skipped(skipped)
+    return machine, boots, len(skipped)
+
+
+def note_skipped(skipped: Sequence[str]) -> None:
+    """One line on stderr for the rows a reader left out (the first one's reason)."""
+    if skipped:
+        n = len(skipped)
+        more = f" (and {n - 1} more)" if n > 1 else ""
+        print_text(
+            f"khoctl: warning: {n} boot{'s' if n != 1 else ''} not shown: {skipped[0]}{more}",
+            sys.stderr,
+        )
 
 
 def note_other_machines(store: Store, machine: str, see: str, *, mine: bool = True) -> None:
@@ -178,10 +196,10 @@ def note_other_machines(store: Store, machine: str, see: str, *, mine: bool = Tr
 def cmd_history(args: argparse.Namespace) -> int:
     from khod.cli.views import BOOT_COLUMNS, boot_json, table  # noqa: PLC0415
     from khod.store.boots import pstore_counts  # noqa: PLC0415
-    from khod.store.db import open_store  # noqa: PLC0415
+    from khod.store.db import open_reader  # noqa: PLC0415
 
-    _, boots = _boots(args, "see them with --all, or --machine ID")
-    store = open_store(args.db, create=False)
+    _, boots, _ = _boots(args, "see them with --all, or --machine ID")
+    store = open_reader(args.db)
     try:
         pks = [b.id for b in boots if b.id is not None]
         counts = pstore_counts(store, pks)
@@ -211,7 +229,7 @@ def cmd_chain(args: argparse.Namespace) -> int:
     from khod.cli.views import BOOT_COLUMNS, chain_json, table  # noqa: PLC0415
     from khod.store.boots import chain_of  # noqa: PLC0415
 
-    _, boots = _boots(args, "see them with --machine ID")
+    _, boots, _ = _boots(args, "see them with --machine ID")
     boot_id = args.boot or this_boot(host_paths(args))
     if args.boot and not any(b.boot_id == args.boot for b in boots):
         raise KhodError(f"boot {args.boot} is not recorded")
@@ -247,12 +265,12 @@ def pick_boot(boots: Sequence[BootRecord], wanted: str | None, current: str | No
 def cmd_dmesg(args: argparse.Namespace) -> int:
     from khod.cli.views import dumps_json, dumps_text  # noqa: PLC0415
     from khod.store.boots import load_pstore  # noqa: PLC0415
-    from khod.store.db import open_store  # noqa: PLC0415
+    from khod.store.db import open_reader  # noqa: PLC0415
 
-    _, boots = _boots(args, "name a boot, or pass --machine ID")
+    _, boots, skipped = _boots(args, "name a boot, or pass --machine ID")
     boot = pick_boot(boots, args.boot, this_boot(host_paths(args)))
     assert boot.id is not None  # read from the store
-    store = open_store(args.db, create=False)
+    store = open_reader(args.db)
     try:
         records = load_pstore(store, boot.id)
     finally:
@@ -263,7 +281,14 @@ def cmd_dmesg(args: argparse.Namespace) -> int:
     prev = next((b.boot_id for b in boots if b.id in described), None)
     dumps = dumps_json(records)
     if args.json:
-        print_json({"boot_id": boot.boot_id, "previous_boot_id": prev, "dumps": dumps})
+        print_json(
+            {
+                "boot_id": boot.boot_id,
+                "previous_boot_id": prev,
+                "dumps": dumps,
+                "skipped_boots": skipped,  # rows of boots that could not be shown
+            }
+        )
     elif dumps:
         print_text(dumps_text(dumps))
     else:
@@ -272,12 +297,14 @@ def cmd_dmesg(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from khod.store.db import current_revision, open_store  # noqa: PLC0415
+    from khod.store import db  # noqa: PLC0415
     from khod.store.schema import HEAD_REVISION  # noqa: PLC0415
 
-    store = open_store(args.db, create=args.action == "upgrade", migrate=False)
+    store = db.open_store(args.db, create=args.action == "upgrade", migrate=False)
     try:
-        before = current_revision(store)
+        before = db.current_revision(store)
+        if before is not None and before != HEAD_REVISION and not db.is_known(before):
+            raise db.newer_than_head(store, before)
         if args.action == "upgrade":
             from khod.store import migrate  # noqa: PLC0415
 

@@ -12,9 +12,14 @@ from khod.store.boots import BootRecord
 
 
 def iso(ts: int | float | None) -> str | None:
+    """The time in UTC; None (unknown) when there is none, or none a calendar can show
+    (a wrapped clock, a row that came in around import's checks)."""
     if ts is None:
         return None
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def boot_json(b: BootRecord, *, history: bool = False) -> dict[str, Any]:
@@ -177,7 +182,7 @@ def dumps_json(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "inflate_status": r["inflate_status"],
             }
         )
-        if r["record_time"] is not None:
+        if iso(r["record_time"]) is not None:  # a time that cannot be shown is unknown
             d["record_time"] = max(d["record_time"] or 0, r["record_time"])
         if r["text"] is None:
             d["complete"] = False

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Table, func, select
 
-from khod.fleet.format import TABLES, header, ref_key
+from khod.fleet.format import HARD_REFS, TABLES, header, ref_key
 from khod.oneline import escape_json_controls
 from khod.store.handle import Store
 from khod.store.schema import boots
@@ -39,6 +39,9 @@ def _select(kind: str, since: float | None, after_id: int, min_id: int | None = 
     elif "machine_id" not in table.c and owner is not None:
         q = q.add_columns(owner.c.machine_id.label("machine_id"))
     q = q.select_from(joined).where(table.c.id > after_id).order_by(table.c.id)
+    for ref in refs:
+        if ref in HARD_REFS:  # an event of no boot (a refused import) stays here
+            q = q.where(table.c[ref].is_not(None))
     if min_id is not None:
         q = q.where(table.c.id >= min_id)
     if since is not None and owner is not None:

@@ -52,6 +52,10 @@ CONFLICT = {
 }
 INT32 = 2**31
 INT64 = 2**63
+# a time every reader can show (datetime's range, from the epoch: a boot or a record
+# before 1970 is a clock gone wrong, not history): 0 .. 9999-12-31T23:59:59Z
+TIME_MAX = 253_402_300_799
+TIMES = frozenset({"booted_at", "ingested_at", "created_at", "record_time", "collected_at"})
 
 
 class BadObject(KhodError):
@@ -123,10 +127,16 @@ def _checker(col: Any, name: str) -> Check:
             return float(v)
 
     elif isinstance(t, JSON):
+        shape = JSON_SHAPES.get(name)
 
         def check(v: Any) -> Any:
             if not isinstance(v, (list, dict)):
                 raise bad("expected a JSON array or object")
+            if shape is not None:
+                try:
+                    return shape(v)
+                except ValueError as e:
+                    raise bad(str(e)) from None
             return v
 
     elif isinstance(t, LargeBinary):
@@ -151,7 +161,81 @@ def _checker(col: Any, name: str) -> Check:
                 raise bad(f"longer than {length} characters")
             return v
 
+    if name in TIMES:
+        return _timed(check, bad)
     return check
+
+
+def _timed(check: Check, bad: Callable[[str], BadObject]) -> Check:
+    def timed(v: Any) -> Any:
+        v = check(v)
+        if not 0 <= v <= TIME_MAX:
+            raise bad("not a time (seconds since 1970, before the year 10000)")
+        return v
+
+    return timed
+
+
+# --- the shapes of JSON columns: the value as stored, or ValueError(why) -----------
+
+
+def _int64(v: Any, what: str) -> int:
+    # one number type in JSON, as for integer columns: 3, 3.0 and 3e0 are one integer
+    if isinstance(v, float) and v.is_integer() and abs(v) < 2**64:
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int) or not -INT64 <= v < INT64:
+        raise ValueError(f"{what} is not an integer of 64 bits")
+    return v
+
+
+def _subtrees(v: Any) -> Any:
+    """``[{"name": str, "size": int | null}, ...]`` (khod.observation.Subtree)."""
+    if not isinstance(v, list):
+        raise ValueError("expected an array of subtrees")
+    out = []
+    for i, t in enumerate(v):
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            raise ValueError(f"item {i}: expected a subtree {{name, size}}")
+        size = t.get("size")
+        out.append(t | {"size": None if size is None else _int64(size, f"item {i}: size")})
+    return out
+
+
+def _scratch(v: Any) -> Any:
+    """``[[phys, len], ...]``: the scratch areas, each two 64-bit integers."""
+    if not isinstance(v, list):
+        raise ValueError("expected an array of [address, length]")
+    out = []
+    for i, area in enumerate(v):
+        if not (isinstance(area, list) and len(area) == 2):
+            raise ValueError(f"item {i}: expected [address, length]")
+        out.append([_int64(x, f"item {i}") for x in area])
+    return out
+
+
+def _checks(v: Any) -> Any:
+    """``[{"name", "ok", "severity", "detail"}, ...]`` (khod.checks)."""
+    if not isinstance(v, list) or not all(isinstance(c, dict) for c in v):
+        raise ValueError("expected an array of objects")
+    return v
+
+
+def _argv(v: Any) -> Any:
+    """``[[str, ...], ...]``: each command run, as its argv."""
+    if not isinstance(v, list) or not all(
+        isinstance(a, list) and all(isinstance(x, str) for x in a) for a in v
+    ):
+        raise ValueError("expected an array of argv lists of strings")
+    return v
+
+
+JSON_SHAPES: dict[str, Callable[[Any], Any]] = {
+    "subtrees": _subtrees,
+    "out_subtrees": _subtrees,
+    "scratch": _scratch,
+    "checks": _checks,
+    "argv": _argv,
+}
 
 
 @dataclass

@@ -10,11 +10,12 @@ still open.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import JSON, Connection, Table, and_, select, text, tuple_, update
+from sqlalchemy import JSON, Connection, Table, and_, insert, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from khod.errors import StoreError
 from khod.fleet.format import CONFLICT, HARD_REFS, SHAPES, TABLES, parse_line, ref_key
 from khod.store.handle import Store, describe_db_error
-from khod.store.schema import boots, kexec_attempts
+from khod.store.schema import boots, events, kexec_attempts
 
 # how counts of each object type are spoken of, in this order
 PLURAL = {
@@ -56,6 +57,16 @@ class ImportCounts:
 
 
 BootKey = tuple[str, str]
+
+
+def _refused_event(kind: str, message: str) -> dict[str, Any]:
+    """An event of no boot: the refused object may name none this store knows."""
+    from khod.observation import Event, Severity  # noqa: PLC0415
+    from khod.records import EventSource  # noqa: PLC0415
+    from khod.store.boots import event_values  # noqa: PLC0415
+
+    e = Event(kind, kind.partition("-")[0], Severity.WARNING, message, origin=EventSource.STORE)
+    return event_values(None, e, time.time())
 
 
 class Importer:
@@ -118,6 +129,33 @@ class Importer:
         self.bytes_pending = 0
         if len(self.boot_ids) > self.cache_size:
             self.boot_ids.clear()
+
+    def record_refused(self, kind: str, lines: list[str], more: int = 0) -> None:
+        """Each refused object (``lines``, one line each, naming where and which field)
+        as an event of ``kind`` (``import-refused``, ``sync-refused``), and one for the
+        ``more`` not named; best effort: the warnings on stderr say it already."""
+        if not lines and not more:
+            return
+        rows = [_refused_event(kind, line) for line in lines]
+        if more:
+            rows.append(_refused_event(kind, f"{more} more objects refused"))
+        try:
+            with self.store.writer.begin() as conn:
+                # once each: the same row refused again (an open attempt is sent at
+                # every sync) is not a new event (NULL boots escape the unique key)
+                have = set(
+                    conn.execute(
+                        select(events.c.fingerprint).where(
+                            events.c.boot_pk.is_(None),
+                            events.c.fingerprint.in_([r["fingerprint"] for r in rows]),
+                        )
+                    ).scalars()
+                )
+                rows = [r for r in rows if r["fingerprint"] not in have]
+                if rows:
+                    conn.execute(insert(events), rows)
+        except SQLAlchemyError:
+            pass
 
     def bulk(self, lines: list[bytes]) -> Any:
         """PostgreSQL: the whole chunk in SQL (khod.fleet.pgfast), in a transaction of

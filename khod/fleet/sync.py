@@ -5,7 +5,7 @@ from the local store's rows past a watermark per object type.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import KhodError, StoreError
 from khod.fleet.export import iter_objects
-from khod.fleet.format import TABLES, validate
+from khod.fleet.format import TABLES, BadObject, validate
 from khod.fleet.importer import ImportCounts, Importer
 from khod.fleet.tls import TlsSettings, secure_url
 from khod.store.db import open_store
@@ -28,6 +28,7 @@ class SyncResult:
     target: str
     counts: ImportCounts
     watermarks: dict[str, int]
+    refused: list[str] = field(default_factory=list)  # rows no reader could show
 
     def line(self) -> str:
         return f"synced {', '.join(self.counts.summary()) or 'nothing new'} to {self.target}"
@@ -50,6 +51,7 @@ def sync(local: Store, target: Store, *, full: bool = False, name: str | None = 
     marks = {} if full else _watermarks(local, name)
     importer = Importer(target)
     new_marks: dict[str, int] = {}
+    refused: list[str] = []
     for kind in TABLES:
         last = marks.get(kind, 0)
         top = last
@@ -68,7 +70,11 @@ def sync(local: Store, target: Store, *, full: bool = False, name: str | None = 
             if kind == "attempt" and obj["verdict"] is None and open_min is None:
                 open_min = rid
             obj.pop("object")
-            _, values = validate({"object": kind, **obj})
+            try:
+                _, values = validate({"object": kind, **obj})
+            except BadObject as e:  # a row no reader could show: the rest goes
+                refused.append(_refused_line(kind, rid, obj, e))
+                continue
             importer.add(kind, values)
         importer.flush()
         if kind != "attempt":
@@ -79,7 +85,13 @@ def sync(local: Store, target: Store, *, full: bool = False, name: str | None = 
             # past the newest attempt sent (all closed); with none sent, where it was
             new_marks[kind] = top + 1 if sent else last
     _save_watermarks(local, name, new_marks)
-    return SyncResult(name, importer.counts, new_marks)
+    Importer(local).record_refused("sync-refused", refused[:10], len(refused[10:]))
+    return SyncResult(name, importer.counts, new_marks, refused)
+
+
+def _refused_line(kind: str, rid: int, obj: dict[str, object], e: BadObject) -> str:
+    boot = obj.get("boot_id") or obj.get("collected_by") or obj.get("from_boot")
+    return f"{kind} (local row {rid}, boot {boot}) not sent: {e}"
 
 
 def _save_watermarks(local: Store, target: str, marks: dict[str, int]) -> None:

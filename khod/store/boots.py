@@ -40,10 +40,22 @@ class BootRecord(Boot):
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> BootRecord:
+        """The record of a row; UnreadableRow when a value is not of the shape this
+        khod stores (a row that came in around import, or from a newer khod)."""
         values = {f.name: row[f.name] for f in fields(cls)}
         for name, load in _LOADED.items():
-            values[name] = load(values[name])
+            try:
+                values[name] = load(values[name])
+            except (TypeError, ValueError, KeyError, AttributeError):
+                raise UnreadableRow(
+                    f"boot {row['boot_id']!r} of machine {row['machine_id']!r}: "
+                    f"{name} is not of the shape khod stores"
+                ) from None
         return cls(**values)
+
+
+class UnreadableRow(StoreError):
+    """A stored row this khod cannot show."""
 
 
 def _subtree_rows(subtrees: Sequence[Subtree]) -> list[dict[str, Any]]:
@@ -326,10 +338,14 @@ def load_boot(store: Store, machine_id: str, boot_id: str) -> BootRecord | None:
 
 
 def load_boots(
-    store: Store, machine_id: str | None = None, limit: int | None = None
+    store: Store,
+    machine_id: str | None = None,
+    limit: int | None = None,
+    skipped: list[str] | None = None,
 ) -> list[BootRecord]:
     """Boots newest first: one machine's in the order they were recorded, several
-    machines' by boot time (then by ingest order)."""
+    machines' by boot time (then by ingest order). A row that cannot be read is left
+    out, and why is added to ``skipped`` (when not given: UnreadableRow)."""
     q = select(boots)
     if machine_id is not None:
         seq, pk = recorded_order()
@@ -338,8 +354,16 @@ def load_boots(
         q = q.order_by(boots.c.booted_at.desc().nulls_last(), boots.c.id.desc())
     if limit is not None:
         q = q.limit(limit)
+    out = []
     with store.engine.connect() as conn:
-        return [BootRecord.from_row(r) for r in conn.execute(q).mappings()]
+        for r in conn.execute(q).mappings():
+            try:
+                out.append(BootRecord.from_row(r))
+            except UnreadableRow as e:
+                if skipped is None:
+                    raise
+                skipped.append(str(e))
+    return out
 
 
 def load_events(store: Store, boot_pk: int) -> list[dict[str, Any]]:

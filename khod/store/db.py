@@ -8,8 +8,10 @@ Alembic is imported only when the database actually needs migrating.
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, make_url
@@ -29,6 +31,10 @@ BUSY_TIMEOUT_MS = 10_000
 CONNECT_TIMEOUT_S = 10
 
 
+class NoStore(StoreError):
+    """Nothing recorded there yet: no database, or one without a schema."""
+
+
 def default_db_url() -> str:
     env = os.environ.get("KHOD_DB")
     if env:
@@ -45,17 +51,40 @@ def _sqlite_path(url: URL) -> Path | None:
     return Path(url.database)
 
 
-def _prepare_sqlite_file(path: Path, create: bool) -> None:
+def _writable(path: Path) -> bool:
+    return os.access(path, os.R_OK | os.W_OK) and os.access(path.parent, os.W_OK)
+
+
+def _read_only_uri(path: Path) -> str:
+    """SQLite's URI for reading ``path`` without writing anything: ``mode=ro``; on a
+    read-only filesystem also ``immutable=1`` (no -shm can be made there, and nothing
+    can change the file), unless an unmerged WAL and its -shm are there to be read."""
+    uri = f"file:{quote(str(path))}?mode=ro"
+    try:
+        read_only_fs = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only_fs = False
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    if read_only_fs and not (wal.is_file() and wal.stat().st_size > 0 and shm.is_file()):
+        uri += "&immutable=1"
+    return uri
+
+
+def _prepare_sqlite_file(path: Path, create: bool, read_only: bool = False) -> None:
     if path.is_symlink():  # never follow a planted link to write somewhere else
         raise StoreError(f"database {path} is a symbolic link: refusing to follow it")
     if path.exists():
         if not path.is_file():
             raise StoreError(f"database {path} is not a regular file")
-        if not os.access(path, os.R_OK | os.W_OK) or not os.access(path.parent, os.W_OK):
+        if read_only:
+            if not os.access(path, os.R_OK):
+                raise StoreError(f"cannot read database {path}: permission denied")
+            return
+        if not _writable(path):
             raise StoreError(f"cannot write database {path}: permission denied")
         return
     if not create:
-        raise StoreError(f"no database at {path} (run `khod --once` first, or pass --db)")
+        raise NoStore(f"no database at {path} (run `khod --once` first, or pass --db)")
     parent = path.parent
     try:
         parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -89,6 +118,13 @@ def _on_sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _on_sqlite_connect_ro(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    cur.close()
+
+
 def _on_sqlite_begin(conn: Any) -> None:
     # writers take the write lock up front (BEGIN IMMEDIATE): a deferred transaction
     # that upgrades from read to write fails with "database is locked" at once, without
@@ -97,7 +133,15 @@ def _on_sqlite_begin(conn: Any) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def open_store(url_text: str | None = None, *, create: bool = True, migrate: bool = True) -> Store:
+def open_store(
+    url_text: str | None = None,
+    *,
+    create: bool = True,
+    migrate: bool = True,
+    read_only: bool | None = False,
+) -> Store:
+    """The store at ``url_text``. ``read_only`` (SQLite): open it so that nothing is
+    written, not even a -shm file; None: so when it cannot be written."""
     url_text = url_text or default_db_url()
     try:
         url = make_url(url_text)
@@ -107,11 +151,20 @@ def open_store(url_text: str | None = None, *, create: bool = True, migrate: boo
 
     url = default_remote_tls(url)
     path = _sqlite_path(url)
+    if path is None:
+        read_only = False
+    elif read_only is None:
+        read_only = path.exists() and not _writable(path)
     if path is not None:
-        _prepare_sqlite_file(path, create)
+        _prepare_sqlite_file(path, create and not read_only, read_only)
     try:
         kwargs: dict[str, Any] = {}
-        if url.get_backend_name() == "sqlite":
+        if path is not None and read_only:
+            uri = _read_only_uri(path)
+            kwargs["creator"] = lambda: sqlite3.connect(
+                uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
+            )
+        elif url.get_backend_name() == "sqlite":
             kwargs["connect_args"] = {"timeout": BUSY_TIMEOUT_MS / 1000}
         elif url.get_backend_name() == "postgresql" and "connect_timeout" not in url.query:
             # a fleet database behind a dead route fails in seconds, not minutes
@@ -120,7 +173,7 @@ def open_store(url_text: str | None = None, *, create: bool = True, migrate: boo
     except (ArgumentError, ImportError) as e:
         raise StoreError(f"cannot use database {url_text!r}: {e}") from None
     if url.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _on_sqlite_connect)
+        event.listen(engine, "connect", _on_sqlite_connect_ro if read_only else _on_sqlite_connect)
         event.listen(engine, "begin", _on_sqlite_begin)
     location = Store(engine, url).location
 
@@ -160,6 +213,42 @@ def current_revision(store: Store) -> str | None:
         raise StoreError(f"database {store.location} is unusable: {msg}") from None
     except SQLAlchemyError as e:
         raise StoreError(f"cannot open database {store.location}: {describe_db_error(e)}") from None
+
+
+def newer_than_head(store: Store, rev: str) -> StoreError:
+    """The one line for a store whose schema a newer khod wrote."""
+    return StoreError(
+        f"database {store.location}: schema {rev} is newer than this khod "
+        f"(head {HEAD_REVISION}): upgrade khod"
+    )
+
+
+def is_known(rev: str) -> bool:
+    """Whether this khod's migrations know the revision (Alembic imported: rare)."""
+    from khod.store import migrate  # noqa: PLC0415
+
+    return migrate.knows(rev)
+
+
+def open_reader(url_text: str | None = None, *, read_only: bool | None = True) -> Store:
+    """A store for a command that only reads it: never created, never migrated, opened
+    read-only (a store on a read-only filesystem, a rescued disk, can be read)."""
+    store = open_store(url_text, create=False, migrate=False, read_only=read_only)
+    try:
+        rev = current_revision(store)
+        if rev != HEAD_REVISION:
+            if rev is None:
+                raise NoStore(f"database {store.location} has no schema yet (run khod --once)")
+            if not is_known(rev):
+                raise newer_than_head(store, rev)
+            raise StoreError(
+                f"database {store.location}: schema {rev} is older than this khod "
+                f"(head {HEAD_REVISION}): run khoctl db upgrade"
+            )
+    except BaseException:
+        store.dispose()
+        raise
+    return store
 
 
 def ensure_schema(store: Store) -> str:

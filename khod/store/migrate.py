@@ -33,17 +33,19 @@ def script_head() -> str:
     return head
 
 
+def knows(rev: str) -> bool:
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(rev) is not None
+    except CommandError:
+        return False
+
+
 def upgrade(store: Store, current: str | None, target: str = "head") -> str:
     cfg = alembic_config(store)
-    script = ScriptDirectory.from_config(cfg)
-    if current is not None:
-        try:
-            script.get_revision(current)
-        except CommandError:
-            raise StoreError(
-                f"database {store.location} is at schema revision {current!r}, which this "
-                f"khod does not know (a newer version wrote it)"
-            ) from None
+    if current is not None and not knows(current):
+        from khod.store.db import newer_than_head  # noqa: PLC0415
+
+        raise newer_than_head(store, current)
     try:
         with store.writer.begin() as conn:
             if conn.dialect.name == "postgresql":
