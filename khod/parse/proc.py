@@ -120,9 +120,20 @@ def kho_cmdline_setting(cmdline: str) -> bool | None:
     value = None
     for word in cmdline.split():
         if word.startswith("kho="):
-            v = word[4:].lower()
-            if v in ("1", "y", "yes", "on", "true"):
-                value = True
-            elif v in ("0", "n", "no", "off", "false"):
-                value = False
+            parsed = kstrtobool(word[4:])
+            if parsed is not None:  # the kernel ignores a value it cannot parse
+                value = parsed
     return value
+
+
+def kstrtobool(v: str) -> bool | None:
+    """``lib/kstrtox.c`` ``kstrtobool``: the first character decides (y/t/1, n/f/0),
+    ``on``/``off`` by the second; anything else is -EINVAL (None)."""
+    first, second = v[:1].lower(), v[1:2].lower()
+    if first in ("y", "t", "1"):
+        return True
+    if first in ("n", "f", "0"):
+        return False
+    if first == "o" and second in ("n", "f"):
+        return second == "n"
+    return None
