@@ -66,7 +66,7 @@ def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> Boo
         raise KhodError("cannot identify this boot: " + "; ".join(missing))
     machine_id = _machine_id(c, boot_id)
     cmdline = c.file("cmdline", proc.parse_cmdline) or ""
-    booted_at = c.file("proc_stat", proc.parse_btime)
+    booted_at = _booted_at(c)
     loader = _bootloader_type(c)
 
     log, warnings = _read_log(c)
@@ -163,6 +163,19 @@ def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> Boo
         events=tuple(c.events),
         pstore=tuple(pstore),
     )
+
+
+def _booted_at(c: Collector) -> int | None:
+    """btime, or None with an event: the boot is recorded all the same."""
+    path = c.paths.proc_stat
+    shown = c.paths.rel(path)
+    try:
+        return proc.parse_btime(read_bytes(path, shown, 1 << 20), shown)
+    except SourceError as e:
+        c.failed(e, origin=EventSource.IDENTITY)
+    except ParseError as e:
+        c.event("boot-time-unknown", shown, Severity.WARNING, str(e), origin=EventSource.IDENTITY)
+    return None
 
 
 def _read_log(c: Collector) -> tuple[KhoLog | None, int | None]:
