@@ -27,6 +27,9 @@ class Verdict(StrEnum):
     COLD_BOOT = "cold-boot"  # the kexec did not happen or fell back to firmware
     # the kexec happened (the kernel says it was loaded by kexec) with no handover
     LANDED_WITHOUT_HANDOVER = "landed-without-handover"
+    # the kexec happened, into a kernel with KHO off (kho=off): the handover offered and
+    # refused by configuration, not by the kernel's ABI
+    LANDED_KHO_OFF = "landed-kho-off"
     ABI_MISMATCH = "abi-mismatch"  # the handover was offered and rejected
     MISMATCH = "mismatch"  # a handover, not the one expected
     SUPERSEDED = "superseded"  # a later attempt in the same boot took its place
@@ -54,12 +57,14 @@ class TransitionVerdict(StrEnum):
 
 # What became of the kexec attempts that ran, as the transition report groups their
 # verdicts. "landed-without-handover" is the verdict of an attempt whose next boot was
-# a kexec-no-handover boot (a loader or kernel without KHO); stores that never judge
-# one count none.
+# a kexec-no-handover boot (a loader or kernel without KHO), "landed-kho-off" one into
+# a kernel booted with kho=off: both landed, without a handover, and neither is a
+# failure to land; stores that never judge one count none.
 LANDED_WITHOUT_HANDOVER = "landed-without-handover"
+WITHOUT_HANDOVER = (LANDED_WITHOUT_HANDOVER, Verdict.LANDED_KHO_OFF)
 FAILED_TO_LAND = (Verdict.COLD_BOOT, Verdict.MISMATCH)  # a firmware boot, another kernel
 REJECTED = (Verdict.ABI_MISMATCH,)  # the new kernel refused the handover
-RAN = (Verdict.LANDED, *FAILED_TO_LAND, *REJECTED, LANDED_WITHOUT_HANDOVER)
+RAN = (Verdict.LANDED, *FAILED_TO_LAND, *REJECTED, *WITHOUT_HANDOVER)
 
 KINDS = tuple(str(k) for k in BootKind)
 SEVERITIES = tuple(str(s) for s in Severity)

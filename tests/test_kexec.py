@@ -876,7 +876,7 @@ def test_kho_off_after_a_kho_kexec_is_a_rejected_handover_with_khods_release(
         sysroot, image, f"sqlite:///{tmp_path / 'k.db'}", "kexec1/step0", after, capsys
     )
     got = rows[0]
-    assert (got["kind"], got["verdict"]) == ("kexec-rejected", "abi-mismatch")
+    assert (got["kind"], got["verdict"]) == ("kexec-rejected", "landed-kho-off")
     assert (got["previous_release"], got["metadata_source"]) == ("7.3.4-khlab-a", "attempt")
 
 

@@ -49,9 +49,11 @@ def test_rules_pass_promtool_unit_tests() -> None:
         ("(khod_fleet_transition_verdict) == 1", "(khod_fleet_transition_verdict) != 0"),
         ("(khod_fleet_transition_verdict) == 1\n", "(khod_fleet_transition_verdict) >= 0\n"),
         (
-            'verdict=~"cold-boot|abi-mismatch|mismatch|failed|landed-without-handover"',
+            'verdict=~"cold-boot|abi-mismatch|mismatch|failed|landed-without-handover|'
+            'landed-kho-off"',
             'verdict=~"abi-mismatch"',
         ),
+        ('|landed-without-handover|landed-kho-off"', '|landed-without-handover"'),
         ("(khod_last_ingest_timestamp_seconds >= ", "(khod_last_ingest_timestamp_seconds > 0 * "),
     ],
 )

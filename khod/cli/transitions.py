@@ -56,7 +56,7 @@ def metrics(rows: Sequence[Transition], bad_rate: float, bad_min: int) -> bytes:
     fam("landed", "Attempts that landed in the kernel they aimed at")
     fam("failed_to_land", "Attempts followed by a firmware boot or another kernel")
     fam("rejected", "Attempts whose handover the new kernel refused (ABI mismatch)")
-    fam("without_handover", "Attempts that landed without a KHO handover")
+    fam("without_handover", "Attempts that landed without a KHO handover (none, or kho=off)")
     fam("warned_boots", "Boots through this kexec whose kernel log held a warning")
     fam("warnings", "Warning lines (WARNING, BUG, Oops, hung task, lockup, MCE) in them")
     for r in RATES:

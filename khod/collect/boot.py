@@ -66,7 +66,7 @@ def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> Boo
         raise KhodError("cannot identify this boot: " + "; ".join(missing))
     machine_id = _machine_id(c, boot_id)
     cmdline = c.file("cmdline", proc.parse_cmdline) or ""
-    booted_at = c.file("proc_stat", proc.parse_btime)
+    booted_at = _booted_at(c)
     loader = _bootloader_type(c)
 
     log, warnings = _read_log(c)
@@ -165,6 +165,19 @@ def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> Boo
     )
 
 
+def _booted_at(c: Collector) -> int | None:
+    """btime, or None with an event: the boot is recorded all the same."""
+    path = c.paths.proc_stat
+    shown = c.paths.rel(path)
+    try:
+        return proc.parse_btime(read_bytes(path, shown, 1 << 20), shown)
+    except SourceError as e:
+        c.failed(e, origin=EventSource.IDENTITY)
+    except ParseError as e:
+        c.event("boot-time-unknown", shown, Severity.WARNING, str(e), origin=EventSource.IDENTITY)
+    return None
+
+
 def _read_log(c: Collector) -> tuple[KhoLog | None, int | None]:
     """What the kernel log says of the handover, and how many warnings it holds."""
     shown = c.paths.rel(c.paths.kmsg)
@@ -191,9 +204,14 @@ def _kho_enabled(c: Collector, kf: KhoFiles, log: KhoLog | None, cmdline: str) -
             "from the kernel command line and log",
             origin=EventSource.KHO,
         )
-    if log is not None and (log.scratch_areas or log.exec_from_count is not None):
-        return True
-    return bool(proc.kho_cmdline_setting(cmdline))
+    if log is not None and log.exec_from_count is not None:
+        return True  # the kernel took the handover's metadata: only KHO does that
+    setting = proc.kho_cmdline_setting(cmdline)
+    if setting is not None:
+        # kho= on the command line decides; "KHO: scratch areas" is not a sign of KHO
+        # on: kho_scratch= is parsed (and says so) by a kho=off kernel too
+        return setting
+    return log is not None and log.scratch_areas
 
 
 def _parse_root(c: Collector, kf: KhoFiles, direction: str) -> KhoRoot | None:
@@ -274,16 +292,20 @@ def _kind(
         return BootKind.KEXEC, None
     if log is not None and (log.found_handover or log.exec_from_count is not None):
         if not enabled:
+            # offered and refused by configuration: the kernel's own line is the reason;
+            # 7.3.4 still revives reserve_mem regions from the handover (their pstore
+            # records survive), so what it revived is said
+            revived = ", ".join(f"reserve_mem '{n}'" for n in log.revived)
+            kept = f"; still revived: {revived}" if revived else "; nothing revived"
             c.event(
                 "handover-ignored",
                 "kho",
                 Severity.WARNING,
-                "the kernel found KHO handover data but KHO is off in this kernel; "
-                "nothing was revived and the next kexec starts a new chain",
+                "the kernel found KHO handover data but KHO is off in this kernel: no "
+                f"handover taken{kept}; the next kexec starts a new chain",
                 origin=EventSource.KHO,
             )
-            # offered and not revived: the kernel's own line is the reason
-            return BootKind.KEXEC_REJECTED, "KHO: found kexec handover data. (KHO is off)"
+            return BootKind.KEXEC_REJECTED, f"KHO: found kexec handover data. (KHO is off{kept})"
         return BootKind.KEXEC, None
     if proc.loaded_by_kexec(loader):
         return (

@@ -39,9 +39,9 @@ from khod.fleet.stats import Comparison, Thresholds, compare, overall
 from khod.records import (
     CRASH_REASONS,
     FAILED_TO_LAND,
-    LANDED_WITHOUT_HANDOVER,
     RAN,
     REJECTED,
+    WITHOUT_HANDOVER,
     TransitionVerdict,
     Verdict,
 )
@@ -161,7 +161,7 @@ def attempts_query(since: float | None = None) -> Any:
             n((Verdict.LANDED,)).label("landed"),
             n(FAILED_TO_LAND).label("failed_to_land"),
             n(REJECTED).label("rejected"),
-            n((LANDED_WITHOUT_HANDOVER,)).label("without_handover"),
+            n(WITHOUT_HANDOVER).label("without_handover"),
         )
         .select_from(a.outerjoin(judged_by, judged_by.c.id == a.c.verdict_boot))
         .where(a.c.verdict.in_([str(v) for v in RAN]))

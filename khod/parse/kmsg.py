@@ -15,9 +15,15 @@ KHO lines (``kernel/liveupdate/kexec_handover.c``, 6.16-7.3), all prefixed ``KHO
 - ``exec from: <release> (count <n>)`` (7.1+, from ``kho_in_kexec_metadata``)
 - ``Failed to reserve scratch area, disabling kexec handover``
 
-The kernel's own warnings (``count_warnings``): records of facility 0 (the kernel;
-what user space writes to ``/dev/kmsg`` is facility 1 or above) whose message starts
-with one of ``KERNEL_WARNINGS``.
+Only the kernel's own records are its word: facility 0 (``pri >> 3`` of the prefix;
+what user space writes to ``/dev/kmsg`` gets facility 1 or above, the kernel never lets
+it claim 0) and the exact messages above, matched from the start of the text (a kernel
+record can start with a user's 15-byte task name: ``comm[pid]: segfault at ... in
+FILE[...]``, so nothing is searched for inside a line). The kernel's own warnings
+(``count_warnings``): facility 0 records whose message starts with one of
+``KERNEL_WARNINGS``.
+``Revived memory reservation 'NAME' from KHO`` (``mm/memblock.c``, no prefix): a
+``reserve_mem`` region taken from the handover, also by a ``kho=off`` kernel (7.3.4).
 LUO lines (``kernel/liveupdate/luo_core.c``, 6.19+), prefixed ``luo: ``:
 
 - ``Retrieved live update data, liveupdate number: N`` (the incoming struct accepted)
@@ -81,12 +87,23 @@ def parse_kmsg(data: bytes) -> list[KmsgRecord]:
 
 _EXEC_FROM = re.compile(rb"^KHO: exec from: (.*) \(count (\d{1,10})\)$", re.S)
 _REJECT = re.compile(rb"^KHO: setup: handover FDT \((0x[0-9a-fA-F]+)\) is (invalid|incompatible)")
-_DISABLE = re.compile(rb"disabling KHO revival|Disabling KHO revival")
+_DISABLE = re.compile(rb"^KHO: [dD]isabling KHO revival(?:: -?\d{1,10})?$")
+_FOUND = re.compile(rb"^KHO: found kexec handover data\.(?: .*)?$", re.S)
+_SCRATCH_FAILED = re.compile(rb"^KHO: Failed to reserve scratch area, disabling kexec handover$")
+_REVIVED = re.compile(rb"^Revived memory reservation '([^']{1,64})' from KHO$")
 _LUO_NUM = re.compile(rb"^luo: Retrieved live update data, liveupdate number: (-?\d{1,20})$")
 _LUO_ERR = re.compile(
     rb"^luo: (LUO state is (too small|incompatible with)|failed to retrieve LUO state)"
 )
-_META_ERR = re.compile(rb"^KHO: .*(blob too small|version \d+ not supported|too small for v\d+)")
+_META_ERR = re.compile(
+    rb"^KHO: (?:[a-z-]{1,32}: )?(?:blob too small|version \d+ not supported|too small for v\d+)"
+)
+
+
+# A kernel record that starts with the task's name (``comm``, at most 15 bytes): a
+# fault ("NAME[PID]: segfault at ..."), the OOM killer ("NAME invoked oom-killer: ..."),
+# drop_caches ("NAME (PID): drop_caches: N"). Any user names a program as it likes.
+_TASK_FIRST = re.compile(rb"^.{1,15}?(?:\[\d{1,10}\]| \(\d{1,10}\)| invoked oom-killer)", re.S)
 
 
 @dataclass(frozen=True)
@@ -105,6 +122,7 @@ class KhoLog:
     lines: tuple[str, ...] = ()  # every KHO line, in order
     liveupdate_num: int | None = None  # "luo: Retrieved live update data, ... number: N"
     luo_errors: tuple[str, ...] = ()  # the kernel's own words on LUO state it refused
+    revived: tuple[str, ...] = ()  # reserve_mem regions taken from the handover, by name
 
 
 def parse_kho_log(records: list[KmsgRecord]) -> KhoLog:
@@ -117,8 +135,11 @@ def parse_kho_log(records: list[KmsgRecord]) -> KhoLog:
     lines: list[str] = []
     luo_num: int | None = None
     luo_errors: list[str] = []
+    revived: list[str] = []
     for rec in records:
         msg = rec.message
+        if rec.facility != 0 or _TASK_FIRST.match(msg):
+            continue  # user space's words, not the kernel's
         if msg.startswith(b"luo: "):
             m = _LUO_NUM.match(msg)
             if m:
@@ -128,8 +149,11 @@ def parse_kho_log(records: list[KmsgRecord]) -> KhoLog:
             elif _LUO_ERR.match(msg):
                 luo_errors.append(rec.text)
             continue
-        is_kho = msg.startswith(b"KHO: ") or b"KHO revival" in msg or b"kexec handover" in msg
-        if not is_kho:
+        m = _REVIVED.match(msg)
+        if m:
+            revived.append(m.group(1).decode("utf-8", errors="backslashreplace"))
+            continue
+        if not msg.startswith(b"KHO: "):
             continue
         lines.append(rec.text)
         m = _EXEC_FROM.match(msg)
@@ -138,15 +162,15 @@ def parse_kho_log(records: list[KmsgRecord]) -> KhoLog:
             exec_release, _ = decode_release(exec_raw)
             exec_count = int(m.group(2))
             continue
-        if msg.startswith(b"KHO: found kexec handover data"):
+        if _FOUND.match(msg):
             found = True
         elif msg.startswith(b"KHO: scratch areas:"):
             scratch_areas = True
         elif _REJECT.match(msg):
             rejected = rec.text.removeprefix("KHO: ")
-        elif _DISABLE.search(msg):
+        elif _DISABLE.match(msg):
             disabled = rec.text.removeprefix("KHO: ")
-        elif b"Failed to reserve scratch area" in msg:
+        elif _SCRATCH_FAILED.match(msg):
             scratch_failed = True
         if _META_ERR.match(msg):
             meta_errors.append(rec.text)
@@ -163,6 +187,7 @@ def parse_kho_log(records: list[KmsgRecord]) -> KhoLog:
         tuple(lines),
         luo_num,
         tuple(luo_errors),
+        tuple(revived),
     )
 
 
@@ -185,4 +210,8 @@ KERNEL_WARNINGS = re.compile(
 def count_warnings(records: list[KmsgRecord]) -> int:
     """How many of the kernel's own warning lines the log holds (``KERNEL_WARNINGS``):
     each line counts once, so a BUG followed by its Oops counts two."""
-    return sum(1 for r in records if r.facility == 0 and KERNEL_WARNINGS.match(r.message))
+    return sum(
+        1
+        for r in records
+        if r.facility == 0 and KERNEL_WARNINGS.match(r.message) and not _TASK_FIRST.match(r.message)
+    )

@@ -74,14 +74,35 @@ def parse_cmdline(data: bytes, source: str) -> str:
     return _text(data.replace(b"\0", b" "), source, 1 << 16)
 
 
+# the last second a datetime (and so every reader of booted_at) can show: 9999-12-31
+MAX_BTIME = 253_402_300_799
+_BTIME = re.compile(rb"^btime ([0-9]{1,20})$")
+
+
 def parse_btime(data: bytes, source: str) -> int:
-    """``btime`` from /proc/stat: boot time in seconds since the epoch."""
+    """``btime`` from /proc/stat: boot time in seconds since the epoch, printed ``%llu``
+    (``fs/proc/stat.c``). A clock set back below the uptime makes it the wrapped u64
+    (``18446744073709551586``): that, a time no datetime holds and garbage are a
+    ParseError, never a number that is not a time."""
     for line in data.split(b"\n"):
-        if line.startswith(b"btime "):
-            try:
-                return int(line.split()[1])
-            except (ValueError, IndexError):
-                break
+        if not line.startswith(b"btime"):
+            continue
+        m = _BTIME.match(line.strip())
+        if m is None:
+            raise ParseError(source, None, f"btime is not a number: {line[:40]!r}")
+        value = int(m.group(1))
+        if value >= 1 << 63:
+            raise ParseError(
+                source,
+                None,
+                f"btime {value} is a negative boot time wrapped to a u64: the clock was set "
+                "back below the uptime; boot time unknown",
+            )
+        if value > MAX_BTIME:
+            raise ParseError(
+                source, None, f"btime {value} is after the year 9999: boot time unknown"
+            )
+        return value
     raise ParseError(source, None, "no btime line")
 
 
@@ -120,9 +141,20 @@ def kho_cmdline_setting(cmdline: str) -> bool | None:
     value = None
     for word in cmdline.split():
         if word.startswith("kho="):
-            v = word[4:].lower()
-            if v in ("1", "y", "yes", "on", "true"):
-                value = True
-            elif v in ("0", "n", "no", "off", "false"):
-                value = False
+            parsed = kstrtobool(word[4:])
+            if parsed is not None:  # the kernel ignores a value it cannot parse
+                value = parsed
     return value
+
+
+def kstrtobool(v: str) -> bool | None:
+    """``lib/kstrtox.c`` ``kstrtobool``: the first character decides (y/t/1, n/f/0),
+    ``on``/``off`` by the second; anything else is -EINVAL (None)."""
+    first, second = v[:1].lower(), v[1:2].lower()
+    if first in ("y", "t", "1"):
+        return True
+    if first in ("n", "f", "0"):
+        return False
+    if first == "o" and second in ("n", "f"):
+        return second == "n"
+    return None

@@ -76,6 +76,12 @@ def judge(expected_release: str, expected_count: int, boot: Any) -> tuple[str, s
     """The verdict on one attempt from the boot that followed it."""
     got = f"{boot.kind} from {boot.previous_release} count {boot.kexec_count}"
     want = f"kexec from {expected_release} count {expected_count}"
+    if boot.kind == BootKind.KEXEC_REJECTED and not boot.kho_enabled:
+        return (
+            records.Verdict.LANDED_KHO_OFF,
+            f"landed in a kernel with KHO off, the handover refused by configuration "
+            f"({boot.kind_reason}): expected {want}",
+        )
     if boot.kind == BootKind.KEXEC_REJECTED:
         return records.Verdict.ABI_MISMATCH, f"the handover was rejected: {boot.kind_reason}"
     if boot.kind == BootKind.KEXEC_NO_HANDOVER:

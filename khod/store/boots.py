@@ -351,7 +351,9 @@ def load_boots(
         seq, pk = recorded_order()
         q = q.where(boots.c.machine_id == machine_id).order_by(seq.desc(), pk.desc())
     else:
-        q = q.order_by(boots.c.booted_at.desc().nulls_last(), boots.c.id.desc())
+        # a boot whose time is unknown (btime not a time) stands where it was recorded
+        when = func.coalesce(boots.c.booted_at, boots.c.ingested_at)
+        q = q.order_by(when.desc().nulls_last(), boots.c.id.desc())
     if limit is not None:
         q = q.limit(limit)
     out = []

@@ -160,12 +160,15 @@ def test_kexecs_without_a_handover_are_not_cold_boots(luo: Run) -> None:
         ("kexec", rel[1], "kho", "landed"),
         # kexec -c: no KHO state; khod's own attempt record (the hook's) names the kernel
         ("kexec-no-handover", rel[2], "attempt", "landed-without-handover"),
-        # kho=off: the kernel logged "KHO: found kexec handover data." and revived
-        # nothing; where it came from, only khod's attempt says
-        ("kexec-rejected", rel[3], "attempt", "abi-mismatch"),
+        # kho=off: the kernel logged "KHO: found kexec handover data." and took no
+        # handover; where it came from, only khod's attempt says; the kexec landed, the
+        # handover refused by configuration
+        ("kexec-rejected", rel[3], "attempt", "landed-kho-off"),
         ("kexec-no-handover", rel[4], "attempt", "landed-without-handover"),
     ], got
     assert "KHO: found kexec handover data." in luo.boots[4].kho_lines, luo.boots[4].kho_lines
+    # KHO is off in the kho=off kernel, and only in it
+    assert [recs[b.boot_id]["kho_enabled"] for b in luo.boots] == [1, 1, 1, 1, 0, 1], got
     assert luo.boots[3].exec_from() is None and luo.boots[5].exec_from() is None
     assert [a["source"] for a in attempts(luo.db)] == [
         "khoctl", "khoctl", "hook", "khoctl", "khoctl",
