@@ -11,7 +11,10 @@ one or the new one.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import re
+import stat
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -19,15 +22,45 @@ if TYPE_CHECKING:  # the boot capture imports this module: nothing it does not n
     from typing import BinaryIO
 
 
+def _temp_name(target: str) -> str:
+    parent = os.path.dirname(target) or "."
+    return os.path.join(parent, f".{os.path.basename(target)}.{os.urandom(6).hex()}.tmp")
+
+
+def _open_locked(target: str) -> tuple[str, int]:
+    """A new temporary file beside ``target``, held under an exclusive ``flock`` for as
+    long as it is open: ``remove_stale_temps`` leaves it alone. One that a cleaner
+    removed between its creation and the lock (no link left) is replaced by another."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    while True:
+        tmp = _temp_name(target)
+        fd = os.open(tmp, flags, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink > 0:
+                return tmp, fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike[str], mode: int = 0o600) -> Iterator[BinaryIO]:
+def atomic_file(
+    path: str | os.PathLike[str], mode: int = 0o600, *, lock: bool = False
+) -> Iterator[BinaryIO]:
     """A binary file to write; it becomes ``path`` when the block ends without an
-    exception (otherwise it is removed and ``path`` is left as it was)."""
+    exception (otherwise it is removed and ``path`` is left as it was). ``lock``: the
+    temporary file is held under ``flock`` while it is written, so that the next start
+    can tell one a killed process left (``remove_stale_temps``) from one being written."""
     target = os.fspath(path)
     parent = os.path.dirname(target) or "."
-    tmp = os.path.join(parent, f".{os.path.basename(target)}.{os.urandom(6).hex()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, 0o600)
+    if lock:
+        tmp, fd = _open_locked(target)
+    else:
+        tmp = _temp_name(target)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o600)
     try:
         try:
             f = os.fdopen(fd, "wb")
@@ -54,3 +87,38 @@ def atomic_file(path: str | os.PathLike[str], mode: int = 0o600) -> Iterator[Bin
 def write_file(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
     with atomic_file(path, mode) as f:
         f.write(data)
+
+
+def remove_stale_temps(directory: str | os.PathLike[str], suffix: str) -> list[tuple[str, int]]:
+    """Remove the temporary files ``atomic_file(..., lock=True)`` left in ``directory``
+    for targets ending in ``suffix`` when its process was killed: those no live process
+    holds (their ``flock`` can be taken). The names and sizes removed; a file that
+    cannot be examined or removed is left for the next start."""
+    pattern = re.compile(rf"\..+{re.escape(suffix)}\.[0-9a-f]{{12}}\.tmp")
+    removed: list[tuple[str, int]] = []
+    try:
+        with os.scandir(directory) as it:
+            names = [e.name for e in it if pattern.fullmatch(e.name)]
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(os.fspath(directory), name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone already, or a link: not ours to touch
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live writer holds it
+            os.unlink(path)  # under the lock: a writer that raced us sees no link, retries
+            removed.append((name, st.st_size))
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed

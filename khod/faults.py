@@ -2,8 +2,9 @@
 
 ``KHOD_FAULT_KILL_AT=N``: this process sends itself SIGKILL at its Nth fault point.
 ``KHOD_FAULT_TRACE=FILE``: each point's name is appended to FILE (to count them).
-The points are every SQL statement and commit (``instrument``) and both sides of each
-pstore unlink. Neither variable set: ``enabled()`` is one environment lookup, and
+The points are every SQL statement and commit (``instrument``), both sides of each
+pstore unlink, and the boot capture's spool written but not yet renamed (a daemon's
+first point). Neither variable set: ``enabled()`` is one environment lookup, and
 nothing is instrumented.
 """
 

@@ -85,7 +85,7 @@ def legacy_source(kind: str, path: str) -> EventSource:
     NULL): from its kind, else from the path it names."""
     if kind == "kexec-verdict":
         return EventSource.KEXEC
-    if kind == "store-damaged":
+    if kind in ("store-damaged", "store-unchecked"):
         return EventSource.STORE
     if "/kho" in path or path == "kho" or "/sys/kernel/debug" in path:
         return EventSource.KHO

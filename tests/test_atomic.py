@@ -50,3 +50,17 @@ def test_the_mode_is_set_whatever_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "khod.prom").stat().st_mode & 0o777 == 0o644
+
+
+def test_only_a_temporary_file_no_live_process_holds_is_removed_as_stale(tmp_path: Path) -> None:
+    """The next start removes what a killed writer left, never a file being written."""
+    stale = tmp_path / ".abc.spool.0123456789ab.tmp"
+    stale.write_bytes(b"x" * 1000)  # no writer holds it: a killed capture's
+    other = tmp_path / ".khod.prom.0123456789ab.tmp"  # another target's: not this cleaner's
+    other.write_bytes(b"y")
+    with atomic.atomic_file(tmp_path / "def.spool", lock=True) as f:
+        f.write(b"being written")
+        assert atomic.remove_stale_temps(tmp_path, ".spool") == [(stale.name, 1000)]
+        (live,) = [p for p in tmp_path.iterdir() if p.name.startswith(".def.spool.")]
+    assert not live.exists() and (tmp_path / "def.spool").read_bytes() == b"being written"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "def.spool"]

@@ -11,6 +11,7 @@ import random
 import shutil
 import signal
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ import pytest
 
 from khod.cli import khod_main
 from khod.cli.common import run_main
-from tests.conftest import FIXTURES, restore_pstore_mtimes
+from tests import daemon_helpers
+from tests.conftest import FIXTURES, SysrootFactory, restore_pstore_mtimes
 
 pytestmark = pytest.mark.slow
 
@@ -153,3 +155,41 @@ def test_sigkill_at_200_points_loses_and_doubles_nothing(
             f"{len(STEPS)} ingests ({unlink_kills} after a pstore unlink): 0 duplicates, "
             "0 lost records, integrity_check ok every time"
         )
+
+
+def test_a_capture_killed_mid_write_leaves_no_temporary_file_after_the_next_start(
+    sysroot: SysrootFactory, tmp_path: Path
+) -> None:
+    """The daemon SIGKILLed while its boot capture writes the spool (the fault point
+    between the bytes and the rename): the next start removes the temporary file, records
+    the boot, and leaves nothing behind in the spool directory."""
+    root = sysroot("pstore-kho/step1")
+    state, db = tmp_path / "state", f"sqlite:///{tmp_path / 'k.db'}"
+    where = ("--state-dir", str(state), "--db", db)
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    with daemon_helpers.running_daemon(
+        root, killed, *where, state_dir=False, env={"KHOD_FAULT_KILL_AT": "1"}
+    ) as d:
+        assert d.proc.wait(30) == -signal.SIGKILL
+    left = [p.name for p in (state / "spool").iterdir()]
+    assert len(left) == 1 and left[0].endswith(".tmp"), left  # the kill left it
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    with daemon_helpers.running_daemon(root, clean, *where, state_dir=False) as d:
+        d.wait_for("READY=1")
+        assert metric_value(d.scrape(), "khod_kexecs_since_cold_boot") == 1.0
+        deadline = time.monotonic() + 30  # the spool goes right after READY=1
+        while left := sorted(p.name for p in (state / "spool").iterdir()):
+            assert time.monotonic() < deadline, left
+            time.sleep(0.1)
+    with sqlite3.connect(tmp_path / "k.db") as conn:
+        boots = [b for (b,) in conn.execute("SELECT boot_id FROM boots")]
+    assert boots == ["f3d7c587-29b6-4fdf-91fe-146df8164692"]
+
+
+def metric_value(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None

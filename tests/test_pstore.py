@@ -438,3 +438,39 @@ def test_rescan_adds_a_late_backends_records(sysroot: SysrootFactory, db_url: st
 
 def test_collect_pstore_without_any_pstore(tmp_path: Path) -> None:
     assert collect_pstore(HostPaths(tmp_path), None) == ([], [])
+
+
+def test_a_full_archive_keeps_the_newest_dumps_and_says_how_many_were_left(
+    sysroot: SysrootFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """More entries in systemd-pstore's archive than khod reads (4096): the newest are
+    kept (by mtime), not the first by name (with ids that grow with time, the oldest);
+    one warning line and an event say how many were left out."""
+    root = sysroot("pstore-kho/step1")
+    archive = root / ARCHIVE
+    archive.mkdir(parents=True)
+    total = 4100
+    base = 1_750_000_000 * 10**9
+    for i in range(total):  # ids and mtimes grow together, as the dumps came
+        f = archive / f"dmesg-efi_pstore-{1000000 + i}"
+        f.write_bytes(f"Oops#{i + 1} Part1\n<4>[ 1.0] dump {i}\n".encode())
+        os.utime(f, ns=(base + i * 10**9, base + i * 10**9))
+    db = tmp_path / "k.db"
+    capsys.readouterr()
+    argv = ["--once", "--sysroot", str(root), "--db", f"sqlite:///{db}"]
+    assert run_main("khod", khod_main.main, argv) == 0
+    err = capsys.readouterr().err
+    store = open_store(f"sqlite:///{db}")
+    with store.engine.connect() as conn:
+        names = set(conn.execute(select(pstore_records.c.name)).scalars())
+    archived = {n for n in names if n.startswith("dmesg-efi_pstore-")}
+    newest = {f"dmesg-efi_pstore-{1000000 + i}" for i in range(total - 4096, total)}
+    assert archived == newest, sorted(newest - archived)[:5]
+    warnings = [line for line in err.splitlines() if "left out" in line]
+    assert len(warnings) == 1, err
+    assert warnings[0].startswith("khod: warning: ") and " 4 " in warnings[0], warnings
+    (boot,) = load_boots(store)
+    assert boot.id is not None
+    (event,) = [e for e in load_events(store, boot.id) if "left out" in e["message"]]
+    assert event["severity"] == "warning" and ARCHIVE in event["source"]
+    store.dispose()

@@ -22,7 +22,7 @@ from khod.parse.pstore import (
 )
 from khod.parse.pstore_kho import parse_pstore_kho
 from khod.paths import HostPaths
-from khod.sources.pstore import PstoreFile, read_pstore_files
+from khod.sources.pstore import LeftOut, PstoreFile, read_pstore_files
 
 
 def decode_record(
@@ -156,7 +156,14 @@ def collect_pstore(
     paths: HostPaths, kho_subtree: bytes | None, inflate_limit: int = DEFAULT_INFLATE_LIMIT
 ) -> tuple[list[PstoreRecord], list[Event]]:
     events: list[Event] = []
-    files, errors = read_pstore_files(paths)
+    left_out: list[LeftOut] = []
+    files, errors = read_pstore_files(paths, left_out)
+    for lo in left_out:
+        events.append(
+            Event(
+                "pstore-left-out", lo.shown, Severity.WARNING, lo.message, origin=EventSource.PSTORE
+            )
+        )
     for e in errors:
         events.append(
             Event("read-error", e.source, Severity.WARNING, str(e), origin=EventSource.PSTORE)

@@ -9,6 +9,7 @@ Progress and problems are lines on stderr (``khod: ...``), which the daemon logs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import time
@@ -63,6 +64,23 @@ def write_textfile(path: str, snap: dict[str, object]) -> None:
         raise KhodError(f"cannot write {path}: {e.strerror or e}") from None
 
 
+def journal_unchecked(event: Event | None) -> None:
+    """The store could not be checked and then not written (a full disk): the event
+    goes to the journal, the one place left to write it; the error is the one line."""
+    if event is None:
+        return
+    from khod.adapters import sd  # noqa: PLC0415
+
+    with contextlib.suppress(OSError):  # no journal either: the error line says it all
+        sd.send(
+            event.message,
+            sd.event_message_id(event),
+            sd.PRIORITY[event.severity],
+            KHOD_EVENT=event.kind,
+            KHOD_SOURCE=event.source,
+        )
+
+
 def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> int:
     """Run ``job``; ``on_ready`` (the daemon's cue for READY=1) once the boot is
     committed and the snapshot written. 0, or an error raised (``khod.oneline``)."""
@@ -89,11 +107,20 @@ def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> 
         if job.snapshot is not None:  # a daemon's ingest: say so once per start
             print(f"khod: {damaged.message}", file=sys.stderr)
         damaged = None
-    if damaged is not None:
+    unchecked = None  # a full disk, an I/O error: recorded if the store takes the boot
+    if damaged is not None and damaged.kind == "store-unchecked":
+        unchecked = damaged
+    elif damaged is not None:
         print_events([damaged])
-        if obs is not None:
-            obs = dataclasses.replace(obs, events=(*obs.events, damaged))
-    store = open_store(cfg.db or None)
+    if damaged is not None and obs is not None:
+        obs = dataclasses.replace(obs, events=(*obs.events, damaged))
+    try:
+        store = open_store(cfg.db or None)
+    except BaseException:
+        journal_unchecked(unchecked)
+        raise
+    if unchecked is not None:
+        print_events([unchecked])
     spool = Path(cfg.state_dir) / "spool"
     rescan: Rescan | None = None
     try:
@@ -150,6 +177,9 @@ def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> 
             print(
                 f"khod: warning: cannot remove {spool / boot}.spool: {e.strerror}", file=sys.stderr
             )
+    except BaseException:
+        journal_unchecked(unchecked)
+        raise
     finally:
         store.dispose()
     if job.textfile and snap is not None:  # the boot is committed: a failure here loses nothing

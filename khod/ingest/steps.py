@@ -107,8 +107,9 @@ def recover_spools(
     import shutil  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
 
-    from khod.sources.capture import unpack  # noqa: PLC0415
+    from khod.sources.capture import clean_spool, unpack  # noqa: PLC0415
 
+    clean_spool(spool_dir)  # what a capture killed mid-write left
     lines = []
     try:
         spools = sorted(spool_dir.glob("*.spool"))

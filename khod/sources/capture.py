@@ -18,9 +18,11 @@ import errno
 import os
 import stat
 import struct
+import sys
 from pathlib import Path
 
-from khod.atomic import write_file
+from khod import faults
+from khod.atomic import atomic_file, remove_stale_temps
 from khod.errors import ParseError, SourceError
 from khod.parse.proc import parse_boot_id
 from khod.paths import HostPaths
@@ -78,6 +80,17 @@ def read_boot_id(root: str) -> str | None:
         return None
 
 
+def clean_spool(spool_dir: str | os.PathLike[str]) -> None:
+    """Remove the temporary spool files a killed capture left (no live process holds
+    them); one line on stderr for each."""
+    for name, size in remove_stale_temps(spool_dir, ".spool"):
+        print(
+            f"khod: removed {os.path.join(os.fspath(spool_dir), name)} "
+            f"({size} bytes), left by a boot capture that was killed",
+            file=sys.stderr,
+        )
+
+
 def capture(root: str, spool_dir: str) -> str | None:
     """Write this boot's spool; return its path, or None when the boot has no id."""
     boot_id = read_boot_id(root)
@@ -102,8 +115,12 @@ def capture(root: str, spool_dir: str) -> str | None:
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
         # a planted symlink (or someone else's directory) would send this write elsewhere
         raise OSError(errno.EPERM, f"{spool_dir}: not a directory of ours (a symlink?)")
+    clean_spool(spool_dir)
     final = os.path.join(spool_dir, f"{boot_id}.spool")
-    write_file(final, b"".join(parts))
+    with atomic_file(final, lock=True) as f:
+        f.write(b"".join(parts))
+        f.flush()
+        faults.point("spool written")  # the crash tests: killed before the rename
     return final
 
 

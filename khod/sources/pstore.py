@@ -8,8 +8,10 @@ leading digits, next to a reassembled ``dmesg.txt``.
 
 from __future__ import annotations
 
+import heapq
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +33,45 @@ class PstoreFile:
     mtime_ns: int
 
 
-def _entries(d: Path) -> list[os.DirEntry[str]]:
+@dataclass(frozen=True)
+class LeftOut:
+    """A directory holding more than ``MAX_FILES`` entries: the oldest were not read."""
+
+    shown: str
+    total: int
+    kept: int
+
+    @property
+    def message(self) -> str:
+        return (
+            f"{self.shown}: {self.total} entries, more than the {self.kept} khod reads: "
+            f"the newest {self.kept} read, {self.total - self.kept} older left out"
+        )
+
+
+def _mtime(e: os.DirEntry[str]) -> int:
+    try:
+        return e.stat(follow_symlinks=False).st_mtime_ns
+    except OSError:
+        return -1  # gone or unreadable: the last to keep (reading it says why)
+
+
+def _entries(d: Path, left_out: list[LeftOut], shown: str) -> list[os.DirEntry[str]]:
+    """The entries of ``d`` in name order; past ``MAX_FILES``, only the newest (by mtime,
+    then name), at most ``MAX_FILES`` held in memory whatever the directory holds."""
+    total = 0
+
+    def counted(it: Iterator[os.DirEntry[str]]) -> Iterator[os.DirEntry[str]]:
+        nonlocal total
+        for e in it:
+            total += 1
+            yield e
+
     with os.scandir(d) as it:
-        return sorted(it, key=lambda e: e.name)[:MAX_FILES]
+        kept = heapq.nlargest(MAX_FILES, counted(it), key=lambda e: (_mtime(e), e.name))
+    if total > MAX_FILES:
+        left_out.append(LeftOut(shown, total, MAX_FILES))
+    return sorted(kept, key=lambda e: e.name)
 
 
 def _read(
@@ -54,13 +92,17 @@ def _read(
     return PstoreFile(location, path, shown, path.name, data, st.st_mtime_ns)
 
 
-def read_pstore_files(paths: HostPaths) -> tuple[list[PstoreFile], list[SourceError]]:
-    """Every record file in both places; errors for what could not be read."""
+def read_pstore_files(
+    paths: HostPaths, left_out: list[LeftOut] | None = None
+) -> tuple[list[PstoreFile], list[SourceError]]:
+    """Every record file in both places; errors for what could not be read; in
+    ``left_out``, each directory whose oldest entries were left (``MAX_FILES``)."""
     files: list[PstoreFile] = []
     errors: list[SourceError] = []
+    capped: list[LeftOut] = [] if left_out is None else left_out
     for location, base in (("pstore", paths.pstore), ("archive", paths.systemd_pstore_archive)):
         try:
-            entries = _entries(base)
+            entries = _entries(base, capped, paths.rel(base))
         except FileNotFoundError:
             continue
         except OSError as e:
@@ -75,7 +117,7 @@ def read_pstore_files(paths: HostPaths) -> tuple[list[PstoreFile], list[SourceEr
                 continue
             if is_dir:
                 try:
-                    sub = _entries(p)
+                    sub = _entries(p, capped, paths.rel(p))
                 except OSError as err:
                     errors.append(SourceError(paths.rel(p), describe_oserror(err)))
                     continue
