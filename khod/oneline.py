@@ -160,7 +160,11 @@ def run_main(
     SIGPIPE would; a broken pipe or socket anywhere else is an error."""
     debug = "--debug" in argv
     try:
-        code = main(argv)
+        try:
+            code = main(argv)
+        except SystemExit:  # argparse's --help, --version and usage errors: flushed too
+            sys.stdout.flush()
+            raise
         sys.stdout.flush()  # a closed stdout shows here, not in the interpreter's exit
         return code
     except KhodError as e:

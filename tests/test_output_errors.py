@@ -108,3 +108,14 @@ def test_khod_once_with_stdout_on_dev_full_or_closed_records_the_boot_and_says_s
     r = run([str(BIN / "khoctl"), "history", "--all", "--json", "--db", db],
             stdout=subprocess.PIPE)  # fmt: skip
     assert r.stdout.count('"boot_id"') == 2
+
+
+@pytest.mark.parametrize("prog", ["khoctl", "khod"])
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_help_and_version_on_dev_full_say_so(prog: str, flag: str) -> None:
+    """argparse prints --help and --version and exits: the output that could not be
+    written is one line and status 1, not the interpreter's traceback at exit."""
+    with open("/dev/full", "w") as full:
+        r = run([str(BIN / prog), flag], stdout=full)
+    assert r.returncode == 1, r.stderr
+    assert one_line(r) == f"{prog}: error: cannot write output: No space left on device"
