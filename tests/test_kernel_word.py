@@ -142,3 +142,14 @@ def test_a_task_name_at_the_start_of_a_kernel_record_is_not_a_kernel_warning() -
 def test_a_task_name_cannot_forge_the_exec_from_line() -> None:
     data = b"6,1,0,-;KHO: exec from: (4242): drop_caches: 3 (count 9)\n"
     assert parse_kho_log(parse_kmsg(data)).exec_from_count is None
+
+
+def test_a_hung_task_warning_counts_whatever_the_task_is_named() -> None:
+    """``INFO: task COMM:PID blocked`` names the task 11 bytes in: a name that looks like
+    a pid in brackets, or in parentheses, hides no hung task from the count."""
+    lines = [
+        b"3,1,0,-;INFO: task a[1]:4242 blocked for more than 122 seconds.",
+        b"3,2,0,-;INFO: task b (2):4243 blocked for more than 122 seconds.",
+        b"3,3,0,-;INFO: task kworker/0:1:17 blocked for more than 122 seconds.",
+    ]
+    assert count_warnings(parse_kmsg(b"\n".join(lines) + b"\n")) == 3

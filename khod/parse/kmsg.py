@@ -104,6 +104,14 @@ _META_ERR = re.compile(
 # fault ("NAME[PID]: segfault at ..."), the OOM killer ("NAME invoked oom-killer: ..."),
 # drop_caches ("NAME (PID): drop_caches: N"). Any user names a program as it likes.
 _TASK_FIRST = re.compile(rb"^.{1,15}?(?:\[\d{1,10}\]| \(\d{1,10}\)| invoked oom-killer)", re.S)
+# ... but the hung-task warning names its task 11 bytes in ("INFO: task COMM:PID blocked
+# for more than"): no record that starts with a task's name can take that shape
+_HUNG_TASK = re.compile(rb"^INFO: task .{1,15}:\d{1,10} blocked for more than ", re.S)
+
+
+def _task_first(msg: bytes) -> bool:
+    """Whether the record starts with a task's name, so not with the kernel's words."""
+    return _TASK_FIRST.match(msg) is not None and _HUNG_TASK.match(msg) is None
 
 
 @dataclass(frozen=True)
@@ -138,7 +146,7 @@ def parse_kho_log(records: list[KmsgRecord]) -> KhoLog:
     revived: list[str] = []
     for rec in records:
         msg = rec.message
-        if rec.facility != 0 or _TASK_FIRST.match(msg):
+        if rec.facility != 0 or _task_first(msg):
             continue  # user space's words, not the kernel's
         if msg.startswith(b"luo: "):
             m = _LUO_NUM.match(msg)
@@ -213,5 +221,5 @@ def count_warnings(records: list[KmsgRecord]) -> int:
     return sum(
         1
         for r in records
-        if r.facility == 0 and KERNEL_WARNINGS.match(r.message) and not _TASK_FIRST.match(r.message)
+        if r.facility == 0 and KERNEL_WARNINGS.match(r.message) and not _task_first(r.message)
     )
