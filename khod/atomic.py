@@ -6,15 +6,22 @@ planted file or link is never written through), its mode set, flushed to disk, r
 over the target (a symlink there is replaced, not followed), then the directory flushed.
 Readers see the old file or the new one, never half of it; after a power cut, the old
 one or the new one.
+
+Only a regular file (or nothing) is replaced so: a character device (``/dev/null``, a
+terminal), a FIFO, ``-`` and this process's own descriptors (``/dev/stdout``) are
+written through, the node left as it is; anything else (a block device, a directory)
+is an error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
 import stat
+import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -25,6 +32,39 @@ if TYPE_CHECKING:  # the boot capture imports this module: nothing it does not n
 def _temp_name(target: str) -> str:
     parent = os.path.dirname(target) or "."
     return os.path.join(parent, f".{os.path.basename(target)}.{os.urandom(6).hex()}.tmp")
+
+
+# names of this process's own descriptors (``-o /dev/stdout``): a link to whatever the
+# descriptor is, which a rename would replace
+_OWN_FD = re.compile(r"/dev/(stdin|stdout|stderr)|/dev/fd/(\d+)|/proc/self/fd/(\d+)")
+_STD = {"stdin": 0, "stdout": 1, "stderr": 2}
+
+
+def _write_through(target: str) -> BinaryIO | None:
+    """The open file to write ``target`` through, when it is not a path to replace: one
+    of this process's descriptors (``-``, ``/dev/stdout``), a character device (a
+    terminal, ``/dev/null``) or a FIFO. None for a regular file or nothing (written to a
+    temporary file and renamed); an error for anything else (a block device, a
+    directory, a socket): never replaced, never written."""
+    m = _OWN_FD.fullmatch(os.path.normpath(target)) if target != "-" else None
+    if target == "-" or m is not None:
+        fd = 1 if m is None else _STD[m[1]] if m[1] else int(m[2] or m[3])
+        if fd == 1:
+            sys.stdout.flush()  # what was printed before comes first
+        elif fd == 2:
+            sys.stderr.flush()
+        return os.fdopen(os.dup(fd), "wb")
+    try:
+        st = os.stat(target)  # what the path is, through any link
+    except FileNotFoundError:
+        return None
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if not (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        raise OSError(errno.EINVAL, "not a regular file, a character device or a pipe", target)
+    # no O_CREAT, no O_TRUNC, no chmod, no rename: the node stays as it is
+    fd = os.open(target, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    return os.fdopen(fd, "wb")
 
 
 def _open_locked(target: str) -> tuple[str, int]:
@@ -54,6 +94,12 @@ def atomic_file(
     temporary file is held under ``flock`` while it is written, so that the next start
     can tell one a killed process left (``remove_stale_temps``) from one being written."""
     target = os.fspath(path)
+    through = _write_through(target)
+    if through is not None:
+        with through as f:
+            yield f
+            f.flush()
+        return
     parent = os.path.dirname(target) or "."
     if lock:
         tmp, fd = _open_locked(target)

@@ -233,7 +233,10 @@ def cmd_report(args: argparse.Namespace, since: float | None) -> int:
         from khod.daemon.metrics import TEXTFILE_MODE  # noqa: PLC0415
 
         data = metrics(rows, args.bad_rate, args.bad_min_boots)
-        write_file(args.textfile, data, TEXTFILE_MODE)
+        try:
+            write_file(args.textfile, data, TEXTFILE_MODE)
+        except OSError as e:
+            raise KhodError(f"cannot write {args.textfile}: {e.strerror or e}") from None
     if args.json:
         print_json([t.as_json() for t in rows])
         return 0
