@@ -399,14 +399,23 @@ def test_textfile_metrics_carry_the_counts_intervals_and_verdicts(
 @pytest.mark.parametrize(
     ("argv", "why"),
     [
-        (["--alpha", "0"], "--alpha must be between 0 and 1, not 0.0"),
-        (["--alpha", "1.5"], "--alpha must be between 0 and 1, not 1.5"),
-        (["--min-evidence", "-1"], "--min-evidence must be 0 or more, not -1"),
+        (["--alpha", "0"], "argument --alpha: expected a number above 0 below 1, got '0'"),
+        (["--alpha", "1.5"], "argument --alpha: expected a number above 0 below 1, got '1.5'"),
+        (
+            ["--min-evidence", "-1"],
+            "argument --min-evidence: expected a whole number from 0 to "
+            "9223372036854775807, got '-1'",
+        ),
     ],
 )
-def test_bad_thresholds_are_one_line_errors(report: Any, argv: list[str], why: str) -> None:
-    rc, out, err = report(*argv)
-    assert (rc, out, err) == (1, "", f"khoctl: error: {why}\n")
+def test_bad_thresholds_are_usage_errors(
+    report: Any, capsys: pytest.CaptureFixture[str], argv: list[str], why: str
+) -> None:
+    """A threshold out of range is a usage error (exit 2): the usage, then one line."""
+    with pytest.raises(SystemExit) as exit_:
+        report(*argv)
+    out, err = capsys.readouterr()
+    assert (exit_.value.code, out, err.splitlines()[-1]) == (2, "", f"khoctl report: error: {why}")
 
 
 # --- the statistics alone ----------------------------------------------------------

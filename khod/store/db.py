@@ -215,19 +215,18 @@ def current_revision(store: Store) -> str | None:
         raise StoreError(f"cannot open database {store.location}: {describe_db_error(e)}") from None
 
 
-def newer_than_head(store: Store, rev: str) -> StoreError:
-    """The one line for a store whose schema a newer khod wrote."""
-    return StoreError(
-        f"database {store.location}: schema {rev} is newer than this khod "
-        f"(head {HEAD_REVISION}): upgrade khod"
-    )
-
-
 def is_known(rev: str) -> bool:
     """Whether this khod's migrations know the revision (Alembic imported: rare)."""
     from khod.store import migrate  # noqa: PLC0415
 
     return migrate.knows(rev)
+
+
+def newer_than_head(store: Store, rev: str) -> StoreError:
+    """The one line for a store whose schema a newer khod wrote."""
+    from khod.store import migrate  # noqa: PLC0415
+
+    return migrate.newer_than_head(store, rev)
 
 
 def open_reader(url_text: str | None = None, *, read_only: bool | None = True) -> Store:

@@ -13,6 +13,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import StoreError
 from khod.store.handle import Store, describe_db_error
+from khod.store.schema import HEAD_REVISION
 
 MIGRATION_LOCK = 0x6B686F64  # "khod"
 
@@ -40,11 +41,17 @@ def knows(rev: str) -> bool:
         return False
 
 
+def newer_than_head(store: Store, rev: str) -> StoreError:
+    """The one line for a store whose schema a newer khod wrote."""
+    return StoreError(
+        f"database {store.location}: schema {rev} is newer than this khod "
+        f"(head {HEAD_REVISION}): upgrade khod"
+    )
+
+
 def upgrade(store: Store, current: str | None, target: str = "head") -> str:
     cfg = alembic_config(store)
     if current is not None and not knows(current):
-        from khod.store.db import newer_than_head  # noqa: PLC0415
-
         raise newer_than_head(store, current)
     try:
         with store.writer.begin() as conn:
