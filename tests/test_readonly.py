@@ -60,20 +60,56 @@ def test_a_store_on_a_read_only_filesystem_can_be_read(
     assert sorted(p.name for p in small_fs.iterdir()) == before
 
 
-def test_a_reader_neither_creates_nor_migrates_a_store(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    old = tmp_path / "old.db"
-    sqlite3.connect(old).executescript(
-        "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL);"
-        "INSERT INTO alembic_version VALUES ('0001');"
-    )
-    rc, _, err = ctl(capsys, "history", "--db", f"sqlite:///{old}", "--sysroot", str(tmp_path))
-    assert rc == 1 and err.count("\n") == 1 and "khoctl db upgrade" in err, err
-    con = sqlite3.connect(old)
-    assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+def test_a_reader_creates_no_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, _, err = ctl(capsys, "history", "--db", f"sqlite:///{tmp_path / 'none.db'}")
-    assert rc == 1 and not (tmp_path / "none.db").exists()
+    assert rc == 1 and err.count("\n") == 1 and not (tmp_path / "none.db").exists(), err
+
+
+def _older_store(sysroot: SysrootFactory, path: Path) -> str:
+    """A real store, taken back to the schema the previous release wrote."""
+    from khod.store import migrate
+    from khod.store.db import open_store
+
+    url = f"sqlite:///{path}"
+    host_store(sysroot, url, ["pstore-kho/step0", "pstore-kho/step1"])
+    store = open_store(url, migrate=False)
+    migrate.downgrade(store, "0010")
+    store.dispose()
+    return url
+
+
+def _revision(path: Path, immutable: bool = False) -> str:
+    con = sqlite3.connect(f"file:{path}?mode=ro{'&immutable=1' if immutable else ''}", uri=True)
+    try:
+        return str(con.execute("SELECT version_num FROM alembic_version").fetchone()[0])
+    finally:
+        con.close()
+
+
+def test_a_reader_brings_an_older_local_store_to_head(
+    sysroot: SysrootFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a package upgrade, before khod has run again, khoctl reads the store the
+    previous release wrote, as khod would at start."""
+    url = _older_store(sysroot, tmp_path / "khod.db")
+    rc, out, err = ctl(capsys, "history", "--json", "--db", url, "--sysroot", str(tmp_path))
+    assert rc == 0, err
+    assert len(json.loads(out)) == 2
+    assert _revision(tmp_path / "khod.db") == HEAD_REVISION
+
+
+def test_an_older_store_that_cannot_be_written_is_one_line(
+    sysroot: SysrootFactory, tmp_path: Path, small_fs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = _older_store(sysroot, small_fs / "khod.db")
+    r = subprocess.run(
+        ["mount", "-o", "remount,ro", str(small_fs)], capture_output=True, check=False
+    )
+    assert r.returncode == 0, r.stderr
+    rc, _, err = ctl(capsys, "history", "--db", url, "--sysroot", str(tmp_path))
+    assert rc == 1 and err.count("\n") == 1, err
+    assert "schema 0010 is older than this khod" in err and "khoctl db upgrade" in err, err
+    assert _revision(small_fs / "khod.db", immutable=True) == "0010"
 
 
 @pytest.fixture

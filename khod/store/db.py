@@ -55,15 +55,19 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.R_OK | os.W_OK) and os.access(path.parent, os.W_OK)
 
 
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def _read_only_uri(path: Path) -> str:
     """SQLite's URI for reading ``path`` without writing anything: ``mode=ro``; on a
     read-only filesystem also ``immutable=1`` (no -shm can be made there, and nothing
     can change the file), unless an unmerged WAL and its -shm are there to be read."""
     uri = f"file:{quote(str(path))}?mode=ro"
-    try:
-        read_only_fs = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except OSError:
-        read_only_fs = False
+    read_only_fs = _read_only_fs(path)
     wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
     if read_only_fs and not (wal.is_file() and wal.stat().st_size > 0 and shm.is_file()):
         uri += "&immutable=1"
@@ -230,8 +234,11 @@ def newer_than_head(store: Store, rev: str) -> StoreError:
 
 
 def open_reader(url_text: str | None = None, *, read_only: bool | None = True) -> Store:
-    """A store for a command that only reads it: never created, never migrated, opened
-    read-only (a store on a read-only filesystem, a rescued disk, can be read)."""
+    """A store for a command that only reads it: never created, opened read-only (a
+    store on a read-only filesystem, a rescued disk, can be read). A local SQLite store
+    an older khod wrote is brought to head first, as khod does at start, when it can be
+    written (after a package upgrade, before khod has run again); a PostgreSQL store
+    never: a fleet database is upgraded by its owner (``khoctl db upgrade``)."""
     store = open_store(url_text, create=False, migrate=False, read_only=read_only)
     try:
         rev = current_revision(store)
@@ -240,14 +247,20 @@ def open_reader(url_text: str | None = None, *, read_only: bool | None = True) -
                 raise NoStore(f"database {store.location} has no schema yet (run khod --once)")
             if not is_known(rev):
                 raise newer_than_head(store, rev)
-            raise StoreError(
-                f"database {store.location}: schema {rev} is older than this khod "
-                f"(head {HEAD_REVISION}): run khoctl db upgrade"
-            )
+            path = _sqlite_path(store.url)
+            if path is None or not _writable(path) or _read_only_fs(path):
+                raise StoreError(
+                    f"database {store.location}: schema {rev} is older than this khod "
+                    f"(head {HEAD_REVISION}): run khoctl db upgrade"
+                )
     except BaseException:
         store.dispose()
         raise
-    return store
+    if rev == HEAD_REVISION:
+        return store
+    store.dispose()
+    open_store(url_text, create=False, migrate=True).dispose()
+    return open_store(url_text, create=False, migrate=False, read_only=read_only)
 
 
 def ensure_schema(store: Store) -> str:
