@@ -18,34 +18,20 @@ import pytest
 from khod.cli import khoctl
 from khod.cli.common import run_main
 from tests import daemon_helpers
-from tests.conftest import SysrootFactory
+from tests.conftest import SysrootFactory, mounted_tmpfs
 
 pytestmark = pytest.mark.slow
 
 
-def _mounted(tmp_path: Path, size: str) -> Iterator[Path]:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "khod-test", str(mnt)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert r.returncode == 0, f"mounting a tmpfs needs root: {r.stderr}"
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    yield from _mounted(tmp_path, "1m")
+    yield from mounted_tmpfs(tmp_path, "1m")
 
 
 @pytest.fixture
 def store_fs(tmp_path: Path) -> Iterator[Path]:
     """Room for a few boots (blobs and pstore records), then full."""
-    yield from _mounted(tmp_path, "8m")
+    yield from mounted_tmpfs(tmp_path, "8m")
 
 
 def fill(mnt: Path) -> Path:

@@ -14,23 +14,13 @@ import pytest
 from khod.cli import khod_main
 from khod.cli.common import run_main
 from khod.store.schema import HEAD_REVISION
-from tests.conftest import SysrootFactory
+from tests.conftest import SysrootFactory, mounted_tmpfs
 from tests.test_fleet import ctl, host_store
 
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "khod-test", str(mnt)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert r.returncode == 0, f"mounting a tmpfs needs root: {r.stderr}"
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    yield from mounted_tmpfs(tmp_path, "8m")
 
 
 def test_a_store_on_a_read_only_filesystem_can_be_read(
