@@ -35,7 +35,7 @@ def went_down(before: dict[str, float], after: dict[str, float]) -> dict[str, tu
     return {k: (v, after.get(k, 0.0)) for k, v in before.items() if after.get(k, 0.0) < v}
 
 
-def _fail_store(d: Running, errors: float) -> str:
+def _fail_store(d: Running, errors: float, *, stop: bool = True) -> str:
     """Put a directory where the store is (it cannot be opened), ingest again, and wait
     until ``errors`` more failed ingests are counted; then put the store back."""
     db = Path(d.db.removeprefix("sqlite:///"))
@@ -49,8 +49,9 @@ def _fail_store(d: Running, errors: float) -> str:
         assert time.monotonic() < deadline, d.scrape()
         time.sleep(0.2)
     text = d.scrape()
-    d.proc.terminate()
-    assert d.proc.wait(10) == 0
+    if stop:
+        d.proc.terminate()
+        assert d.proc.wait(10) == 0
     shutil.rmtree(db)
     os.rename(away, db)
     return text
@@ -78,6 +79,30 @@ def test_no_counter_goes_down_when_the_daemon_restarts_in_the_same_boot(
         again = _fail_store(d, 1)
     assert (metric(again, STORE_ERRORS) or 0) >= (metric(restarted, STORE_ERRORS) or 0) + 1
     assert went_down(totals(restarted), totals(again)) == {}
+
+
+def test_the_count_follows_the_state_dir_a_reload_moves_it_to(
+    sysroot: SysrootFactory, tmp_path: Path
+) -> None:
+    root = sysroot("pstore-kho/step2")
+    conf = tmp_path / "khod.toml"
+    body = '[daemon]\nretry_interval = "1s"\n[store]\nstate_dir = "{}"\n'
+    conf.write_text(body.format(tmp_path / "a"))
+    with running_daemon(root, tmp_path, "--config", str(conf), state_dir=False) as d:
+        d.wait_for("READY=1")
+        failing = _fail_store(d, 2, stop=False)
+        d.wait_for("READY=1")  # the reload's ingest, retried once the store is back
+        conf.write_text(body.format(tmp_path / "b"))
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_for("RELOADING=1", timeout=10)
+        d.wait_for("READY=1")
+        d.proc.terminate()
+        assert d.proc.wait(10) == 0
+    (tmp_path / "notify.sock").unlink()
+    with running_daemon(root, tmp_path, "--config", str(conf), state_dir=False) as d:
+        d.wait_for("READY=1")
+        restarted = d.scrape()
+    assert went_down(totals(failing), totals(restarted)) == {}
 
 
 BOOT_ID = "76d14fe6-5764-46e9-a6d4-d1bfc29718ff"  # pstore-kho/step2

@@ -174,7 +174,9 @@ class Daemon:
         return True
 
     def _store_error(self) -> None:
-        n = self.collector.store_error()
+        self._save_counters(self.collector.store_error())
+
+    def _save_counters(self, n: int) -> None:
         if self.boot_id is None:  # no boot to tie the count to: it lives in memory only
             return
         from khod.daemon.counters import save_store_errors  # noqa: PLC0415
@@ -340,6 +342,7 @@ class Daemon:
             return
         if new.cfg.listen != self.s.cfg.listen:
             self.log("warning: daemon.listen changed; restart khod to apply it")
+        old = self.s
         self.s = Settings(
             self.s.sysroot,
             new.config_path,
@@ -348,6 +351,8 @@ class Daemon:
             new.db,
             new.debug,
         )
+        if new.state_dir != old.state_dir and self.collector.store_errors():
+            self._save_counters(self.collector.store_errors())  # the next start reads it there
         sd.notify("RELOADING=1")
         self.log(f"configuration reloaded from {new.cfg.source}")
         self.ingest(reload=True)  # READY=1 once it has ended

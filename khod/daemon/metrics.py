@@ -58,6 +58,10 @@ class SnapshotCollector:
         self._changed()
         return n
 
+    def store_errors(self) -> int:
+        with self._lock:
+            return self._store_errors
+
     def sync_result(self, ok: bool, reason: str = "other") -> None:
         with self._lock:
             st = self._sync or {"last_success": math.nan}
