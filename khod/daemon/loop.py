@@ -50,6 +50,11 @@ class Settings:
     def snapshot(self) -> Path:
         return self.state_dir / "metrics.json"
 
+    @property
+    def counters(self) -> Path:
+        """What only the daemon counts, kept across its restarts (khod.daemon.counters)."""
+        return self.state_dir / "counters.json"
+
 
 def ingest_job(s: Settings, *, rescan: bool = False, store_checked: bool = False) -> bytes:
     """A later ingest's job, for ``khod.ingest.worker``'s stdin: this boot collected
@@ -86,6 +91,8 @@ class Daemon:
         self.checked_db: str | None = None  # the store an ingest of this start checked whole
         self.checking: str | None = None  # the store the running ingest checks whole
         self.recorded = False  # an ingest of this start succeeded: the boot is in the store
+        self.boot_id: str | None = None  # this boot's, read at start
+        self.counters_saved = True  # the last write of the counters succeeded
 
     def log(self, msg: str) -> None:
         print(f"khod: {msg}", file=sys.stderr, flush=True)
@@ -153,7 +160,7 @@ class Daemon:
         for line in lines:
             self.log(line)
         if rc != 0:
-            self.collector.store_error()
+            self._store_error()
             wait = max(1, self.s.cfg.retry_interval)
             self.retry_at = time.monotonic() + wait
             self.log(f"ingest failed; retrying in {wait}s")
@@ -165,6 +172,22 @@ class Daemon:
         self.write_textfile()
         sd.notify(f"STATUS=boot recorded ({seconds:.2f}s); serving metrics")
         return True
+
+    def _store_error(self) -> None:
+        self._save_counters(self.collector.store_error())
+
+    def _save_counters(self, n: int) -> None:
+        if self.boot_id is None:  # no boot to tie the count to: it lives in memory only
+            return
+        from khod.daemon.counters import save_store_errors  # noqa: PLC0415
+
+        try:
+            save_store_errors(self.s.counters, self.boot_id, n)
+            self.counters_saved = True
+        except OSError as e:  # a full disk: counted in memory, written at the next error
+            if self.counters_saved:
+                self.log(f"warning: cannot write {self.s.counters}: {e.strerror}")
+            self.counters_saved = False
 
     def write_textfile(self) -> None:
         if not self.s.cfg.textfile:
@@ -181,10 +204,18 @@ class Daemon:
         it runs while this process imports prometheus-client and binds /metrics."""
         t0 = time.monotonic()
         wake = self._signals()
+        from khod.daemon.counters import load_store_errors  # noqa: PLC0415
         from khod.daemon.http import metrics_server  # noqa: PLC0415
         from khod.daemon.metrics import SnapshotCollector, make_registry  # noqa: PLC0415
+        from khod.sources.capture import read_boot_id  # noqa: PLC0415
 
-        self.collector = SnapshotCollector()
+        self.boot_id = read_boot_id(str(self.s.sysroot))
+        store_errors = 0
+        if self.boot_id is not None:
+            store_errors, warning = load_store_errors(self.s.counters, self.boot_id)
+            if warning is not None:
+                self.log(f"warning: {warning}")
+        self.collector = SnapshotCollector(store_errors)
         self.registry = make_registry(self.collector)
         host, port = self.s.cfg.listen
         try:
@@ -311,6 +342,7 @@ class Daemon:
             return
         if new.cfg.listen != self.s.cfg.listen:
             self.log("warning: daemon.listen changed; restart khod to apply it")
+        old = self.s
         self.s = Settings(
             self.s.sysroot,
             new.config_path,
@@ -319,6 +351,8 @@ class Daemon:
             new.db,
             new.debug,
         )
+        if new.state_dir != old.state_dir and self.collector.store_errors():
+            self._save_counters(self.collector.store_errors())  # the next start reads it there
         sd.notify("RELOADING=1")
         self.log(f"configuration reloaded from {new.cfg.source}")
         self.ingest(reload=True)  # READY=1 once it has ended

@@ -21,10 +21,12 @@ from khod.records import KINDS, SOURCES, VERDICTS
 
 
 class SnapshotCollector:
-    def __init__(self) -> None:
+    def __init__(self, store_errors: int = 0) -> None:
+        """``store_errors``: the failed ingests counted before in this boot, by an
+        earlier run of the daemon (khod.daemon.counters)."""
         self._lock = threading.Lock()
         self._snap: dict[str, Any] = {}
-        self._store_errors = 0
+        self._store_errors = store_errors
         self._sync: dict[str, float] | None = None  # set once sync.to is configured
         self._sync_failures: dict[str, float] = {}  # by reason
         self.on_change: Callable[[], None] | None = None  # e.g. drop a cached exposition
@@ -48,10 +50,17 @@ class SnapshotCollector:
         self.set(snap)
         return True
 
-    def store_error(self) -> None:
+    def store_error(self) -> int:
+        """Count a failed ingest; the count in this boot so far."""
         with self._lock:
             self._store_errors += 1
+            n = self._store_errors
         self._changed()
+        return n
+
+    def store_errors(self) -> int:
+        with self._lock:
+            return self._store_errors
 
     def sync_result(self, ok: bool, reason: str = "other") -> None:
         with self._lock:
