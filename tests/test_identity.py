@@ -11,8 +11,8 @@ import pytest
 
 from khod.cli import khoctl, khod_main
 from khod.cli.common import run_main
-from khod.store.boots import load_boots, load_events, load_pstore
 from khod.store.db import open_store
+from khod.store.reads import load_boots, load_events, load_pstore
 from tests.conftest import SysrootFactory
 
 BOOT = "76d14fe6-5764-46e9-a6d4-d1bfc29718ff"  # pstore-kho/step2

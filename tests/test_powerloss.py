@@ -12,8 +12,8 @@ import pytest
 
 from khod.cli import khod_main
 from khod.cli.common import run_main
-from khod.store.boots import load_boots, load_events
 from khod.store.db import open_store
+from khod.store.reads import load_boots, load_events
 from tests.conftest import SysrootFactory
 
 STEPS = ["pstore-kho/step0", "pstore-kho/step1", "pstore-kho/step2"]

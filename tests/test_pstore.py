@@ -21,8 +21,8 @@ from khod.ingest.steps import IngestOptions, ingest_boot, rescan_pstore
 from khod.parse.pstore import InflateStatus, inflate, parse_dmesg_header, parse_pstore_name
 from khod.parse.pstore_kho import parse_pstore_kho
 from khod.paths import HostPaths
-from khod.store.boots import load_boots, load_events
 from khod.store.db import open_store
+from khod.store.reads import load_boots, load_events
 from khod.store.schema import pstore_records
 from tests import variants
 from tests.conftest import FIXTURES, SysrootFactory

@@ -15,8 +15,8 @@ from khod.cli.common import run_main
 from khod.fleet.sync import sync
 from khod.ingest.steps import IngestOptions, ingest_boot
 from khod.paths import HostPaths
-from khod.store.boots import load_boots, load_events
 from khod.store.db import open_store
+from khod.store.reads import load_boots, load_events
 from khod.store.retention import apply_retention
 from khod.store.schema import blobs, pstore_records
 from tests import variants

@@ -16,8 +16,9 @@ from khod.errors import StoreError
 from khod.observation import Blob
 from khod.paths import HostPaths
 from khod.store import migrate
-from khod.store.boots import load_boots, load_events, load_pstore, save_observation
+from khod.store.boots import save_observation
 from khod.store.db import current_revision, open_store
+from khod.store.reads import load_boots, load_events, load_pstore
 from khod.store.schema import HEAD_REVISION, blobs, boots, events
 from tests import variants
 from tests.conftest import FIXTURES, SysrootFactory

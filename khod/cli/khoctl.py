@@ -137,8 +137,8 @@ def _boots(args: argparse.Namespace, see: str = "") -> tuple[str | None, list[Bo
     """The boots the command looks at, and how many it could not show (said on stderr
     in one line); none of this machine's (an imported export, a fleet database): a note
     on stderr saying what the store holds and how to ``see`` it."""
-    from khod.store.boots import load_boots  # noqa: PLC0415
     from khod.store.db import open_reader  # noqa: PLC0415
+    from khod.store.reads import load_boots  # noqa: PLC0415
 
     store = open_reader(args.db)
     machine = args.machine
@@ -195,8 +195,8 @@ def note_other_machines(store: Store, machine: str, see: str, *, mine: bool = Tr
 
 def cmd_history(args: argparse.Namespace) -> int:
     from khod.cli.views import BOOT_COLUMNS, boot_json, table  # noqa: PLC0415
-    from khod.store.boots import pstore_counts  # noqa: PLC0415
     from khod.store.db import open_reader  # noqa: PLC0415
+    from khod.store.reads import pstore_counts  # noqa: PLC0415
 
     _, boots, _ = _boots(args, "see them with --all, or --machine ID")
     store = open_reader(args.db)
@@ -227,7 +227,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_chain(args: argparse.Namespace) -> int:
     from khod.cli.views import BOOT_COLUMNS, chain_json, table  # noqa: PLC0415
-    from khod.store.boots import chain_of  # noqa: PLC0415
+    from khod.store.reads import chain_of  # noqa: PLC0415
 
     _, boots, _ = _boots(args, "see them with --machine ID")
     boot_id = args.boot or this_boot(host_paths(args))
@@ -264,8 +264,8 @@ def pick_boot(boots: Sequence[BootRecord], wanted: str | None, current: str | No
 
 def cmd_dmesg(args: argparse.Namespace) -> int:
     from khod.cli.views import dumps_json, dumps_text  # noqa: PLC0415
-    from khod.store.boots import load_pstore  # noqa: PLC0415
     from khod.store.db import open_reader  # noqa: PLC0415
+    from khod.store.reads import load_pstore  # noqa: PLC0415
 
     _, boots, skipped = _boots(args, "name a boot, or pass --machine ID")
     boot = pick_boot(boots, args.boot, this_boot(host_paths(args)))
