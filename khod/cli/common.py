@@ -9,13 +9,15 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from khod.errors import KhodError
 from khod.oneline import escape_json_controls, print_text, run_main
 from khod.paths import HostPaths
 
 __all__ = [
+    "Cmd",
+    "Handler",
     "add_common",
     "fraction",
     "host_paths",
@@ -24,6 +26,11 @@ __all__ = [
     "run_main",
     "whole_number",
 ]
+
+Handler: TypeAlias = Callable[[argparse.Namespace], int]
+# how a module adds its subcommands to khoctl: cmd(name, help, handler) returns the
+# subcommand's parser (khod.cli.khoctl.COMMAND_MODULES lists the modules)
+Cmd: TypeAlias = Callable[[str, str, Handler], argparse.ArgumentParser]
 
 INT64_MAX = (1 << 63) - 1  # the largest integer either database binds
 

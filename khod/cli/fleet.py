@@ -9,33 +9,41 @@ import io
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from khod.cli.common import fraction, print_json, print_text, whole_number
+from khod.cli.common import Cmd, fraction, print_json, print_text, whole_number
 from khod.errors import KhodError
 
-Cmd = Callable[[str, str], argparse.ArgumentParser]
+SINCE_HELP = (
+    "boots at or after TIME, as journalctl takes it: yesterday, -2h, '2026-11-01 08:00' "
+    "(local time unless --utc), @EPOCH, or an age (7d)"
+)
 
 
 def add_parsers(cmd: Cmd) -> None:
-    c = cmd("export", "write the store as JSON Lines (format khod-export, version 1)")
-    c.add_argument("--since", metavar="T", help="boots since T (2026-11-01, @EPOCH, 7d, 12h)")
+    c = cmd("export", "write the store as JSON Lines (format khod-export, version 1)", cmd_export)
+    c.add_argument("-S", "--since", metavar="TIME", help=SINCE_HELP)
     c.add_argument(
         "-o", "--output", metavar="FILE", help="write here (.gz compresses; default stdout)"
     )
-    c = cmd("import", "read khod-export files into the store; rows already there are skipped")
+    c = cmd(
+        "import",
+        "read khod-export files into the store; rows already there are skipped",
+        cmd_import,
+    )
     c.add_argument("files", nargs="+", metavar="FILE", help="an export (.gz too), or - for stdin")
     c.add_argument("--json", action="store_true")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
-    c = cmd("sync", "push the rows the fleet database has not had yet (store-and-forward)")
+    c = cmd(
+        "sync", "push the rows the fleet database has not had yet (store-and-forward)", cmd_sync
+    )
     c.add_argument("--to", metavar="URL", help="the fleet database (default: sync.to in config)")
     c.add_argument("--full", action="store_true", help="send everything again (it is deduped)")
     c.add_argument("--json", action="store_true")
-    c = cmd("report", "fleet reports")
+    c = cmd("report", "fleet reports: which kernel transitions crash", cmd_report)
     c.add_argument("report", choices=("transitions",))
-    c.add_argument("--since", metavar="T", help="boots since T (2026-11-01, @EPOCH, 7d, 12h)")
+    c.add_argument("-S", "--since", metavar="TIME", help=SINCE_HELP)
     c.add_argument("--json", action="store_true")
     c.add_argument(
         "--include-cold", action="store_true", help="add each release's cold boots as a baseline"
@@ -86,9 +94,9 @@ def add_parsers(cmd: Cmd) -> None:
 
 
 def _since(args: argparse.Namespace) -> float | None:
-    from khod.timespec import parse_since  # noqa: PLC0415
+    from khod.cli.bootsel import time_range  # noqa: PLC0415
 
-    return None if args.since is None else parse_since(args.since)
+    return time_range(args)[0]
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -311,6 +319,3 @@ def cmd_report(args: argparse.Namespace) -> int:
     from khod.cli.transitions import cmd_report as report  # noqa: PLC0415
 
     return report(args, _since(args))
-
-
-COMMANDS = {"export": cmd_export, "import": cmd_import, "sync": cmd_sync, "report": cmd_report}

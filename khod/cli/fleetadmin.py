@@ -4,13 +4,10 @@ run against the fleet database with its owner role (``--db URL``)."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 
-from khod.cli.common import print_json, print_text, whole_number
+from khod.cli.common import Cmd, print_json, print_text, whole_number
 from khod.errors import KhodError
-
-Cmd = Callable[[str, str], argparse.ArgumentParser]
 
 
 def _size(text: str) -> int:
@@ -32,7 +29,9 @@ def _seconds(text: str) -> int:
 
 
 def add_parsers(cmd: Cmd) -> None:
-    c = cmd("fleet", "fleet database trust: roles, host certificates, bounds (owner's --db)")
+    c = cmd(
+        "fleet", "fleet database trust: roles, host certificates, bounds (owner's --db)", cmd_fleet
+    )
     c.add_argument(
         "action",
         choices=("init", "enroll", "revoke"),

@@ -10,11 +10,11 @@ import argparse
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from khod.cli.common import host_paths, print_json, print_text
+from khod.cli.common import Cmd, host_paths, print_json, print_text
 from khod.errors import KhodError
 
 if TYPE_CHECKING:  # annotations only
@@ -23,12 +23,12 @@ if TYPE_CHECKING:  # annotations only
     from khod.paths import HostPaths
 
 
-def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
-    c = cmd("check", "check the outgoing KHO state (and a target kernel) before a kexec")
+def add_parsers(cmd: Cmd) -> None:
+    c = cmd("check", "check the outgoing KHO state (and a target kernel) before a kexec", cmd_check)
     c.add_argument("--kernel", type=Path, metavar="IMAGE")
     c.add_argument("--initrd", type=Path, metavar="FILE")
     c.add_argument("--json", action="store_true")
-    c = cmd("kexec", "check, record the attempt, load with kexec -s -l, then kexec")
+    c = cmd("kexec", "check, record the attempt, load with kexec -s -l, then kexec", cmd_kexec)
     c.add_argument("--kernel", type=Path, metavar="IMAGE", required=True)
     c.add_argument("--initrd", type=Path, metavar="FILE")
     g = c.add_mutually_exclusive_group()
@@ -46,7 +46,11 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
         help="kexec -e at once instead of systemctl kexec (no clean shutdown)",
     )
     c.add_argument("--json", action="store_true")
-    c = cmd("record-kexec", "record a kexec attempt made without khoctl (kexec.target hook)")
+    c = cmd(
+        "record-kexec",
+        "record a kexec attempt made without khoctl (kexec.target hook)",
+        cmd_record_kexec,
+    )
 
 
 def _collect(args: argparse.Namespace) -> tuple[HostPaths, BootObservation]:
