@@ -64,6 +64,10 @@ def test_deb_contents(built: dict[str, Path | str]) -> None:
         "/etc/khod/khod.toml.d/",  # the (empty) drop-in directory
         "/usr/share/man/man8/khod.8.gz",
         "/usr/share/man/man8/khoctl.8.gz",
+        "/usr/share/man/man5/khod.toml.5.gz",
+        "/usr/share/bash-completion/completions/khoctl",
+        "/usr/share/bash-completion/completions/khod",
+        "/usr/share/zsh/vendor-completions/_khoctl",
         "/usr/share/khod/prometheus/khod-rules.yml",
     ):
         assert path in names, (path, sorted(names))

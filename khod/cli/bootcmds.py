@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # annotations only: the store is imported by the commands tha
     from khod.store.boots import BootRecord
     from khod.store.handle import Store
 
-JSON_HELP = "print JSON (khod/schemas/; see khoctl(8), JSON OUTPUT)"
+JSON_HELP = "print JSON (see khoctl(8), JSON OUTPUT)"
 
 
 def plural(n: int, word: str) -> str:
