@@ -202,3 +202,12 @@ def test_pager_on_a_terminal_only(store: str) -> None:
         check=True,
     )
     assert piped.stdout.startswith("BOOTED")
+
+
+def test_one_is_singular(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'khod.db'}"
+    for step in STEPS[:2]:
+        argv = ["--once", "--sysroot", str(step), "--db", url]
+        assert run_main("khod", khod_main.main, argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].endswith(f"; 1 new pstore record in {tmp_path / 'khod.db'}")

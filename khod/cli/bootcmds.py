@@ -92,7 +92,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     d["recorded"] = recorded
     if args.json:
         d["skipped_boots"] = len(skipped)  # its recorded row could not be shown
-        print_json(d)
+        print_json(d, "status")
     else:
         print_text(status_text(d))
     return 0
@@ -182,7 +182,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         d["verdict"] = verdicts.get(b.id or 0)  # of the kexec attempt that led here
         rows.append(d)
     if args.json:
-        print_json(rows)
+        print_json(rows, "history")
         return 0
     if not rows:
         print("no boots recorded" + (" in that time" if since or until else ""))
@@ -210,7 +210,7 @@ def cmd_chain(args: argparse.Namespace) -> int:
     chain = [b for b in chain_of(boots, boot_id) if in_range(b.booted_at, since, until)]
     rows = chain_json(chain)
     if args.json:
-        print_json(rows)
+        print_json(rows, "chain")
     elif rows:
         for b, d in zip(chain, rows, strict=True):
             d["booted"] = when(b.booted_at, args.utc)
@@ -238,7 +238,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         store.dispose()
     d = show_json(boot, events, records, verdict)
     if args.json:
-        print_json(d)
+        print_json(d, "show")
     else:
         page(show_text(d, boot, events, args.utc), args)
     return 0
@@ -271,7 +271,8 @@ def cmd_dmesg(args: argparse.Namespace) -> int:
                 "previous_boot_id": prev,
                 "dumps": dumps,
                 "skipped_boots": skipped,  # rows of boots that could not be shown
-            }
+            },
+            "dmesg",
         )
     elif dumps:
         page(dumps_text(dumps, args.utc), args)

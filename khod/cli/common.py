@@ -112,8 +112,16 @@ def host_paths(args: argparse.Namespace) -> HostPaths:
     return HostPaths(root)
 
 
-def print_json(obj: Any) -> None:
+# the tests set this: each --json document is checked against its schema
+# (khod/schemas/NAME.v1.json, shipped in the package) as it is printed
+JSON_CHECK: Callable[[str, Any], None] | None = None
+
+
+def print_json(obj: Any, schema: str) -> None:
     """JSON as it is meant to be read (UTF-8, not \\u-escaped) but for the controls a
-    terminal would obey (C1, DEL): escaped always, on a terminal or not."""
+    terminal would obey (C1, DEL): escaped always, on a terminal or not. ``schema``:
+    the name of the JSON Schema the document follows (khod/schemas/)."""
     text = json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False)
+    if JSON_CHECK is not None:
+        JSON_CHECK(schema, json.loads(text))
     sys.stdout.write(escape_json_controls(text) + "\n")

@@ -33,18 +33,18 @@ def add_parsers(cmd: Cmd) -> None:
         cmd_import,
     )
     c.add_argument("files", nargs="+", metavar="FILE", help="an export (.gz too), or - for stdin")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="print JSON (see khoctl(8))")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c = cmd(
         "sync", "push the rows the fleet database has not had yet (store-and-forward)", cmd_sync
     )
     c.add_argument("--to", metavar="URL", help="the fleet database (default: sync.to in config)")
     c.add_argument("--full", action="store_true", help="send everything again (it is deduped)")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="print JSON (see khoctl(8))")
     c = cmd("report", "fleet reports: which kernel transitions crash", cmd_report)
     c.add_argument("report", choices=("transitions",))
     c.add_argument("-S", "--since", metavar="TIME", help=SINCE_HELP)
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="print JSON (see khoctl(8))")
     c.add_argument(
         "--include-cold", action="store_true", help="add each release's cold boots as a baseline"
     )
@@ -262,7 +262,8 @@ def cmd_import(args: argparse.Namespace) -> int:
                 "unknown_boot": c.unknown_boot,
                 "bad": bad,
                 "chunks": {"bulk": c.bulk_chunks, "line_by_line": c.line_chunks},
-            }
+            },
+            "import",
         )
     else:
         parts = c.summary()
@@ -308,7 +309,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
                 "sent": c.ordered(c.read),
                 "new": c.ordered(c.new),
                 "refused": len(result.refused),
-            }
+            },
+            "sync",
         )
     else:
         print_text(result.line())

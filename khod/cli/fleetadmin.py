@@ -39,7 +39,7 @@ def add_parsers(cmd: Cmd) -> None:
         "certificate; revoke: the host may no longer connect",
     )
     c.add_argument("machine_id", nargs="?", metavar="MACHINE_ID", help="the host (enroll, revoke)")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="print JSON (see khoctl(8))")
     g = c.add_argument_group("enroll")
     g.add_argument("--ca-cert", type=Path, metavar="PATH", help="the fleet CA's certificate")
     g.add_argument("--ca-key", type=Path, metavar="PATH", help="the fleet CA's private key")
@@ -51,7 +51,7 @@ def add_parsers(cmd: Cmd) -> None:
         type=whole_number(1, 100000),
         default=397,
         metavar="N",
-        help="certificate validity",
+        help="certificate validity in days (default: %(default)s)",
     )
     g.add_argument(
         "--connections",
@@ -98,7 +98,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         finally:
             store.dispose()
         if args.json:
-            print_json({"database": store.location, "limits": out})
+            print_json({"database": store.location, "limits": out}, "fleet")
         else:
             said = ", ".join(f"{k} {v}" for k, v in out.items())
             print_text(f"fleet database {store.location} ready: {said}")
@@ -131,7 +131,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     finally:
         store.dispose()
     if args.json:
-        print_json(res)
+        print_json(res, "fleet")
     else:
         print_text(line)
     return 0

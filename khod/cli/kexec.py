@@ -25,12 +25,14 @@ if TYPE_CHECKING:  # annotations only
 
 def add_parsers(cmd: Cmd) -> None:
     c = cmd("check", "check the outgoing KHO state (and a target kernel) before a kexec", cmd_check)
-    c.add_argument("--kernel", type=Path, metavar="IMAGE")
-    c.add_argument("--initrd", type=Path, metavar="FILE")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--kernel", type=Path, metavar="IMAGE", help="also check this kernel image")
+    c.add_argument("--initrd", type=Path, metavar="FILE", help="... and this initramfs")
+    c.add_argument("--json", action="store_true", help="print JSON (see khoctl(8))")
     c = cmd("kexec", "check, record the attempt, load with kexec -s -l, then kexec", cmd_kexec)
-    c.add_argument("--kernel", type=Path, metavar="IMAGE", required=True)
-    c.add_argument("--initrd", type=Path, metavar="FILE")
+    c.add_argument(
+        "--kernel", type=Path, metavar="IMAGE", required=True, help="the kernel to kexec"
+    )
+    c.add_argument("--initrd", type=Path, metavar="FILE", help="its initramfs")
     g = c.add_mutually_exclusive_group()
     g.add_argument("--append", metavar="CMDLINE", help="the new kernel's command line")
     g.add_argument(
@@ -45,7 +47,7 @@ def add_parsers(cmd: Cmd) -> None:
         action="store_true",
         help="kexec -e at once instead of systemctl kexec (no clean shutdown)",
     )
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="print JSON (see khoctl(8))")
     c = cmd(
         "record-kexec",
         "record a kexec attempt made without khoctl (kexec.target hook)",
@@ -75,7 +77,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     checks, _, _ = run_checks(paths, obs, args.kernel, args.initrd)
     ok = verdict(checks)
     if args.json:
-        print_json(checks_json(checks))
+        print_json(checks_json(checks), "check")
     else:
         _print_checks(checks, ok)
     return 0 if ok else 1
@@ -111,7 +113,7 @@ def cmd_kexec(args: argparse.Namespace) -> int:
         "dry_run": args.dry_run,
     }
     if args.json:
-        print_json(plan)
+        print_json(plan, "kexec")
     else:
         _print_checks(checks, ok)
         print_text(
