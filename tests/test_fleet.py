@@ -610,7 +610,7 @@ def test_the_daemon_pushes_to_the_fleet_and_retries_until_it_is_back(
             d.proc.wait(10)
             log = d.proc.stdout.read() if d.proc.stdout else ""
         assert "sync failed (1 in a row); retrying in 2s" in log
-        assert "synced 1 boots (1 new)" in log
+        assert "synced 1 boot (1 new)" in log
         assert content(fleet) == content(local)
 
 
