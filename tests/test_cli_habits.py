@@ -211,3 +211,34 @@ def test_one_is_singular(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
         assert run_main("khod", khod_main.main, argv) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1].endswith(f"; 1 new pstore record in {tmp_path / 'khod.db'}")
+
+
+def _stderr_on_a_terminal(argv: list[str]) -> tuple[int, str]:
+    leader, follower = pty.openpty()
+    with subprocess.Popen(
+        [str(BIN / "khoctl"), *argv], stdout=subprocess.DEVNULL, stderr=follower
+    ) as p:
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+        rc = p.wait()
+    os.close(leader)
+    return rc, b"".join(chunks).decode()
+
+
+def test_export_and_sync_show_progress_on_a_terminal(store: str, tmp_path: Path) -> None:
+    dump = tmp_path / "x.jsonl"
+    rc, err = _stderr_on_a_terminal(["export", "--db", store, "-o", str(dump)])
+    assert rc == 0 and "\rexport " in err and " rows, " in err and "\r\x1b[K" in err
+    rc, err = _stderr_on_a_terminal(["export", "--db", store, "-o", str(dump), "--quiet"])
+    assert rc == 0 and "\rexport" not in err and "rows, " not in err
+    fleet = f"sqlite:///{tmp_path / 'fleet.db'}"
+    rc, err = _stderr_on_a_terminal(["sync", "--db", store, "--to", fleet])
+    assert rc == 0 and "\rsync " in err and " rows, " in err and "\r\x1b[K" in err

@@ -27,6 +27,7 @@ def add_parsers(cmd: Cmd) -> None:
     c.add_argument(
         "-o", "--output", metavar="FILE", help="write here (.gz compresses; default stdout)"
     )
+    c.add_argument("--quiet", action="store_true", help="no progress line")
     c = cmd(
         "import",
         "read khod-export files into the store; rows already there are skipped",
@@ -40,6 +41,7 @@ def add_parsers(cmd: Cmd) -> None:
     )
     c.add_argument("--to", metavar="URL", help="the fleet database (default: sync.to in config)")
     c.add_argument("--full", action="store_true", help="send everything again (it is deduped)")
+    c.add_argument("--quiet", action="store_true", help="no progress line")
     c.add_argument("--json", action="store_true", help="print JSON (see khoctl(8))")
     c = cmd("report", "fleet reports: which kernel transitions crash", cmd_report)
     c.add_argument("report", choices=("transitions",))
@@ -104,14 +106,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     from khod.store.db import open_reader  # noqa: PLC0415
 
     since = _since(args)
+    to_stdout = args.output in (None, "-")
+    # a progress line on a terminal, unless the export itself goes to that terminal
+    bar = _bar("export", args, to_stdout)
+    on_row = None if bar is None else (lambda rows: bar.update(None, rows))
     store = open_reader(args.db, read_only=None)  # written to only to mark the export
     try:
         from khod.store.retention import last_pstore_id, mark_exported  # noqa: PLC0415
 
         upto = last_pstore_id(store)  # every pstore row up to it is in a full export
-        if args.output in (None, "-"):
+        if to_stdout:
             out: IO[str] = sys.stdout
-            counts = export(store, out, since)
+            counts = export(store, out, since, on_row)
             out.flush()
             where = "stdout"
         else:
@@ -126,7 +132,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                         else raw
                     )
                     text = io.TextIOWrapper(binary, encoding="utf-8")
-                    counts = export(store, text, since)
+                    counts = export(store, text, since, on_row)
                     text.flush()
                     text.detach()
                     if binary is not raw:
@@ -146,6 +152,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                     f"khoctl: warning: export not recorded: {describe_db_error(e)}", file=sys.stderr
                 )
     finally:
+        if bar is not None:
+            bar.done()
         store.dispose()
     from khod.fleet.importer import PLURAL  # noqa: PLC0415
 
@@ -165,13 +173,16 @@ class Progress:
         self.last = 0.0
         self.drawn = False
 
-    def update(self, done: int, rows: int) -> None:
+    def update(self, done: int | None, rows: int) -> None:
+        """``done``: bytes read of ``total``; None: rows only (export, sync)."""
         now = time.monotonic()
         if now - self.last < 0.2:
             return
         self.last = now
         rate = rows / max(now - self.start, 1e-6)
-        if self.total:
+        if done is None:
+            head = self.name
+        elif self.total:
             frac = min(done / self.total, 1.0)
             bar = "#" * int(frac * 30)
             head = f"{self.name} [{bar:<30}] {frac:4.0%}"
@@ -185,6 +196,13 @@ class Progress:
         if self.drawn:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
+
+
+def _bar(name: str, args: argparse.Namespace, to_stdout: bool = False) -> Progress | None:
+    """A progress line on stderr when it is a terminal (and not --quiet)."""
+    if args.quiet or not sys.stderr.isatty() or (to_stdout and sys.stdout.isatty()):
+        return None
+    return Progress(name, None, sys.stderr)
 
 
 def _import_file(importer: Any, name: str, show: bool) -> Any:
@@ -296,7 +314,18 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from khod.fleet.sync import push  # noqa: PLC0415
 
     to, tls = sync_target(args)
-    result = push(to, args.db, full=args.full, tls=tls)
+    bar = _bar("sync", args)
+    try:
+        result = push(
+            to,
+            args.db,
+            full=args.full,
+            tls=tls,
+            on_row=None if bar is None else (lambda rows: bar.update(None, rows)),
+        )
+    finally:
+        if bar is not None:
+            bar.done()
     c = result.counts
     for line in result.refused[:10]:
         print_text(f"khoctl: warning: {line}", sys.stderr)

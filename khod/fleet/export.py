@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from sqlalchemy import Table, func, select
@@ -82,9 +82,16 @@ def iter_objects(
             yield obj
 
 
-def export(store: Store, out: io.TextIOBase | Any, since: float | None = None) -> dict[str, int]:
-    """Write the whole store (boots booted since ``since``, and what hangs off them)."""
+def export(
+    store: Store,
+    out: io.TextIOBase | Any,
+    since: float | None = None,
+    on_row: Callable[[int], None] | None = None,
+) -> dict[str, int]:
+    """Write the whole store (boots booted since ``since``, and what hangs off them);
+    ``on_row``: told the number of rows written so far, after each one."""
     counts: dict[str, int] = {}
+    total = 0
     out.write(json.dumps(header(since)) + "\n")
     for kind in TABLES:
         n = 0
@@ -93,5 +100,8 @@ def export(store: Store, out: io.TextIOBase | Any, since: float | None = None) -
             out.write(escape_json_controls(line))  # C1 and DEL too: it may be a terminal
             out.write("\n")
             n += 1
+            total += 1
+            if on_row is not None:
+                on_row(total)
         counts[kind] = n
     return counts
