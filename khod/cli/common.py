@@ -106,10 +106,14 @@ def add_common(p: argparse.ArgumentParser, *, command: bool = False) -> None:
 
 
 def host_paths(args: argparse.Namespace) -> HostPaths:
-    root: Path = args.sysroot
-    if not root.is_dir():
-        raise KhodError(f"--sysroot {root}: not a directory")
-    return HostPaths(root)
+    """The host the command reads (--sysroot), resolved once per command line."""
+    paths: HostPaths | None = getattr(args, "host_paths", None)
+    if paths is None:
+        root: Path = args.sysroot
+        if not root.is_dir():
+            raise KhodError(f"--sysroot {root}: not a directory")
+        paths = args.host_paths = HostPaths(root)
+    return paths
 
 
 # the tests set this: each --json document is checked against its schema
