@@ -242,3 +242,22 @@ def test_export_and_sync_show_progress_on_a_terminal(store: str, tmp_path: Path)
     fleet = f"sqlite:///{tmp_path / 'fleet.db'}"
     rc, err = _stderr_on_a_terminal(["sync", "--db", store, "--to", fleet])
     assert rc == 0 and "\rsync " in err and " rows, " in err and "\r\x1b[K" in err
+
+
+def test_export_and_report_take_until(
+    capsys: pytest.CaptureFixture[str], store: str, tmp_path: Path
+) -> None:
+    dump = tmp_path / "part.jsonl"
+    window = ["--utc", "--since", "2026-11-24 00:47:00", "--until", "2026-11-24 00:47:40"]
+    rc, _, err = khoctl_out(capsys, store, "export", *window, "-o", str(dump))
+    assert rc == 0, err
+    objs = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert sorted(o["booted_at"] for o in objs if o["object"] == "boot") == [
+        1795481230,
+        1795481252,
+    ]
+    rc, out, err = khoctl_out(capsys, store, "report", "transitions", "--json", *window)
+    assert rc == 0, err
+    assert sum(r["boots"] for r in json.loads(out)) == 2
+    rc, out, _ = khoctl_out(capsys, store, "report", "transitions", "--json")
+    assert sum(r["boots"] for r in json.loads(out)) == 3  # the kexecs; the cold boot is not one

@@ -72,6 +72,7 @@ def test_deb_contents(built: dict[str, Path | str]) -> None:
     ):
         assert path in names, (path, sorted(names))
     assert any(n.endswith("/khod/migrations/versions/0004_fleet.py") for n in names)
+    assert any(n.endswith("/khod/schemas/history.v1.json") for n in names)  # khoctl(8)
     info = run(["dpkg-deb", "--field", str(built["deb"]), "Depends"]).stdout
     for dep in ("python3-sqlalchemy (>= 2.0)", "python3-libfdt", "python3-systemd"):
         assert dep in info, info

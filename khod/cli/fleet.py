@@ -24,6 +24,7 @@ SINCE_HELP = (
 def add_parsers(cmd: Cmd) -> None:
     c = cmd("export", "write the store as JSON Lines (format khod-export, version 1)", cmd_export)
     c.add_argument("-S", "--since", metavar="TIME", help=SINCE_HELP)
+    c.add_argument("-U", "--until", metavar="TIME", help="boots at or before TIME")
     c.add_argument(
         "-o", "--output", metavar="FILE", help="write here (.gz compresses; default stdout)"
     )
@@ -46,6 +47,7 @@ def add_parsers(cmd: Cmd) -> None:
     c = cmd("report", "fleet reports: which kernel transitions crash", cmd_report)
     c.add_argument("report", choices=("transitions",))
     c.add_argument("-S", "--since", metavar="TIME", help=SINCE_HELP)
+    c.add_argument("-U", "--until", metavar="TIME", help="boots at or before TIME")
     c.add_argument("--json", action="store_true", help="print JSON (see khoctl(8))")
     c.add_argument(
         "--include-cold", action="store_true", help="add each release's cold boots as a baseline"
@@ -95,17 +97,17 @@ def add_parsers(cmd: Cmd) -> None:
     )
 
 
-def _since(args: argparse.Namespace) -> float | None:
+def _range(args: argparse.Namespace) -> tuple[float | None, float | None]:
     from khod.cli.bootsel import time_range  # noqa: PLC0415
 
-    return time_range(args)[0]
+    return time_range(args)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from khod.fleet.export import export  # noqa: PLC0415
     from khod.store.db import open_reader  # noqa: PLC0415
 
-    since = _since(args)
+    since, until = _range(args)
     to_stdout = args.output in (None, "-")
     # a progress line on a terminal, unless the export itself goes to that terminal
     bar = _bar("export", args, to_stdout)
@@ -117,7 +119,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         upto = last_pstore_id(store)  # every pstore row up to it is in a full export
         if to_stdout:
             out: IO[str] = sys.stdout
-            counts = export(store, out, since, on_row)
+            counts = export(store, out, since, on_row, until)
             out.flush()
             where = "stdout"
         else:
@@ -132,7 +134,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                         else raw
                     )
                     text = io.TextIOWrapper(binary, encoding="utf-8")
-                    counts = export(store, text, since, on_row)
+                    counts = export(store, text, since, on_row, until)
                     text.flush()
                     text.detach()
                     if binary is not raw:
@@ -140,7 +142,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             except OSError as e:
                 raise KhodError(f"cannot write {path}: {e.strerror or e}") from None
             where = str(path)
-        if since is None:
+        if since is None and until is None:  # a whole export
             from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
 
             from khod.store.handle import describe_db_error  # noqa: PLC0415
@@ -349,4 +351,4 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from khod.cli.transitions import cmd_report as report  # noqa: PLC0415
 
-    return report(args, _since(args))
+    return report(args, *_range(args))

@@ -224,7 +224,7 @@ def with_iso_times(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-def cmd_report(args: argparse.Namespace, since: float | None) -> int:
+def cmd_report(args: argparse.Namespace, since: float | None, until: float | None = None) -> int:
     from khod.fleet.report import transitions  # noqa: PLC0415
     from khod.store.db import open_store  # noqa: PLC0415
 
@@ -233,7 +233,9 @@ def cmd_report(args: argparse.Namespace, since: float | None) -> int:
     try:
         rows = [
             t
-            for t in transitions(store, since, include_cold=args.include_cold, thresholds=th)
+            for t in transitions(
+                store, since, include_cold=args.include_cold, thresholds=th, until=until
+            )
             if t.boots >= args.min_boots or t.attempts >= args.min_boots
         ]
     finally:
