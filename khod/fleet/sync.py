@@ -5,6 +5,7 @@ from the local store's rows past a watermark per object type.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -42,7 +43,14 @@ def _watermarks(local: Store, target: str) -> dict[str, int]:
     return {k: v for k, v in rows}
 
 
-def sync(local: Store, target: Store, *, full: bool = False, name: str | None = None) -> SyncResult:
+def sync(
+    local: Store,
+    target: Store,
+    *,
+    full: bool = False,
+    name: str | None = None,
+    on_row: Callable[[int], None] | None = None,
+) -> SyncResult:
     """Push the local rows the target has not had yet. Watermarks (the last local row
     id sent, per type, under ``name``: the target's location by default) advance only
     after the target committed, so a failure at any point sends the same rows again
@@ -52,6 +60,7 @@ def sync(local: Store, target: Store, *, full: bool = False, name: str | None = 
     importer = Importer(target)
     new_marks: dict[str, int] = {}
     refused: list[str] = []
+    rows = 0
     for kind in TABLES:
         last = marks.get(kind, 0)
         top = last
@@ -76,6 +85,9 @@ def sync(local: Store, target: Store, *, full: bool = False, name: str | None = 
                 refused.append(_refused_line(kind, rid, obj, e))
                 continue
             importer.add(kind, values)
+            rows += 1
+            if on_row is not None:
+                on_row(rows)
         importer.flush()
         if kind != "attempt":
             new_marks[kind] = top
@@ -114,7 +126,12 @@ def _save_watermarks(local: Store, target: str, marks: dict[str, int]) -> None:
 
 
 def push(
-    to: str, db: str | None = None, *, full: bool = False, tls: TlsSettings | None = None
+    to: str,
+    db: str | None = None,
+    *,
+    full: bool = False,
+    tls: TlsSettings | None = None,
+    on_row: Callable[[int], None] | None = None,
 ) -> SyncResult:
     """Sync the store at ``db`` (the default: this host's) to the database at ``to``,
     over verified TLS when it is remote (khod.fleet.tls). A failure is also recorded as
@@ -126,7 +143,7 @@ def push(
             try:
                 # named as configured: the TLS parameters added are not part of the name
                 name = Store(target.engine, make_url(to)).location
-                return sync(local, target, full=full, name=name)
+                return sync(local, target, full=full, name=name, on_row=on_row)
             finally:
                 target.dispose()
         except KhodError as e:
