@@ -28,7 +28,7 @@ from tests.test_fleet_trust import CHAIN, A, B, Fleet, Host, ctl, ingest, root_o
 
 REPO = Path(__file__).resolve().parent.parent
 # The previous release: main before the compatible window (move it at each release)
-PREVIOUS_RELEASE = "bf641166e999d8abe144a54f0fda5565e0bca022"
+PREVIOUS_RELEASE = "a20836d38764b209fd0a7a62b3f70d3a744f72d7"
 KEXEC = ["kexec1/step0", "kexec1/step1"]
 
 
