@@ -92,6 +92,20 @@ def iter_objects(
             yield obj
 
 
+def rows_after(store: Store, kind: str, after_id: int = 0, min_id: int | None = None) -> list[Any]:
+    """The local ids (and, for attempts, verdicts) of the rows of one type that a sync
+    past these watermarks would send; at most one for any type but attempts (whose rows
+    past the watermark are few: the open ones and the newer ones)."""
+    q = _select(kind, None, after_id, min_id)
+    cols = [q.selected_columns.id]
+    if kind == "attempt":
+        cols.append(q.selected_columns.verdict)
+    else:
+        q = q.limit(1)
+    with store.engine.connect() as conn:
+        return list(conn.execute(q.with_only_columns(*cols, maintain_column_froms=True)).all())
+
+
 def export(
     store: Store,
     out: io.TextIOBase | Any,
