@@ -198,11 +198,10 @@ def push(
             target = open_store(secure_url(to, tls or TlsSettings()), migrate=False)
             try:
                 name = Store(target.engine, make_url(to)).location
-                return sync(local, target, full=full, name=name, on_row=on_row)
                 if not full and not pending(local, name):
                     return quiet_result(name)
                 columns = writable(target)
-                return sync(local, target, full=full, name=name, columns=columns)
+                return sync(local, target, full=full, name=name, columns=columns, on_row=on_row)
             finally:
                 target.dispose()
         except KhodError as e:
