@@ -304,8 +304,8 @@ def test_every_rate_interval_and_verdict_of_the_hand_computed_fleet(report: Any)
 
 def e_value(k: int, n: int, bk: int, bn: int) -> float:
     """The mixture likelihood ratio written out: the baseline's rate at the top of its
-    80% Wilson interval, odds ratios 1.5 to 1000 equally weighted."""
-    z = 1.2815515655446004  # the 90% quantile: an 80% interval
+    65% Wilson interval (Thresholds.bound), odds ratios 1.5 to 1000 equally weighted."""
+    z = 0.9345892910734798  # the 82.5% quantile: a 65% interval
     p, z2 = bk / bn, z * z
     p0 = (p + z2 / (2 * bn) + z * sqrt(p * (1 - p) / bn + z2 / (4 * bn * bn))) / (1 + z2 / bn)
     total = 0.0
@@ -378,9 +378,9 @@ def test_thresholds_move_the_verdicts(report: Any) -> None:
 
     # 4 of 4 hosts failed to land: enough once 4 hosts are enough
     assert verdicts("--min-evidence", "4")[("7.1", "7.3")] == "worse"
-    # at 1e-6, 6.8 -> 7.2's warnings (10 of 25 hosts against 0 of 25) are not enough;
-    # 7.0 -> 7.1's crashes (10 of 20 against 0 of 40) still are
-    strict = verdicts("--alpha", "0.000001")
+    # at 1e-7, 6.8 -> 7.2's warnings (10 of 25 hosts against 0 of 25, e = 4.6e6) are
+    # not enough; 7.0 -> 7.1's crashes (10 of 20 against 0 of 40, e = 6.5e9) still are
+    strict = verdicts("--alpha", "0.0000001")
     assert strict[("7.0", "7.1")] == "worse" and strict[("6.8", "7.2")] == "no evidence"
     # with 3 hosts enough, the noisy transition is still no evidence: 1 of 3
     assert verdicts("--min-evidence", "3")[("6.9", "7.1")] == "no evidence"

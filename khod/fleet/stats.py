@@ -11,7 +11,7 @@ baseline's.
 - The verdict is built on an e-value (``e_value``): the likelihood ratio of the
   transition's hosts under a rate some times the baseline's (odds ratios
   ``ODDS_RATIOS``, averaged) against the baseline's own rate, taken at the top of its
-  80% interval (``Thresholds.bound``; at its bottom for ``better``), so that a small
+  65% interval (``Thresholds.bound``; at its bottom for ``better``), so that a small
   baseline's luck is not taken for its rate. Under a transition no worse than
   its baseline it is a test supermartingale in the hosts: by Ville's inequality it ever
   reaches 1/alpha, over any number of reports on growing data, with chance at most
@@ -37,7 +37,7 @@ class Thresholds:
     alpha: float = 0.01  # false alarms: per transition over all looks, FDR per report
     min_n: int = 5  # hosts needed on each side for a verdict
     confidence: float = 0.95  # of the intervals shown
-    bound: float = 0.8  # of the baseline's interval whose top (bottom) the test is against
+    bound: float = 0.65  # of the baseline's interval whose top (bottom) the test is against
     window: int = 86400  # seconds after landing before a boot counts for the rates
 
 
