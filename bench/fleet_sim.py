@@ -31,7 +31,6 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -166,10 +165,7 @@ def rows_at(
             d["logged_boots"] += 1
             d["warned_boots"] += b.warned
             d["warnings"] += b.warned
-    boot_rows = [
-        SimpleNamespace(previous_release=p, release=r, machine_id=m, **d)
-        for (p, r, m), d in agg.items()
-    ]
+    boot_rows = [(p, r, m, *d.values()) for (p, r, m), d in agg.items()]
     att: dict[tuple[str, str, str], dict[str, int]] = {}
     for a in attempts:
         if a.at > now:
@@ -178,16 +174,7 @@ def rows_at(
         d2["attempts"] += 1
         d2["failed"] += a.failed
     attempt_rows = [
-        SimpleNamespace(
-            previous_release=p,
-            release=r,
-            machine_id=m,
-            attempts=d2["attempts"],
-            landed=d2["attempts"] - d2["failed"],
-            failed_to_land=d2["failed"],
-            rejected=0,
-            without_handover=0,
-        )
+        (p, r, m, d2["attempts"], d2["attempts"] - d2["failed"], d2["failed"], 0, 0)
         for (p, r, m), d2 in att.items()
     ]
     return boot_rows, attempt_rows

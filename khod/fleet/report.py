@@ -81,7 +81,7 @@ def transitions_query(
         return case((cond & observed, value))
 
     q = (
-        select(
+        select(  # in the order of khod.fleet.verdicts.BOOT_COLUMNS: read by position
             prev.label("previous_release"),
             boots.c.release,
             boots.c.machine_id,
@@ -118,7 +118,7 @@ def attempts_query(since: float | None = None) -> Any:
         return func.count(case((a.c.verdict.in_(verdicts), 1)))
 
     q = (
-        select(
+        select(  # in the order of khod.fleet.verdicts.ATTEMPT_COLUMNS
             a.c.expected_previous_release.label("previous_release"),
             release.label("release"),
             a.c.machine_id,

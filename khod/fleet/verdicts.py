@@ -124,56 +124,49 @@ _BOOT_N = (
     "warned_boots",
     "warnings",
 )
-# host sets: (name, index in the row tuple below); crashed: in an observed boot,
-# affected: in any
-_BOOT_H = (("observed", 3), ("crashed", 4), ("logged", 5), ("warned", 6), ("affected", 2))
 _ATTEMPT_N = ("attempts", "landed", "failed_to_land", "rejected", "without_handover")
+# the report's queries' columns, in their order
+BOOT_COLUMNS = ("previous_release", "release", "machine_id", *_BOOT_N, "first", "last")
+ATTEMPT_COLUMNS = ("previous_release", "release", "machine_id", *_ATTEMPT_N)
+# host sets: (name, index in _BOOT_N); crashed: in an observed boot, affected: in any
+_BOOT_H = (("observed", 2), ("crashed", 3), ("logged", 4), ("warned", 5), ("affected", 1))
 
 
 def groups(boot_rows: Sequence[Any], attempt_rows: Sequence[Any]) -> dict[Key, Group]:
-    """The per-host rows summed by transition, with the sets of hosts (a hot loop: one
-    pass, plain tuples)."""
+    """The per-host rows summed by transition, with the sets of hosts. A hot loop: the
+    rows are unpacked by position, in the order of the report's two queries
+    (``BOOT_COLUMNS``, ``ATTEMPT_COLUMNS``)."""
     out: dict[Key, Group] = {}
-    for r in boot_rows:
-        key = (r.previous_release, r.release)
+    for prev, rel, m, *counts, first, last in boot_rows:
+        key = (prev, rel)
         g = out.get(key)
         if g is None:
             g = out[key] = Group(*key, n=dict.fromkeys(_BOOT_N, 0))
             g.hosts = {k: set() for k in ("all", *(h for h, _ in _BOOT_H))}
-        m = r.machine_id
-        v = (
-            m,
-            int(r.boots or 0),
-            int(r.crashes or 0),
-            int(r.observed_boots or 0),
-            int(r.observed_crashes or 0),
-            int(r.logged_boots or 0),
-            int(r.warned_boots or 0),
-            int(r.warnings or 0),
-        )
+        v = [int(x or 0) for x in counts]
         n = g.n
-        for i, k in enumerate(_BOOT_N, 1):
-            n[k] += v[i]
+        for k, x in zip(_BOOT_N, v, strict=True):
+            n[k] += x
         hs = g.hosts
         hs["all"].add(m)
         for k, i in _BOOT_H:
             if v[i]:
                 hs[k].add(m)
-        if r.first_booted_at is not None:
-            f, la = int(r.first_booted_at), int(r.last_booted_at)
-            g.first = f if g.first is None else min(g.first, f)
-            g.last = la if g.last is None else max(g.last, la)
-    for r in attempt_rows:
-        if r.release is None:
+        if first is not None:
+            g.first = int(first) if g.first is None else min(g.first, int(first))
+            g.last = int(last) if g.last is None else max(g.last, int(last))
+    for prev, rel, m, *counts in attempt_rows:
+        if rel is None:
             continue
-        key = (r.previous_release, r.release)
+        key = (prev, rel)
         g = out.setdefault(key, Group(*key))
-        for k in _ATTEMPT_N:
-            g.add(k, int(getattr(r, k) or 0))
-        failed = int(r.failed_to_land or 0) + int(r.rejected or 0)
+        v = [int(x or 0) for x in counts]
+        for k, x in zip(_ATTEMPT_N, v, strict=True):
+            g.add(k, x)
+        failed = v[2] + v[3]  # failed to land, rejected
         g.add("not_landed", failed)
-        g.host("attempted", r.machine_id)
-        g.host("failed", r.machine_id, failed > 0)
+        g.host("attempted", m)
+        g.host("failed", m, failed > 0)
     return out
 
 
