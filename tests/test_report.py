@@ -769,3 +769,15 @@ def test_many_healthy_transitions_are_not_called_worse_by_chance(fleet_report: A
         unlucky["p_value"] == pytest.approx(two_sided(4, 10, 2, 60)) and unlucky["p_value"] < 0.01
     )
     assert unlucky["verdict"] == "no evidence"
+
+
+def test_the_window_comes_from_the_flag_or_the_configuration(report: Any, tmp_path: Path) -> None:
+    conf = tmp_path / "khod.toml"
+    conf.write_text('[fleet]\nwindow = "1h"\n')
+    rows = json.loads(report("--json", "--config", str(conf))[1])
+    assert {r["window"] for r in rows} == {3600}
+    rows = json.loads(report("--json", "--config", str(conf), "--window", "2d")[1])
+    assert {r["window"] for r in rows} == {2 * 86400}
+    rc, out, err = report("--window", "soon")
+    assert (rc, out) == (1, "")
+    assert err == "khoctl: error: --window: expected a duration like '24h' or '7d', got 'soon'\n"
