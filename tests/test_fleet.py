@@ -378,11 +378,14 @@ def test_report_transitions_matches_the_hand_computed_fleet(
         "PREVIOUS_RELEASE",
         "RELEASE",
         "BOOTS",
+        "OBSERVED",
         "HOSTS",
+        "HOSTS_AFFECTED",
         "CRASHES",
         "CRASH_RATE",
     ]
-    assert out.splitlines()[2].split() == ["A", "B", "3", "2", "2", "66.67%"]
+    # 3 boots on 2 hosts, 2 crashed on 2 hosts
+    assert out.splitlines()[2].split() == ["A", "B", "3", "3", "2", "2", "2", "66.67%"]
     text = prom.read_text()
     assert 'khod_fleet_transition_bad{previous_release="A",release="B"} 1.0' in text
     # A -> A crashed every time but once: below --bad-min-boots

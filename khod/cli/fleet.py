@@ -84,16 +84,22 @@ def add_parsers(cmd: Cmd) -> None:
         type=fraction(open_low=True, open_high=True),
         default=0.01,
         metavar="P",
-        help="a verdict of worse or better needs Fisher's exact test against the release's "
-        "baseline at p < P, two-sided (default 0.01)",
+        help="false alarms: a healthy transition is ever called worse, over every run of "
+        "the report, with chance at most P; and at most P of one report's worse are "
+        "false (default 0.01)",
     )
     c.add_argument(
         "--min-evidence",
         type=whole_number(),
-        default=20,
+        default=5,
         metavar="N",
-        help="... and at least N boots (attempts) in the transition and in its baseline "
-        "(default 20)",
+        help="a verdict needs at least N hosts in the transition and in its baseline (default 5)",
+    )
+    c.add_argument(
+        "--window",
+        metavar="D",
+        help="a boot counts for the crash and warning rates once D has passed since it "
+        "landed (default: [fleet] window of the configuration, else 24h)",
     )
 
 

@@ -70,11 +70,24 @@ def _print_checks(checks: Sequence[Check], ok: bool) -> None:
     print("ok" if ok else "not ok: an error-severity check failed")
 
 
+def _fleet(args: argparse.Namespace, checks: list[Check], running: str, target: str | None) -> None:
+    """The fleet's verdict on running -> target, from the report [fleet] verdicts names."""
+    from khod.checks.fleet import check_fleet  # noqa: PLC0415
+    from khod.config import load_config  # noqa: PLC0415
+
+    config = getattr(args, "config", None)
+    source = load_config(config, required=config is not None).fleet_verdicts
+    c = check_fleet(source, running, target)
+    if c is not None:
+        checks.append(c)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from khod.checks.run import checks_json, run_checks, verdict  # noqa: PLC0415
 
     paths, obs = _collect(args)
-    checks, _, _ = run_checks(paths, obs, args.kernel, args.initrd)
+    checks, target, _ = run_checks(paths, obs, args.kernel, args.initrd)
+    _fleet(args, checks, obs.release, target.release if target else None)
     ok = verdict(checks)
     if args.json:
         print_json(checks_json(checks), "check")
@@ -100,6 +113,7 @@ def cmd_kexec(args: argparse.Namespace) -> int:
 
     paths, obs = _collect(args)
     checks, target, exe = run_checks(paths, obs, args.kernel, args.initrd, args.append)
+    _fleet(args, checks, obs.release, target.release if target else None)
     ok = verdict(checks)
     argv = plan_argv(args, exe or "kexec")
     expect = {"previous_release": obs.release, "kexec_count": (obs.kexec_count or 0) + 1}
