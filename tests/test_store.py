@@ -15,6 +15,7 @@ from khod.collect.boot import collect
 from khod.errors import StoreError
 from khod.observation import Blob
 from khod.paths import HostPaths
+from khod.records import Direction
 from khod.store import migrate
 from khod.store.boots import save_observation
 from khod.store.db import current_revision, open_store
@@ -186,7 +187,7 @@ def test_hostile_strings_are_stored_alike_on_every_backend(db_url: str) -> None:
     obs = dataclasses.replace(
         obs,
         previous_release="7.3.4\x00evil",
-        blobs=(*obs.blobs, Blob("in", long_name, b"\x00" * 8)),
+        blobs=(*obs.blobs, Blob(Direction.IN, long_name, b"\x00" * 8)),
         pstore=(
             dataclasses.replace(
                 rec,

@@ -20,11 +20,11 @@ from khod.store.schema import boots, counters, kexec_attempts
 # the counters row of khod_kexec_attempts_total (migration 0011 bumps it)
 ATTEMPTS_COUNTER = "kexec_attempts"
 
-ATTEMPT_SOURCE = "attempt"  # boots.metadata_source: from khod's attempt, not the kernel
-
 
 @dataclass(frozen=True)
-class Verdict:
+class AttemptVerdict:
+    """The verdict one boot gave the attempt that led to it."""
+
     attempt_id: int
     verdict: str
     detail: str
@@ -98,7 +98,7 @@ def judge(expected_release: str, expected_count: int, boot: Any) -> tuple[str, s
 
 def close_attempts(
     conn: Connection, machine_id: str, boot_pk: int, prev_pk: int | None
-) -> Verdict | None:
+) -> AttemptVerdict | None:
     """Give the open attempts made in the previous boot their verdict (the newest one is
     what happened; earlier ones in the same boot were superseded by it)."""
     if prev_pk is None:
@@ -130,7 +130,7 @@ def close_attempts(
             .where(boots.c.id == boot_pk)
             .values(
                 previous_release=newest.expected_previous_release,
-                metadata_source=ATTEMPT_SOURCE,
+                metadata_source=records.MetadataSource.ATTEMPT,
             )
         )
     if older:
@@ -143,7 +143,7 @@ def close_attempts(
                 verdict_detail=f"a later attempt (#{newest.id}) was the one that ran",
             )
         )
-    return Verdict(newest.id, verdict, detail)
+    return AttemptVerdict(newest.id, verdict, detail)
 
 
 def verdicts_by_boot(store: Store, boot_pks: Sequence[int]) -> dict[int, str]:
@@ -166,11 +166,3 @@ def verdict_counts(conn: Connection, machine_id: str) -> dict[str, int]:
             )
         )
     }
-
-
-def load_attempts(store: Store, machine_id: str | None = None) -> list[dict[str, Any]]:
-    q = select(kexec_attempts).order_by(kexec_attempts.c.id)
-    if machine_id:
-        q = q.where(kexec_attempts.c.machine_id == machine_id)
-    with store.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(q).mappings()]
