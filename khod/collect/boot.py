@@ -12,6 +12,7 @@ from __future__ import annotations
 from khod.collect import identity, kho_root
 from khod.collect.collector import Collector
 from khod.collect.kmsg import read_log
+from khod.collect.loader import load_signs
 from khod.collect.metadata import check_outgoing, cross_check
 from khod.collect.pstore import collect_pstore
 from khod.collect.subtrees import collect_subtrees
@@ -34,18 +35,18 @@ def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> Boo
     machine_id = identity.machine_id(c, boot_id)
     cmdline = c.file("cmdline", proc.parse_cmdline) or ""
     booted_at = identity.booted_at(c)
-    loader = identity.bootloader_type(c)
+    signs = load_signs(c)
 
     log, warnings = read_log(c)
     kf, blobs = kho_root.read_kho(c)
-    kho_enabled = kho_root.kho_enabled(c, kf, log, cmdline)
+    kho_enabled = kho_root.kho_enabled(c, kf, log, cmdline, release)
     in_root = kho_root.parse_root(c, kf, Direction.IN)
     if "out/fdt" in kf.files:
         kho_root.parse_root(c, kf, Direction.OUT)
     found = collect_subtrees(c, kf, log)
     meta, out_meta = found.metadata, found.out_metadata
 
-    kind, reason = kho_root.boot_kind(c, kf, log, in_root, kho_enabled, loader=loader)
+    kind, reason = kho_root.boot_kind(c, kf, log, kho_enabled, signs)
     previous_release: str | None = None
     previous_raw: bytes | None = None
     count: int | None = 0
@@ -94,7 +95,7 @@ def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> Boo
         out_kexec_count=out_meta.kexec_count if out_meta else None,
         scratch=scratch,
         warnings=warnings,
-        bootloader_type=loader,
+        bootloader_type=signs.loader,
         luo_compatible=found.luo_compatible,
         liveupdate_num=found.liveupdate_num,
         luo_sessions=found.luo_sessions,

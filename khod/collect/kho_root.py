@@ -4,14 +4,17 @@ what kind of boot this was, the scratch areas and the subtrees' names and sizes.
 from __future__ import annotations
 
 from khod.collect.collector import Collector
-from khod.errors import ParseError
+from khod.collect.loader import LoadSigns
+from khod.errors import ParseError, SourceError
 from khod.observation import Blob, BootKind, EventSource, Severity, Subtree
 from khod.parse import proc
 from khod.parse.fdt import TruncatedFdt
 from khod.parse.kho import KhoRoot, parse_kho_fdt
+from khod.parse.kimage import config_value
 from khod.parse.kmsg import KhoLog
 from khod.paths import SCRATCH_NAMES
 from khod.records import Direction
+from khod.sources.files import read_optional
 from khod.sources.kho import KhoFiles, read_kho_files
 
 
@@ -35,7 +38,7 @@ def read_kho(c: Collector) -> tuple[KhoFiles, tuple[Blob, ...]]:
     return kf, blobs
 
 
-def kho_enabled(c: Collector, kf: KhoFiles, log: KhoLog | None, cmdline: str) -> bool:
+def kho_enabled(c: Collector, kf: KhoFiles, log: KhoLog | None, cmdline: str, release: str) -> bool:
     if kf.present:
         return True
     if kf.unreadable is None:  # else read_kho() said so already
@@ -54,9 +57,25 @@ def kho_enabled(c: Collector, kf: KhoFiles, log: KhoLog | None, cmdline: str) ->
     setting = proc.kho_cmdline_setting(cmdline)
     if setting is not None:
         # kho= on the command line decides; "KHO: scratch areas" is not a sign of KHO
-        # on: kho_scratch= is parsed (and says so) by a kho=off kernel too
+        # on: kho_scratch= (7.4: kho_bootmem=) is parsed (and says so) by a kho=off
+        # kernel too
         return setting
+    if _on_by_default(c, release):
+        return True  # no kho=: the kernel's default (Ubuntu 26.04's 7.0 kernels)
     return log is not None and log.scratch_areas
+
+
+def _on_by_default(c: Collector, release: str) -> bool:
+    """CONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT=y in the running kernel's installed config."""
+    for path in c.paths.boot_config(release):
+        try:
+            data = read_optional(path, c.paths.rel(path), 16 << 20)
+        except SourceError:
+            continue
+        if data is not None:
+            text = data.decode("utf-8", "replace")
+            return config_value(text, "CONFIG_KEXEC_HANDOVER_ENABLE_DEFAULT") == "y"
+    return False
 
 
 def parse_root(c: Collector, kf: KhoFiles, direction: Direction) -> KhoRoot | None:
@@ -89,10 +108,8 @@ def boot_kind(
     c: Collector,
     kf: KhoFiles,
     log: KhoLog | None,
-    in_root: KhoRoot | None,
     enabled: bool,
-    *,
-    loader: int | None,
+    signs: LoadSigns,
 ) -> tuple[BootKind, str | None]:
     if log is not None and (log.rejected or log.revival_disabled):
         reason = log.rejected or log.revival_disabled
@@ -101,12 +118,13 @@ def boot_kind(
         return BootKind.KEXEC_REJECTED, reason
     if kf.in_present:  # debugfs creates kho/in/ only for an accepted handover
         return BootKind.KEXEC, None
-    if log is not None and (log.found_handover or log.exec_from_count is not None):
+    logged = log is not None and (log.found_handover or log.exec_from_count is not None)
+    if logged or signs.offered:
         if not enabled:
             # offered and refused by configuration: the kernel's own line is the reason;
             # 7.3.4 still revives reserve_mem regions from the handover (their pstore
             # records survive), so what it revived is said
-            revived = ", ".join(f"reserve_mem '{n}'" for n in log.revived)
+            revived = ", ".join(f"reserve_mem '{n}'" for n in log.revived) if log else ""
             kept = f"; still revived: {revived}" if revived else "; nothing revived"
             c.event(
                 "handover-ignored",
@@ -116,12 +134,13 @@ def boot_kind(
                 f"handover taken{kept}; the next kexec starts a new chain",
                 origin=EventSource.KHO,
             )
-            return BootKind.KEXEC_REJECTED, f"KHO: found kexec handover data. (KHO is off{kept})"
+            said = "KHO: found kexec handover data." if logged else f"{signs.offered}:"
+            return BootKind.KEXEC_REJECTED, f"{said} (KHO is off{kept})"
         return BootKind.KEXEC, None
-    if proc.loaded_by_kexec(loader):
+    if signs.kexec is not None:
         return (
             BootKind.KEXEC_NO_HANDOVER,
-            f"bootloader_type 0x{loader:02x}: loaded by kexec, no KHO state handed over",
+            f"{signs.kexec}: loaded by kexec, no KHO state handed over",
         )
     return BootKind.COLD, None
 
