@@ -137,6 +137,9 @@ class BootObservation(Boot):
     blobs: tuple[Blob, ...]
     events: tuple[Event, ...]
     pstore: tuple[PstoreRecord, ...] = ()
+    # the boot the journal holds just before this one (asked only where the kernel gave
+    # no chain): the store derives one from it (khod.store.chain); not stored itself
+    journal_previous_boot: str | None = None
 
 
 BOOT_FIELDS = tuple(f.name for f in fields(Boot))

@@ -135,6 +135,11 @@ class HostPaths:
         return self._p("etc/machine-id")
 
     @property
+    def journal_dirs(self) -> tuple[Path, Path]:
+        """The persistent and the volatile journal."""
+        return (self._p("var/log/journal"), self._p("run/log/journal"))
+
+    @property
     def kmsg(self) -> Path:
         return self._p("dev/kmsg")
 

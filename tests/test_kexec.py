@@ -858,6 +858,7 @@ def test_verdict_landed_without_handover_takes_the_release_from_the_attempt(
     got = rows[0]
     assert (got["kind"], got["verdict"]) == ("kexec-no-handover", "landed-without-handover")
     assert (got["previous_release"], got["metadata_source"]) == ("7.3.4-khlab-a", "attempt")
+    assert got["kexec_count"] == 1  # one kexec on from the cold boot the attempt was made in
     assert got["bootloader_type"] == 0xD0
 
 

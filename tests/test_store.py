@@ -39,7 +39,9 @@ def test_a_boot_is_one_shape_from_collection_to_the_table() -> None:
     from khod.store.schema import boots as table
 
     observed = set(BOOT_FIELDS)
-    assert {f.name for f in fields(BootObservation)} == observed | {"blobs", "events", "pstore"}
+    # journal_previous_boot: what the store derives a chain from, not kept itself
+    carried = {"blobs", "events", "pstore", "journal_previous_boot"}
+    assert {f.name for f in fields(BootObservation)} == observed | carried
     assert {f.name for f in fields(BootRecord)} == observed | STORE_ONLY
     assert {c.name for c in table.columns} - {"seq"} == observed | STORE_ONLY
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from khod.collect import identity, kho_root
 from khod.collect.collector import Collector
+from khod.collect.journal import journal_previous_boot
 from khod.collect.kmsg import read_log
 from khod.collect.loader import load_signs
 from khod.collect.metadata import check_outgoing, cross_check
@@ -69,6 +70,10 @@ def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> Boo
             source = MetadataSource.KMSG
         cross_check(c, meta, log)
 
+    journal_previous = None
+    if kind is not BootKind.COLD and previous_release is None:
+        journal_previous = journal_previous_boot(c, boot_id)  # khod may derive the chain
+
     scratch = kho_root.scratch(c, kf)
     pstore, pstore_events = collect_pstore(paths, found.pstore_kho, inflate_limit)
     c.events.extend(pstore_events)
@@ -102,4 +107,5 @@ def collect(paths: HostPaths, inflate_limit: int = DEFAULT_INFLATE_LIMIT) -> Boo
         blobs=blobs,
         events=tuple(c.events),
         pstore=tuple(pstore),
+        journal_previous_boot=journal_previous,
     )

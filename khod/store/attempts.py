@@ -122,17 +122,6 @@ def close_attempts(
         .where(kexec_attempts.c.id == newest.id)
         .values(verdict=verdict, verdict_boot=boot_pk, verdict_detail=detail)
     )
-    if boot.previous_release is None and boot.kind != BootKind.COLD:
-        # the kernel did not say what ran before (no handover, or one refused): khod's
-        # own record of the kexec does, and is named as the source
-        conn.execute(
-            update(boots)
-            .where(boots.c.id == boot_pk)
-            .values(
-                previous_release=newest.expected_previous_release,
-                metadata_source=records.MetadataSource.ATTEMPT,
-            )
-        )
     if older:
         conn.execute(
             update(kexec_attempts)

@@ -103,6 +103,7 @@ class SaveResult:
     new_events: int
     pstore_saved: frozenset[str] = frozenset()  # sha256 of the records new to the store
     verdict: Any = None  # khod.store.attempts.AttemptVerdict: the attempt this boot closed
+    chain: Any = None  # khod.store.chain.Chain: the chain khod derived for this boot
 
     @property
     def new_pstore(self) -> int:
@@ -217,11 +218,14 @@ def _save(conn: Connection, obs: BootObservation, *, adopted: bool = False) -> S
     if new_events:
         conn.execute(insert(events), new_events)
     pstore_saved = _save_pstore(conn, obs.machine_id, pk, obs.pstore, now)
-    verdict = None
+    verdict = chain = None
     if created or adopted:  # adopted: now on its machine, after that machine's boot before
         from khod.store.attempts import close_attempts  # noqa: PLC0415
+        from khod.store.chain import derive_chain  # noqa: PLC0415
 
-        verdict = close_attempts(conn, obs.machine_id, pk, predecessor(conn, obs.machine_id, pk))
+        prev_pk = predecessor(conn, obs.machine_id, pk)
+        verdict = close_attempts(conn, obs.machine_id, pk, prev_pk)
+        chain = derive_chain(conn, obs, pk, prev_pk, attempted=verdict is not None)
         if verdict is not None:
             sev = "info" if verdict.verdict == "landed" else "warning"
             e = Event(
@@ -232,7 +236,7 @@ def _save(conn: Connection, obs: BootObservation, *, adopted: bool = False) -> S
                 origin=EventSource.KEXEC,
             )
             conn.execute(insert(events).values(**event_values(pk, e, now)))
-    return SaveResult(pk, created, len(new_blobs), len(new_events), pstore_saved, verdict)
+    return SaveResult(pk, created, len(new_blobs), len(new_events), pstore_saved, verdict, chain)
 
 
 def save_later(
