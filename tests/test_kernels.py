@@ -5,7 +5,7 @@ debugfs, arm64's /chosen, 7.0's KHO on by default, 7.4's names."""
 from __future__ import annotations
 
 from khod.collect.boot import collect
-from khod.observation import BootKind
+from khod.observation import BootKind, Severity
 from khod.parse.bootinfo import parse_chosen_fdt, parse_kho_data, parse_setup_data_type
 from khod.paths import HostPaths
 from tests import variants
@@ -105,3 +105,29 @@ def test_boot_info_parsers() -> None:
     chosen = Node("chosen", [("linux,kho-fdt", u64le(0) * 2)])
     got = parse_chosen_fdt(build_fdt(Node("", [], [chosen])), "fdt")
     assert (got.booted_from_kexec, got.kho_offered) == (False, True)
+
+
+def test_the_fdt_string_list_compatible_is_read_as_the_composite_is() -> None:
+    """ "kho-v4", "vmalloc-v1" (NUL-separated) beside "kho-v4;vmalloc-v1": the base is
+    known, the subtrees are read, the whole string decides the ABI."""
+    from khod.parse.compat import same_abi, split_compat
+    from khod.parse.kho import parse_kho_fdt
+    from tests.fdtbuild import kho_root, v3_subtree
+
+    for compatible in ("kho-v4\0vmalloc-v1\0radix-v1", "kho-v4;vmalloc-v1;radix-v1"):
+        root = parse_kho_fdt(kho_root(compatible, 0x1000, [v3_subtree("LUO", 0x2000, 32)]), "f")
+        assert (root.known, root.base) == (True, "kho-v4")
+        assert [(s.name, s.blob_size) for s in root.subtrees] == [("LUO", 32)]
+        assert split_compat(root.compatible).tags == ("vmalloc-v1", "radix-v1")
+    assert not same_abi("kho-v4\\0vmalloc-v1", "kho-v4\\0vmalloc-v1\\0radix-v1")
+    assert same_abi("kho-v4\\0vmalloc-v1", "kho-v4\\0vmalloc-v1")
+
+
+def test_a_handover_without_in_fdt_is_still_a_kexec(sysroot: SysrootFactory) -> None:
+    """kho.rst: in/fdt "may disappear" once its consumers are done; the subtrees stay."""
+    root = sysroot("kexec1/step1")
+    variants.remove(root, "sys/kernel/debug/kho/in/fdt")
+    obs = collect(HostPaths(root))
+    assert (obs.kind, obs.kexec_count, obs.kho_abi) == (BootKind.KEXEC, 1, None)
+    assert "kexec-metadata" in {s.name for s in obs.subtrees}
+    assert not [e for e in obs.events if e.severity is not Severity.INFO], obs.events
