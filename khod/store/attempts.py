@@ -19,6 +19,8 @@ from khod.store.schema import boots, counters, kexec_attempts
 
 # the counters row of khod_kexec_attempts_total (migration 0011 bumps it)
 ATTEMPTS_COUNTER = "kexec_attempts"
+# what a 6.16-7.0 kernel logs when the kernel before it kexec'd without finalizing KHO
+NOT_FINALIZED = "disabling KHO revival: -2"
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,12 @@ def judge(expected_release: str, expected_count: int, boot: Any) -> tuple[str, s
             records.Verdict.LANDED_KHO_OFF,
             f"landed in a kernel with KHO off, the handover refused by configuration "
             f"({boot.kind_reason}): expected {want}",
+        )
+    if boot.kind == BootKind.KEXEC_REJECTED and NOT_FINALIZED in (boot.kind_reason or ""):
+        return (
+            records.Verdict.ABI_MISMATCH,
+            f"the kexec was not finalized (out/finalize not written before it, 6.16-7.0), "
+            f"so the handover was refused: {boot.kind_reason}",
         )
     if boot.kind == BootKind.KEXEC_REJECTED:
         return records.Verdict.ABI_MISMATCH, f"the handover was rejected: {boot.kind_reason}"
