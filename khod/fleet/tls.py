@@ -11,6 +11,7 @@ is set: then it applies to them too.
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 
 from sqlalchemy.engine import URL, make_url
@@ -31,12 +32,21 @@ class TlsSettings:
 
 
 def _hosts(url: URL) -> list[str]:
-    """Every host the URL may connect to (libpq takes a list; ``?host=`` overrides)."""
-    query_host = url.query.get("host")
-    if query_host:
-        values = query_host if isinstance(query_host, tuple) else (query_host,)
-        return [h for v in values for h in v.split(",")]
-    return [url.host or ""]
+    """Every host and address the URL may connect to. libpq takes lists; ``?host=`` and
+    ``?hostaddr=`` override the URL's host, and ``PGHOST``/``PGHOSTADDR`` fill in what
+    the URL leaves out. A name with an address elsewhere (``localhost`` with
+    ``hostaddr=10.0.0.5``) goes where the address says: both are looked at."""
+
+    def values(key: str, env: str) -> list[str]:
+        given = url.query.get(key)
+        if given:
+            items = given if isinstance(given, tuple) else (given,)
+        else:
+            items = (os.environ.get(env, ""),) if os.environ.get(env) else ()
+        return [h for v in items for h in v.split(",")]
+
+    names = values("host", "PGHOST") if url.query.get("host") or not url.host else [url.host]
+    return (names or [""]) + values("hostaddr", "PGHOSTADDR")
 
 
 def is_local(host: str) -> bool:
@@ -61,7 +71,16 @@ def secure_url(text: str, tls: TlsSettings) -> str:
         raise KhodError(f"sync.sslmode: expected one of {', '.join(MODES)}, got {tls.sslmode!r}")
     remote = [h for h in _hosts(url) if not is_local(h)]
     if not remote and not tls.sslmode:
-        return text
+        # this machine: the URL's own sslmode (libpq's prefer), and the host's client
+        # certificate when it has one, for a fleet database that takes certificates only
+        extra = {
+            param: path
+            for param, path in (("sslcert", tls.cert), ("sslkey", tls.key))
+            if path and param not in url.query and os.path.isfile(path)
+        }
+        if len(extra) < 2:
+            return text
+        return url.update_query_dict(extra).render_as_string(hide_password=False)
     given = url.query.get("sslmode")
     mode = str(given) if given else (tls.sslmode or VERIFIED)
     if remote and mode not in (VERIFIED, tls.sslmode):
