@@ -610,7 +610,7 @@ def test_the_daemon_pushes_to_the_fleet_and_retries_until_it_is_back(
             d.proc.wait(10)
             log = d.proc.stdout.read() if d.proc.stdout else ""
         assert "sync failed (1 in a row); retrying in 2s" in log
-        assert "synced 1 boots (1 new)" in log
+        assert "synced 1 boot (1 new)" in log
         assert content(fleet) == content(local)
 
 
@@ -719,7 +719,7 @@ def test_import_draws_a_progress_bar_on_a_terminal_only(
     finally:
         os.close(primary)
     assert r.returncode == 0 and r.stdout.startswith(
-        "imported 4 boots (4 new), 26 blobs (26 new), 1 events (1 new), 3 pstore records (3 new)"
+        "imported 4 boots (4 new), 26 blobs (26 new), 1 event (1 new), 3 pstore records (3 new)"
     )
     text = seen.decode()
     assert f"\r{dump} [" in text and "100%" in text and " rows, " in text

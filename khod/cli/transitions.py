@@ -214,7 +214,17 @@ def text(rows: Sequence[Transition], th: Thresholds) -> str:
     return "\n\n".join((landed, attempts, tests, how))
 
 
-def cmd_report(args: argparse.Namespace, since: float | None) -> int:
+def with_iso_times(d: dict[str, Any]) -> dict[str, Any]:
+    """The JSON times' convention (ISO 8601, UTC): first_booted, last_booted beside
+    the seconds first_booted_at, last_booted_at (kept for the readers they have)."""
+    from khod.cli.views import iso  # noqa: PLC0415
+
+    d["first_booted"] = iso(d["first_booted_at"])
+    d["last_booted"] = iso(d["last_booted_at"])
+    return d
+
+
+def cmd_report(args: argparse.Namespace, since: float | None, until: float | None = None) -> int:
     from khod.fleet.report import transitions  # noqa: PLC0415
     from khod.store.db import open_store  # noqa: PLC0415
 
@@ -223,7 +233,9 @@ def cmd_report(args: argparse.Namespace, since: float | None) -> int:
     try:
         rows = [
             t
-            for t in transitions(store, since, include_cold=args.include_cold, thresholds=th)
+            for t in transitions(
+                store, since, include_cold=args.include_cold, thresholds=th, until=until
+            )
             if t.boots >= args.min_boots or t.attempts >= args.min_boots
         ]
     finally:
@@ -238,7 +250,7 @@ def cmd_report(args: argparse.Namespace, since: float | None) -> int:
         except OSError as e:
             raise KhodError(f"cannot write {args.textfile}: {e.strerror or e}") from None
     if args.json:
-        print_json([t.as_json() for t in rows])
+        print_json([with_iso_times(t.as_json()) for t in rows], "report")
         return 0
     if not rows:
         print("no kexec transitions recorded")

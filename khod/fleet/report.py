@@ -112,7 +112,9 @@ def _crashed() -> Any:
     )
 
 
-def transitions_query(since: float | None = None, include_cold: bool = True) -> Any:
+def transitions_query(
+    since: float | None = None, include_cold: bool = True, until: float | None = None
+) -> Any:
     """Boots by (previous_release, release); previous_release NULL: the release's
     boots that took no KHO handover."""
     crashed = _crashed()
@@ -139,10 +141,12 @@ def transitions_query(since: float | None = None, include_cold: bool = True) -> 
     q = q.where(known | ~kexec if include_cold else known)
     if since is not None:
         q = q.where(boots.c.booted_at >= literal(int(since)))
+    if until is not None:
+        q = q.where(boots.c.booted_at <= literal(int(until)))
     return q
 
 
-def attempts_query(since: float | None = None) -> Any:
+def attempts_query(since: float | None = None, until: float | None = None) -> Any:
     """The attempts that ran, by (previous_release, release), counted by outcome."""
     a = kexec_attempts
     judged_by = boots.alias("judged_by")
@@ -169,6 +173,8 @@ def attempts_query(since: float | None = None) -> Any:
     )
     if since is not None:
         q = q.where(a.c.created_at >= literal(float(since)))
+    if until is not None:
+        q = q.where(a.c.created_at <= literal(float(until)))
     return q
 
 
@@ -263,13 +269,14 @@ def transitions(
     since: float | None = None,
     include_cold: bool = False,
     thresholds: Thresholds | None = None,
+    until: float | None = None,
 ) -> list[Transition]:
     """Rows sorted worst first: by verdict, then crash rate, then boots (more
     evidence first)."""
     try:
         with store.engine.connect() as conn:
-            boot_rows = conn.execute(transitions_query(since)).all()
-            attempt_rows = conn.execute(attempts_query(since)).all()
+            boot_rows = conn.execute(transitions_query(since, until=until)).all()
+            attempt_rows = conn.execute(attempts_query(since, until)).all()
     except SQLAlchemyError as e:
         raise StoreError(f"cannot read {store.location}: {describe_db_error(e)}") from None
     return build(boot_rows, attempt_rows, thresholds or Thresholds(), include_cold)
