@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from khod.records import BootKind, EventSource, Severity
+from khod.records import BootKind, Direction, EventSource, PstoreLocation, Severity
 
 __all__ = [
     "BOOT_FIELDS",
@@ -41,7 +41,7 @@ class Event:
 class Blob:
     """A raw KHO file as read, kept so a later version can re-parse it."""
 
-    direction: str  # "in" | "out"
+    direction: Direction
     name: str  # relative to kho/<direction>/, e.g. "fdt", "sub_fdts/kexec-metadata"
     data: bytes
 
@@ -61,7 +61,7 @@ class Subtree:
 
 @dataclass(frozen=True)
 class PstoreRecord:
-    location: str  # "pstore" | "archive" | "kho"
+    location: PstoreLocation
     path: str  # where it was read, relative to the sysroot
     name: str
     type: str
@@ -111,8 +111,8 @@ class Boot:
     previous_release: str | None
     previous_release_raw: bytes | None
     kexec_count: int | None  # None: a handover without metadata (pre-7.1 or unreadable)
-    # "kho" (the blob), "kmsg" (the log line), "attempt" (khod's own kexec attempt record,
-    # not the kernel's word: set by the store where the kernel said nothing)
+    # a MetadataSource: the kernel's word ("kho", "kmsg") or khod's own ("attempt",
+    # "derived": set by the store where the kernel said nothing); a newer khod's as stored
     metadata_source: str | None
     subtrees: tuple[Subtree, ...]  # incoming
     out_subtrees: tuple[Subtree, ...]
@@ -137,6 +137,9 @@ class BootObservation(Boot):
     blobs: tuple[Blob, ...]
     events: tuple[Event, ...]
     pstore: tuple[PstoreRecord, ...] = ()
+    # the boot the journal holds just before this one (asked only where the kernel gave
+    # no chain): the store derives one from it (khod.store.chain); not stored itself
+    journal_previous_boot: str | None = None
 
 
 BOOT_FIELDS = tuple(f.name for f in fields(Boot))

@@ -116,8 +116,28 @@ class HostPaths:
         return self._p("proc/sys/kernel/bootloader_type")
 
     @property
+    def setup_data(self) -> Path:
+        """x86 only: the boot protocol's setup_data list (N/type, N/data)."""
+        return self._p("sys/kernel/boot_params/setup_data")
+
+    @property
+    def firmware_fdt(self) -> Path:
+        """The raw device tree this kernel booted with (arm64 and other DT machines)."""
+        return self._p("sys/firmware/fdt")
+
+    @property
+    def device_tree_chosen(self) -> Path:
+        """The boot device tree's /chosen, unflattened: one file per property."""
+        return self._p("proc/device-tree/chosen")
+
+    @property
     def machine_id(self) -> Path:
         return self._p("etc/machine-id")
+
+    @property
+    def journal_dirs(self) -> tuple[Path, Path]:
+        """The persistent and the volatile journal."""
+        return (self._p("var/log/journal"), self._p("run/log/journal"))
 
     @property
     def kmsg(self) -> Path:

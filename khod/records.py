@@ -47,6 +47,55 @@ class EventSource(StrEnum):
     KEXEC = "kexec"  # kexec attempts and their verdicts
 
 
+class Direction(StrEnum):
+    """Which way a KHO file goes: ``kho/in`` (handed to this kernel), ``kho/out``."""
+
+    IN = "in"
+    OUT = "out"
+
+
+class PstoreLocation(StrEnum):
+    """Where a pstore record was read."""
+
+    PSTORE = "pstore"  # /sys/fs/pstore
+    ARCHIVE = "archive"  # systemd-pstore's /var/lib/systemd/pstore
+    KHO = "kho"  # the pstore-kho KHO subtree
+
+
+class MetadataSource(StrEnum):
+    """Where a boot's previous_release and kexec_count come from (``boots.metadata_source``)."""
+
+    KHO = "kho"  # the kexec-metadata subtree the previous kernel handed over
+    KMSG = "kmsg"  # the kernel's "KHO: exec from" log line
+    # khod's own kexec attempt record, made by khoctl in the boot before: not the kernel's
+    ATTEMPT = "attempt"
+    # khod's own chain: the boot it recorded just before, shown to be the one that ran
+    # before this one (the journal's boot before this one is that boot)
+    DERIVED = "derived"
+
+
+class KhoSubtreeName(StrEnum):
+    """The KHO subtrees khod reads (``kho/{in,out}/sub_fdts/NAME``); any other is kept
+    opaque, its bytes stored. Each has its row in ``khod.collect.subtrees.SUBTREES``."""
+
+    KEXEC_METADATA = "kexec-metadata"
+    LUO = "LUO"
+    PSTORE_KHO = "pstore-kho"
+
+
+class DumpReason(StrEnum):
+    """kmsg_dump reasons (``enum kmsg_dump_reason``; pstore's ``Reason#count`` header)."""
+
+    UNKNOWN = "Unknown"
+    PANIC = "Panic"
+    OOPS = "Oops"
+    EMERGENCY = "Emergency"
+    SHUTDOWN = "Shutdown"
+    RESTART = "Restart"
+    HALT = "Halt"
+    POWEROFF = "Poweroff"
+
+
 class TransitionVerdict(StrEnum):
     """How a kernel transition compares with its baseline (khod.fleet.stats)."""
 
@@ -60,20 +109,19 @@ class TransitionVerdict(StrEnum):
 # a kexec-no-handover boot (a loader or kernel without KHO), "landed-kho-off" one into
 # a kernel booted with kho=off: both landed, without a handover, and neither is a
 # failure to land; stores that never judge one count none.
-LANDED_WITHOUT_HANDOVER = "landed-without-handover"
-WITHOUT_HANDOVER = (LANDED_WITHOUT_HANDOVER, Verdict.LANDED_KHO_OFF)
+WITHOUT_HANDOVER = (Verdict.LANDED_WITHOUT_HANDOVER, Verdict.LANDED_KHO_OFF)
 FAILED_TO_LAND = (Verdict.COLD_BOOT, Verdict.MISMATCH)  # a firmware boot, another kernel
 REJECTED = (Verdict.ABI_MISMATCH,)  # the new kernel refused the handover
 RAN = (Verdict.LANDED, *FAILED_TO_LAND, *REJECTED, *WITHOUT_HANDOVER)
 
 KINDS = tuple(str(k) for k in BootKind)
-SEVERITIES = tuple(str(s) for s in Severity)
 VERDICTS = tuple(str(v) for v in Verdict)
 SOURCES = tuple(str(s) for s in EventSource)
+METADATA_SOURCES = tuple(str(s) for s in MetadataSource)
 
 # kmsg_dump reasons of a crash: a boot that left one of these in pstore crashed (an
 # Emergency record is the restart that follows a panic, or an operator's sysrq reboot)
-CRASH_REASONS = ("Panic", "Oops")
+CRASH_REASONS = (DumpReason.PANIC, DumpReason.OOPS)
 
 
 def is_crash(reason: str | None) -> bool:

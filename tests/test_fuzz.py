@@ -21,6 +21,7 @@ from khod.parse.luo import parse_luo
 from khod.parse.metadata import parse_kexec_metadata
 from khod.parse.pstore import inflate, parse_dmesg_header, parse_pstore_name
 from khod.parse.pstore_kho import parse_pstore_kho
+from khod.records import PstoreLocation
 from khod.sources.pstore import PstoreFile
 from tests.conftest import FIXTURES
 from tests.test_parse_luo import luo_fdt, luo_ser
@@ -64,7 +65,9 @@ def record_parser(data: bytes, source: str) -> object:
     """The whole decode path of one pstore file, as collection runs it."""
     events: list[Event] = []
     for name in ("dmesg-ramoops-0", "dmesg-ramoops-0.enc.z", "console-x-1"):
-        decode_record(PstoreFile("pstore", None, source, name, data, 0), events, 1 << 16)
+        decode_record(
+            PstoreFile(PstoreLocation.PSTORE, None, source, name, data, 0), events, 1 << 16
+        )
     return parse_dmesg_header(data)
 
 

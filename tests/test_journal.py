@@ -165,6 +165,7 @@ def test_journal_entry_of_a_kexec(journal: Journal, tmp_path: Path) -> None:
     ]
     assert (boot["KHOD_PREVIOUS_RELEASE"], boot["KHOD_KEXEC_COUNT"]) == ("7.3.4-khlab-a", "1")
     assert boot["MESSAGE"].endswith("kexec from 7.3.4-khlab-a (count 1)")
+    assert boot["KHOD_METADATA_SOURCE"] == "kho"
 
 
 @pytest.mark.parametrize(

@@ -832,20 +832,38 @@ def test_record_kexec_hook(
         ).fetchall() == [("hook", 1)]
 
 
-def test_a_misfit_of_an_arm64_image_is_a_warning(
+def test_a_misfit_of_an_arm64_image_is_an_error_by_arm64s_rules(
     sysroot: SysrootFactory, tmp_path: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The placement is the x86 bzImage loader's; arm64's image loader places its
-    segments otherwise (bottom-up, a DTB segment): a misfit there is told, and does
-    not refuse the kexec on a model of another architecture."""
+    """arm64's image loader (bottom-up at 2 MiB, then the DTB above the kernel): a kernel
+    that fits no scratch area fails the load there too, so it is refused."""
     img = tmp_path / "Image"
     img.write_bytes(arm64_image("7.3.4-arm"))
     root = sysroot("kexec1/step0")
     variants.replace(root, f"{KHO}/out/scratch_len", b"0x1000\n0x1000\n0x1000\n")
     _, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(img))
     s = by_name(res)["scratch"]
-    assert (s["ok"], s["severity"]) == (False, "warning")
-    assert "arm64-Image" in s["detail"]
+    assert (s["ok"], s["severity"]) == (False, "error")
+    assert s["detail"].startswith("kernel (file size"), s
+
+
+def test_an_arm64_image_is_placed_by_arm64s_rules(
+    sysroot: SysrootFactory, tmp_path: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The kernel bottom-up at a 2 MiB boundary, the DTB above it, top-down at 2 MiB."""
+    img = tmp_path / "Image"
+    img.write_bytes(arm64_image("7.3.4-arm"))
+    root = sysroot("kexec1/step0")
+    _, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(img))
+    s = by_name(res)["scratch"]
+    assert s["ok"], s
+    where = dict(
+        (part.split(" in area ")[0].split(" (")[0], int(part.rsplit(" at ", 1)[1], 16))
+        for part in s["detail"].split("; ")
+        if " in area " in part
+    )
+    assert where["kernel"] % (2 << 20) == 0 and where["DTB"] % (2 << 20) == 0
+    assert where["DTB"] > where["kernel"]
 
 
 def test_kexec_fits_the_command_line_it_will_pass(
@@ -913,6 +931,7 @@ def test_verdict_landed_without_handover_takes_the_release_from_the_attempt(
     got = rows[0]
     assert (got["kind"], got["verdict"]) == ("kexec-no-handover", "landed-without-handover")
     assert (got["previous_release"], got["metadata_source"]) == ("7.3.4-khlab-a", "attempt")
+    assert got["kexec_count"] == 1  # one kexec on from the cold boot the attempt was made in
     assert got["bootloader_type"] == 0xD0
 
 

@@ -15,6 +15,7 @@ from khod.collect.boot import collect
 from khod.errors import StoreError
 from khod.observation import Blob
 from khod.paths import HostPaths
+from khod.records import Direction
 from khod.store import migrate
 from khod.store.boots import save_observation
 from khod.store.db import current_revision, open_store
@@ -38,7 +39,9 @@ def test_a_boot_is_one_shape_from_collection_to_the_table() -> None:
     from khod.store.schema import boots as table
 
     observed = set(BOOT_FIELDS)
-    assert {f.name for f in fields(BootObservation)} == observed | {"blobs", "events", "pstore"}
+    # journal_previous_boot: what the store derives a chain from, not kept itself
+    carried = {"blobs", "events", "pstore", "journal_previous_boot"}
+    assert {f.name for f in fields(BootObservation)} == observed | carried
     assert {f.name for f in fields(BootRecord)} == observed | STORE_ONLY
     assert {c.name for c in table.columns} - {"seq"} == observed | STORE_ONLY
 
@@ -186,7 +189,7 @@ def test_hostile_strings_are_stored_alike_on_every_backend(db_url: str) -> None:
     obs = dataclasses.replace(
         obs,
         previous_release="7.3.4\x00evil",
-        blobs=(*obs.blobs, Blob("in", long_name, b"\x00" * 8)),
+        blobs=(*obs.blobs, Blob(Direction.IN, long_name, b"\x00" * 8)),
         pstore=(
             dataclasses.replace(
                 rec,

@@ -74,6 +74,7 @@ def journal_fields_for_boot(obs: Boot) -> dict[str, Any]:
         "KHOD_KIND": str(obs.kind),
         "KHOD_PREVIOUS_RELEASE": obs.previous_release or "",
         "KHOD_KEXEC_COUNT": "" if obs.kexec_count is None else str(obs.kexec_count),
+        "KHOD_METADATA_SOURCE": obs.metadata_source or "",
         "KHOD_KHO_ABI": obs.kho_abi or "",
         "KHOD_LIVEUPDATE_NUM": "" if obs.liveupdate_num is None else str(obs.liveupdate_num),
         "KHOD_BOOTLOADER_TYPE": "" if obs.bootloader_type is None else str(obs.bootloader_type),

@@ -37,6 +37,44 @@ class Segment:
     memsz: int
     align: int
     buf_min: int
+    top_down: bool = True
+    above_kernel: bool = False  # arm64: "not allocate anything below the kernel"
+    within_32g: bool = False  # arm64 initrd: a 1 GiB-aligned 32 GiB window from the kernel
+
+
+# arch/arm64/kernel/kexec_image.c, machine_kexec_file.c: the kernel bottom-up at 2 MiB
+# (MIN_KIMG_ALIGN), then the initrd bottom-up above it, then the DTB top-down at 2 MiB
+# above it (the running kernel's FDT with the new command line; its size when unknown)
+ARM64_KERNEL_ALIGN = 2 * MiB
+ARM64_DTB_ALIGN = 2 * MiB
+ARM64_DTB_DEFAULT = 64 << 10
+GiB = 1 << 30
+
+
+def arm64_segments(
+    target: Target | None, initrd_size: int | None, cmdline_len: int, dtb_size: int | None
+) -> list[Segment]:
+    segs = []
+    img = target.image if target else None
+    if target is not None and img is not None:
+        size = img.init_size or target.size
+        what = f"image_size {_size(size)}" if img.init_size else f"file size {_size(size)}"
+        segs.append(Segment(f"kernel ({what})", size, ARM64_KERNEL_ALIGN, 0, top_down=False))
+    if initrd_size is not None:
+        segs.append(
+            Segment(
+                f"initrd ({_size(initrd_size)})",
+                initrd_size,
+                PAGE,
+                0,
+                top_down=False,
+                above_kernel=True,
+                within_32g=True,
+            )
+        )
+    dtb = (dtb_size or ARM64_DTB_DEFAULT) + cmdline_len
+    segs.append(Segment(f"DTB ({_size(dtb)})", dtb, ARM64_DTB_ALIGN, 0, above_kernel=True))
+    return segs
 
 
 def _size(n: int) -> str:
@@ -87,6 +125,29 @@ def kexec_segments(
     return segs
 
 
+def _bottom_up(
+    start: int,
+    end: int,
+    memsz: int,
+    align: int,
+    *,
+    buf_min: int,
+    buf_max: int,
+    placed: list[tuple[int, int]],
+) -> int | None:
+    """``locate_mem_hole_bottom_up``: the lowest aligned start in [start, end]."""
+    cand = max(start, buf_min)
+    while True:
+        cand = -(-cand // align) * align
+        last = cand + memsz - 1
+        if last > end or last > buf_max:
+            return None
+        clash = [e for s, e in placed if s <= last and cand <= e]
+        if not clash:
+            return cand
+        cand = max(clash) + 1
+
+
 def _top_down(
     start: int, end: int, memsz: int, align: int, *, buf_min: int, placed: list[tuple[int, int]]
 ) -> int | None:
@@ -116,16 +177,29 @@ def place_segments(
     segment that fits nowhere (the load fails with -EADDRNOTAVAIL), or None."""
     placed: list[tuple[Segment, int, int]] = []
     taken: list[tuple[int, int]] = []
+    kernel: tuple[int, int] | None = None  # arm64: where the kernel went
     for seg in segs:
         memsz = -(-seg.memsz // PAGE) * PAGE  # kexec_add_buffer: ALIGN(memsz, PAGE_SIZE)
         align = max(seg.align, PAGE)  # and buf_align at least PAGE_SIZE
+        buf_min, buf_max = seg.buf_min, (1 << 64) - 1
+        if seg.above_kernel and kernel is not None:
+            buf_min = kernel[0] + kernel[1]
+            if seg.within_32g:
+                buf_max = kernel[0] - kernel[0] % GiB + 32 * GiB
         for i, (phys, size) in enumerate(areas):
             end = phys + size - 1
             # locate_mem_hole_callback: the whole area must hold it, above buf_min
-            if size < memsz or end < seg.buf_min:
+            if size < memsz or end < buf_min:
                 continue
-            mem = _top_down(phys, end, memsz, align, buf_min=seg.buf_min, placed=taken)
+            if seg.top_down:
+                mem = _top_down(phys, end, memsz, align, buf_min=buf_min, placed=taken)
+            else:
+                mem = _bottom_up(
+                    phys, end, memsz, align, buf_min=buf_min, buf_max=buf_max, placed=taken
+                )
             if mem is not None:
+                if seg.label.startswith("kernel"):
+                    kernel = (mem, memsz)
                 placed.append((seg, i, mem))
                 taken.append((mem, mem + memsz - 1))
                 break
@@ -135,7 +209,11 @@ def place_segments(
 
 
 def check_scratch(
-    obs: BootObservation, target: Target | None, initrd_size: int | None, cmdline: str
+    obs: BootObservation,
+    target: Target | None,
+    initrd_size: int | None,
+    cmdline: str,
+    dtb_size: int | None = None,
 ) -> Check:
     total = sum(n for _, n in obs.scratch)
     if not obs.scratch or total == 0:
@@ -147,13 +225,14 @@ def check_scratch(
     areas = ", ".join(_size(n) for _, n in obs.scratch)
     cmdline_len = len(cmdline.encode()) + 1  # kexec-tools passes the NUL too
     segs = kexec_segments(target, initrd_size, cmdline_len, len(obs.scratch))
+    kind = target.image.kind if target is not None and target.image else None
+    if kind == "arm64-Image":  # arm64's image_load, not x86's bzImage64_load
+        segs = segs[:1] + arm64_segments(target, initrd_size, cmdline_len, dtb_size)
     placed, misfit = place_segments(obs.scratch, segs)
     where = "; ".join(f"{s.label} in area {i} at 0x{mem:x}" for s, i, mem in placed)
     if misfit is not None:
-        kind = target.image.kind if target is not None and target.image else None
-        if kind is not None and kind != "bzImage":
-            # modelled on x86's bzImage64_load; arm64's image_load places bottom-up and adds
-            # a DTB segment: told, not a refusal made on another architecture's rules
+        if kind is not None and kind not in ("bzImage", "arm64-Image"):
+            # an EFI zboot image: its loader unpacks it first, its size is not known here
             return fail(
                 "scratch",
                 f"{misfit.label} may fit in no scratch area ({areas}), placed as x86's "

@@ -44,7 +44,13 @@ def run_checks(
             checks.append(fail("image", str(e)))
     if obs.kho_enabled and all(c.ok for c in checks if c.name == "debugfs"):
         checks.append(
-            check_scratch(obs, target, initrd_size, obs.cmdline if cmdline is None else cmdline)
+            check_scratch(
+                obs,
+                target,
+                initrd_size,
+                obs.cmdline if cmdline is None else cmdline,
+                _fdt_size(paths),
+            )
         )
         checks.append(check_out_fdt(paths, obs))
         checks.append(check_metadata(obs, running))
@@ -62,3 +68,11 @@ def verdict(checks: list[Check]) -> bool:
 
 def checks_json(checks: list[Check]) -> dict[str, Any]:
     return {"ok": verdict(checks), "checks": [asdict(c) for c in checks]}
+
+
+def _fdt_size(paths: HostPaths) -> int | None:
+    """The running kernel's FDT (the new DTB is made from it): its size, where readable."""
+    try:
+        return paths.firmware_fdt.stat().st_size or None
+    except OSError:
+        return None

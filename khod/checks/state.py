@@ -9,6 +9,7 @@ from khod.observation import BootObservation, EventSource, Severity
 from khod.parse import kimage
 from khod.parse.kho import parse_kho_fdt
 from khod.paths import HostPaths
+from khod.records import Direction
 from khod.sources.files import is_dir
 
 
@@ -16,7 +17,7 @@ def outgoing(obs: BootObservation, name: str) -> bytes | None:
     """The bytes of ``out/<name>`` as collection read them (the observation keeps every
     KHO file it read: the checks read nothing of KHO again)."""
     for b in obs.blobs:
-        if b.direction == "out" and b.name == name:
+        if b.direction == Direction.OUT and b.name == name:
             return b.data
     return None
 
@@ -139,6 +140,17 @@ def check_metadata(obs: BootObservation, abi: str | None) -> Check:
             f"count {obs.out_kexec_count}, expected {obs.release} count {expected}",
         )
     return ok("outgoing-metadata", f"{obs.out_release} count {obs.out_kexec_count}")
+
+
+def finalize_needed(paths: HostPaths, obs: BootObservation) -> bool:
+    """Whether the running kernel needs ``out/finalize`` written before a KHO kexec and
+    it is not yet: 6.16-7.0 (the file is there and reads 0) without LUO (LUO finalizes
+    at its own reboot). Else the next kernel logs ``disabling KHO revival: -2``."""
+    raw = outgoing(obs, "finalize")
+    v = kimage.release_version(obs.release)
+    if raw is None or (v is not None and v > (7, 0)) or paths.liveupdate.exists():
+        return False
+    return raw.decode("ascii", "replace").strip() == "0"
 
 
 def check_finalize(paths: HostPaths, obs: BootObservation) -> Check:

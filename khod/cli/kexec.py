@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # annotations only
     from khod.checks.base import Check
     from khod.observation import BootObservation
     from khod.paths import HostPaths
+    from khod.store.handle import Store
 
 
 def add_parsers(cmd: Cmd) -> None:
@@ -109,10 +110,23 @@ def plan_argv(args: argparse.Namespace, kexec: str) -> list[list[str]]:
 def cmd_kexec(args: argparse.Namespace) -> int:
     from dataclasses import asdict  # noqa: PLC0415
 
+    from khod.checks.base import INFO  # noqa: PLC0415
+    from khod.checks.base import ok as passed  # noqa: PLC0415
     from khod.checks.run import run_checks, verdict  # noqa: PLC0415
+    from khod.checks.state import finalize_needed  # noqa: PLC0415
 
     paths, obs = _collect(args)
     checks, target, exe = run_checks(paths, obs, args.kernel, args.initrd, args.append)
+    finalize = finalize_needed(paths, obs)
+    if finalize:  # khoctl does it, before the load (6.17/6.18 need it that early)
+        checks = [
+            passed(
+                "finalize", "not finalized yet: khoctl kexec writes 1 to out/finalize first", INFO
+            )
+            if c.name == "finalize"
+            else c
+            for c in checks
+        ]
     _fleet(args, checks, obs.release, target.release if target else None)
     ok = verdict(checks)
     argv = plan_argv(args, exe or "kexec")
@@ -125,6 +139,7 @@ def cmd_kexec(args: argparse.Namespace) -> int:
         "argv": argv,
         "forced": bool(failed) and args.force,
         "dry_run": args.dry_run,
+        "finalize": paths.rel(paths.kho_out_finalize) if finalize else None,
     }
     if args.json:
         print_json(plan, "kexec")
@@ -134,6 +149,11 @@ def cmd_kexec(args: argparse.Namespace) -> int:
             f"the next boot must show: previous_release {expect['previous_release']}, "
             f"kexec_count {expect['kexec_count']}"
         )
+        if finalize:
+            print_text(
+                ("would finalize" if args.dry_run else "finalize")
+                + f" KHO: echo 1 > {paths.rel(paths.kho_out_finalize)}"
+            )
         for a in argv:
             print_text(("would run: " if args.dry_run else "run: ") + " ".join(a))
     if failed and not args.force:
@@ -167,6 +187,8 @@ def cmd_kexec(args: argparse.Namespace) -> int:
                 "expected_kexec_count": expect["kexec_count"],
             },
         )
+        if finalize:
+            _finalize(paths, store, attempt)
         for step in argv:
             r = subprocess.run(
                 step, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
@@ -181,6 +203,19 @@ def cmd_kexec(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"kexec attempt #{attempt} recorded; the next boot will give its verdict")
     return 0
+
+
+def _finalize(paths: HostPaths, store: Store, attempt: int) -> None:
+    """Write 1 to out/finalize (KHO serializes its state); a failure fails the attempt."""
+    from khod.store.attempts import fail_attempt  # noqa: PLC0415
+
+    shown = paths.rel(paths.kho_out_finalize)
+    try:
+        with open(paths.kho_out_finalize, "wb") as f:
+            f.write(b"1")
+    except OSError as e:
+        fail_attempt(store, attempt, f"finalize {shown}: {e.strerror}")
+        raise KhodError(f"cannot finalize KHO ({shown}): {e.strerror}") from None
 
 
 def cmd_record_kexec(args: argparse.Namespace) -> int:

@@ -4,12 +4,15 @@ the file reads that turn a failure into an event instead of an exception."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from khod.errors import KhodError, ParseError, SourceError
 from khod.observation import Event, EventSource, Severity
+from khod.parse.metadata import KexecMetadata
 from khod.paths import HostPaths
 from khod.sources.files import read_bytes
+from khod.sources.kho import subtree_file
 
 T = TypeVar("T")
 
@@ -45,3 +48,20 @@ class Collector:
 
     def kho_path(self, name: str) -> str:
         return self.paths.rel(self.paths.kho / name)
+
+    def subtree_path(self, direction: str, name: str) -> str:
+        """A subtree's file as shown: ``/sys/kernel/debug/kho/in/sub_fdts/LUO``."""
+        return self.kho_path(subtree_file(direction, name))
+
+
+@dataclass
+class SubtreeFacts:
+    """What the KHO subtrees told, each field filled by its subtree's collector
+    (``khod.collect.subtrees.SUBTREES``); a subtree kept opaque fills none."""
+
+    metadata: KexecMetadata | None = None  # incoming kexec-metadata
+    out_metadata: KexecMetadata | None = None  # outgoing kexec-metadata
+    luo_compatible: str | None = None
+    liveupdate_num: int | None = None
+    luo_sessions: bool | None = None
+    pstore_kho: bytes | None = None  # the incoming pstore-kho blob (decoded with pstore)

@@ -4,26 +4,28 @@ offered, and what this kernel took of it, held against the kernel's own ``luo:``
 
 from __future__ import annotations
 
-from khod.collect.collector import Collector
+from khod.collect.collector import Collector, SubtreeFacts
 from khod.errors import ParseError
 from khod.observation import EventSource, Severity
 from khod.parse.compat import same_abi
 from khod.parse.kmsg import KhoLog
 from khod.parse.luo import LuoState, UnknownLuoVersion, parse_luo
+from khod.records import Direction, KhoSubtreeName
 from khod.sources.kho import KhoFiles
 
-LUO = "sub_fdts/LUO"
+LUO = KhoSubtreeName.LUO
 MAX_STORED = (1 << 63) - 1  # a BIGINT column; the kernel's u64 counts live updates
 
 
-def _parse_luo(c: Collector, kf: KhoFiles, direction: str) -> tuple[str | None, LuoState | None]:
+def _parse_luo(
+    c: Collector, kf: KhoFiles, direction: Direction
+) -> tuple[str | None, LuoState | None]:
     """The LUO subtree: (its compatible, the decoded state). An unknown version keeps
     its compatible and an event; the blob itself is stored raw either way."""
-    name = f"{direction}/{LUO}"
-    data = kf.get(name)
+    data = kf.subtree(direction, LUO)
     if data is None:
         return None, None
-    shown = c.kho_path(name)
+    shown = c.subtree_path(direction, LUO)
     try:
         luo = parse_luo(data, shown)
     except UnknownLuoVersion as e:
@@ -37,7 +39,12 @@ def _parse_luo(c: Collector, kf: KhoFiles, direction: str) -> tuple[str | None, 
     return luo.compatible, luo
 
 
-def collect_luo(
+def collect_luo(c: Collector, kf: KhoFiles, log: KhoLog | None, found: SubtreeFacts) -> None:
+    """The subtree's row in ``SUBTREES``: what ``_collect`` finds, into ``found``."""
+    found.luo_compatible, found.liveupdate_num, found.luo_sessions = _collect(c, kf, log)
+
+
+def _collect(
     c: Collector, kf: KhoFiles, log: KhoLog | None
 ) -> tuple[str | None, int | None, bool | None]:
     """The incoming LUO state: its compatible (what was offered), and the number and
@@ -46,7 +53,7 @@ def collect_luo(
     Where the kernel's log says it took the state, the blob must be that state (its
     number, this kernel's own compatible); else it is memory reused since (``_freed``).
     The outgoing number is held against the incoming one + 1."""
-    out_compatible, out = _parse_luo(c, kf, "out")
+    out_compatible, out = _parse_luo(c, kf, Direction.OUT)
     logged = log.liveupdate_num if log is not None else None
     seen = _freed(kf, out_compatible, logged)
     if logged is not None and seen is not None:
@@ -54,9 +61,9 @@ def collect_luo(
         # memory reused. It took only its own compatible, which it writes out again.
         c.event(
             "luo-state-freed",
-            c.kho_path("in/" + LUO),
+            c.subtree_path(Direction.IN, LUO),
             Severity.INFO,
-            f"{c.kho_path('in/' + LUO)} no longer holds the LUO state the kernel took "
+            f"{c.subtree_path(Direction.IN, LUO)} no longer holds the LUO state the kernel took "
             f"(it frees it once read; debugfs shows that memory reused: {seen}): the "
             "number is the kernel's log line, the compatible its own, the sessions not told",
             origin=EventSource.KHO,
@@ -64,7 +71,7 @@ def collect_luo(
         if out is not None:
             _check_outgoing_luo(c, out, logged + 1)
         return out_compatible, _stored(c, logged), None
-    compatible, luo = _parse_luo(c, kf, "in")
+    compatible, luo = _parse_luo(c, kf, Direction.IN)
     errors = log.luo_errors if log is not None else ()
     for err in errors:
         c.event("kernel-luo-error", "kmsg", Severity.WARNING, err, origin=EventSource.KMSG)
@@ -77,7 +84,7 @@ def collect_luo(
     if refused is not None:
         c.event(
             "luo-not-taken",
-            c.kho_path("in/" + LUO),
+            c.subtree_path(Direction.IN, LUO),
             Severity.WARNING,
             f"the incoming LUO state {compatible!r} was not taken ({refused}): no live "
             "update number, no sessions, the count starts again",
@@ -88,7 +95,7 @@ def collect_luo(
     if luo is None and refused is None:
         num = logged  # the blob was not read or not decoded here: the kernel's word
     incoming = num
-    if incoming is None and (refused is not None or kf.get("in/" + LUO) is None):
+    if incoming is None and (refused is not None or kf.subtree(Direction.IN, LUO) is None):
         incoming = 0  # nothing taken: the kernel counts from 0
     if out is not None and incoming is not None:
         _check_outgoing_luo(c, out, incoming + 1)
@@ -103,11 +110,11 @@ def _freed(kf: KhoFiles, own: str | None, logged: int | None) -> str | None:
     while debugfs goes on showing that address: on the e2e's LUO boots it held other
     bytes, zeros, or a string the system wrote there since
     ("systemd-udev-trigger.service")."""
-    data = kf.get("in/" + LUO)
+    data = kf.subtree(Direction.IN, LUO)
     if data is None or logged is None:
         return None
     try:
-        luo = parse_luo(data, "in/" + LUO)
+        luo = parse_luo(data, f"in/sub_fdts/{LUO}")
     except UnknownLuoVersion as e:
         return f"compatible {e.compatible!r}"
     except ParseError as e:
@@ -123,7 +130,7 @@ def _stored(c: Collector, num: int | None) -> int | None:
     if num is not None and num > MAX_STORED:
         c.event(
             "luo-number-out-of-range",
-            c.kho_path("in/" + LUO),
+            c.subtree_path(Direction.IN, LUO),
             Severity.WARNING,
             f"liveupdate number {num} is beyond what is stored; kept raw only",
             origin=EventSource.KHO,
@@ -136,7 +143,7 @@ def _check_outgoing_luo(c: Collector, out: LuoState, expected: int) -> None:
     if out.liveupdate_num != expected:
         c.event(
             "outgoing-luo-mismatch",
-            c.kho_path("out/" + LUO),
+            c.subtree_path(Direction.OUT, LUO),
             Severity.WARNING,
             f"outgoing LUO liveupdate number is {out.liveupdate_num}, expected {expected}",
             origin=EventSource.KHO,

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from khod.collect.collector import Collector, SubtreeFacts
 from khod.errors import ParseError
 from khod.observation import Event, EventSource, PstoreRecord, Severity
+from khod.parse.kmsg import KhoLog
 from khod.parse.pstore import (
     DEFAULT_INFLATE_LIMIT,
     InflateStatus,
@@ -22,6 +24,8 @@ from khod.parse.pstore import (
 )
 from khod.parse.pstore_kho import parse_pstore_kho
 from khod.paths import HostPaths
+from khod.records import Direction, KhoSubtreeName, PstoreLocation
+from khod.sources.kho import KhoFiles
 from khod.sources.pstore import LeftOut, PstoreFile, read_pstore_files
 
 
@@ -29,7 +33,7 @@ def decode_record(
     f: PstoreFile, events: list[Event], inflate_limit: int = DEFAULT_INFLATE_LIMIT
 ) -> PstoreRecord | None:
     name = f.name
-    if f.location == "archive" and name == "dmesg.txt":
+    if f.location is PstoreLocation.ARCHIVE and name == "dmesg.txt":
         # a reassembled EFI/ERST dump whose part files are gone
         type_, backend, rid, compressed = "dmesg", "archive", None, False
     else:
@@ -126,7 +130,7 @@ def decode_record(
         part=part,
         reason=reason,
         count=count,
-        record_time=f.mtime_ns / 1e9 if f.location == "pstore" else None,
+        record_time=f.mtime_ns / 1e9 if f.location is PstoreLocation.PSTORE else None,
         compressed=compressed,
         inflate_status=str(status),
         raw=f.data,
@@ -145,11 +149,17 @@ def kho_subtree_record(blob: bytes, shown: str, events: list[Event]) -> PstoreRe
         return None
     if rec is None:
         return None
-    f = PstoreFile("kho", None, shown, "dmesg-kho-0", rec.data, 0)
+    f = PstoreFile(PstoreLocation.KHO, None, shown, "dmesg-kho-0", rec.data, 0)
     r = decode_record(f, events)
     if r is None:
         return None
     return dataclasses.replace(r, record_time=rec.time_sec + rec.time_nsec / 1e9)
+
+
+def collect_pstore_kho(c: Collector, kf: KhoFiles, log: KhoLog | None, found: SubtreeFacts) -> None:
+    """The subtree's row in ``SUBTREES``: its blob is decoded with the other pstore
+    records (``collect_pstore``), as the same bytes may be there too."""
+    found.pstore_kho = kf.subtree(Direction.IN, KhoSubtreeName.PSTORE_KHO)
 
 
 def collect_pstore(
@@ -176,7 +186,7 @@ def collect_pstore(
             seen.add(r.sha256)
             records.append(r)
     if kho_subtree is not None:
-        shown = paths.rel(paths.kho_in_subtrees / "pstore-kho")
+        shown = paths.rel(paths.kho_in_subtrees / KhoSubtreeName.PSTORE_KHO)
         r = kho_subtree_record(kho_subtree, shown, events)
         if r is not None and r.sha256 not in seen:
             if any(x.backend == "kho" for x in records):

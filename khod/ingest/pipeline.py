@@ -137,6 +137,13 @@ def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> 
             print(f"khod: pstore rescan: {result.new_pstore} new records")
         else:
             result, later = save_boot(paths, store, obs, opts)
+            if result.chain is not None:  # khod's own chain: journaled and said as stored
+                obs = dataclasses.replace(
+                    obs,
+                    previous_release=result.chain.previous_release,
+                    kexec_count=result.chain.kexec_count,
+                    metadata_source=result.chain.metadata_source,
+                )
             machine, boot = obs.machine_id, obs.boot_id
             new = [e for e in later if e.severity is not Severity.INFO]
         print_events(new)

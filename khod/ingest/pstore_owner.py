@@ -14,12 +14,13 @@ from collections.abc import Iterable
 from khod import faults
 from khod.observation import Event, EventSource, PstoreRecord, Severity
 from khod.paths import HostPaths
+from khod.records import PstoreLocation
 
 
 def release_pstore_files(paths: HostPaths, records: Iterable[PstoreRecord]) -> list[Event]:
     events = []
     for r in records:
-        if r.location != "pstore":
+        if r.location != PstoreLocation.PSTORE:
             continue  # never touch systemd-pstore's archive or KHO
         path = paths.pstore / r.name
         if path.parent != paths.pstore or "/" in r.name:

@@ -13,6 +13,7 @@ from khod.observation import BootObservation, Event, EventSource, PstoreRecord, 
 from khod.parse.proc import UNKNOWN_MACHINE, provisional_machine_id
 from khod.parse.pstore import DEFAULT_INFLATE_LIMIT
 from khod.paths import HostPaths
+from khod.records import KhoSubtreeName
 from khod.sources.files import read_optional
 from khod.store.boots import BootRecord, SaveResult, load_boot, save_later, save_observation
 from khod.store.handle import Store
@@ -82,10 +83,10 @@ def rescan_pstore(
             break
     if boot is None or boot.id is None:
         raise KhodError(f"boot {boot_id} is not recorded yet; ingest it first")
-    shown = paths.rel(paths.kho_in_subtrees / "pstore-kho")
+    shown = paths.rel(paths.kho_in_subtrees / KhoSubtreeName.PSTORE_KHO)
     events: list[Event] = []
     try:
-        subtree = read_optional(paths.kho_in_subtrees / "pstore-kho", shown)
+        subtree = read_optional(paths.kho_in_subtrees / KhoSubtreeName.PSTORE_KHO, shown)
     except SourceError as e:
         events.append(
             Event("read-error", e.source, Severity.WARNING, str(e), origin=EventSource.PSTORE)

@@ -6,6 +6,11 @@ base ABI, the others are feature tags. The kernel decides "same ABI" on the whol
 string (libfdt ``fdt_node_check_compatible`` on the KHO root, ``strncmp`` over the
 aligned length for LUO), so a tag added or removed is an ABI change: ``same_abi``
 compares whole strings and nothing else.
+
+A reviewer prefers a standard FDT string list (``"kho-v4", "vmalloc-v1"``: NUL-separated
+in the property). khod shows and stores it with each NUL written ``\0``
+(``kho-v4\0vmalloc-v1``: a database text column takes no NUL); its first part is the
+base and the others tags, as in the composite form, and the same whole-string rule holds.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SEPARATOR = ";"
+LIST_SEPARATOR = "\\0"  # an FDT string list's NUL, as khod writes it
 
 
 @dataclass(frozen=True)
@@ -27,7 +33,8 @@ class Compat:
 
 
 def split_compat(text: str) -> Compat:
-    base, *tags = text.split(SEPARATOR)
+    sep = LIST_SEPARATOR if LIST_SEPARATOR in text and SEPARATOR not in text else SEPARATOR
+    base, *tags = text.split(sep)
     return Compat(text, base, tuple(tags))
 
 

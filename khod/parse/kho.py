@@ -8,6 +8,8 @@ Root ABI by ``compatible`` (``include/linux/kho/abi/kexec_handover.h``):
   subtree node has ``preserved-data`` (u64 phys) and ``blob-size`` (u64; optional in
   some kho-v2 trees).
 - ``kho-v4;radix-v1;...``: a proposed ``;``-joined form; its first part is the base.
+- ``"kho-v4", "radix-v1", ...``: the FDT string list a reviewer prefers instead, shown
+  ``kho-v4\\0radix-v1`` (``khod.parse.compat``); its first string is the base.
 
 The container is big-endian; KHO property *values* are native-endian u64 (seen
 little-endian on x86-64, see KERNEL-INTERFACES.md section 9). Which properties a
@@ -22,6 +24,7 @@ import sys
 from dataclasses import dataclass
 
 from khod.errors import ParseError
+from khod.parse.compat import split_compat
 from khod.parse.fdt import FdtNode, FdtProperty, parse_fdt
 
 KNOWN_ABIS = ("kho-v1", "kho-v2", "kho-v3", "kho-v4")
@@ -80,7 +83,7 @@ def parse_kho_root(root: FdtNode, source: str) -> KhoRoot:
     if compat_prop is None:
         raise ParseError(source, None, "KHO root has no compatible")
     compatible = parse_compatible(compat_prop, source)
-    base = compatible.split(";", 1)[0]
+    base = split_compat(compatible).base
     known = base in KNOWN_ABIS
     if not known:
         return KhoRoot(

@@ -172,7 +172,7 @@ def parse_kho_log(records: list[KmsgRecord]) -> KhoLog:
             continue
         if _FOUND.match(msg):
             found = True
-        elif msg.startswith(b"KHO: scratch areas:"):
+        elif msg.startswith((b"KHO: scratch areas:", b"KHO: bootmem areas:")):  # 7.4 name
             scratch_areas = True
         elif _REJECT.match(msg):
             rejected = rec.text.removeprefix("KHO: ")

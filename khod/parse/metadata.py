@@ -23,8 +23,6 @@ KEXEC_METADATA_VERSION = 1
 _E = "<" if sys.byteorder == "little" else ">"
 VERSION = struct.Struct(_E + "I")
 KEXEC_METADATA_V1 = struct.Struct(_E + "I65sI")
-OFF_RELEASE = 4
-OFF_COUNT = 69
 RELEASE_LEN = 65
 
 

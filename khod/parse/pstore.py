@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from khod.errors import ParseError
-from khod.records import is_crash
+from khod.records import DumpReason, is_crash
 
 # enum pstore_type_id names (fs/pstore/platform.c pstore_type_names), longest first
 TYPES = (
@@ -33,7 +33,7 @@ TYPES = (
     "mce",
     "unknown",
 )
-REASONS = ("Panic", "Oops", "Emergency", "Shutdown", "Restart", "Halt", "Poweroff", "Unknown")
+REASONS = tuple(DumpReason)
 DEFAULT_INFLATE_LIMIT = 16 << 20
 
 _NAME = re.compile(r"^([a-z0-9_.]+)-(\d{1,20})(\.enc\.z)?$")

@@ -24,12 +24,19 @@ import sys
 from dataclasses import dataclass
 
 from khod.errors import ParseError
+from khod.records import DumpReason
 
 PSTORE_KHO_VERSION = 1
 _E = "<" if sys.byteorder == "little" else ">"
 HEADER = struct.Struct(_E + "I4xqqIiIII")
 # enum kmsg_dump_reason (include/linux/kmsg_dump.h, 5.8+)
-KMSG_DUMP_REASONS = {0: "Unknown", 1: "Panic", 2: "Oops", 3: "Emergency", 4: "Shutdown"}
+KMSG_DUMP_REASONS = {
+    0: DumpReason.UNKNOWN,
+    1: DumpReason.PANIC,
+    2: DumpReason.OOPS,
+    3: DumpReason.EMERGENCY,
+    4: DumpReason.SHUTDOWN,
+}
 
 
 @dataclass(frozen=True)

@@ -35,8 +35,8 @@ TOTAL_LIMIT = 256 << 20
 
 
 def _files(paths: HostPaths) -> list[Path]:
-    """What collection reads (HostPaths): the boot's identity, the kernel log, the KHO
-    debugfs tree and the pstore files."""
+    """What collection reads (HostPaths): the boot's identity and how it was loaded, the
+    kernel log, the KHO debugfs tree and the pstore files."""
     identity = [
         paths.boot_id,
         paths.osrelease,
@@ -44,8 +44,10 @@ def _files(paths: HostPaths) -> list[Path]:
         paths.proc_stat,
         paths.machine_id,
         paths.bootloader_type,
+        paths.firmware_fdt,
     ]
-    return [*identity, paths.kmsg, *_walk(paths.kho), *_walk(paths.pstore)]
+    loader = [*_walk(paths.setup_data), *_walk(paths.device_tree_chosen)]
+    return [*identity, *loader, paths.kmsg, *_walk(paths.kho), *_walk(paths.pstore)]
 
 
 def _read(paths: HostPaths, path: Path) -> bytes | None:

@@ -19,6 +19,11 @@ MAX_SUBTREES = 256
 DENIED = "permission denied"
 
 
+def subtree_file(direction: str, name: str) -> str:
+    """A subtree's file, relative to ``kho/``: ``in/sub_fdts/LUO``."""
+    return f"{direction}/sub_fdts/{name}"
+
+
 @dataclass
 class KhoFiles:
     """Every KHO debugfs file that was there, by name relative to ``kho/``."""
@@ -36,6 +41,9 @@ class KhoFiles:
 
     def get(self, name: str) -> bytes | None:
         return self.files.get(name)
+
+    def subtree(self, direction: str, name: str) -> bytes | None:
+        return self.files.get(subtree_file(direction, name))
 
     def subtree_names(self, direction: str) -> list[str]:
         prefix = f"{direction}/sub_fdts/"

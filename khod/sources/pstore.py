@@ -17,6 +17,7 @@ from pathlib import Path
 
 from khod.errors import SourceError
 from khod.paths import HostPaths
+from khod.records import PstoreLocation
 from khod.sources.files import describe_oserror, read_bytes
 
 PSTORE_READ_LIMIT = 32 << 20
@@ -25,7 +26,7 @@ MAX_FILES = 4096
 
 @dataclass(frozen=True)
 class PstoreFile:
-    location: str  # "pstore" | "archive" | "kho" (the pstore-kho subtree)
+    location: PstoreLocation
     path: Path | None  # None for a record that came from a KHO subtree
     shown: str  # path relative to the sysroot, for messages and the store
     name: str  # file name (dmesg.txt for a reassembled archive record)
@@ -75,7 +76,7 @@ def _entries(d: Path, left_out: list[LeftOut], shown: str) -> list[os.DirEntry[s
 
 
 def _read(
-    paths: HostPaths, location: str, path: Path, errors: list[SourceError]
+    paths: HostPaths, location: PstoreLocation, path: Path, errors: list[SourceError]
 ) -> PstoreFile | None:
     shown = paths.rel(path)
     try:
@@ -100,7 +101,10 @@ def read_pstore_files(
     files: list[PstoreFile] = []
     errors: list[SourceError] = []
     capped: list[LeftOut] = [] if left_out is None else left_out
-    for location, base in (("pstore", paths.pstore), ("archive", paths.systemd_pstore_archive)):
+    for location, base in (
+        (PstoreLocation.PSTORE, paths.pstore),
+        (PstoreLocation.ARCHIVE, paths.systemd_pstore_archive),
+    ):
         try:
             entries = _entries(base, capped, paths.rel(base))
         except FileNotFoundError:
@@ -111,7 +115,7 @@ def read_pstore_files(
         for entry in entries:
             p = Path(entry.path)
             try:
-                is_dir = location == "archive" and entry.is_dir(follow_symlinks=False)
+                is_dir = location is PstoreLocation.ARCHIVE and entry.is_dir(follow_symlinks=False)
             except OSError as err:  # d_type unknown and the entry cannot be stat'd
                 errors.append(SourceError(paths.rel(p), describe_oserror(err)))
                 continue

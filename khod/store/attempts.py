@@ -19,12 +19,14 @@ from khod.store.schema import boots, counters, kexec_attempts
 
 # the counters row of khod_kexec_attempts_total (migration 0011 bumps it)
 ATTEMPTS_COUNTER = "kexec_attempts"
-
-ATTEMPT_SOURCE = "attempt"  # boots.metadata_source: from khod's attempt, not the kernel
+# what a 6.16-7.0 kernel logs when the kernel before it kexec'd without finalizing KHO
+NOT_FINALIZED = "disabling KHO revival: -2"
 
 
 @dataclass(frozen=True)
-class Verdict:
+class AttemptVerdict:
+    """The verdict one boot gave the attempt that led to it."""
+
     attempt_id: int
     verdict: str
     detail: str
@@ -82,6 +84,12 @@ def judge(expected_release: str, expected_count: int, boot: Any) -> tuple[str, s
             f"landed in a kernel with KHO off, the handover refused by configuration "
             f"({boot.kind_reason}): expected {want}",
         )
+    if boot.kind == BootKind.KEXEC_REJECTED and NOT_FINALIZED in (boot.kind_reason or ""):
+        return (
+            records.Verdict.ABI_MISMATCH,
+            f"the kexec was not finalized (out/finalize not written before it, 6.16-7.0), "
+            f"so the handover was refused: {boot.kind_reason}",
+        )
     if boot.kind == BootKind.KEXEC_REJECTED:
         return records.Verdict.ABI_MISMATCH, f"the handover was rejected: {boot.kind_reason}"
     if boot.kind == BootKind.KEXEC_NO_HANDOVER:
@@ -98,7 +106,7 @@ def judge(expected_release: str, expected_count: int, boot: Any) -> tuple[str, s
 
 def close_attempts(
     conn: Connection, machine_id: str, boot_pk: int, prev_pk: int | None
-) -> Verdict | None:
+) -> AttemptVerdict | None:
     """Give the open attempts made in the previous boot their verdict (the newest one is
     what happened; earlier ones in the same boot were superseded by it)."""
     if prev_pk is None:
@@ -122,17 +130,6 @@ def close_attempts(
         .where(kexec_attempts.c.id == newest.id)
         .values(verdict=verdict, verdict_boot=boot_pk, verdict_detail=detail)
     )
-    if boot.previous_release is None and boot.kind != BootKind.COLD:
-        # the kernel did not say what ran before (no handover, or one refused): khod's
-        # own record of the kexec does, and is named as the source
-        conn.execute(
-            update(boots)
-            .where(boots.c.id == boot_pk)
-            .values(
-                previous_release=newest.expected_previous_release,
-                metadata_source=ATTEMPT_SOURCE,
-            )
-        )
     if older:
         conn.execute(
             update(kexec_attempts)
@@ -143,7 +140,7 @@ def close_attempts(
                 verdict_detail=f"a later attempt (#{newest.id}) was the one that ran",
             )
         )
-    return Verdict(newest.id, verdict, detail)
+    return AttemptVerdict(newest.id, verdict, detail)
 
 
 def verdicts_by_boot(store: Store, boot_pks: Sequence[int]) -> dict[int, str]:
@@ -166,11 +163,3 @@ def verdict_counts(conn: Connection, machine_id: str) -> dict[str, int]:
             )
         )
     }
-
-
-def load_attempts(store: Store, machine_id: str | None = None) -> list[dict[str, Any]]:
-    q = select(kexec_attempts).order_by(kexec_attempts.c.id)
-    if machine_id:
-        q = q.where(kexec_attempts.c.machine_id == machine_id)
-    with store.engine.connect() as conn:
-        return [dict(r) for r in conn.execute(q).mappings()]

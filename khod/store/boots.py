@@ -23,7 +23,7 @@ from khod.observation import (
     Subtree,
     boot_facts,
 )
-from khod.records import KINDS
+from khod.records import KINDS, METADATA_SOURCES, MetadataSource
 from khod.store.handle import Store, describe_db_error
 from khod.store.order import predecessor
 from khod.store.schema import blobs, boots, events, pstore_records, pstore_seen
@@ -71,15 +71,22 @@ def _kind_of(value: str) -> str:
     return BootKind(value) if value in KINDS else value
 
 
+def _source_of(value: str | None) -> str | None:
+    """The MetadataSource it names; one this version does not know stays a string."""
+    return MetadataSource(value) if value in METADATA_SOURCES else value
+
+
 # how a boot's field is stored where it is not stored as it is (JSON columns), and read
 _STORED: dict[str, Callable[[Any], Any]] = {
     "kind": str,
+    "metadata_source": lambda v: None if v is None else str(v),
     "subtrees": _subtree_rows,
     "out_subtrees": _subtree_rows,
     "scratch": lambda areas: [[phys, n] for phys, n in areas],
 }
 _LOADED: dict[str, Callable[[Any], Any]] = {
     "kind": _kind_of,
+    "metadata_source": _source_of,
     "subtrees": _subtrees_of,
     "out_subtrees": _subtrees_of,
     "scratch": lambda areas: tuple((int(phys), int(n)) for phys, n in areas or ()),
@@ -95,7 +102,8 @@ class SaveResult:
     new_blobs: int
     new_events: int
     pstore_saved: frozenset[str] = frozenset()  # sha256 of the records new to the store
-    verdict: Any = None  # khod.store.attempts.Verdict: the attempt this boot closed
+    verdict: Any = None  # khod.store.attempts.AttemptVerdict: the attempt this boot closed
+    chain: Any = None  # khod.store.chain.Chain: the chain khod derived for this boot
 
     @property
     def new_pstore(self) -> int:
@@ -210,11 +218,14 @@ def _save(conn: Connection, obs: BootObservation, *, adopted: bool = False) -> S
     if new_events:
         conn.execute(insert(events), new_events)
     pstore_saved = _save_pstore(conn, obs.machine_id, pk, obs.pstore, now)
-    verdict = None
+    verdict = chain = None
     if created or adopted:  # adopted: now on its machine, after that machine's boot before
         from khod.store.attempts import close_attempts  # noqa: PLC0415
+        from khod.store.chain import derive_chain  # noqa: PLC0415
 
-        verdict = close_attempts(conn, obs.machine_id, pk, predecessor(conn, obs.machine_id, pk))
+        prev_pk = predecessor(conn, obs.machine_id, pk)
+        verdict = close_attempts(conn, obs.machine_id, pk, prev_pk)
+        chain = derive_chain(conn, obs, pk, prev_pk, attempted=verdict is not None)
         if verdict is not None:
             sev = "info" if verdict.verdict == "landed" else "warning"
             e = Event(
@@ -225,7 +236,7 @@ def _save(conn: Connection, obs: BootObservation, *, adopted: bool = False) -> S
                 origin=EventSource.KEXEC,
             )
             conn.execute(insert(events).values(**event_values(pk, e, now)))
-    return SaveResult(pk, created, len(new_blobs), len(new_events), pstore_saved, verdict)
+    return SaveResult(pk, created, len(new_blobs), len(new_events), pstore_saved, verdict, chain)
 
 
 def save_later(
