@@ -129,3 +129,15 @@ def print_json(obj: Any, schema: str) -> None:
     if JSON_CHECK is not None:
         JSON_CHECK(schema, json.loads(text))
     sys.stdout.write(escape_json_controls(text) + "\n")
+
+
+def add_config(p: argparse.ArgumentParser, *, command: bool = False) -> None:
+    """--config, as khod takes it (before the command or after it, as ``add_common``)."""
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        default=argparse.SUPPRESS if command else None,
+        help="khod's configuration: [store] db is the store unless --db is given, [sync] "
+        "the fleet database (default: /etc/khod/khod.toml and khod.toml.d/, if present)",
+    )

@@ -29,8 +29,7 @@ def _seconds(text: str) -> int:
 
 
 def add_parsers(cmd: Cmd) -> None:
-    from khod.cli.common import add_common  # noqa: PLC0415
-    from khod.cli.khoctl import add_config  # noqa: PLC0415
+    from khod.cli.common import add_common, add_config  # noqa: PLC0415
 
     fleet = cmd(
         "fleet", "fleet database trust: CA, certificates, roles, bounds (owner's --db)", cmd_fleet

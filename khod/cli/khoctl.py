@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from types import ModuleType
 
 from khod import __version__
-from khod.cli.common import Cmd, Handler, add_common, print_text, run_main
+from khod.cli.common import Cmd, Handler, add_common, add_config, print_text, run_main
 from khod.cli.output import add_output_options
 
 
@@ -53,18 +52,6 @@ def add_parsers(cmd: Cmd) -> None:
         "action",
         choices=("upgrade", "current"),
         help="upgrade: migrate the store to this khod's schema; current: say its revision",
-    )
-
-
-def add_config(p: argparse.ArgumentParser, *, command: bool = False) -> None:
-    """--config, as khod takes it (before the command or after it, as ``add_common``)."""
-    p.add_argument(
-        "--config",
-        type=Path,
-        metavar="PATH",
-        default=argparse.SUPPRESS if command else None,
-        help="khod's configuration: [store] db is the store unless --db is given, [sync] "
-        "the fleet database (default: /etc/khod/khod.toml and khod.toml.d/, if present)",
     )
 
 

@@ -228,6 +228,8 @@ def cannot_connect(store: Store, e: BaseException) -> StoreError:
     verified TLS connection without a CA file says where to give one."""
     msg = describe_db_error(e)
     if store.url.get_backend_name() == "sqlite":  # a file: opened, not connected to
+        if isinstance(e, DatabaseError) and not isinstance(e, OperationalError):
+            return StoreError(f"database {store.location} is unusable: {msg}")  # not SQLite's
         return StoreError(f"cannot open database {store.location}: {msg}")
     line = f"cannot connect to database {store.location}: {msg}"
     if "root certificate file" in msg and "sslrootcert" not in store.url.query:
