@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.debian import build_deb  # noqa: E402
-from tests.vm import guestimage, harness, kernel  # noqa: E402
+from tests.vm import guestimage, harness, kernelcache  # noqa: E402
 
 MASKED = {"etc/systemd/system/khod.service": "@/dev/null"}
 TARGETS = ("sysinit.target", "multi-user.target")
@@ -33,7 +33,7 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=2)
     ap.add_argument("--image", type=Path, help="an image tarball (default: build this checkout's)")
     args = ap.parse_args()
-    kernels = kernel.kernels()
+    kernels = kernelcache.kernels()
     tar = args.image
     if tar is None:
         with tempfile.TemporaryDirectory() as tmp:

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine, event
@@ -137,3 +138,40 @@ def _json_follows_its_schema() -> Iterator[None]:
     common.JSON_CHECK = check
     yield
     common.JSON_CHECK = None
+
+
+# The end-to-end runs' per-boot tables (tests/vm/harness.py, tests/vm/guestimage.py) in
+# pytest's summary, where CI output shows them; under pytest-xdist each worker hands its
+# own tables to the controller, which prints them. Here, not in tests/vm/conftest.py: the
+# controller collects nothing, so it loads only this conftest.
+def _table_lists() -> dict[str, list[str]]:
+    from tests.vm import guestimage, harness
+
+    return {"khod_vm_tables": harness.TABLES, "khod_guest_tables": guestimage.TABLES}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    out = getattr(session.config, "workeroutput", None)
+    if out is not None:  # an xdist worker
+        for key, tables in _table_lists().items():
+            out[key] = list(tables)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    out = getattr(node, "workeroutput", {})
+    for key, tables in _table_lists().items():
+        tables.extend(out.get(key, []))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    lists = _table_lists()
+    sections = (
+        ("khod_vm_tables", "khod end-to-end: every boot, the kernel's word and khod's"),
+        ("khod_guest_tables", "khod in a systemd-booted Debian 13 guest"),
+    )
+    for key, title in sections:
+        if lists[key]:
+            terminalreporter.section(title)
+            for t in lists[key]:
+                terminalreporter.write_line(t)

@@ -15,6 +15,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from tests.cachelock import locked
+
 REPO = Path(__file__).parent.parent
 SUITE = "trixie"
 MIRROR = os.environ.get("KHOD_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -61,6 +63,11 @@ def cached_chroot(name: str, packages: list[str]) -> Path:
     tar = CACHE / f"{SUITE}-{name}-{key}.tar"
     if tar.exists():
         return tar
+    with locked(tar.with_suffix(".lock")):
+        return tar if tar.exists() else _debootstrap(tar, key, name, packages)
+
+
+def _debootstrap(tar: Path, key: str, name: str, packages: list[str]) -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     work = CACHE / f"{name}-{key}.tmp"
     shutil.rmtree(work, ignore_errors=True)

@@ -29,6 +29,7 @@ from typing import Any
 
 OUT = Path("/khod-e2e")
 PORT = "/dev/virtio-ports/org.khod.e2e"
+RECORDED_ID = "b0d3c4a7e0f14f3c9a61d2e58c7f0a11"  # khod's boot-recorded entry
 MESSAGE_IDS = {  # khod's pstore entries (khod/adapters/sd.py)
     "pstore-record": "4c2e8a6f1b3d4c5e9f8a7b6c5d4e3f96",
     "pstore-crash": "3f8a6c2e1d4b4a9c8e7f6d5c4b3a2e85",
@@ -119,9 +120,28 @@ def settle() -> None:
     sh("systemctl is-system-running --wait", timeout=300)
 
 
+def journaled(timeout: float = 120) -> bool:
+    """While khod.service is active: until the journal holds this boot's "khod recorded
+    boot" entry, at most ``timeout`` seconds. khod sends READY=1 before it journals the
+    boot, so an active khod.service does not mean the entry has reached journald."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _, state = sh("systemctl is-active khod.service")
+        if state.strip() != "active":
+            return False  # masked, failed: nothing to wait for
+        _, out = sh(f"journalctl -b -q --no-pager -o cat MESSAGE_ID={RECORDED_ID}")
+        if out.strip():
+            return True
+        if time.monotonic() > deadline:
+            kmsg(f"no boot-recorded entry in the journal after {timeout:.0f}s")
+            return False
+        time.sleep(1)
+
+
 def report(d: Path, analyze: bool = False) -> None:
     kmsg(f"report into {d}")  # the host counts a silent guest as stuck: say what it does
     d.mkdir(parents=True, exist_ok=True)
+    journaled()
     save(d, "is-active", "systemctl is-active khod.service")
     save(d, "failed", "systemctl --failed --no-legend --plain")
     save(d, "status.json", f"khoctl status --json 2>{d}/status.err")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.cachelock import locked
 from tests.debian import cached_chroot, in_chroot, pack, unpack
 from tests.vm.harness import digest, qemu_machine, split_kernels, watch
 from tests.vm.kernel import CACHE, KERNELS
@@ -85,8 +86,11 @@ def image(deb: Path) -> tuple[Path, float]:
     deb_sha = hashlib.sha256(deb.read_bytes()).hexdigest()
     key = hashlib.sha256(f"{deb_sha} {sorted(PACKAGES)} v2".encode()).hexdigest()[:16]
     tar = CACHE / "images" / f"trixie-systemd-{key}.tar"
-    if tar.exists():
-        return tar, 0.0
+    with locked(tar.with_suffix(".lock")):
+        return (tar, 0.0) if tar.exists() else (tar, _build_image(deb, tar, key))
+
+
+def _build_image(deb: Path, tar: Path, key: str) -> float:
     t0 = time.monotonic()
     tar.parent.mkdir(parents=True, exist_ok=True)
     work = tar.parent / f"{key}.tmp"
@@ -107,7 +111,7 @@ def image(deb: Path) -> tuple[Path, float]:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     pack(root, tar)
     shutil.rmtree(work, ignore_errors=True)
-    return tar, time.monotonic() - t0
+    return time.monotonic() - t0
 
 
 @dataclass
@@ -360,8 +364,11 @@ def cloud_image(tar: Path) -> tuple[Path, float]:
     initramfs initramfs-tools makes for it. Cached beside ``tar``."""
     key = hashlib.sha256(f"{tar.name} {CLOUD_KERNEL} v1".encode()).hexdigest()[:16]
     out = tar.parent / f"trixie-systemd-cloud-{key}.tar"
-    if out.exists():
-        return out, 0.0
+    with locked(out.with_suffix(".lock")):
+        return (out, 0.0) if out.exists() else (out, _build_cloud_image(tar, out, key))
+
+
+def _build_cloud_image(tar: Path, out: Path, key: str) -> float:
     t0 = time.monotonic()
     work = tar.parent / f"cloud-{key}.tmp"
     shutil.rmtree(work, ignore_errors=True)
@@ -378,7 +385,7 @@ def cloud_image(tar: Path) -> tuple[Path, float]:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     pack(root, out)
     shutil.rmtree(work, ignore_errors=True)
-    return out, time.monotonic() - t0
+    return time.monotonic() - t0
 
 
 def _kernel_of(serial: str, n: int) -> int | None:

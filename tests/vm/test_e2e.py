@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm import harness, kernel
+from tests.vm import harness, kernelcache
 
 pytestmark = pytest.mark.vm
 KHOCTL = str(Path(sys.executable).parent / "khoctl")
@@ -32,7 +32,7 @@ KHO_APPEND = f"{harness.BASE_APPEND} kho=on"
 
 @pytest.fixture(scope="module")
 def kernels() -> Path:
-    return kernel.kernels()
+    return kernelcache.kernels()
 
 
 def finish(r: harness.Run) -> harness.Run:

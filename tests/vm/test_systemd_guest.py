@@ -548,7 +548,9 @@ def test_khod_owning_pstore_loses_and_doubles_nothing(owner: Run) -> None:
 
 # --- Debian's own kernel: no KHO, pstore backends as modules (scenario 7) -------------
 
-CLOUD_APPEND = "console=ttyS0 loglevel=7 panic=-1 nokaslr reserve_mem=1M:4096:oops"
+CLOUD_APPEND = (  # no_timer_check: see tests/vm/harness.py
+    "console=ttyS0 loglevel=7 panic=-1 nokaslr no_timer_check reserve_mem=1M:4096:oops"
+)
 # ramoops over the region reserve_mem set aside at boot: the same RAM after a reset
 RAMOOPS = "modprobe ramoops mem_name=oops record_size=65536 console_size=65536 max_reason=4"
 CRASH_ID = "3f8a6c2e1d4b4a9c8e7f6d5c4b3a2e85"  # khod's pstore-crash MESSAGE_ID
