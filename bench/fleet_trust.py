@@ -3,7 +3,8 @@ bench/fleet_trust.py [--boots N] [--hosts H] [--pstore P]``).
 
 Two fleet databases in one TLS cluster, both set up by ``khoctl fleet init``: in one the
 row-level security policies and the per-host quota trigger are on (as shipped), in the
-other they are off (``DISABLE ROW LEVEL SECURITY``, ``DISABLE TRIGGER``). Every host
+other they are off (``DISABLE ROW LEVEL SECURITY``, ``DISABLE TRIGGER`` of the quota
+and row-bound triggers). Every host
 pushes its own store to both through its own role over verified TLS, alternately, then
 the reporting role runs the transition report on both: throughput with and without the
 policies, and their ratio, from the same run.
@@ -75,7 +76,8 @@ def measure(export: Path, tmp: Path, max_hosts: int = 8, runs: int = 5) -> None:
                 pg.psql(
                     "; ".join(
                         f"ALTER TABLE {t} DISABLE ROW LEVEL SECURITY; "
-                        f"ALTER TABLE {t} DISABLE TRIGGER khod_host_quota"
+                        f"ALTER TABLE {t} DISABLE TRIGGER khod_host_quota; "
+                        f"ALTER TABLE {t} DISABLE TRIGGER khod_row_bound"
                         for t in TABLES
                     ),
                     db,

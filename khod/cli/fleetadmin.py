@@ -114,7 +114,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     try:
         if args.action == "revoke":
             res = admin.revoke(store, role, drop=args.drop)
-            line = f"revoked {role}: {res['sessions_ended']} sessions ended"
+            line = f"revoked {', '.join(res['roles'])}: {res['sessions_ended']} sessions ended"
             line += ", role dropped" if args.drop else ""
         else:
             if args.ca_cert is None or args.ca_key is None:
@@ -126,7 +126,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
                 days=args.days, bounds=bounds,
             )  # fmt: skip
             line = (
-                f"enrolled {role}: {res['cert']}, {res['key']} and {res['ca']} "
+                f"enrolled {res['role']}: {res['cert']}, {res['key']} and {res['ca']} "
                 f"(valid {args.days} days); install them where [sync] cert, key and ca say"
             )
     finally:

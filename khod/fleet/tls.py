@@ -5,13 +5,17 @@ A PostgreSQL URL whose host is not this machine (not loopback, not a Unix socket
 from ``[sync]`` in khod.toml. A weaker mode (plaintext, or TLS that does not check the
 server's name) is refused unless the operator set that mode in ``sync.sslmode``
 explicitly. Loopback and Unix sockets are left as the URL says, unless ``sync.sslmode``
-is set: then it applies to them too.
+is set: then it applies to them too; a configured client certificate is offered to them
+as well. ``hostaddr=`` is where libpq connects: a local name with a remote address is
+remote. A URL without a user name connects as the certificate's CN (the host's role,
+which ``khoctl fleet enroll`` may renew with a new name).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -31,12 +35,17 @@ class TlsSettings:
 
 
 def _hosts(url: URL) -> list[str]:
-    """Every host the URL may connect to (libpq takes a list; ``?host=`` overrides)."""
-    query_host = url.query.get("host")
-    if query_host:
-        values = query_host if isinstance(query_host, tuple) else (query_host,)
-        return [h for v in values for h in v.split(",")]
-    return [url.host or ""]
+    """Every host the URL may connect to (libpq takes a list; ``?host=`` overrides), and
+    every address (``?hostaddr=``, where libpq connects whatever the name)."""
+    out = []
+    for key in ("host", "hostaddr"):
+        given = url.query.get(key)
+        if given:
+            values = given if isinstance(given, tuple) else (given,)
+            out += [h for v in values for h in v.split(",")]
+    if not url.query.get("host"):
+        out.append(url.host or "")
+    return out
 
 
 def is_local(host: str) -> bool:
@@ -59,9 +68,17 @@ def secure_url(text: str, tls: TlsSettings) -> str:
         return text
     if tls.sslmode and tls.sslmode not in MODES:
         raise KhodError(f"sync.sslmode: expected one of {', '.join(MODES)}, got {tls.sslmode!r}")
+    if url.username is None and tls.cert and Path(tls.cert).is_file():
+        from khod.fleet.certs import common_name  # noqa: PLC0415
+
+        url = url.set(username=common_name(Path(tls.cert)))
     remote = [h for h in _hosts(url) if not is_local(h)]
     if not remote and not tls.sslmode:
-        return text
+        # loopback: TLS as the URL says, with the client certificate if one is set
+        offer = {p: v for p, v in (("sslcert", tls.cert), ("sslkey", tls.key)) if v}
+        if str(url.query.get("sslmode", "")) == "disable" or any(p in url.query for p in offer):
+            return url.render_as_string(hide_password=False)
+        return url.update_query_dict(offer).render_as_string(hide_password=False)
     given = url.query.get("sslmode")
     mode = str(given) if given else (tls.sslmode or VERIFIED)
     if remote and mode not in (VERIFIED, tls.sslmode):
