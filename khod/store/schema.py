@@ -258,3 +258,15 @@ host_usage = Table(
     Column("xact", BigInteger),  # the transaction counted last, and its rows so far
     Column("xact_rows", BigInteger, nullable=False),
 )
+
+# Every host role the fleet database ever had (PostgreSQL; the owner's only, written by
+# `khoctl fleet enroll|revoke`): a revoked role's name is never made again.
+fleet_roles = Table(
+    "fleet_roles",
+    metadata,
+    Column("role", String(63), primary_key=True),
+    Column("machine_id", String(64), nullable=False),
+    Column("generation", Integer, nullable=False),  # 0: host_<id>; n: host_<id>_<n>
+    Column("enrolled_at", Float, nullable=False),
+    Column("revoked_at", Float),
+)

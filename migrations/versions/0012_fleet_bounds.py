@@ -7,7 +7,8 @@
   their sequences, so it cannot call ``nextval`` on them; every sequence is 64-bit.
 - ``khod_host_machine()`` also reads roles of a later enrolment
   (``host_<machine_id>_<generation>``); ``fleet_roles`` (the owner's only) remembers
-  every host role ever made, so a revoked role's name is never made again.
+  every host role ever made, so a revoked role's name is never made again (the table
+  is made on SQLite too, empty, so that one schema describes both).
 
 Revision ID: 0012
 Revises: 0011
@@ -41,23 +42,13 @@ SELECT CASE WHEN session_user::text LIKE 'host\_%' THEN substr(session_user::tex
 """
 
 _SEQUENCES = """
-SELECT s.relname, t.relname, a.attname, format_type(a.atttypid, a.atttypmod), d.deptype
-FROM pg_class s
-JOIN pg_depend d ON d.objid = s.oid AND d.classid = 'pg_class'::regclass
-     AND d.refclassid = 'pg_class'::regclass
-JOIN pg_class t ON t.oid = d.refobjid
-JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
-JOIN pg_namespace n ON n.oid = s.relnamespace
+SELECT s.relname FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace
 WHERE s.relkind = 'S' AND n.nspname = current_schema()
 """
 
 
 def upgrade() -> None:
     bind = op.get_bind()
-    if bind.dialect.name != "postgresql":
-        return
-    schema = bind.execute(sa.text("SELECT quote_ident(current_schema())")).scalar_one()
-    op.execute(_MACHINE.replace("@SCHEMA@", schema))
     op.create_table(
         "fleet_roles",
         sa.Column("role", sa.String(length=63), nullable=False),
@@ -67,10 +58,12 @@ def upgrade() -> None:
         sa.Column("revoked_at", sa.Float(), nullable=True),
         sa.PrimaryKeyConstraint("role", name=op.f("pk_fleet_roles")),
     )
-    # every sequence 64-bit (and the column it fills)
-    for seq, table, col, type_, _ in bind.execute(sa.text(_SEQUENCES)).all():
-        if type_ != "bigint":
-            op.execute(f'ALTER TABLE {table} ALTER COLUMN "{col}" TYPE bigint')
+    if bind.dialect.name != "postgresql":
+        return
+    schema = bind.execute(sa.text("SELECT quote_ident(current_schema())")).scalar_one()
+    op.execute(_MACHINE.replace("@SCHEMA@", schema))
+    # every sequence 64-bit (fleet_limits' too, whose one row is id 1)
+    for (seq,) in bind.execute(sa.text(_SEQUENCES)).all():
         op.execute(f'ALTER SEQUENCE "{seq}" AS bigint MAXVALUE 9223372036854775807')
     # the ids hosts fill: identity columns, no privilege on their sequences for anyone
     for table in IDS:
@@ -92,6 +85,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name != "postgresql":
+        op.drop_table("fleet_roles")
         return
     bounds.unweigh(bind)
     schema = bind.execute(sa.text("SELECT quote_ident(current_schema())")).scalar_one()
