@@ -26,7 +26,7 @@ TEST_PKGS ?= device-tree-compiler \
 
 .PHONY: all deps run-deps sysdeps run-sysdeps print-run-packages print-test-packages \
         run test test-fast check lint typecheck pytest package-test bench bench-fleet \
-        bench-boot clean
+        bench-boot capture-arm64 clean
 
 all: test
 
@@ -110,6 +110,18 @@ bench-fleet: deps
 # bench/boot.py: the systemd-booted guest with khod and with it masked (~10 min)
 bench-boot: deps
 	$(BIN)/python bench/boot.py $(BENCH_ARGS)
+
+# The arm64 fixture sysroots in tests/data/arm64-*: cross-build linux-source-7.3 for arm64,
+# run the chains in qemu-system-aarch64 (virt, TCG) and capture every boot (~30 minutes on
+# 2 cores the first time; docs/arm64-captures.md). Not part of `make test`: the captures
+# are committed and tests/test_arm64_captures.py checks them.
+ARM64_PKGS ?= gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm \
+              make flex bison bc libelf-dev libssl-dev xz-utils cpio
+capture-arm64: deps
+	$(call install_debs,$(ARM64_PKGS))
+	nice -n 10 tests/vm/arm64/build-kernel.sh
+	tests/vm/arm64/run-chain.sh all
+	$(BIN)/python tests/vm/arm64/mkfixtures.py chain nokho pstore
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

@@ -442,7 +442,7 @@ def test_sync_survives_the_fleet_database_going_away(
         host_store(sysroot, sqlite_url, CHAIN[2:])
         rc, out, err = ctl(capsys, "sync", "--db", sqlite_url, "--to", fleet)
         assert rc == 1 and out == "" and err.count("\n") == 1
-        assert err.startswith("khoctl: error: cannot open database postgresql+psycopg://")
+        assert err.startswith("khoctl: error: cannot connect to database postgresql+psycopg://")
         assert "Connection refused" in err
         pg.start()
         rc, out, _ = ctl(capsys, "sync", "--db", sqlite_url, "--to", fleet, "--json")

@@ -32,61 +32,103 @@ def _seconds(text: str) -> int:
 
 
 def add_parsers(cmd: Cmd) -> None:
-    c = cmd("fleet", "fleet database trust: roles, host certificates, bounds (owner's --db)")
+    from khod.cli.common import add_common  # noqa: PLC0415
+    from khod.cli.khoctl import add_config  # noqa: PLC0415
+
+    fleet = cmd("fleet", "fleet database trust: CA, certificates, roles, bounds (owner's --db)")
+    sub = fleet.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, help_: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_, description=help_)
+        add_common(c, command=True)
+        add_config(c, command=True)
+        c.add_argument("--json", action="store_true", help="print the outcome as JSON")
+        return c
+
+    c = action("ca", "make the fleet's CA: ca.crt and ca.key (keep the key off the servers)")
     c.add_argument(
-        "action",
-        choices=("init", "enroll", "revoke"),
-        help="init: lock the database down, set bounds; enroll: a host's role and "
-        "certificate; revoke: the host may no longer connect",
+        "--out", type=Path, default=Path("."), metavar="DIR", help="where to write (default .)"
     )
-    c.add_argument("machine_id", nargs="?", metavar="MACHINE_ID", help="the host (enroll, revoke)")
-    c.add_argument("--json", action="store_true")
-    g = c.add_argument_group("enroll")
-    g.add_argument("--ca-cert", type=Path, metavar="PATH", help="the fleet CA's certificate")
-    g.add_argument("--ca-key", type=Path, metavar="PATH", help="the fleet CA's private key")
-    g.add_argument(
+    c.add_argument("--name", default="khod fleet CA", help="its CN (default 'khod fleet CA')")
+    c.add_argument(
+        "--days", type=whole_number(1, 100000), default=3650, metavar="N", help="default 3650"
+    )
+    c = action(
+        "server-cert",
+        "a key and certificate for the database server, signed by the fleet CA",
+    )
+    c.add_argument(
+        "names",
+        nargs="+",
+        metavar="NAME",
+        help="the names (or addresses) hosts use in their URL; the first is the CN",
+    )
+    _ca_args(c)
+    c.add_argument(
+        "--out", type=Path, default=Path("."), metavar="DIR",
+        help="where to write server.crt and server.key (default .)",
+    )  # fmt: skip
+    _days(c)
+    c = action("init", "lock the fleet database down (roles, grants, policies) and set bounds")
+    c.add_argument("--max-row-bytes", type=_size, metavar="SIZE", help="one row (default 32MiB)")
+    c.add_argument(
+        "--max-push-rows",
+        type=whole_number(1),
+        metavar="N",
+        help="rows in one transaction (default 100000)",
+    )
+    c.add_argument(
+        "--max-host-rows", type=whole_number(1), metavar="N", help="rows in all (default 5000000)"
+    )
+    c.add_argument("--max-host-bytes", type=_size, metavar="SIZE", help="in all (default 4GiB)")
+    c = action("enroll", "a host's role and client certificate (or a reporting role's)")
+    c.add_argument("machine_id", nargs="?", metavar="MACHINE_ID", help="the host's machine id")
+    _ca_args(c)
+    c.add_argument(
         "--out", type=Path, metavar="DIR", help="where to write (default ./khod-fleet-MACHINE_ID)"
     )
-    g.add_argument(
-        "--days",
-        type=whole_number(1, 100000),
-        default=397,
-        metavar="N",
-        help="certificate validity",
-    )
-    g.add_argument(
+    _days(c)
+    c.add_argument(
         "--connections",
         type=whole_number(1, 10000),
         default=2,
         metavar="N",
         help="per host (default 2)",
     )
-    g.add_argument(
+    c.add_argument(
         "--statement-timeout", type=_seconds, default=60, metavar="T", help="default 60s"
     )
-    g.add_argument(
+    c.add_argument(
         "--reporter",
         metavar="NAME",
         help="enroll a reporting role NAME (reads every row, writes none) instead of a host",
     )
-    g = c.add_argument_group("revoke")
-    g.add_argument("--drop", action="store_true", help="drop the role too (its rows stay)")
-    g = c.add_argument_group("init (each bound of one host)")
-    g.add_argument("--max-row-bytes", type=_size, metavar="SIZE", help="one row (default 32MiB)")
-    g.add_argument(
-        "--max-push-rows",
-        type=whole_number(1),
+    c = action("revoke", "the host (or reporting role) may no longer connect; its rows stay")
+    c.add_argument("machine_id", nargs="?", metavar="MACHINE_ID", help="the host's machine id")
+    c.add_argument("--reporter", metavar="NAME", help="revoke a reporting role instead")
+    c.add_argument("--drop", action="store_true", help="drop the role too (its rows stay)")
+
+
+def _ca_args(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--ca-cert", type=Path, metavar="PATH", help="the fleet CA's certificate")
+    c.add_argument("--ca-key", type=Path, metavar="PATH", help="the fleet CA's private key")
+
+
+def _days(c: argparse.ArgumentParser) -> None:
+    c.add_argument(
+        "--days",
+        type=whole_number(1, 100000),
+        default=397,
         metavar="N",
-        help="rows in one transaction (default 100000)",
+        help="certificate validity (default 397)",
     )
-    g.add_argument(
-        "--max-host-rows", type=whole_number(1), metavar="N", help="rows in all (default 5000000)"
-    )
-    g.add_argument("--max-host-bytes", type=_size, metavar="SIZE", help="in all (default 4GiB)")
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
     from khod.fleet import admin  # noqa: PLC0415
+
+    if args.action in ("ca", "server-cert"):
+        return _certs(args)
     from khod.store.db import open_store  # noqa: PLC0415
 
     if args.action == "init":
@@ -104,6 +146,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             said = ", ".join(f"{k} {v}" for k, v in out.items())
             print_text(f"fleet database {store.location} ready: {said}")
         return 0
+    if args.action == "enroll" and args.ca_cert is not None:
+        args.db = _root_cert_default(args.db, args.ca_cert)
     if args.reporter:
         role, group = admin.reader_role(args.reporter), admin.REPORT_GROUP
     elif args.machine_id:
@@ -125,12 +169,69 @@ def cmd_fleet(args: argparse.Namespace) -> int:
                 store, role, group, ca_cert=args.ca_cert, ca_key=args.ca_key, out=out_dir,
                 days=args.days, bounds=bounds,
             )  # fmt: skip
-            line = (
-                f"enrolled {res['role']}: {res['cert']}, {res['key']} and {res['ca']} "
-                f"(valid {args.days} days); install them where [sync] cert, key and ca say"
-            )
+            role = res["role"]  # a host enrolled again after a revocation: a new name
+            files = f"{res['cert']}, {res['key']} and {res['ca']} (valid {args.days} days)"
+            if args.reporter:
+                line = (
+                    f"enrolled {role}: {files}; the reader connects as {role} with them: "
+                    "sslcert=, sslkey= and sslrootcert= in its URL, or a Grafana PostgreSQL "
+                    "data source's TLS client certificate, key and CA"
+                )
+            else:
+                line = (
+                    f"enrolled {role}: {files}; install them on the host where its [sync] "
+                    "cert, key and ca say (default /etc/khod/fleet/)"
+                )
     finally:
         store.dispose()
+    if args.json:
+        print_json(res)
+    else:
+        print_text(line)
+    return 0
+
+
+def _root_cert_default(db: str | None, ca_cert: Path) -> str | None:
+    """A PostgreSQL ``--db`` that names no ``sslrootcert`` verifies the server against
+    the fleet CA given in ``--ca-cert`` (libpq would look in ~/.postgresql/root.crt)."""
+    if not db:
+        return db
+    from sqlalchemy.engine import make_url  # noqa: PLC0415
+    from sqlalchemy.exc import ArgumentError  # noqa: PLC0415
+
+    try:
+        url = make_url(db)
+    except ArgumentError:
+        return db  # open_store says what is wrong with it
+    if url.get_backend_name() != "postgresql" or "sslrootcert" in url.query:
+        return db
+    url = url.update_query_dict({"sslrootcert": str(ca_cert.resolve())})
+    return url.render_as_string(hide_password=False)
+
+
+def _certs(args: argparse.Namespace) -> int:
+    from khod.fleet import certs  # noqa: PLC0415
+
+    out: Path = args.out
+    if args.action == "ca":
+        for name in ("ca.key", "ca.crt"):
+            if (out / name).exists():
+                raise KhodError(f"fleet ca: {out / name} exists: not replacing a CA")
+        crt, key = certs.make_ca(out, args.name, args.days)
+        res = {"cert": str(crt), "key": str(key)}
+        line = f"fleet CA {crt} and its key {key} (valid {args.days} days)"
+    else:
+        if args.ca_cert is None or args.ca_key is None:
+            raise KhodError("fleet server-cert: --ca-cert and --ca-key are needed to sign")
+        issued = certs.issue(
+            args.ca_cert, args.ca_key, args.names[0], out / "server.crt", out / "server.key",
+            days=args.days, server_names=tuple(args.names),
+        )  # fmt: skip
+        res = {"cert": str(issued.cert), "key": str(issued.key), "names": args.names}
+        line = (
+            f"server certificate {issued.cert} for {', '.join(args.names)} and its key "
+            f"{issued.key} (valid {args.days} days): ssl_cert_file and ssl_key_file"
+        )
     if args.json:
         print_json(res)
     else:

@@ -1,4 +1,4 @@
-"""The JSON contract (DESIGN.md) and human tables for boots."""
+"""The JSON contract (docs/commands.md) and human tables for boots."""
 
 from __future__ import annotations
 

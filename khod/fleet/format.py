@@ -1,4 +1,4 @@
-"""The ``khod-export`` format, version 1 (README, "Export format"): one JSON object per
+"""The ``khod-export`` format, version 1 (docs/fleet.md, "Export format"): one JSON object per
 line. The first is a header ``{"object": "header", "format": "khod-export",
 "version": 1, ...}``; then objects ``boot``, ``blob``, ``event``, ``pstore``
 and ``attempt``, boots first. Their keys are the store's column names. A row that

@@ -5,15 +5,15 @@ A PostgreSQL URL whose host is not this machine (not loopback, not a Unix socket
 from ``[sync]`` in khod.toml. A weaker mode (plaintext, or TLS that does not check the
 server's name) is refused unless the operator set that mode in ``sync.sslmode``
 explicitly. Loopback and Unix sockets are left as the URL says, unless ``sync.sslmode``
-is set: then it applies to them too; a configured client certificate is offered to them
-as well. ``hostaddr=`` is where libpq connects: a local name with a remote address is
-remote. A URL without a user name connects as the certificate's CN (the host's role,
-which ``khoctl fleet enroll`` may renew with a new name).
+is set: then it applies to them too. A URL without a user name connects as the client
+certificate's CN (the host's role, which ``khoctl fleet enroll`` names anew after a
+revocation).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,17 +35,21 @@ class TlsSettings:
 
 
 def _hosts(url: URL) -> list[str]:
-    """Every host the URL may connect to (libpq takes a list; ``?host=`` overrides), and
-    every address (``?hostaddr=``, where libpq connects whatever the name)."""
-    out = []
-    for key in ("host", "hostaddr"):
+    """Every host and address the URL may connect to. libpq takes lists; ``?host=`` and
+    ``?hostaddr=`` override the URL's host, and ``PGHOST``/``PGHOSTADDR`` fill in what
+    the URL leaves out. A name with an address elsewhere (``localhost`` with
+    ``hostaddr=10.0.0.5``) goes where the address says: both are looked at."""
+
+    def values(key: str, env: str) -> list[str]:
         given = url.query.get(key)
         if given:
-            values = given if isinstance(given, tuple) else (given,)
-            out += [h for v in values for h in v.split(",")]
-    if not url.query.get("host"):
-        out.append(url.host or "")
-    return out
+            items = given if isinstance(given, tuple) else (given,)
+        else:
+            items = (os.environ.get(env, ""),) if os.environ.get(env) else ()
+        return [h for v in items for h in v.split(",")]
+
+    names = values("host", "PGHOST") if url.query.get("host") or not url.host else [url.host]
+    return (names or [""]) + values("hostaddr", "PGHOSTADDR")
 
 
 def is_local(host: str) -> bool:
@@ -72,13 +76,19 @@ def secure_url(text: str, tls: TlsSettings) -> str:
         from khod.fleet.certs import common_name  # noqa: PLC0415
 
         url = url.set(username=common_name(Path(tls.cert)))
+        text = url.render_as_string(hide_password=False)
     remote = [h for h in _hosts(url) if not is_local(h)]
     if not remote and not tls.sslmode:
-        # loopback: TLS as the URL says, with the client certificate if one is set
-        offer = {p: v for p, v in (("sslcert", tls.cert), ("sslkey", tls.key)) if v}
-        if str(url.query.get("sslmode", "")) == "disable" or any(p in url.query for p in offer):
-            return url.render_as_string(hide_password=False)
-        return url.update_query_dict(offer).render_as_string(hide_password=False)
+        # this machine: the URL's own sslmode (libpq's prefer), and the host's client
+        # certificate when it has one, for a fleet database that takes certificates only
+        extra = {
+            param: path
+            for param, path in (("sslcert", tls.cert), ("sslkey", tls.key))
+            if path and param not in url.query and os.path.isfile(path)
+        }
+        if len(extra) < 2:
+            return text
+        return url.update_query_dict(extra).render_as_string(hide_password=False)
     given = url.query.get("sslmode")
     mode = str(given) if given else (tls.sslmode or VERIFIED)
     if remote and mode not in (VERIFIED, tls.sslmode):

@@ -202,7 +202,11 @@ def open_store(
 
 def current_revision(store: Store) -> str | None:
     try:
-        with store.engine.connect() as conn:
+        conn = store.engine.connect()
+    except SQLAlchemyError as e:
+        raise cannot_connect(store, e) from None
+    try:
+        with conn:
             row = conn.execute(text("SELECT version_num FROM alembic_version")).first()
             return str(row[0]) if row else None
     except OperationalError as e:
@@ -217,6 +221,18 @@ def current_revision(store: Store) -> str | None:
         raise StoreError(f"database {store.location} is unusable: {msg}") from None
     except SQLAlchemyError as e:
         raise StoreError(f"cannot open database {store.location}: {describe_db_error(e)}") from None
+
+
+def cannot_connect(store: Store, e: BaseException) -> StoreError:
+    """The one line for a database that could not be reached or logged into; a
+    verified TLS connection without a CA file says where to give one."""
+    msg = describe_db_error(e)
+    if store.url.get_backend_name() == "sqlite":  # a file: opened, not connected to
+        return StoreError(f"cannot open database {store.location}: {msg}")
+    line = f"cannot connect to database {store.location}: {msg}"
+    if "root certificate file" in msg and "sslrootcert" not in store.url.query:
+        line += " (give the server's CA as sslrootcert=PATH in the URL)"
+    return StoreError(line)
 
 
 def is_known(rev: str) -> bool:
