@@ -17,12 +17,12 @@ RUN_PKGS ?= gcc python3-dev python3-venv pkg-config libsystemd-dev swig
 # unshare), postgresql (the server the store tests start), debootstrap (the Debian 13
 # chroots the package is built and installed in), rpm, openssl (khoctl fleet enroll;
 # the fleet trust tests' CA and certificates), QEMU, kexec-tools, busybox and a kernel
-# build toolchain (the VM stage).
+# build toolchain (the VM stage), mandoc (lints the man pages).
 TEST_PKGS ?= device-tree-compiler \
             systemd prometheus prometheus-node-exporter util-linux postgresql \
             debootstrap rpm e2fsprogs openssl \
             qemu-system-x86 kexec-tools busybox-static cpio \
-            make flex bison bc libelf-dev libssl-dev xz-utils dpkg-dev
+            make flex bison bc libelf-dev libssl-dev xz-utils dpkg-dev mandoc
 
 .PHONY: all deps run-deps sysdeps run-sysdeps print-run-packages print-test-packages \
         run test test-fast check lint typecheck pytest package-test bench bench-fleet \

@@ -267,21 +267,25 @@ def measured_child(argv: list[str]) -> tuple[float, int, str]:
 
 HAND_SQL = """
 SELECT CASE WHEN b.kind = 'kexec' THEN b.previous_release END AS prev, b.release,
-       count(*) AS boots, count(DISTINCT b.machine_id) AS hosts,
-       count(c.boot_pk) AS crashes, count(b.warnings),
-       count(CASE WHEN b.warnings > 0 THEN 1 END), coalesce(sum(b.warnings), 0),
-       min(b.booted_at), max(b.booted_at)
+       count(*) AS boots, b.machine_id,
+       count(c.boot_pk) AS crashes,
+       count(CASE WHEN b.booted_at <= {before} THEN 1 END),
+       count(CASE WHEN b.booted_at <= {before} AND c.boot_pk IS NOT NULL THEN 1 END),
+       count(CASE WHEN b.booted_at <= {before} AND b.warnings IS NOT NULL THEN 1 END),
+       count(CASE WHEN b.booted_at <= {before} AND b.warnings > 0 THEN 1 END),
+       coalesce(sum(b.warnings), 0), min(b.booted_at), max(b.booted_at)
 FROM boots b
 LEFT JOIN (SELECT DISTINCT describes AS boot_pk FROM pstore_records
            WHERE reason IN ('Panic', 'Oops') AND describes IS NOT NULL) c
        ON c.boot_pk = b.id
 WHERE (b.kind = 'kexec' AND b.previous_release IS NOT NULL) OR b.kind <> 'kexec'
-GROUP BY 1, b.release
+GROUP BY 1, b.release, b.machine_id
 """
 
 HAND_ATTEMPTS_SQL = """
 SELECT a.expected_previous_release,
        coalesce(a.target_release, CASE WHEN a.verdict <> 'cold-boot' THEN j.release END),
+       a.machine_id,
        count(*), count(CASE WHEN a.verdict = 'landed' THEN 1 END),
        count(CASE WHEN a.verdict IN ('cold-boot', 'mismatch') THEN 1 END),
        count(CASE WHEN a.verdict = 'abi-mismatch' THEN 1 END),
@@ -289,8 +293,29 @@ SELECT a.expected_previous_release,
 FROM kexec_attempts a LEFT JOIN boots j ON j.id = a.verdict_boot
 WHERE a.verdict IN ('landed', 'cold-boot', 'mismatch', 'abi-mismatch',
                     'landed-without-handover')
-GROUP BY 1, 2
+GROUP BY 1, 2, a.machine_id
 """
+
+
+def hand_sql() -> str:
+    """The boots query by hand, per host, with the report's 24h window."""
+    return HAND_SQL.format(before=int(time.time()) - 86400)
+
+
+def summed(hand: list[Any], cols: tuple[int, ...], host: int | None = None) -> set[tuple[Any, ...]]:
+    """Per-host rows summed by (previous release, release), with their hosts."""
+    out: dict[tuple[Any, Any], list[Any]] = {}
+    for r in hand:
+        if r[0] is None:
+            continue
+        v = out.setdefault((r[0], r[1]), [0] * len(cols) + [set()])
+        for i, c in enumerate(cols):
+            v[i] += r[c]
+        v[-1].add(r[2] if host is None else r[host])
+    return {
+        (k[0], k[1], v[0], len(v[-1]), *v[1:-1]) if host is not None else (*k, *v[:-1])
+        for k, v in out.items()
+    }
 
 
 BOOT_COLS = [
@@ -452,7 +477,7 @@ def main() -> int:
 
                     def run_pg(conn: Any = conn) -> list[Any]:
                         with conn.cursor() as cur:
-                            cur.execute(HAND_SQL)
+                            cur.execute(hand_sql())
                             got = list(cur.fetchall())
                             cur.execute(HAND_ATTEMPTS_SQL)
                             return [got, list(cur.fetchall())]
@@ -463,7 +488,7 @@ def main() -> int:
                     conn3 = sqlite3.connect(url.removeprefix("sqlite:///"))
 
                     def run_sqlite(conn3: Any = conn3) -> list[Any]:
-                        got = list(conn3.execute(HAND_SQL).fetchall())
+                        got = list(conn3.execute(hand_sql()).fetchall())
                         return [got, list(conn3.execute(HAND_ATTEMPTS_SQL).fetchall())]
 
                     hand, hrows = time_hand(run_sqlite, a.runs)
@@ -472,15 +497,15 @@ def main() -> int:
                 # attempts whose transition has no boot yet are rows of their own)
                 hboots, hattempts = hrows
                 assert {
-                    (r.previous_release, r.release, r.boots, r.crashes, r.warned_boots)
+                    (r.previous_release, r.release, r.boots, r.hosts, r.crashes, r.warned_boots)
                     for r in rows
                     if r.boots
-                } == {(r[0], r[1], r[2], r[4], r[6]) for r in hboots if r[0] is not None}
+                } == summed(hboots, (2, 4, 8), 3)
                 assert {
                     (r.previous_release, r.release, r.attempts, r.landed, r.failed_to_land)
                     for r in rows
                     if r.attempts
-                } == {(r[0], r[1], r[2], r[3], r[4]) for r in hattempts}
+                } == summed(hattempts, (3, 4, 5))
                 worst = rows[0]
                 assert (worst.previous_release, worst.release) == BAD, worst
                 assert str(worst.verdict) == "worse", worst

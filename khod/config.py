@@ -29,6 +29,12 @@ sslmode = ""                  # "" = verify-full for a remote database; another 
 ca = "/etc/khod/fleet/ca.crt"     # the fleet CA, that signed the server's certificate
 cert = "/etc/khod/fleet/host.crt" # this host's client certificate (khoctl fleet enroll)
 key = "/etc/khod/fleet/host.key"  # ... and its key (0600)
+
+[fleet]                       # the transition report, and what a host reads of it
+window = "24h"                # a boot counts for the crash rates this long after landing
+verdicts = ""                 # the published report (khoctl report transitions --json):
+                              #   a path or an http(s) URL; khoctl check / kexec refuse a
+                              #   transition it calls worse ("" = not consulted)
 """
 
 from __future__ import annotations
@@ -107,6 +113,8 @@ class Config:
     sync_ca: str = "/etc/khod/fleet/ca.crt"
     sync_cert: str = "/etc/khod/fleet/host.crt"
     sync_key: str = "/etc/khod/fleet/host.key"
+    fleet_window: int = 86400
+    fleet_verdicts: str = ""
     source: str = field(default="defaults", compare=False)
 
 
@@ -157,6 +165,8 @@ KEYS: dict[tuple[str, str], tuple[str, Any]] = {
     ("sync", "ca"): ("sync_ca", _str),
     ("sync", "cert"): ("sync_cert", _str),
     ("sync", "key"): ("sync_key", _str),
+    ("fleet", "window"): ("fleet_window", parse_duration),
+    ("fleet", "verdicts"): ("fleet_verdicts", _str),
 }
 assert {f for f, _ in KEYS.values()} == {f.name for f in fields(Config)} - {"source"}
 

@@ -107,3 +107,33 @@ def _dispose_engines() -> Iterator[None]:
         event.remove(Engine, "engine_connect", seen)
         for engine in engines.values():
             engine.dispose()
+
+
+SCHEMAS = Path(__file__).resolve().parent.parent / "khod" / "schemas"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _json_follows_its_schema() -> Iterator[None]:
+    """Every --json document a test prints in-process is validated against the schema
+    it names (khod/schemas/NAME.v1.json); one that does not follow it fails the
+    command (an AssertionError, a traceback, never a silent pass)."""
+    import json
+
+    import jsonschema
+
+    from khod.cli import common
+
+    validators: dict[str, jsonschema.protocols.Validator] = {}
+
+    def check(name: str, doc: object) -> None:
+        if name not in validators:
+            schema = json.loads((SCHEMAS / f"{name}.v1.json").read_text())
+            cls = jsonschema.validators.validator_for(schema)
+            cls.check_schema(schema)
+            validators[name] = cls(schema, format_checker=cls.FORMAT_CHECKER)
+        errors = sorted(validators[name].iter_errors(doc), key=lambda e: list(e.path))
+        assert not errors, f"--json of {name} does not follow its schema: {errors[0]}"
+
+    common.JSON_CHECK = check
+    yield
+    common.JSON_CHECK = None

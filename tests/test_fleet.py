@@ -378,11 +378,14 @@ def test_report_transitions_matches_the_hand_computed_fleet(
         "PREVIOUS_RELEASE",
         "RELEASE",
         "BOOTS",
+        "OBSERVED",
         "HOSTS",
+        "HOSTS_AFFECTED",
         "CRASHES",
         "CRASH_RATE",
     ]
-    assert out.splitlines()[2].split() == ["A", "B", "3", "2", "2", "66.67%"]
+    # 3 boots on 2 hosts, 2 crashed on 2 hosts
+    assert out.splitlines()[2].split() == ["A", "B", "3", "3", "2", "2", "2", "66.67%"]
     text = prom.read_text()
     assert 'khod_fleet_transition_bad{previous_release="A",release="B"} 1.0' in text
     # A -> A crashed every time but once: below --bad-min-boots
@@ -610,7 +613,7 @@ def test_the_daemon_pushes_to_the_fleet_and_retries_until_it_is_back(
             d.proc.wait(10)
             log = d.proc.stdout.read() if d.proc.stdout else ""
         assert "sync failed (1 in a row); retrying in 2s" in log
-        assert "synced 1 boots (1 new)" in log
+        assert "synced 1 boot (1 new)" in log
         assert content(fleet) == content(local)
 
 
@@ -719,7 +722,7 @@ def test_import_draws_a_progress_bar_on_a_terminal_only(
     finally:
         os.close(primary)
     assert r.returncode == 0 and r.stdout.startswith(
-        "imported 4 boots (4 new), 26 blobs (26 new), 1 events (1 new), 3 pstore records (3 new)"
+        "imported 4 boots (4 new), 26 blobs (26 new), 1 event (1 new), 3 pstore records (3 new)"
     )
     text = seen.decode()
     assert f"\r{dump} [" in text and "100%" in text and " rows, " in text

@@ -143,8 +143,13 @@ def test_the_fleet_setup_works_as_written(cluster: pgserver.PostgresServer, tmp_
             (HOSTS[name][1],)
         ]
     report = outputs["reader"].splitlines()
-    assert report[0].split()[:4] == ["PREVIOUS_RELEASE", "RELEASE", "BOOTS", "HOSTS"]
-    rows = {tuple(line.split()[:4]) for line in report[1:] if line and line[0].isdigit()}
+    head = ["PREVIOUS_RELEASE", "RELEASE", "BOOTS", "OBSERVED", "HOSTS"]
+    assert report[0].split()[:5] == head
+    rows = {
+        (*line.split()[:3], line.split()[4])  # the boots, then the hosts
+        for line in report[1:]
+        if line and line[0].isdigit()
+    }
     assert ("7.3.4-khlab-pk", "7.3.4-khlab-pk", "3", "1") in rows
     assert ("7.3.4-khlab-a", "7.3.4-khlab-a", "1", "1") in rows
     # what the database says each connection was

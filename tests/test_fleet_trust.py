@@ -473,7 +473,8 @@ def test_only_verified_tls_with_a_live_certificate_gets_in(fleet: Fleet) -> None
         .replace(str(a.dir / "ca.crt"), str(other_ca))
         .replace('sslmode = "require"\n', "")
     )
-    rc, out, err = ctl("sync", "--db", a.local, "--config", str(conf), "--to", remote)
+    # (--full: with nothing new a push connects nowhere, and so would not see it)
+    rc, out, err = ctl("sync", "--db", a.local, "--config", str(conf), "--to", remote, "--full")
     assert rc == 1 and err.count("\n") == 1 and "certificate verify failed" in err
 
 

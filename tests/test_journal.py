@@ -43,6 +43,17 @@ def test_catalog_parses_and_covers_every_message_id(tmp_path: Path) -> None:
     assert ids == set(sd.MESSAGE_IDS.values())
 
 
+def test_catalog_names_every_kind_and_its_man_pages() -> None:
+    from khod.records import BootKind
+
+    text = CATALOG.read_text()
+    for kind in BootKind:
+        assert f'"{kind.value}"' in text, kind
+    entries = text.split("\n-- ")[1:]
+    assert len(entries) == len(sd.MESSAGE_IDS)
+    assert all("\nDocumentation: man:khod(8)" in e for e in entries)
+
+
 def parse_native(datagram: bytes) -> dict[str, str]:
     """The journal native protocol: KEY=value lines (binary form for values with \\n)."""
     fields: dict[str, str] = {}

@@ -571,6 +571,61 @@ def test_kexec_refuses_on_an_error_and_force_goes_on(
         assert conn.execute("SELECT forced FROM kexec_attempts").fetchall() == [(1,)]
 
 
+def test_a_transition_the_fleet_calls_worse_is_refused_and_force_is_recorded(
+    sysroot: SysrootFactory,
+    image: Path,
+    fakebin: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The published report ([fleet] verdicts: its JSON, shipped to the host) calls
+    7.3.4-khlab-a -> 7.3.4-khlab-b worse: 5 of 5 hosts failed to land. This host runs
+    7.3.4-khlab-a: check fails with error severity, kexec refuses, --force goes ahead
+    and the attempt records the failed check and that it was forced."""
+    from tests.test_report import Fleet, hosts
+
+    f = Fleet()
+    for m in hosts("h", 40):
+        f.take(m, "7.3.4-khlab-0", "7.3.4-khlab-a")
+    for m in hosts("p", 5):
+        f.take(m, "7.3.4-khlab-a", "7.3.4-khlab-b", fail=True)
+    fleet_db = f"sqlite:///{tmp_path / 'fleet.db'}"
+    assert ctl(capsys, "import", str(f.write(tmp_path / "f.jsonl")), "--db", fleet_db)[0] == 0
+    rc, published, _ = ctl(capsys, "report", "transitions", "--db", fleet_db, "--json")
+    assert rc == 0
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(published))
+    conf = tmp_path / "khod.toml"
+    conf.write_text(f'[fleet]\nverdicts = "{report}"\n')
+    root = sysroot("kexec1/step0")
+    argv = ["--config", str(conf), "--sysroot", str(root), "--kernel", str(image)]
+    rc, out, _ = ctl(capsys, "check", *argv, "--json")
+    c = by_name(out)["fleet-verdict"]
+    assert (rc, out["ok"], c["ok"], c["severity"]) == (1, False, False, "error")
+    assert c["detail"] == (
+        "the fleet calls 7.3.4-khlab-a -> 7.3.4-khlab-b worse: land failure on 5 of 5 "
+        f"hosts against 0 of 40 ({report})"
+    )
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    rc, _, err = ctl(capsys, "kexec", *argv, "--db", db)
+    assert rc == 1 and calls(fakebin) == []
+    assert err == "khoctl: error: refusing to kexec: fleet-verdict failed (--force to go on)\n"
+    rc, _, _ = ctl(capsys, "kexec", *argv, "--db", db, "--force")
+    assert rc == 0 and [c[1] for c in calls(fakebin)] == ["-s", "kexec"]
+    with sqlite3.connect(tmp_path / "k.db") as conn:
+        ((forced, checks),) = conn.execute("SELECT forced, checks FROM kexec_attempts").fetchall()
+    assert forced == 1
+    assert {c["name"]: c["ok"] for c in json.loads(checks)}["fleet-verdict"] is False
+    # no report configured: no check; a report that cannot be read: a warning
+    rc, out, _ = ctl(capsys, "check", "--sysroot", str(root), "--kernel", str(image), "--json")
+    assert "fleet-verdict" not in by_name(out)
+    report.write_text("{not json")
+    rc, out, _ = ctl(capsys, "check", *argv, "--json")
+    c = by_name(out)["fleet-verdict"]
+    assert (rc, c["ok"], c["severity"]) == (0, False, "warning")
+    assert c["detail"].startswith(f"cannot read the fleet's verdicts at {report}: ")
+
+
 def test_a_failed_load_is_one_line_and_the_attempt_says_so(
     sysroot: SysrootFactory,
     image: Path,

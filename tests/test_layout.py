@@ -66,3 +66,17 @@ def test_no_module_imports_itself_round_a_circle() -> None:
         if m not in done:
             walk(m, [m], done)
     assert circles == []
+
+
+def test_no_private_name_of_another_library_is_imported() -> None:
+    """``from lib import _Private`` breaks on the library's next release, unannounced."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not (node.module or "").startswith("khod"):
+                found += [
+                    f"{path.relative_to(ROOT)}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and a.name != "__future__"
+                ]
+    assert found == []

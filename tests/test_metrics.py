@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from khod import __version__
 from khod.cli.common import run_main
 from khod.daemon.metrics import SnapshotCollector, exposition, make_registry
 from khod.ingest.snapshot import compute_snapshot
@@ -115,7 +116,9 @@ def test_an_empty_snapshot_still_exposes_every_family() -> None:
         "khod_source_errors",
         "khod_last_ingest_timestamp_seconds",
         "khod_ingest_duration_seconds",
+        "khod_build_info",
     }
+    assert 'khod_build_info{version="' + __version__ + '"} 1.0' in text
 
 
 def _source_errors(db: Path, machine_id: str, boot_id: str) -> dict[str, float]:

@@ -64,10 +64,15 @@ def test_deb_contents(built: dict[str, Path | str]) -> None:
         "/etc/khod/khod.toml.d/",  # the (empty) drop-in directory
         "/usr/share/man/man8/khod.8.gz",
         "/usr/share/man/man8/khoctl.8.gz",
+        "/usr/share/man/man5/khod.toml.5.gz",
+        "/usr/share/bash-completion/completions/khoctl",
+        "/usr/share/bash-completion/completions/khod",
+        "/usr/share/zsh/vendor-completions/_khoctl",
         "/usr/share/khod/prometheus/khod-rules.yml",
     ):
         assert path in names, (path, sorted(names))
     assert any(n.endswith("/khod/migrations/versions/0004_fleet.py") for n in names)
+    assert any(n.endswith("/khod/schemas/history.v1.json") for n in names)  # khoctl(8)
     info = run(["dpkg-deb", "--field", str(built["deb"]), "Depends"]).stdout
     for dep in ("python3-sqlalchemy (>= 2.0)", "python3-libfdt", "python3-systemd"):
         assert dep in info, info

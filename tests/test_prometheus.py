@@ -71,6 +71,19 @@ def dashboard_queries() -> list[str]:
     return [t["expr"] for p in dash["panels"] for t in p["targets"]]
 
 
+def test_dashboard_loads_under_file_provisioning() -> None:
+    """Grafana's file provisioning does not fill ``__inputs`` (an import-dialog thing):
+    each panel's datasource is the dashboard's own datasource variable."""
+    dash = json.loads(DASHBOARD.read_text())
+    assert "__inputs" not in dash
+    (var,) = [v for v in dash["templating"]["list"] if v["type"] == "datasource"]
+    assert var["query"] == "prometheus"
+    used = {p["datasource"]["uid"] for p in dash["panels"]} | {
+        t["datasource"]["uid"] for p in dash["panels"] for t in p["targets"]
+    }
+    assert used == {"${" + var["name"] + "}"}
+
+
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     dash = json.loads(DASHBOARD.read_text())
     assert dash["uid"] == "khod-fleet" and len({p["id"] for p in dash["panels"]}) == len(

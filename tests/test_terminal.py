@@ -27,7 +27,8 @@ def on_pty(*argv: str) -> tuple[int, str]:
             list(argv),
             stdout=secondary,
             stderr=subprocess.DEVNULL,
-            env={**os.environ, "KHOD_DB": ""},
+            # no pager: what khoctl itself writes to the terminal (less adds its own codes)
+            env={**os.environ, "KHOD_DB": "", "PAGER": "cat", "SYSTEMD_PAGER": "cat"},
         )
         os.close(secondary)
         secondary = -1

@@ -15,14 +15,15 @@ from typing import Any
 from khod.observation import Boot, BootObservation, Event, PstoreRecord, Severity
 from khod.records import is_crash
 
-# MESSAGE_IDs of khod's journal entries; systemd/khod.catalog explains each one
+# MESSAGE_IDs of khod's journal entries (each made by `systemd-id128 new`, never typed);
+# systemd/khod.catalog explains each one
 MESSAGE_IDS = {
-    "boot-recorded": "b0d3c4a7e0f14f3c9a61d2e58c7f0a11",
-    "kexec-rejected": "5a1f0e7c3b2d4e6f8a9b0c1d2e3f4a52",
-    "source-error": "c7e2b9a4d6f8410e93b5a7c1e0d2f463",
-    "anomaly": "9e4d2c1b0a3f4e5d8c7b6a5f4e3d2c74",
-    "pstore-crash": "3f8a6c2e1d4b4a9c8e7f6d5c4b3a2e85",
-    "pstore-record": "4c2e8a6f1b3d4c5e9f8a7b6c5d4e3f96",
+    "boot-recorded": "8cdcc4ade3a94ee197e11e9990c60450",
+    "kexec-rejected": "934a08abe342405dab6ffe1519173c13",
+    "source-error": "9177d41ebf564ff199b24b8fa4228918",
+    "anomaly": "ef3311b7ae144c80932d77a62ea23ea5",
+    "pstore-crash": "95545d729a4543bbafc31f3d660a7dce",
+    "pstore-record": "b9371c84a1624c8b9c79d59f1a01764c",
 }
 PRIORITY = {Severity.INFO: 6, Severity.WARNING: 4, Severity.ERROR: 3}
 

@@ -9,13 +9,15 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from khod.errors import KhodError
 from khod.oneline import escape_json_controls, print_text, run_main
 from khod.paths import HostPaths
 
 __all__ = [
+    "Cmd",
+    "Handler",
     "add_common",
     "fraction",
     "host_paths",
@@ -24,6 +26,11 @@ __all__ = [
     "run_main",
     "whole_number",
 ]
+
+Handler: TypeAlias = Callable[[argparse.Namespace], int]
+# how a module adds its subcommands to khoctl: cmd(name, help, handler) returns the
+# subcommand's parser (khod.cli.khoctl.COMMAND_MODULES lists the modules)
+Cmd: TypeAlias = Callable[[str, str, Handler], argparse.ArgumentParser]
 
 INT64_MAX = (1 << 63) - 1  # the largest integer either database binds
 
@@ -99,14 +106,26 @@ def add_common(p: argparse.ArgumentParser, *, command: bool = False) -> None:
 
 
 def host_paths(args: argparse.Namespace) -> HostPaths:
-    root: Path = args.sysroot
-    if not root.is_dir():
-        raise KhodError(f"--sysroot {root}: not a directory")
-    return HostPaths(root)
+    """The host the command reads (--sysroot), resolved once per command line."""
+    paths: HostPaths | None = getattr(args, "host_paths", None)
+    if paths is None:
+        root: Path = args.sysroot
+        if not root.is_dir():
+            raise KhodError(f"--sysroot {root}: not a directory")
+        paths = args.host_paths = HostPaths(root)
+    return paths
 
 
-def print_json(obj: Any) -> None:
+# the tests set this: each --json document is checked against its schema
+# (khod/schemas/NAME.v1.json, shipped in the package) as it is printed
+JSON_CHECK: Callable[[str, Any], None] | None = None
+
+
+def print_json(obj: Any, schema: str) -> None:
     """JSON as it is meant to be read (UTF-8, not \\u-escaped) but for the controls a
-    terminal would obey (C1, DEL): escaped always, on a terminal or not."""
+    terminal would obey (C1, DEL): escaped always, on a terminal or not. ``schema``:
+    the name of the JSON Schema the document follows (khod/schemas/)."""
     text = json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False)
+    if JSON_CHECK is not None:
+        JSON_CHECK(schema, json.loads(text))
     sys.stdout.write(escape_json_controls(text) + "\n")

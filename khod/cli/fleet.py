@@ -9,34 +9,46 @@ import io
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from khod.cli.common import fraction, print_json, print_text, whole_number
+from khod.cli.common import Cmd, fraction, print_json, print_text, whole_number
 from khod.errors import KhodError
 
-Cmd = Callable[[str, str], argparse.ArgumentParser]
+SINCE_HELP = (
+    "boots at or after TIME, as journalctl takes it: yesterday, -2h, '2026-11-01 08:00' "
+    "(local time unless --utc), @EPOCH, or an age (7d)"
+)
 
 
 def add_parsers(cmd: Cmd) -> None:
-    c = cmd("export", "write the store as JSON Lines (format khod-export, version 1)")
-    c.add_argument("--since", metavar="T", help="boots since T (2026-11-01, @EPOCH, 7d, 12h)")
+    c = cmd("export", "write the store as JSON Lines (format khod-export, version 1)", cmd_export)
+    c.add_argument("-S", "--since", metavar="TIME", help=SINCE_HELP)
+    c.add_argument("-U", "--until", metavar="TIME", help="boots at or before TIME")
     c.add_argument(
         "-o", "--output", metavar="FILE", help="write here (.gz compresses; default stdout)"
     )
-    c = cmd("import", "read khod-export files into the store; rows already there are skipped")
+    c.add_argument("--quiet", action="store_true", help="no progress line")
+    c = cmd(
+        "import",
+        "read khod-export files into the store; rows already there are skipped",
+        cmd_import,
+    )
     c.add_argument("files", nargs="+", metavar="FILE", help="an export (.gz too), or - for stdin")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help="print JSON (see khoctl(8))")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
-    c = cmd("sync", "push the rows the fleet database has not had yet (store-and-forward)")
+    c = cmd(
+        "sync", "push the rows the fleet database has not had yet (store-and-forward)", cmd_sync
+    )
     c.add_argument("--to", metavar="URL", help="the fleet database (default: sync.to in config)")
     c.add_argument("--full", action="store_true", help="send everything again (it is deduped)")
-    c.add_argument("--json", action="store_true")
-    c = cmd("report", "fleet reports")
+    c.add_argument("--quiet", action="store_true", help="no progress line")
+    c.add_argument("--json", action="store_true", help="print JSON (see khoctl(8))")
+    c = cmd("report", "fleet reports: which kernel transitions crash", cmd_report)
     c.add_argument("report", choices=("transitions",))
-    c.add_argument("--since", metavar="T", help="boots since T (2026-11-01, @EPOCH, 7d, 12h)")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("-S", "--since", metavar="TIME", help=SINCE_HELP)
+    c.add_argument("-U", "--until", metavar="TIME", help="boots at or before TIME")
+    c.add_argument("--json", action="store_true", help="print JSON (see khoctl(8))")
     c.add_argument(
         "--include-cold", action="store_true", help="add each release's cold boots as a baseline"
     )
@@ -72,38 +84,48 @@ def add_parsers(cmd: Cmd) -> None:
         type=fraction(open_low=True, open_high=True),
         default=0.01,
         metavar="P",
-        help="a verdict of worse or better needs Fisher's exact test against the release's "
-        "baseline at p < P, two-sided (default 0.01)",
+        help="false alarms: a healthy transition is ever called worse, over every run of "
+        "the report, with chance at most P; and at most P of one report's worse are "
+        "false (default 0.01)",
     )
     c.add_argument(
         "--min-evidence",
         type=whole_number(),
-        default=20,
+        default=5,
         metavar="N",
-        help="... and at least N boots (attempts) in the transition and in its baseline "
-        "(default 20)",
+        help="a verdict needs at least N hosts in the transition and in its baseline (default 5)",
+    )
+    c.add_argument(
+        "--window",
+        metavar="D",
+        help="a boot counts for the crash and warning rates once D has passed since it "
+        "landed (default: [fleet] window of the configuration, else 24h)",
     )
 
 
-def _since(args: argparse.Namespace) -> float | None:
-    from khod.timespec import parse_since  # noqa: PLC0415
+def _range(args: argparse.Namespace) -> tuple[float | None, float | None]:
+    from khod.cli.bootsel import time_range  # noqa: PLC0415
 
-    return None if args.since is None else parse_since(args.since)
+    return time_range(args)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from khod.fleet.export import export  # noqa: PLC0415
     from khod.store.db import open_reader  # noqa: PLC0415
 
-    since = _since(args)
+    since, until = _range(args)
+    to_stdout = args.output in (None, "-")
+    # a progress line on a terminal, unless the export itself goes to that terminal
+    bar = _bar("export", args, to_stdout)
+    on_row = None if bar is None else (lambda rows: bar.update(None, rows))
     store = open_reader(args.db, read_only=None)  # written to only to mark the export
     try:
         from khod.store.retention import last_pstore_id, mark_exported  # noqa: PLC0415
 
         upto = last_pstore_id(store)  # every pstore row up to it is in a full export
-        if args.output in (None, "-"):
+        if to_stdout:
             out: IO[str] = sys.stdout
-            counts = export(store, out, since)
+            counts = export(store, out, since, on_row, until)
             out.flush()
             where = "stdout"
         else:
@@ -118,7 +140,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                         else raw
                     )
                     text = io.TextIOWrapper(binary, encoding="utf-8")
-                    counts = export(store, text, since)
+                    counts = export(store, text, since, on_row, until)
                     text.flush()
                     text.detach()
                     if binary is not raw:
@@ -126,7 +148,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             except OSError as e:
                 raise KhodError(f"cannot write {path}: {e.strerror or e}") from None
             where = str(path)
-        if since is None:
+        if since is None and until is None:  # a whole export
             from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415
 
             from khod.store.handle import describe_db_error  # noqa: PLC0415
@@ -138,6 +160,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                     f"khoctl: warning: export not recorded: {describe_db_error(e)}", file=sys.stderr
                 )
     finally:
+        if bar is not None:
+            bar.done()
         store.dispose()
     from khod.fleet.importer import PLURAL  # noqa: PLC0415
 
@@ -157,13 +181,16 @@ class Progress:
         self.last = 0.0
         self.drawn = False
 
-    def update(self, done: int, rows: int) -> None:
+    def update(self, done: int | None, rows: int) -> None:
+        """``done``: bytes read of ``total``; None: rows only (export, sync)."""
         now = time.monotonic()
         if now - self.last < 0.2:
             return
         self.last = now
         rate = rows / max(now - self.start, 1e-6)
-        if self.total:
+        if done is None:
+            head = self.name
+        elif self.total:
             frac = min(done / self.total, 1.0)
             bar = "#" * int(frac * 30)
             head = f"{self.name} [{bar:<30}] {frac:4.0%}"
@@ -177,6 +204,13 @@ class Progress:
         if self.drawn:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
+
+
+def _bar(name: str, args: argparse.Namespace, to_stdout: bool = False) -> Progress | None:
+    """A progress line on stderr when it is a terminal (and not --quiet)."""
+    if args.quiet or not sys.stderr.isatty() or (to_stdout and sys.stdout.isatty()):
+        return None
+    return Progress(name, None, sys.stderr)
 
 
 def _import_file(importer: Any, name: str, show: bool) -> Any:
@@ -254,7 +288,8 @@ def cmd_import(args: argparse.Namespace) -> int:
                 "unknown_boot": c.unknown_boot,
                 "bad": bad,
                 "chunks": {"bulk": c.bulk_chunks, "line_by_line": c.line_chunks},
-            }
+            },
+            "import",
         )
     else:
         parts = c.summary()
@@ -287,7 +322,18 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from khod.fleet.sync import push  # noqa: PLC0415
 
     to, tls = sync_target(args)
-    result = push(to, args.db, full=args.full, tls=tls)
+    bar = _bar("sync", args)
+    try:
+        result = push(
+            to,
+            args.db,
+            full=args.full,
+            tls=tls,
+            on_row=None if bar is None else (lambda rows: bar.update(None, rows)),
+        )
+    finally:
+        if bar is not None:
+            bar.done()
     c = result.counts
     for line in result.refused[:10]:
         print_text(f"khoctl: warning: {line}", sys.stderr)
@@ -300,7 +346,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
                 "sent": c.ordered(c.read),
                 "new": c.ordered(c.new),
                 "refused": len(result.refused),
-            }
+            },
+            "sync",
         )
     else:
         print_text(result.line())
@@ -310,7 +357,4 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from khod.cli.transitions import cmd_report as report  # noqa: PLC0415
 
-    return report(args, _since(args))
-
-
-COMMANDS = {"export": cmd_export, "import": cmd_import, "sync": cmd_sync, "report": cmd_report}
+    return report(args, *_range(args))

@@ -4,13 +4,10 @@ run against the fleet database with its owner role (``--db URL``)."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
 
-from khod.cli.common import print_json, print_text, whole_number
+from khod.cli.common import Cmd, print_json, print_text, whole_number
 from khod.errors import KhodError
-
-Cmd = Callable[[str, str], argparse.ArgumentParser]
 
 
 def _size(text: str) -> int:
@@ -35,7 +32,9 @@ def add_parsers(cmd: Cmd) -> None:
     from khod.cli.common import add_common  # noqa: PLC0415
     from khod.cli.khoctl import add_config  # noqa: PLC0415
 
-    fleet = cmd("fleet", "fleet database trust: CA, certificates, roles, bounds (owner's --db)")
+    fleet = cmd(
+        "fleet", "fleet database trust: CA, certificates, roles, bounds (owner's --db)", cmd_fleet
+    )
     sub = fleet.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def action(name: str, help_: str) -> argparse.ArgumentParser:
@@ -141,7 +140,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         finally:
             store.dispose()
         if args.json:
-            print_json({"database": store.location, "limits": out})
+            print_json({"database": store.location, "limits": out}, "fleet")
         else:
             said = ", ".join(f"{k} {v}" for k, v in out.items())
             print_text(f"fleet database {store.location} ready: {said}")
@@ -185,7 +184,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     finally:
         store.dispose()
     if args.json:
-        print_json(res)
+        print_json(res, "fleet")
     else:
         print_text(line)
     return 0
@@ -233,7 +232,7 @@ def _certs(args: argparse.Namespace) -> int:
             f"{issued.key} (valid {args.days} days): ssl_cert_file and ssl_key_file"
         )
     if args.json:
-        print_json(res)
+        print_json(res, "fleet")
     else:
         print_text(line)
     return 0

@@ -10,11 +10,11 @@ import argparse
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from khod.cli.common import host_paths, print_json, print_text
+from khod.cli.common import Cmd, host_paths, print_json, print_text
 from khod.errors import KhodError
 
 if TYPE_CHECKING:  # annotations only
@@ -23,14 +23,16 @@ if TYPE_CHECKING:  # annotations only
     from khod.paths import HostPaths
 
 
-def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
-    c = cmd("check", "check the outgoing KHO state (and a target kernel) before a kexec")
-    c.add_argument("--kernel", type=Path, metavar="IMAGE")
-    c.add_argument("--initrd", type=Path, metavar="FILE")
-    c.add_argument("--json", action="store_true")
-    c = cmd("kexec", "check, record the attempt, load with kexec -s -l, then kexec")
-    c.add_argument("--kernel", type=Path, metavar="IMAGE", required=True)
-    c.add_argument("--initrd", type=Path, metavar="FILE")
+def add_parsers(cmd: Cmd) -> None:
+    c = cmd("check", "check the outgoing KHO state (and a target kernel) before a kexec", cmd_check)
+    c.add_argument("--kernel", type=Path, metavar="IMAGE", help="also check this kernel image")
+    c.add_argument("--initrd", type=Path, metavar="FILE", help="... and this initramfs")
+    c.add_argument("--json", action="store_true", help="print JSON (see khoctl(8))")
+    c = cmd("kexec", "check, record the attempt, load with kexec -s -l, then kexec", cmd_kexec)
+    c.add_argument(
+        "--kernel", type=Path, metavar="IMAGE", required=True, help="the kernel to kexec"
+    )
+    c.add_argument("--initrd", type=Path, metavar="FILE", help="its initramfs")
     g = c.add_mutually_exclusive_group()
     g.add_argument("--append", metavar="CMDLINE", help="the new kernel's command line")
     g.add_argument(
@@ -45,8 +47,12 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
         action="store_true",
         help="kexec -e at once instead of systemctl kexec (no clean shutdown)",
     )
-    c.add_argument("--json", action="store_true")
-    c = cmd("record-kexec", "record a kexec attempt made without khoctl (kexec.target hook)")
+    c.add_argument("--json", action="store_true", help="print JSON (see khoctl(8))")
+    c = cmd(
+        "record-kexec",
+        "record a kexec attempt made without khoctl (kexec.target hook)",
+        cmd_record_kexec,
+    )
 
 
 def _collect(args: argparse.Namespace) -> tuple[HostPaths, BootObservation]:
@@ -64,14 +70,27 @@ def _print_checks(checks: Sequence[Check], ok: bool) -> None:
     print("ok" if ok else "not ok: an error-severity check failed")
 
 
+def _fleet(args: argparse.Namespace, checks: list[Check], running: str, target: str | None) -> None:
+    """The fleet's verdict on running -> target, from the report [fleet] verdicts names."""
+    from khod.checks.fleet import check_fleet  # noqa: PLC0415
+    from khod.config import load_config  # noqa: PLC0415
+
+    config = getattr(args, "config", None)
+    source = load_config(config, required=config is not None).fleet_verdicts
+    c = check_fleet(source, running, target)
+    if c is not None:
+        checks.append(c)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from khod.checks.run import checks_json, run_checks, verdict  # noqa: PLC0415
 
     paths, obs = _collect(args)
-    checks, _, _ = run_checks(paths, obs, args.kernel, args.initrd)
+    checks, target, _ = run_checks(paths, obs, args.kernel, args.initrd)
+    _fleet(args, checks, obs.release, target.release if target else None)
     ok = verdict(checks)
     if args.json:
-        print_json(checks_json(checks))
+        print_json(checks_json(checks), "check")
     else:
         _print_checks(checks, ok)
     return 0 if ok else 1
@@ -94,6 +113,7 @@ def cmd_kexec(args: argparse.Namespace) -> int:
 
     paths, obs = _collect(args)
     checks, target, exe = run_checks(paths, obs, args.kernel, args.initrd, args.append)
+    _fleet(args, checks, obs.release, target.release if target else None)
     ok = verdict(checks)
     argv = plan_argv(args, exe or "kexec")
     expect = {"previous_release": obs.release, "kexec_count": (obs.kexec_count or 0) + 1}
@@ -107,7 +127,7 @@ def cmd_kexec(args: argparse.Namespace) -> int:
         "dry_run": args.dry_run,
     }
     if args.json:
-        print_json(plan)
+        print_json(plan, "kexec")
     else:
         _print_checks(checks, ok)
         print_text(

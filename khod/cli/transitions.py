@@ -30,7 +30,31 @@ def thresholds(args: argparse.Namespace) -> Thresholds:
         raise KhodError(f"--alpha must be between 0 and 1, not {args.alpha}")
     if args.min_evidence < 0:
         raise KhodError(f"--min-evidence must be 0 or more, not {args.min_evidence}")
-    return Thresholds(alpha=args.alpha, min_n=args.min_evidence)
+    return Thresholds(alpha=args.alpha, min_n=args.min_evidence, window=window(args))
+
+
+def window(args: argparse.Namespace) -> int:
+    """--window, else [fleet] window of the configuration, else 24h."""
+    if getattr(args, "window", None) is not None:
+        from khod.timespec import duration  # noqa: PLC0415
+
+        seconds = duration(args.window)
+        if seconds is None:
+            raise KhodError(
+                f"--window: expected a duration like '24h' or '7d', got {args.window!r}"
+            )
+        return seconds
+    from khod.config import load_config  # noqa: PLC0415
+
+    config = getattr(args, "config", None)
+    return load_config(config, required=config is not None).fleet_window
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0 and (unit != "d" or seconds > 86400):
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def metrics(rows: Sequence[Transition], bad_rate: float, bad_min: int) -> bytes:
@@ -49,8 +73,11 @@ def metrics(rows: Sequence[Transition], bad_rate: float, bad_min: int) -> bytes:
 
     fam("boots", "Boots that came through this kexec")
     fam("hosts", "Hosts that took this kexec")
+    fam("hosts_affected", "Hosts with at least one boot through this kexec that crashed")
     fam("crashes", "Boots through this kexec that left a Panic or Oops record")
-    fam("crash_rate", "crashes / boots")
+    fam("observed_boots", "Boots whose observation window is over: the rates' boots")
+    fam("window_seconds", "The observation window after landing before a boot counts")
+    fam("crash_rate", "crashes / boots, of the observed boots")
     fam("bad", f"1 when the crash rate is >= {bad_rate} over >= {bad_min} boots")
     fam("attempts", "Kexec attempts at this transition that ran (khoctl kexec, the hook)")
     fam("landed", "Attempts that landed in the kernel they aimed at")
@@ -65,15 +92,20 @@ def metrics(rows: Sequence[Transition], bad_rate: float, bad_min: int) -> bytes:
         fam(f"{r}_rate_low", f"Lower bound of the 95% Wilson interval of {r}_rate")
         fam(f"{r}_rate_high", f"Upper bound of the 95% Wilson interval of {r}_rate")
         fam(f"baseline_{r}_rate", f"{r}_rate of the release's baseline")
+        fam(f"{r}_hosts_affected", f"Hosts with at least one event counted in {r}_rate")
+        fam(f"{r}_e_value", f"The e-value of {r}_rate (by hosts) against its baseline")
     fam(
         "verdict",
-        "1 worse than the release's baseline, 0 no evidence, -1 better "
-        "(khoctl report transitions: Fisher's exact test)",
+        "1 worse than the transition's clean baseline, 0 no evidence, -1 better, by hosts "
+        "(e-values, e-BH across the report: false alarms controlled over repeated runs)",
     )
     for t in rows:
         lv = [t.previous_release or "", t.release]
         for key in ("boots", "hosts", "crashes", "attempts", "landed", "failed_to_land"):
             fams[key].add_metric(lv, getattr(t, key))
+        for key in ("hosts_affected", "observed_boots"):
+            fams[key].add_metric(lv, getattr(t, key))
+        fams["window_seconds"].add_metric(lv, t.window)
         for key in ("rejected", "without_handover", "warned_boots", "warnings"):
             fams[key].add_metric(lv, getattr(t, key))
         if t.crash_rate is not None:  # no boot landed: no rate (the report's JSON: null)
@@ -88,6 +120,10 @@ def metrics(rows: Sequence[Transition], bad_rate: float, bad_min: int) -> bytes:
                 fams[f"{name}_rate_high"].add_metric(lv, c.observed.high)
             if c.baseline is not None and c.baseline.of:
                 fams[f"baseline_{name}_rate"].add_metric(lv, c.baseline.count / c.baseline.of)
+            if c.hosts is not None:
+                fams[f"{name}_hosts_affected"].add_metric(lv, c.hosts.count)
+            if c.baseline is not None:
+                fams[f"{name}_e_value"].add_metric(lv, c.e_value)
         if t.verdict is not None:
             fams["verdict"].add_metric(lv, VERDICT_VALUE[t.verdict])
 
@@ -112,6 +148,17 @@ def _rate(r: Rate | None) -> str:
     return f"{r.count}/{r.of} {_pct(r.rate)} [{_pct(r.low)}, {_pct(r.high)}]"
 
 
+def _hosts(c: Comparison) -> str:
+    if c.hosts is None:
+        return "-"
+    base = c.baseline_hosts
+    return f"{c.hosts.count}/{c.hosts.of}" + ("" if base is None else f" vs {base.count}/{base.of}")
+
+
+def _e(c: Comparison) -> str:
+    return "-" if c.baseline is None else f"{c.e_value:.3g}"
+
+
 def _p(c: Comparison) -> str:
     if c.p_value is None:
         return "-"
@@ -131,7 +178,9 @@ def text(rows: Sequence[Transition], th: Thresholds) -> str:
             {
                 **name(t),
                 "boots": t.boots,
+                "observed": t.observed_boots,
                 "hosts": t.hosts,
+                "affected": t.hosts_affected,
                 "crashes": t.crashes,
                 "rate": _pct(t.crash_rate),
             }
@@ -141,7 +190,9 @@ def text(rows: Sequence[Transition], th: Thresholds) -> str:
             ("PREVIOUS_RELEASE", "from"),
             ("RELEASE", "to"),
             ("BOOTS", "boots"),
+            ("OBSERVED", "observed"),
             ("HOSTS", "hosts"),
+            ("HOSTS_AFFECTED", "affected"),
             ("CRASHES", "crashes"),
             ("CRASH_RATE", "rate"),
         ),
@@ -185,8 +236,10 @@ def text(rows: Sequence[Transition], th: Thresholds) -> str:
                 **name(t),
                 "rate": key.replace("_", " "),
                 "observed": _rate(c.observed),
-                "baseline": _rate(c.baseline) + (" (fleet)" if c.scope == "fleet" else ""),
+                "baseline": _rate(c.baseline) + f" ({c.scope})",
+                "hosts": _hosts(c),
                 "p": _p(c),
+                "e": _e(c),
                 "verdict": "-" if c.verdict is None else str(c.verdict),
             }
             for t in rows
@@ -198,23 +251,36 @@ def text(rows: Sequence[Transition], th: Thresholds) -> str:
             ("RATE", "rate"),
             ("TRANSITION (95% INTERVAL)", "observed"),
             ("BASELINE (95% INTERVAL)", "baseline"),
+            ("HOSTS AFFECTED", "hosts"),
             ("P", "p"),
+            ("E", "e"),
             ("VERDICT", "verdict"),
         ),
     )
     how = textwrap.fill(
-        f"Verdict: Fisher's exact test of each rate against the release's baseline (its "
-        f"boots without a handover and its boots from other releases; for landing, the "
-        f"attempts into it from other releases, or the whole fleet's other attempts when "
-        f"those are fewer than {th.min_n}), two-sided p < {th.alpha:g}, with at least "
-        f"{th.min_n} boots (attempts) on each side; worse in any rate is worse. "
-        f"Intervals: Wilson score, 95%.",
+        f"Verdict: by hosts, against a clean baseline (the release's cold boots; for "
+        f"landing, the attempts into it from other releases, else the fleet's; never a "
+        f"transition called worse). Worse when its e-value passes e-BH at {th.alpha:g} "
+        f"across this report: a healthy transition is ever called worse, over every run, "
+        f"with chance at most {th.alpha:g}. At least {th.min_n} hosts on each side. A boot "
+        f"counts for the rates {_duration(th.window)} after it landed (its window). "
+        f"P: Fisher's exact test on the hosts, for one look. Intervals: Wilson score, 95%.",
         width=88,
     )
     return "\n\n".join((landed, attempts, tests, how))
 
 
-def cmd_report(args: argparse.Namespace, since: float | None) -> int:
+def with_iso_times(d: dict[str, Any]) -> dict[str, Any]:
+    """The JSON times' convention (ISO 8601, UTC): first_booted, last_booted beside
+    the seconds first_booted_at, last_booted_at (kept for the readers they have)."""
+    from khod.cli.views import iso  # noqa: PLC0415
+
+    d["first_booted"] = iso(d["first_booted_at"])
+    d["last_booted"] = iso(d["last_booted_at"])
+    return d
+
+
+def cmd_report(args: argparse.Namespace, since: float | None, until: float | None = None) -> int:
     from khod.fleet.report import transitions  # noqa: PLC0415
     from khod.store.db import open_store  # noqa: PLC0415
 
@@ -223,7 +289,9 @@ def cmd_report(args: argparse.Namespace, since: float | None) -> int:
     try:
         rows = [
             t
-            for t in transitions(store, since, include_cold=args.include_cold, thresholds=th)
+            for t in transitions(
+                store, since, include_cold=args.include_cold, thresholds=th, until=until
+            )
             if t.boots >= args.min_boots or t.attempts >= args.min_boots
         ]
     finally:
@@ -238,7 +306,7 @@ def cmd_report(args: argparse.Namespace, since: float | None) -> int:
         except OSError as e:
             raise KhodError(f"cannot write {args.textfile}: {e.strerror or e}") from None
     if args.json:
-        print_json([t.as_json() for t in rows])
+        print_json([with_iso_times(t.as_json()) for t in rows], "report")
         return 0
     if not rows:
         print("no kexec transitions recorded")

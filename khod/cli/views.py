@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
+from khod.cli.output import epoch, when
 from khod.parse.compat import split_compat
 from khod.parse.proc import loaded_by_kexec
 from khod.store.boots import BootRecord
@@ -79,8 +80,11 @@ def _cell(v: Any) -> str:
     return "-" if v is None else str(v)
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
-    """A plain aligned table: columns are (header, key) with dotted keys into the dicts."""
+def table(
+    rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], *, legend: bool = True
+) -> str:
+    """A plain aligned table: columns are (header, key) with dotted keys into the dicts;
+    ``legend``: the header line first."""
 
     def get(d: dict[str, Any], key: str) -> Any:
         for part in key.split("."):
@@ -88,6 +92,10 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) ->
         return d
 
     cells = [[h for h, _ in columns]] + [[_cell(get(r, k)) for _, k in columns] for r in rows]
+    if not legend:
+        cells = cells[1:]
+        if not cells:
+            return ""
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
@@ -95,7 +103,7 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) ->
 
 
 BOOT_COLUMNS = (
-    ("BOOTED (UTC)", "booted_at"),
+    ("BOOTED", "booted"),  # booted_at for a person (khod.cli.output.when)
     ("BOOT", "boot_id"),
     ("RELEASE", "release"),
     ("KIND", "kind"),
@@ -194,14 +202,14 @@ def dumps_json(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def dumps_text(dumps: Sequence[dict[str, Any]]) -> str:
+def dumps_text(dumps: Sequence[dict[str, Any]], utc: bool = True) -> str:
     chunks = []
     for d in dumps:
         names = ", ".join(r["name"] for r in d["records"])
         what = d["type"] + (f" {d['reason']}#{d['count']}" if d["reason"] else "")
         head = f"== {what} from {d['backend']} ({names})"
         if d["record_time"]:
-            head += f", written {d['record_time']}"
+            head += f", written {when(epoch(d['record_time']), utc)}"
         if d["release"]:
             head += f" by {d['release']}"
         chunks.append(head)
@@ -214,3 +222,68 @@ def dumps_text(dumps: Sequence[dict[str, Any]]) -> str:
             )
         chunks.append(text)
     return "\n".join(chunks)
+
+
+def event_json(e: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "time": iso(e["created_at"]),
+        "kind": e["kind"],
+        "severity": e["severity"],
+        "source": e["source"],
+        "origin": e["origin"],
+        "message": e["message"],
+    }
+
+
+def show_json(
+    b: BootRecord,
+    events: Sequence[dict[str, Any]],
+    records: Sequence[dict[str, Any]],
+    verdict: str | None,
+) -> dict[str, Any]:
+    """Everything recorded about one boot (``khoctl show``): the boot as history shows
+    it, what the store adds, its events, and a summary of its pstore dumps."""
+    d = boot_json(b, history=True)
+    d.update(
+        {
+            "cmdline": b.cmdline,
+            "warnings": b.warnings,
+            "memory_map_handed": b.memory_map_handed,
+            "outgoing": {
+                "release": b.out_release,
+                "kexec_count": b.out_kexec_count,
+                "subtrees": [t.as_json() for t in b.out_subtrees],
+            },
+            "ingested_at": iso(b.ingested_at),
+            "khod_version": b.khod_version,
+            "verdict": verdict,
+            "events": [event_json(e) for e in events],
+            "dumps": [
+                {k: v for k, v in dump.items() if k != "text"} for dump in dumps_json(records)
+            ],
+        }
+    )
+    return d
+
+
+def show_text(d: dict[str, Any], b: BootRecord, events: Sequence[dict[str, Any]], utc: bool) -> str:
+    lines = [
+        status_text(d),
+        f"machine:           {d['machine_id']}",
+        f"booted:            {_cell(when(b.booted_at, utc))}",
+        f"command line:      {_cell(d['cmdline'])}",
+        f"kernel warnings:   {_cell(d['warnings'])}",
+        f"kexec verdict:     {_cell(d['verdict'])}",
+        f"recorded:          {_cell(when(b.ingested_at, utc))} by khod {d['khod_version']}",
+    ]
+    dumps = d["dumps"]
+    lines.append(
+        f"pstore:            {len(dumps)} dump{'s' if len(dumps) != 1 else ''}"
+        + (f" (khoctl dmesg {d['boot_id']})" if dumps else "")
+    )
+    lines.append(f"events:            {len(events) or '-'}")
+    for e in events:
+        lines.append(
+            f"  {_cell(when(e['created_at'], utc))}  {e['severity']:<7} {e['kind']}: {e['message']}"
+        )
+    return "\n".join(lines)

@@ -25,9 +25,10 @@ import time
 from collections.abc import Callable, Iterable
 from io import BufferedIOBase
 from typing import Any, cast
+from wsgiref.simple_server import WSGIRequestHandler
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -115,9 +116,12 @@ class _BoundedHead(BufferedIOBase):
         return self.raw.read(size)
 
 
-class _Handler(_SilentHandler):
+class _Handler(WSGIRequestHandler):
     timeout = IO_SECONDS  # each recv and the whole answer's sendall
     server: MetricsServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Log no request (the public WSGIRequestHandler's hook)."""
 
     def handle(self) -> None:
         self.rfile = _BoundedHead(self.rfile)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from khod.adapters import sd
 from khod.config import Config
+from khod.daemon import syncplan
 from khod.daemon.child import Child, Selectable
 from khod.errors import KhodError
 from khod.fleet import worker as fleet_worker
@@ -33,7 +34,6 @@ if TYPE_CHECKING:  # annotations only: neither is imported on the boot path here
     from khod.adapters.udev import UeventWatcher
     from khod.daemon.first_ingest import FirstIngest
 
-SYNC_FIRST_RETRY = 30.0  # then doubling, up to sync.interval
 SYNC_TIMEOUT = 600.0
 
 
@@ -85,6 +85,8 @@ class Daemon:
         self.sync_at: float | None = None  # the next push to the fleet database
         self.sync: Child | None = None
         self.sync_failures = 0
+        self.sync_delay: float | None = None  # the last retry's (khod.daemon.syncplan)
+        self.splay: float | None = None  # this host's, read at its first push
         self.ingest_child: Child | None = None
         self.ingest_reload = False  # the running ingest is a reload's: READY=1 after it
         self.pending: list[tuple[bool, bool]] = []  # (a pstore rescan only, a reload's)
@@ -298,8 +300,9 @@ class Daemon:
 
     def _sync_step(self, ready: Sequence[Selectable]) -> None:
         """Store-and-forward: a push (khod.fleet.worker) in a child, never blocking this loop (the
-        fleet database may hang); on failure retry after 30 s, doubling up to the
-        interval. Nothing is lost meanwhile: the local store is the source of truth."""
+        fleet database may hang), at this host's slot of each interval; on failure
+        retry with jittered backoff (khod.daemon.syncplan). Nothing is lost meanwhile:
+        the local store is the source of truth."""
         now = time.monotonic()
         child = self.sync
         if child is not None:
@@ -315,24 +318,34 @@ class Daemon:
             interval = float(self.s.cfg.sync_interval)
             if rc == 0:
                 self.sync_failures = 0
-                self.sync_at = now + interval
+                self.sync_delay = None
+                self.sync_at = now + syncplan.next_slot(time.time(), self._splay(), interval)
             else:
                 self.sync_failures += 1
-                delay = min(interval, SYNC_FIRST_RETRY * 2 ** (self.sync_failures - 1))
+                delay = syncplan.retry_delay(self.sync_delay, interval)
+                self.sync_delay = delay
                 self.log(f"sync failed ({self.sync_failures} in a row); retrying in {delay:.0f}s")
                 self.sync_at = now + delay
             return
         if not self.s.cfg.sync_to:
             self.sync_at = None
             return
-        if self.sync_at is None:
-            self.sync_at = now  # configured (at start or by a reload): push now
+        if self.sync_at is None:  # configured (at start or by a reload): push soon
+            interval = float(self.s.cfg.sync_interval)
+            self.sync_at = now + syncplan.first_delay(self._splay(), interval)
         if now < self.sync_at:
             return
         self.sync_at = None
         cfg = self.s.cfg
         tls = (cfg.sync_sslmode, cfg.sync_ca, cfg.sync_cert, cfg.sync_key)
         self.sync = Child(fleet_worker.argv(cfg.sync_to, self.s.db, tls), SYNC_TIMEOUT, "sync")
+
+    def _splay(self) -> float:
+        if self.splay is None:
+            from khod.paths import HostPaths  # noqa: PLC0415
+
+            self.splay = syncplan.host_splay(HostPaths(self.s.sysroot).machine_id)
+        return self.splay
 
     def _on_hup(self) -> None:
         try:

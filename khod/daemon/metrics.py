@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
+from khod import __version__
 from khod.atomic import write_file
 from khod.fleet.worker import REASON_LABELS as SYNC_FAILURE_REASONS
 from khod.records import KINDS, SOURCES, VERDICTS
@@ -174,6 +175,13 @@ class SnapshotCollector:
         yield g
         g = GaugeMetricFamily("khod_ingest_duration_seconds", "How long the last ingest took")
         g.add_metric([], s.get("ingest_duration") or math.nan)
+        yield g
+        g = GaugeMetricFamily(
+            "khod_build_info",
+            "The khod serving these metrics (as node_exporter's build_info)",
+            labels=["version"],
+        )
+        g.add_metric([__version__], 1)
         yield g
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from sqlalchemy import Table, func, select
@@ -21,7 +21,13 @@ def _columns(table: Table, kind: str) -> list[str]:
     return [c.name for c in table.columns if c.name != "id" and c.name not in refs]
 
 
-def _select(kind: str, since: float | None, after_id: int, min_id: int | None = None) -> Any:
+def _select(
+    kind: str,
+    since: float | None,
+    after_id: int,
+    min_id: int | None = None,
+    until: float | None = None,
+) -> Any:
     """Rows of one type as export objects' columns, ordered by id."""
     table, refs = TABLES[kind]
     cols = [table.c[n] for n in _columns(table, kind)]
@@ -44,8 +50,11 @@ def _select(kind: str, since: float | None, after_id: int, min_id: int | None = 
             q = q.where(table.c[ref].is_not(None))
     if min_id is not None:
         q = q.where(table.c.id >= min_id)
-    if since is not None and owner is not None:
-        q = q.where(func.coalesce(owner.c.booted_at, owner.c.ingested_at) >= since)
+    when = None if owner is None else func.coalesce(owner.c.booted_at, owner.c.ingested_at)
+    if since is not None and when is not None:
+        q = q.where(when >= since)
+    if until is not None and when is not None:
+        q = q.where(when <= until)
     return q
 
 
@@ -69,10 +78,11 @@ def iter_objects(
     after_id: int = 0,
     min_id: int | None = None,
     with_ids: bool = False,
+    until: float | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Stream one type's rows as export objects (``with_ids`` adds ``_id``, the local
     row id, for sync's watermarks)."""
-    q = _select(kind, since, after_id, min_id)
+    q = _select(kind, since, after_id, min_id, until)
     with store.engine.connect() as conn:
         result = conn.execution_options(yield_per=2000).execute(q).mappings()
         for row in result:
@@ -82,16 +92,42 @@ def iter_objects(
             yield obj
 
 
-def export(store: Store, out: io.TextIOBase | Any, since: float | None = None) -> dict[str, int]:
-    """Write the whole store (boots booted since ``since``, and what hangs off them)."""
+def rows_after(store: Store, kind: str, after_id: int = 0, min_id: int | None = None) -> list[Any]:
+    """The local ids (and, for attempts, verdicts) of the rows of one type that a sync
+    past these watermarks would send; at most one for any type but attempts (whose rows
+    past the watermark are few: the open ones and the newer ones)."""
+    q = _select(kind, None, after_id, min_id)
+    cols = [q.selected_columns.id]
+    if kind == "attempt":
+        cols.append(q.selected_columns.verdict)
+    else:
+        q = q.limit(1)
+    with store.engine.connect() as conn:
+        return list(conn.execute(q.with_only_columns(*cols, maintain_column_froms=True)).all())
+
+
+def export(
+    store: Store,
+    out: io.TextIOBase | Any,
+    since: float | None = None,
+    on_row: Callable[[int], None] | None = None,
+    until: float | None = None,
+) -> dict[str, int]:
+    """Write the whole store (boots booted from ``since`` to ``until``, and what hangs
+    off them);
+    ``on_row``: told the number of rows written so far, after each one."""
     counts: dict[str, int] = {}
+    total = 0
     out.write(json.dumps(header(since)) + "\n")
     for kind in TABLES:
         n = 0
-        for obj in iter_objects(store, kind, since=since):
+        for obj in iter_objects(store, kind, since=since, until=until):
             line = json.dumps(obj, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
             out.write(escape_json_controls(line))  # C1 and DEL too: it may be a terminal
             out.write("\n")
             n += 1
+            total += 1
+            if on_row is not None:
+                on_row(total)
         counts[kind] = n
     return counts

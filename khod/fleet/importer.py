@@ -50,7 +50,8 @@ class ImportCounts:
     def summary(self) -> list[str]:
         """``N boots (M new)``, ... for each type read."""
         return [
-            f"{self.read[k]} {PLURAL[k]} ({self.new.get(k, 0)} new)"
+            f"{self.read[k]} {PLURAL[k] if self.read[k] != 1 else PLURAL[k][:-1]}"
+            f" ({self.new.get(k, 0)} new)"
             for k in PLURAL
             if self.read.get(k)
         ]

@@ -4,17 +4,20 @@ from the local store's rows past a watermark per object type.
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import KhodError, StoreError
-from khod.fleet.export import iter_objects
+from khod.fleet.compat import Columns, writable
+from khod.fleet.export import iter_objects, rows_after
 from khod.fleet.format import TABLES, BadObject, validate
 from khod.fleet.importer import ImportCounts, Importer
 from khod.fleet.tls import TlsSettings, secure_url
@@ -42,7 +45,42 @@ def _watermarks(local: Store, target: str) -> dict[str, int]:
     return {k: v for k, v in rows}
 
 
-def sync(local: Store, target: Store, *, full: bool = False, name: str | None = None) -> SyncResult:
+# sync_state's kind for a digest of the attempts at or past the attempts' watermark as
+# they were sent (id and verdict): unchanged, they need not be sent again
+ATTEMPTS_SENT = "attempt-sent"
+
+
+def _digest(rows: Sequence[tuple[int, str | None]]) -> int:
+    h = hashlib.blake2b(repr(sorted(rows)).encode(), digest_size=7)
+    return int.from_bytes(h.digest(), "big")
+
+
+def pending(local: Store, name: str) -> bool:
+    """Whether the local store holds anything a sync to ``name`` would send: read in
+    the local store only, so that a host with nothing new never opens a connection to
+    the fleet database."""
+    marks = _watermarks(local, name)
+    for kind in TABLES:
+        last = marks.get(kind, 0)
+        if kind != "attempt":
+            if rows_after(local, kind, after_id=last):
+                return True
+            continue
+        rows = [(int(i), v) for i, v in rows_after(local, kind, min_id=last or None)]
+        if rows and _digest(rows) != marks.get(ATTEMPTS_SENT):
+            return True
+    return False
+
+
+def sync(
+    local: Store,
+    target: Store,
+    *,
+    full: bool = False,
+    name: str | None = None,
+    on_row: Callable[[int], None] | None = None,
+    columns: Columns | None = None,
+) -> SyncResult:
     """Push the local rows the target has not had yet. Watermarks (the last local row
     id sent, per type, under ``name``: the target's location by default) advance only
     after the target committed, so a failure at any point sends the same rows again
@@ -52,6 +90,7 @@ def sync(local: Store, target: Store, *, full: bool = False, name: str | None = 
     importer = Importer(target)
     new_marks: dict[str, int] = {}
     refused: list[str] = []
+    rows = 0
     for kind in TABLES:
         last = marks.get(kind, 0)
         top = last
@@ -63,19 +102,30 @@ def sync(local: Store, target: Store, *, full: bool = False, name: str | None = 
             objs = iter_objects(local, kind, after_id=last, with_ids=True)
         open_min = None
         sent = False
+        sent_attempts: list[tuple[int, str | None]] = []
+        # this khod's columns the target lacks (references by boot id are not columns)
+        table = TABLES[kind][0]
+        lacks = frozenset() if columns is None else _lacking(table, columns)
         for obj in objs:
             rid = obj.pop("_id")
             top = max(top, rid)
             sent = True
-            if kind == "attempt" and obj["verdict"] is None and open_min is None:
-                open_min = rid
+            if kind == "attempt":
+                sent_attempts.append((rid, obj["verdict"]))
+                if obj["verdict"] is None and open_min is None:
+                    open_min = rid
             obj.pop("object")
             try:
                 _, values = validate({"object": kind, **obj})
             except BadObject as e:  # a row no reader could show: the rest goes
                 refused.append(_refused_line(kind, rid, obj, e))
                 continue
+            if lacks:
+                values = {k: v for k, v in values.items() if k not in lacks}
             importer.add(kind, values)
+            rows += 1
+            if on_row is not None:
+                on_row(rows)
         importer.flush()
         if kind != "attempt":
             new_marks[kind] = top
@@ -84,9 +134,22 @@ def sync(local: Store, target: Store, *, full: bool = False, name: str | None = 
         else:
             # past the newest attempt sent (all closed); with none sent, where it was
             new_marks[kind] = top + 1 if sent else last
+        if kind == "attempt":
+            floor = new_marks[kind]
+            new_marks[ATTEMPTS_SENT] = _digest([r for r in sent_attempts if r[0] >= floor])
     _save_watermarks(local, name, new_marks)
     Importer(local).record_refused("sync-refused", refused[:10], len(refused[10:]))
     return SyncResult(name, importer.counts, new_marks, refused)
+
+
+def quiet_result(name: str) -> SyncResult:
+    """What a push with nothing past its watermarks returns, having connected nowhere."""
+    return SyncResult(name, ImportCounts(), {})
+
+
+def _lacking(table: Table, columns: Columns) -> frozenset[str]:
+    have = columns.get(table.name)
+    return frozenset() if have is None else frozenset(table.c.keys()) - have
 
 
 def _refused_line(kind: str, rid: int, obj: dict[str, object], e: BadObject) -> str:
@@ -114,19 +177,31 @@ def _save_watermarks(local: Store, target: str, marks: dict[str, int]) -> None:
 
 
 def push(
-    to: str, db: str | None = None, *, full: bool = False, tls: TlsSettings | None = None
+    to: str,
+    db: str | None = None,
+    *,
+    full: bool = False,
+    tls: TlsSettings | None = None,
+    on_row: Callable[[int], None] | None = None,
 ) -> SyncResult:
     """Sync the store at ``db`` (the default: this host's) to the database at ``to``,
-    over verified TLS when it is remote (khod.fleet.tls). A failure is also recorded as
-    an event of this host's newest boot (once per boot and message), then raised."""
+    over verified TLS when it is remote (khod.fleet.tls): only when the local store
+    holds something past the watermarks (or ``full``), and into a database of a
+    revision in the compatible window, never migrating it (khod.fleet.compat). A
+    failure is also recorded as an event of this host's newest boot (once per boot and
+    message), then raised."""
     local = open_store(db, create=False)
     try:
         try:
-            target = open_store(secure_url(to, tls or TlsSettings()))
+            # named as configured: the TLS parameters added are not part of the name
+            # (opening a store connects nowhere until it is asked something)
+            target = open_store(secure_url(to, tls or TlsSettings()), migrate=False)
             try:
-                # named as configured: the TLS parameters added are not part of the name
                 name = Store(target.engine, make_url(to)).location
-                return sync(local, target, full=full, name=name)
+                if not full and not pending(local, name):
+                    return quiet_result(name)
+                columns = writable(target)
+                return sync(local, target, full=full, name=name, columns=columns, on_row=on_row)
             finally:
                 target.dispose()
         except KhodError as e:

@@ -13,7 +13,10 @@ from khod.oneline import print_text, run_main
 
 # why a push failed: the ``reason`` label of ``khod_sync_failures_total``, from its one
 # line (the server's answer, or the client's); the first that matches, in this order
+# (khod's own word on the schema first: its line names the database, whose URL may
+# say sslmode)
 REASONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("schema", ("schema revision",)),
     ("insecure", ("does not verify the server",)),
     ("timeout", ("statement timeout", "no answer in", "timeout expired")),
     ("quota", ("khod fleet:",)),
@@ -31,7 +34,6 @@ REASONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("tls", ("ssl", "certificate", "tls")),
     ("unreachable", ("connection refused", "could not translate", "no route", "unreachable")),
-    ("schema", ("schema revision",)),
 )
 REASON_LABELS = (*(r for r, _ in REASONS), "other")
 

@@ -189,6 +189,7 @@ def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> 
         if obs.previous_release is not None or obs.kexec_count:
             what += f" from {obs.previous_release or '?'}, count {obs.kexec_count}"
         verb = "recorded" if result.created else "already recorded"
-        ps = f"; {result.new_pstore} new pstore records" if result.new_pstore else ""
+        n = result.new_pstore
+        ps = f"; {n} new pstore record{'s' if n != 1 else ''}" if n else ""
         print(f"khod: {verb} boot {obs.boot_id} ({obs.release}, {what}){ps} in {store.location}")
     return 0
