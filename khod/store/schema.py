@@ -259,6 +259,15 @@ host_usage = Table(
     Column("xact_rows", BigInteger, nullable=False),
 )
 
+# The compatible window of a fleet database (docs/fleet-versions.md): one row, id 1,
+# the oldest revision whose khod may still push into this schema.
+schema_compat = Table(
+    "schema_compat",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("min_writer", String(32), nullable=False),
+)
+
 # Every host role the fleet database ever had (PostgreSQL; the owner's only, written by
 # `khoctl fleet enroll|revoke`): a revoked role's name is never made again.
 fleet_roles = Table(

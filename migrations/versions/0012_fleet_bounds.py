@@ -5,6 +5,8 @@
   it is written, and updated rows count against the host's quota as inserted ones do.
 - Row ids a fleet fills are identity columns: a host inserts without any privilege on
   their sequences, so it cannot call ``nextval`` on them; every sequence is 64-bit.
+- ``schema_compat`` (docs/fleet-versions.md): ``min_writer`` 0011, whose pushes this
+  schema still takes.
 - ``khod_host_machine()`` also reads roles of a later enrolment
   (``host_<machine_id>_<generation>``); ``fleet_roles`` (the owner's only) remembers
   every host role ever made, so a revoked role's name is never made again (the table
@@ -58,10 +60,23 @@ def upgrade() -> None:
         sa.Column("revoked_at", sa.Float(), nullable=True),
         sa.PrimaryKeyConstraint("role", name=op.f("pk_fleet_roles")),
     )
+    # the compatible window (docs/fleet-versions.md): 0011's pushes still go in (this
+    # migration adds a table, triggers that take what 0011 sends, identity defaults)
+    op.create_table(
+        "schema_compat",
+        sa.Column("id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("min_writer", sa.String(length=32), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_schema_compat")),
+    )
+    op.execute("INSERT INTO schema_compat (id, min_writer) VALUES (1, '0011')")
     if bind.dialect.name != "postgresql":
         return
     schema = bind.execute(sa.text("SELECT quote_ident(current_schema())")).scalar_one()
     op.execute(_MACHINE.replace("@SCHEMA@", schema))
+    op.execute(
+        "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'khod_host') "
+        "THEN GRANT SELECT ON schema_compat TO khod_host, khod_report; END IF; END $$"
+    )
     # every sequence 64-bit (fleet_limits' too, whose one row is id 1)
     for (seq,) in bind.execute(sa.text(_SEQUENCES)).all():
         op.execute(f'ALTER SEQUENCE "{seq}" AS bigint MAXVALUE 9223372036854775807')
@@ -86,6 +101,7 @@ def downgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name != "postgresql":
         op.drop_table("fleet_roles")
+        op.drop_table("schema_compat")
         return
     bounds.unweigh(bind)
     schema = bind.execute(sa.text("SELECT quote_ident(current_schema())")).scalar_one()
@@ -103,6 +119,7 @@ def downgrade() -> None:
             f"THEN GRANT USAGE ON SEQUENCE {table}_id_seq TO khod_host; END IF; END $$"
         )
     op.drop_table("fleet_roles")
+    op.drop_table("schema_compat")
     op.execute(_MACHINE_0010.replace("@SCHEMA@", schema))
     # 0010's size triggers weighed a fixed list of columns: made again as 0010 made them
     from importlib import import_module  # noqa: PLC0415
