@@ -107,20 +107,22 @@ class Fleet:
         user = f"{role}@" if role else ""
         return f"postgresql+psycopg://{user}{host}:{self.server.port}/{self.db}{query}"
 
-    def enroll(self, machine: str, out: Path | None = None) -> Host:
+    def enroll(self, machine: str, out: Path | None = None, user: bool = True) -> Host:
+        """``user``: the role in khod.toml's URL; else none, the certificate's CN."""
         out = out or self.tmp / f"enrolled-{machine}"
         rc, said, err = ctl(
             "fleet", "enroll", machine, "--db", self.owner, "--out", str(out), "--json",
             "--ca-cert", str(self.server.ca_cert), "--ca-key", str(self.server.ca_key),
         )  # fmt: skip
         assert rc == 0, err
+        role = json.loads(said)["role"]
         config = out / "khod.toml"
         config.write_text(
-            f'[sync]\nto = "{self.url("")}"\nsslmode = "verify-full"\n'
+            f'[sync]\nto = "{self.url(role if user else "")}"\nsslmode = "verify-full"\n'
             f'ca = "{out / "ca.crt"}"\ncert = "{out / "host.crt"}"\nkey = "{out / "host.key"}"\n'
         )
         local = f"sqlite:///{self.tmp / machine / 'khod.db'}"
-        host = Host(machine, out, local, config, json.loads(said)["role"])
+        host = Host(machine, out, local, config, role)
         self.hosts[machine] = host
         return host
 
@@ -558,7 +560,7 @@ def test_the_daemon_serves_on_while_the_fleet_refuses_it(fleet: Fleet, tmp_path:
     """A revoked host's daemon: every push refused by the server, counted by reason,
     /metrics served all along; enrolled again, its next push goes through."""
     step = "pstore/step0"
-    host = fleet.enroll(machine_of(step))
+    host = fleet.enroll(machine_of(step), user=False)  # the URL names no role
     assert ctl("fleet", "revoke", host.machine, "--db", fleet.owner)[0] == 0
     conf = tmp_path / "khod.toml"
     conf.write_text(host.config.read_text() + 'interval = "2s"\n')
@@ -848,11 +850,11 @@ def test_what_a_host_may_do_to_its_own_role(fleet: Fleet) -> None:
 def test_a_revoked_certificate_stays_dead_after_enrolling_again(fleet: Fleet) -> None:
     before = fleet.owner_rows(B)
     machine = uuid.uuid4().hex
-    old = fleet.enroll(machine)
+    old = fleet.enroll(machine, user=False)
     stolen = fleet.tmp / f"stolen-{machine}"
     shutil.copytree(old.dir, stolen)
     assert ctl("fleet", "revoke", machine, "--db", fleet.owner)[0] == 0
-    new = fleet.enroll(machine, fleet.tmp / f"again-{machine}")
+    new = fleet.enroll(machine, fleet.tmp / f"again-{machine}", user=False)
     assert new.role == f"host_{machine}_1"
     thief = Host(machine, stolen, old.local, old.config, old.role)
     answers = {
