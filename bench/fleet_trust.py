@@ -3,10 +3,12 @@ bench/fleet_trust.py [--boots N] [--hosts H] [--pstore P]``).
 
 Two fleet databases in one TLS cluster, both set up by ``khoctl fleet init``: in one the
 row-level security policies and the per-host quota trigger are on (as shipped), in the
-other they are off (``DISABLE ROW LEVEL SECURITY``, ``DISABLE TRIGGER``). Every host
+other they are off (``DISABLE ROW LEVEL SECURITY``, ``DISABLE TRIGGER`` of the quota
+and row-bound triggers). Every host
 pushes its own store to both through its own role over verified TLS, alternately, then
 the reporting role runs the transition report on both: throughput with and without the
-policies, and their ratio, from the same run.
+policies, and their ratio, from the same run; then the cost of the row bound trigger
+alone (migration 0012), on and off in the same database.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def measure(export: Path, tmp: Path, max_hosts: int = 8, runs: int = 5) -> None:
                 pg.psql(
                     "; ".join(
                         f"ALTER TABLE {t} DISABLE ROW LEVEL SECURITY; "
-                        f"ALTER TABLE {t} DISABLE TRIGGER khod_host_quota"
+                        f"ALTER TABLE {t} DISABLE TRIGGER khod_host_quota; "
+                        f"ALTER TABLE {t} DISABLE TRIGGER khod_row_bound"
                         for t in TABLES
                     ),
                     db,
@@ -139,6 +142,44 @@ def measure(export: Path, tmp: Path, max_hosts: int = 8, runs: int = 5) -> None:
             f"{w * 1000:.0f} ms, without {wo * 1000:.0f} ms; ratio {w / wo:.2f}x",
             flush=True,
         )
+        row_bound_cost(pg, dbs["with"], hosts[0][0], hosts[0][2], runs)
+
+
+def row_bound_cost(pg: pgserver.PostgresServer, db: str, role: str, tls: Any, runs: int) -> None:
+    """One host inserting 50,000 events in one statement (rolled back), with the row
+    bound trigger of migration 0012 on and off (the owner toggles it), alternately."""
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    conninfo = make_conninfo(
+        host="localhost", port=str(pg.port), dbname=db, user=role, sslmode="verify-full",
+        sslrootcert=tls.ca, sslcert=tls.cert, sslkey=tls.key,
+    )  # fmt: skip
+    n = 50_000
+    times: dict[str, list[float]] = {"on": [], "off": []}
+    with psycopg.connect(conninfo) as conn:
+        row = conn.execute("SELECT max(id) FROM boots").fetchone()
+        boot = row[0] if row else None
+        conn.rollback()
+        for i in range(runs * 2):
+            state = ("on", "off")[i % 2]
+            word = "ENABLE" if state == "on" else "DISABLE"
+            pg.psql(f"ALTER TABLE events {word} TRIGGER khod_row_bound", db)
+            t0 = time.perf_counter()
+            conn.execute(
+                "INSERT INTO events (boot_pk, created_at, kind, source, severity, message, "
+                f"fingerprint) SELECT {boot}, 0, 'bench', 's', 'info', repeat('m', 200), "
+                f"'b' || g FROM generate_series(1, {n}) g"
+            )
+            times[state].append(time.perf_counter() - t0)
+            conn.rollback()
+    pg.psql("ALTER TABLE events ENABLE TRIGGER khod_row_bound", db)
+    on, off = statistics.median(times["on"]), statistics.median(times["off"])
+    print(
+        f"one statement of {n:,} events as a host: with the row bound {n / on:,.0f} rows/s, "
+        f"without {n / off:,.0f} rows/s; ratio {on / off:.2f}x",
+        flush=True,
+    )
 
 
 def connect_time(conninfo: str, n: int = 30) -> float:

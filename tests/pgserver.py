@@ -4,7 +4,8 @@ in a temp directory, listening on loopback only, stopped at the end of the sessi
 With ``tls=True`` it is a fleet database as operators run it: ``ssl = on`` with a server
 certificate signed by a test CA made here (``ca_cert``, ``ca_key``; names localhost,
 127.0.0.1 and fleet.test), and a pg_hba.conf where only the ``postgres`` superuser (the
-operator) may come in without TLS; hosts (``+khod_host``) and readers (``+khod_report``)
+operator) and ``fleet_owner`` (an owner that is not a superuser, for the tests that
+make one) may come in without TLS; hosts (``+khod_host``) and readers (``+khod_report``)
 need TLS and a client certificate whose CN is their role (``cert``).
 
 PostgreSQL refuses to run as root; as root the cluster belongs to the `postgres` user
@@ -51,6 +52,7 @@ class PostgresServer:
         self.data = self.dir / "data"
         self.log = self.dir / "server.log"
         self.user: pwd.struct_passwd | None = None
+        self.owner_kind = "superuser"  # or "createrole": who owns the fleet databases
         if os.geteuid() == 0:
             try:
                 self.user = pwd.getpwnam("postgres")
@@ -124,6 +126,7 @@ class PostgresServer:
         (self.data / "pg_hba.conf").write_text(
             "local all all trust\n"
             "host all postgres 127.0.0.1/32 trust\n"
+            "host all fleet_owner 127.0.0.1/32 trust\n"
             "hostssl all +khod_host 127.0.0.1/32 cert\n"
             "hostssl all +khod_report 127.0.0.1/32 cert\n"
         )

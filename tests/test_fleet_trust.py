@@ -2,9 +2,11 @@
 through its own role (client certificate, ``cert`` auth, row-level security), a reader
 reads everything and writes nothing, and an absurd push is refused by the server.
 
-One TLS cluster for the module (tests.pgserver, ``tls=True``); one fleet database set
-up with ``khoctl fleet init`` and two hosts enrolled: A (the pstore-kho chain) and B
-(kexec1, with a kexec attempt whose verdict follows it).
+One TLS cluster per kind of owner (tests.pgserver, ``tls=True``): the ``postgres``
+superuser, or ``fleet_owner`` with CREATEROLE only (given by a superuser what ``fleet
+init`` says it lacks); one fleet database set up with ``khoctl fleet init`` and two
+hosts enrolled: A (the pstore-kho chain) and B (kexec1, with a kexec attempt whose
+verdict follows it). Every test runs with both owners.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 import sqlite3
 import time
@@ -69,11 +72,11 @@ class Host:
     machine: str
     dir: Path  # what `khoctl fleet enroll` wrote: ca.crt, host.crt, host.key
     local: str  # its own SQLite store
-    config: Path  # its khod.toml: [sync] over verified TLS
+    config: Path  # its khod.toml: [sync] over verified TLS, no user: the certificate's CN
+    role: str = ""  # host_<machine_id>, or host_<machine_id>_<n> enrolled again
 
-    @property
-    def role(self) -> str:
-        return f"host_{self.machine}"
+    def __post_init__(self) -> None:
+        self.role = self.role or f"host_{self.machine}"
 
     def conninfo(self, fleet: Fleet, **override: str) -> str:
         params = {
@@ -101,21 +104,25 @@ class Fleet:
     synced: dict[str, Any]
 
     def url(self, role: str, host: str = "localhost", query: str = "") -> str:
-        return f"postgresql+psycopg://{role}@{host}:{self.server.port}/{self.db}{query}"
+        user = f"{role}@" if role else ""
+        return f"postgresql+psycopg://{user}{host}:{self.server.port}/{self.db}{query}"
 
-    def enroll(self, machine: str) -> Host:
-        out = self.tmp / f"enrolled-{machine}"
-        rc, _, err = ctl(
-            "fleet", "enroll", machine, "--db", self.owner, "--out", str(out),
+    def enroll(self, machine: str, out: Path | None = None, user: bool = True) -> Host:
+        """``user``: the role in khod.toml's URL; else none, the certificate's CN."""
+        out = out or self.tmp / f"enrolled-{machine}"
+        rc, said, err = ctl(
+            "fleet", "enroll", machine, "--db", self.owner, "--out", str(out), "--json",
             "--ca-cert", str(self.server.ca_cert), "--ca-key", str(self.server.ca_key),
         )  # fmt: skip
         assert rc == 0, err
+        role = json.loads(said)["role"]
         config = out / "khod.toml"
         config.write_text(
-            f'[sync]\nto = "{self.url("host_" + machine)}"\nsslmode = "verify-full"\n'
+            f'[sync]\nto = "{self.url(role if user else "")}"\nsslmode = "verify-full"\n'
             f'ca = "{out / "ca.crt"}"\ncert = "{out / "host.crt"}"\nkey = "{out / "host.key"}"\n'
         )
-        host = Host(machine, out, f"sqlite:///{self.tmp / machine / 'khod.db'}", config)
+        local = f"sqlite:///{self.tmp / machine / 'khod.db'}"
+        host = Host(machine, out, local, config, role)
         self.hosts[machine] = host
         return host
 
@@ -136,10 +143,30 @@ def sync(host: Host, *extra: str) -> tuple[int, str, str]:
     return ctl("sync", "--db", host.local, "--config", str(host.config), *extra)
 
 
-@pytest.fixture(scope="module")
-def tls_server() -> Iterator[pgserver.PostgresServer]:
+OWNERS = ("superuser", "createrole")
+
+
+@pytest.fixture(scope="module", params=OWNERS)
+def tls_server(request: pytest.FixtureRequest) -> Iterator[pgserver.PostgresServer]:
     with pgserver.running_server(tls=True) as server:
+        server.owner_kind = request.param
         yield server
+
+
+def owner_url(server: pgserver.PostgresServer, db: str) -> str:
+    if server.owner_kind == "superuser":
+        return server.url(db)
+    return f"postgresql+psycopg://fleet_owner@127.0.0.1:{server.port}/{db}"
+
+
+def new_database(server: pgserver.PostgresServer) -> str:
+    """An empty database of the owner's (the superuser makes it, as an operator would)."""
+    db = server.create_database()
+    if server.owner_kind != "superuser":
+        server.psql("DO $$ BEGIN CREATE ROLE fleet_owner LOGIN CREATEROLE; "
+                    "EXCEPTION WHEN duplicate_object THEN NULL; END $$")  # fmt: skip
+        server.psql(f"ALTER DATABASE {db} OWNER TO fleet_owner")
+    return db
 
 
 @pytest.fixture(scope="module")
@@ -148,11 +175,19 @@ def fleet(
 ) -> Iterator[Fleet]:
     """The fleet database after `fleet init`, A and B enrolled, each synced through its
     own role: A's chain in two pushes, B's boot, its open kexec attempt, then the boot
-    that gives the attempt its verdict."""
+    that gives the attempt its verdict. An owner that is not a superuser is first told,
+    in one line, what a superuser must give it; the superuser runs that, as documented."""
     tmp = tmp_path_factory.mktemp("fleet")
-    db = tls_server.create_database()
-    fleet = Fleet(tls_server, db, tls_server.url(db), tmp, {}, {})
+    db = new_database(tls_server)
+    fleet = Fleet(tls_server, db, owner_url(tls_server, db), tmp, {}, {})
     rc, out, err = ctl("fleet", "init", "--db", fleet.owner, "--json")
+    if tls_server.owner_kind != "superuser":
+        said = f"runs, in database {db}: "
+        assert rc == 1 and out == "" and err.count("\n") == 1 and said in err, err
+        assert err.startswith("khoctl: error: fleet init: the owner fleet_owner is not a superuser")
+        fleet.synced["init-refused"] = err
+        tls_server.psql(err.split(said, 1)[1].strip(), db)
+        rc, out, err = ctl("fleet", "init", "--db", fleet.owner, "--json")
     assert rc == 0, err
     fleet.synced["init"] = json.loads(out)
     a, b = fleet.enroll(A), fleet.enroll(B)
@@ -344,10 +379,12 @@ def test_an_absurd_push_is_refused_and_disturbs_no_other_host(fleet: Fleet) -> N
     rc, out, err = sync(a)
     assert rc == 1 and out == "" and err.count("\n") == 1
     assert err.startswith("khoctl: error: cannot write to database postgresql+psycopg://")
-    assert err.rstrip().endswith(
-        f"khod fleet: host {A} sent a blobs row of {(100 << 20) + 132} bytes, "
-        "over the limit of 33554432 bytes"
+    said = re.search(
+        rf"khod fleet: host {A} sent a blobs row of (\d+) bytes, over the limit of 33554432 "
+        r"bytes$",
+        err.rstrip(),
     )
+    assert said and 0 < int(said[1]) - (100 << 20) < 1024, err  # the blob and its name
     with sqlite3.connect(local) as db:
         ((msg,),) = db.execute("SELECT message FROM events WHERE kind = 'sync-failed'").fetchall()
         assert msg in err
@@ -523,7 +560,7 @@ def test_the_daemon_serves_on_while_the_fleet_refuses_it(fleet: Fleet, tmp_path:
     """A revoked host's daemon: every push refused by the server, counted by reason,
     /metrics served all along; enrolled again, its next push goes through."""
     step = "pstore/step0"
-    host = fleet.enroll(machine_of(step))
+    host = fleet.enroll(machine_of(step), user=False)  # the URL names no role
     assert ctl("fleet", "revoke", host.machine, "--db", fleet.owner)[0] == 0
     conf = tmp_path / "khod.toml"
     conf.write_text(host.config.read_text() + 'interval = "2s"\n')
@@ -557,3 +594,309 @@ def test_the_daemon_serves_on_while_the_fleet_refuses_it(fleet: Fleet, tmp_path:
         (msg,) = db.execute("SELECT message FROM events WHERE kind = 'sync-failed'").fetchone()
     assert "is not permitted to log in" in msg
     assert len(fleet.owner_rows(host.machine)["boots"]) == 1
+
+
+# --- bounds a host could get around (issue 24) ------------------------------------
+
+MiB = 1 << 20
+ROW_LIMIT = 32 * MiB  # fleet_limits.max_row_bytes, the default `fleet init` keeps
+
+
+def owner_sql(fleet: Fleet, sql: str) -> list[str]:
+    """The operator's psql (the cluster's superuser): setting a scene, reading the catalog."""
+    return fleet.server.psql(sql, fleet.db).splitlines()
+
+
+def open_attempt(fleet: Fleet) -> int:
+    """An open kexec attempt of A's (B's attempt, copied by the operator): a host may
+    UPDATE the verdict columns of such a row."""
+    cols = owner_sql(
+        fleet,
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = "
+        "current_schema() AND table_name = 'kexec_attempts' AND column_name <> 'id' "
+        "ORDER BY ordinal_position",
+    )
+    a_boot = json.loads(fleet.owner_rows(A)["boots"][-1])["id"]
+    over = {
+        "machine_id": f"'{A}'",
+        "from_boot": str(a_boot),
+        "uid": f"'{uuid.uuid4()}'",
+        "verdict": "NULL",
+        "verdict_boot": "NULL",
+        "verdict_detail": "NULL",
+    }
+    sel = ", ".join(over.get(c, c) for c in cols)
+    out = owner_sql(
+        fleet,
+        f"INSERT INTO kexec_attempts ({', '.join(cols)}) SELECT {sel} FROM kexec_attempts "
+        f"WHERE machine_id = '{B}' RETURNING id",
+    )
+    return int(out[0])
+
+
+def row_refused(table: str) -> re.Pattern[str]:
+    return re.compile(
+        rf"khod fleet: host {A} sent a {table} row of (\d+) bytes, "
+        rf"over the limit of {ROW_LIMIT} bytes"
+    )
+
+
+def test_an_update_cannot_bloat_an_open_attempt(fleet: Fleet) -> None:
+    """UPDATE is weighed as INSERT is: a 33 MiB verdict_detail is refused, and 16 MiB
+    ones, again and again while the verdict stays open, use up the host's quota."""
+    before = fleet.owner_rows(B)
+    aid = open_attempt(fleet)
+    init = fleet.synced["init"]["limits"]
+    with psycopg.connect(fleet.hosts[A].conninfo(fleet), autocommit=True) as conn:
+        set_big = f"UPDATE kexec_attempts SET verdict_detail = repeat('x', %d) WHERE id = {aid}"
+        answer = refused(conn, set_big % (33 * MiB))
+        assert row_refused("kexec_attempts").fullmatch(answer), answer
+        (usage,) = owner_sql(fleet, f"SELECT bytes FROM host_usage WHERE machine_id = '{A}'")
+        room = int(usage) + 40 * MiB
+        assert ctl("fleet", "init", "--db", fleet.owner, "--max-host-bytes", str(room))[0] == 0
+        try:
+            answers = []
+            for _ in range(3):
+                try:
+                    conn.execute(set_big % (16 * MiB))
+                    answers.append("updated")
+                except psycopg.Error as e:
+                    answers.append(str(e).splitlines()[0])
+        finally:
+            limit = str(init["max_host_bytes"])
+            assert ctl("fleet", "init", "--db", fleet.owner, "--max-host-bytes", limit)[0] == 0
+    assert answers[:2] == ["updated", "updated"], answers
+    assert answers[2].startswith(f"khod fleet: host {A} is over its quota: "), answers
+    assert answers[2].endswith(f"bytes (limits {init['max_host_rows']} rows, {room} bytes)")
+    assert fleet.owner_rows(B) == before
+
+
+# an oversize value of each type a column may have (made on the server)
+OVERSIZE = {
+    "text": "repeat('x', {n})",
+    "varchar": "repeat('x', {n})",
+    "bytea": "convert_to(repeat('x', {n}), 'UTF8')",
+    "json": "to_json(repeat('x', {n}))",
+    "jsonb": "to_jsonb(repeat('x', {n}))",
+}
+HOST_COLUMNS = r"""
+SELECT c.relname, a.attname, t.typname, a.attlen, a.atttypmod,
+       has_column_privilege('khod_host', c.oid, a.attnum, 'INSERT'),
+       has_column_privilege('khod_host', c.oid, a.attnum, 'UPDATE')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+JOIN pg_type t ON t.oid = a.atttypid
+WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
+  AND (has_column_privilege('khod_host', c.oid, a.attnum, 'INSERT')
+       OR has_column_privilege('khod_host', c.oid, a.attnum, 'UPDATE'))
+ORDER BY 1, a.attnum
+"""
+
+
+def test_every_column_a_host_writes_is_bounded(fleet: Fleet) -> None:
+    """The live schema walked: every column a host may INSERT or UPDATE either has a
+    fixed size or a type length, or an oversize value in it alone is refused by the
+    server before the row is written."""
+    before = fleet.owner_rows(B)
+    aid = open_attempt(fleet)
+    tried: dict[str, str] = {}
+    fixed = []
+    with psycopg.connect(fleet.hosts[A].conninfo(fleet), autocommit=True) as conn:
+        for line in owner_sql(fleet, HOST_COLUMNS):
+            table, col, typ, attlen, typmod, ins, _upd = line.split("|")
+            if int(attlen) > 0 or (typ in ("varchar", "bpchar") and int(typmod) > 0):
+                fixed.append(f"{table}.{col}")
+                continue
+            assert typ in OVERSIZE, f"{table}.{col}: no oversize value for type {typ}"
+            big = OVERSIZE[typ].format(n=ROW_LIMIT + MiB)
+            if ins == "t":
+                sql = f'INSERT INTO {table} ("{col}") VALUES ({big})'
+            else:
+                sql = f'UPDATE {table} SET "{col}" = {big} WHERE id = {aid}'
+            tried[f"{table}.{col}"] = refused(conn, sql)
+    wrong = {k: v for k, v in tried.items() if not row_refused(k.split(".")[0]).fullmatch(v)}
+    assert not wrong
+    tables = {k.split(".")[0] for k in [*tried, *fixed]}
+    assert tables == set(TABLES)
+    assert {"boots.luo_compatible", "kexec_attempts.verdict_detail", "blobs.data"} <= set(tried)
+    assert fleet.owner_rows(B) == before
+
+
+def test_hosts_cannot_make_large_objects_and_drop_takes_what_a_role_owns(fleet: Fleet) -> None:
+    before = fleet.owner_rows(B)
+    with psycopg.connect(fleet.hosts[A].conninfo(fleet), autocommit=True) as conn:
+        answers = [
+            refused(conn, sql)
+            for sql in (
+                "SELECT lo_from_bytea(0, repeat('x', 1000)::bytea)",
+                "SELECT lo_creat(-1)",
+                "SELECT lo_create(0)",
+            )
+        ]
+    assert answers == [
+        "permission denied for function lo_from_bytea",
+        "permission denied for function lo_creat",
+        "permission denied for function lo_create",
+    ]
+    # a role that owns something anyway (made before the fix): --drop takes it along
+    host = fleet.enroll(uuid.uuid4().hex)
+    (oid,) = owner_sql(fleet, "SELECT lo_from_bytea(0, 'x')")
+    owner_sql(fleet, f"ALTER LARGE OBJECT {oid} OWNER TO {host.role}")
+    rc, out, err = ctl("fleet", "revoke", host.machine, "--db", fleet.owner, "--drop")
+    assert rc == 0 and out == f"revoked {host.role}: 0 sessions ended, role dropped\n", err
+    assert owner_sql(fleet, f"SELECT count(*) FROM pg_largeobject_metadata WHERE oid = {oid}") == [
+        "0"
+    ]
+    assert fleet.owner_rows(B) == before
+
+
+def test_every_sequence_is_64_bit_and_no_host_calls_nextval(fleet: Fleet) -> None:
+    seqs = owner_sql(
+        fleet,
+        "SELECT sequencename, data_type, max_value FROM pg_sequences "
+        "WHERE schemaname = current_schema() ORDER BY 1",
+    )
+    assert len(seqs) >= len(TABLES)
+    assert all(s.split("|")[1:] == ["bigint", str(2**63 - 1)] for s in seqs), seqs
+    before = fleet.owner_rows(B)
+    with psycopg.connect(fleet.hosts[A].conninfo(fleet), autocommit=True) as conn:
+        names = [s.split("|")[0] for s in seqs]
+        answers = {n: refused(conn, f"SELECT nextval('{n}')") for n in names}
+    assert answers == {n: f"permission denied for sequence {n}" for n in names}
+    assert fleet.owner_rows(B) == before
+
+
+def test_a_host_holding_the_migration_lock_does_not_hang_an_upgrade(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from khod.store import migrate
+
+    monkeypatch.setattr(migrate, "MIGRATION_LOCK_TIMEOUT_S", 1)
+    db = new_database(fleet.server)
+    url = owner_url(fleet.server, db)
+    a = fleet.hosts[A]
+    with psycopg.connect(a.conninfo(fleet, dbname=db), autocommit=True) as held:
+        held.execute("SELECT pg_advisory_lock(%s)", (migrate.MIGRATION_LOCK,))
+        rc, out, err = ctl("db", "upgrade", "--db", url)
+        pid = held.info.backend_pid
+    assert (rc, out) == (1, "") and err.count("\n") == 1, err
+    assert err.startswith("khoctl: error: cannot migrate database postgresql+psycopg://")
+    assert err.endswith(
+        f": the migration lock is held by role {a.role} (pid {pid}) for over 1s; end that "
+        "session (a host's: khoctl fleet revoke) and run it again\n"
+    )
+    rc, out, err = ctl("db", "upgrade", "--db", url)  # the host gone: it goes through
+    assert rc == 0 and out.endswith("schema empty -> 0012 (head)\n"), err
+
+
+def test_a_non_superuser_owner_is_told_what_it_lacks(fleet: Fleet) -> None:
+    """A CREATEROLE-only owner: `fleet init` said in one line what a superuser must
+    give it (the fixture ran that); the bounds then hold as with a superuser: the
+    host's temp_file_limit, and revoke ending its sessions (tests above)."""
+    if fleet.server.owner_kind == "superuser":
+        assert "init-refused" not in fleet.synced
+        return
+    said = fleet.synced["init-refused"]
+    for needed in (
+        "GRANT pg_signal_backend TO fleet_owner",
+        "GRANT SET ON PARAMETER temp_file_limit TO fleet_owner",
+        "REVOKE EXECUTE ON FUNCTION lo_creat(integer), lo_create(oid), lo_from_bytea(oid, bytea)",
+    ):
+        assert needed in said, said
+    with psycopg.connect(fleet.hosts[A].conninfo(fleet), autocommit=True) as conn:
+        assert conn.execute("SHOW temp_file_limit").fetchone() == ("256MB",)
+
+
+def test_what_a_host_may_do_to_its_own_role(fleet: Fleet) -> None:
+    """PostgreSQL lets any role set its own session defaults and password: the bounds
+    that matter stay (temp_file_limit, connection limit, attributes), a password opens
+    nothing (cert only), and the owner's next enroll puts the defaults back. What
+    PostgreSQL shows every role (the role list, who is connected) and NOTIFY are in
+    the threat model (docs/fleet-security.md)."""
+    before = fleet.owner_rows(B)
+    a = fleet.hosts[A]
+    with psycopg.connect(a.conninfo(fleet), autocommit=True) as conn:
+        conn.execute("ALTER ROLE CURRENT_USER SET statement_timeout = 0")
+        conn.execute("ALTER ROLE CURRENT_USER PASSWORD 'stolen'")
+        answers = [
+            refused(conn, sql)
+            for sql in (
+                "ALTER ROLE CURRENT_USER SET temp_file_limit = -1",
+                "ALTER ROLE CURRENT_USER CONNECTION LIMIT -1",
+                "ALTER ROLE CURRENT_USER CREATEROLE",
+                f"ALTER ROLE {a.role} RENAME TO host_{B}x",
+                "SELECT pg_notify('khod', repeat('x', 9000))",
+            )
+        ]
+        listed = conn.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'host%'")
+        assert (listed.fetchone() or (0,))[0] >= 2  # PostgreSQL cannot hide the role list
+    assert answers[0] == 'permission denied to set parameter "temp_file_limit"'
+    assert answers[1:4] == [
+        "permission denied",
+        "permission denied",
+        "session user cannot be renamed",
+    ], answers
+    assert answers[4] == "payload string too long"
+    with psycopg.connect(a.conninfo(fleet), autocommit=True) as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("0",)
+    answer = connect_error(a.conninfo(fleet, sslcert=str(fleet.tmp / "none"), password="stolen"))
+    assert "connection requires a valid client certificate" in answer
+    fleet.enroll(A, a.dir)  # renewed by the owner: the role's defaults are its again
+    with psycopg.connect(a.conninfo(fleet), autocommit=True) as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("1min",)
+    assert fleet.owner_rows(B) == before
+
+
+def test_a_revoked_certificate_stays_dead_after_enrolling_again(fleet: Fleet) -> None:
+    before = fleet.owner_rows(B)
+    machine = uuid.uuid4().hex
+    old = fleet.enroll(machine, user=False)
+    stolen = fleet.tmp / f"stolen-{machine}"
+    shutil.copytree(old.dir, stolen)
+    assert ctl("fleet", "revoke", machine, "--db", fleet.owner)[0] == 0
+    new = fleet.enroll(machine, fleet.tmp / f"again-{machine}", user=False)
+    assert new.role == f"host_{machine}_1"
+    thief = Host(machine, stolen, old.local, old.config, old.role)
+    answers = {
+        "old certificate, old role": connect_error(thief.conninfo(fleet)),
+        "old certificate, new role": connect_error(thief.conninfo(fleet, user=new.role)),
+    }
+    assert f'role "{old.role}" is not permitted to log in' in answers["old certificate, old role"]
+    assert (
+        f'certificate authentication failed for user "{new.role}"'
+        in answers["old certificate, new role"]
+    )
+    with psycopg.connect(new.conninfo(fleet), autocommit=True) as conn:
+        assert conn.execute("SELECT session_user").fetchone() == (new.role,)
+    # its khod.toml names no user: the sync goes as the new certificate's role
+    ingest(fleet.tmp, new.local, "kexec1/step0")
+    assert "host_" not in new.config.read_text()
+    # the machine is kexec1's, not this uuid: a push of it is refused by RLS, as itself
+    rc, _, err = sync(new)
+    assert rc == 1 and 'row-level security policy for table "boots"' in err, err
+    # dropped, then enrolled again: no name ever comes back
+    rc, out, err = ctl("fleet", "revoke", machine, "--db", fleet.owner, "--drop")
+    assert rc == 0 and out == f"revoked {old.role}, {new.role}: 0 sessions ended, role dropped\n"
+    third = fleet.enroll(machine, fleet.tmp / f"third-{machine}")
+    assert third.role == f"host_{machine}_2"
+    assert "no pg_hba.conf entry" in connect_error(thief.conninfo(fleet))
+    assert fleet.owner_rows(B) == before
+
+
+def test_a_loopback_url_offers_the_client_certificate_and_hostaddr_counts(fleet: Fleet) -> None:
+    a = fleet.hosts[A]
+    conf = fleet.tmp / "loopback.toml"
+    conf.write_text(
+        f'[sync]\ncert = "{a.dir / "host.crt"}"\nkey = "{a.dir / "host.key"}"\n'
+        f'ca = "{a.dir / "ca.crt"}"\n'
+    )
+    loopback = fleet.url("", "127.0.0.1")  # no sslmode, no user: the certificate's CN
+    rc, out, err = ctl("sync", "--db", a.local, "--config", str(conf), "--to", loopback)
+    assert rc == 0 and out.startswith("synced"), err
+    # a local name whose address is another machine's is remote: verified TLS or nothing
+    elsewhere = fleet.url(a.role, "localhost", "?hostaddr=192.0.2.1&sslmode=disable")
+    rc, out, err = ctl("sync", "--db", a.local, "--config", str(conf), "--to", elsewhere)
+    assert (rc, out) == (1, "") and err == (
+        f"khoctl: error: fleet database 192.0.2.1:{fleet.server.port}: sslmode=disable does "
+        'not verify the server; set sync.sslmode = "disable" in khod.toml to allow it\n'
+    )

@@ -200,8 +200,10 @@ def test_a_fleet_database_of_the_next_revision_takes_this_khods_pushes_when_it_s
     p.boot(a, current)
     fleet.server.psql(
         "ALTER TABLE boots ADD COLUMN next_release_note text; "
-        "CREATE TABLE schema_compat (id integer PRIMARY KEY, min_writer varchar(32) NOT NULL); "
-        f"INSERT INTO schema_compat VALUES (1, '{HEAD_REVISION}'); "
+        "CREATE TABLE IF NOT EXISTS schema_compat "  # made by 0012 onwards
+        "(id integer PRIMARY KEY, min_writer varchar(32) NOT NULL); "
+        f"INSERT INTO schema_compat VALUES (1, '{HEAD_REVISION}') "
+        "ON CONFLICT (id) DO UPDATE SET min_writer = excluded.min_writer; "
         "GRANT SELECT ON schema_compat TO khod_host; "
         f"UPDATE alembic_version SET version_num = '{NEXT}'",
         fleet.db,

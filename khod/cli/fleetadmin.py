@@ -156,7 +156,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     try:
         if args.action == "revoke":
             res = admin.revoke(store, role, drop=args.drop)
-            line = f"revoked {role}: {res['sessions_ended']} sessions ended"
+            line = f"revoked {', '.join(res['roles'])}: {res['sessions_ended']} sessions ended"
             line += ", role dropped" if args.drop else ""
         else:
             if args.ca_cert is None or args.ca_key is None:
@@ -167,6 +167,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
                 store, role, group, ca_cert=args.ca_cert, ca_key=args.ca_key, out=out_dir,
                 days=args.days, bounds=bounds,
             )  # fmt: skip
+            role = res["role"]  # a host enrolled again after a revocation: a new name
             files = f"{res['cert']}, {res['key']} and {res['ca']} (valid {args.days} days)"
             if args.reporter:
                 line = (

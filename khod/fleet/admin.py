@@ -3,14 +3,21 @@ fleet database's owner role (a superuser, or a role with CREATEROLE that owns th
 database). Migration 0010 makes the group roles, grants and policies; this module
 locks the database down, sets the bounds, and makes or disables one login role per host.
 
-A host's role is ``host_<machine_id>``: its client certificate's CN, checked by
-``cert`` authentication; row-level security reads the machine id back from the name.
+A host's role is ``host_<machine_id>`` (``host_<machine_id>_<n>`` when enrolled again
+after a revocation: a revoked role, and every certificate naming it, never comes back;
+``fleet_roles`` remembers the names): its client certificate's CN, checked by ``cert``
+authentication; row-level security reads the machine id back from the name.
+
+An owner that is not a superuser needs, from a superuser, what ``missing()`` lists:
+membership in pg_signal_backend (revoke ends sessions), SET on temp_file_limit (enroll
+bounds it), and large objects taken from PUBLIC in the fleet database.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +34,14 @@ HOST_GROUP = "khod_host"
 REPORT_GROUP = "khod_report"
 _MACHINE_ID = re.compile(r"^[0-9a-f]{32}$")  # /etc/machine-id: 32 lowercase hex digits
 _READER = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# the functions that make a large object (outside every bound of a host)
+LO_MAKERS = (
+    "lo_creat(integer)",
+    "lo_create(oid)",
+    "lo_from_bytea(oid, bytea)",
+    "lo_import(text)",
+    "lo_import(text, oid)",
+)
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,10 @@ def init(store: Store, limits: Limits) -> dict[str, Any]:
             f"GRANT USAGE ON SCHEMA {schema} TO {HOST_GROUP}, {REPORT_GROUP}",
         ):
             conn.execute(text(stmt))
+        if _superuser(conn):
+            for fn in LO_MAKERS:
+                conn.execute(text(f"REVOKE EXECUTE ON FUNCTION {fn} FROM PUBLIC"))
+        _require(conn, "fleet init")
         given = {k: v for k, v in asdict(limits).items() if v is not None}
         if given:
             sets = ", ".join(f"{k} = :{k}" for k in given)
@@ -103,6 +122,74 @@ def init(store: Store, limits: Limits) -> dict[str, Any]:
     return dict(_run(store, "set up fleet roles", body))
 
 
+def _superuser(conn: Connection) -> bool:
+    q = "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+    return bool(conn.execute(text(q)).scalar())
+
+
+def missing(conn: Connection) -> list[str]:
+    """What the owner lacks to bound and revoke hosts, as the SQL a superuser runs."""
+    if _superuser(conn):
+        return []
+    me = conn.execute(text("SELECT quote_ident(current_user)")).scalar_one()
+    out = []
+    if not conn.execute(text("SELECT pg_has_role('pg_signal_backend', 'MEMBER')")).scalar():
+        out.append(f"GRANT pg_signal_backend TO {me}")
+    q = "SELECT has_parameter_privilege('temp_file_limit', 'SET')"
+    if not conn.execute(text(q)).scalar():
+        out.append(f"GRANT SET ON PARAMETER temp_file_limit TO {me}")
+    lo = [
+        fn
+        for fn in LO_MAKERS
+        if conn.execute(
+            text("SELECT has_function_privilege('public', :f, 'EXECUTE')"), {"f": fn}
+        ).scalar()
+    ]
+    if lo:
+        out.append(f"REVOKE EXECUTE ON FUNCTION {', '.join(lo)} FROM PUBLIC")
+    return out
+
+
+def _require(conn: Connection, what: str) -> None:
+    lack = missing(conn)
+    if lack:
+        db = conn.execute(text("SELECT current_database()")).scalar_one()
+        user = conn.execute(text("SELECT current_user")).scalar_one()
+        raise KhodError(
+            f"{what}: the owner {user} is not a superuser and cannot bound or revoke hosts "
+            f"yet; a superuser runs, in database {db}: {'; '.join(lack)}"
+        )
+
+
+def _generations(conn: Connection, machine: str) -> dict[str, tuple[int, bool]]:
+    """Every role this machine had: name -> (generation, may log in now)."""
+    base = HOST_PREFIX + machine
+    out: dict[str, tuple[int, bool]] = {}
+    for role, gen in conn.execute(
+        text("SELECT role, generation FROM fleet_roles WHERE machine_id = :m"), {"m": machine}
+    ):
+        out[str(role)] = (int(gen), False)
+    for role, login in conn.execute(
+        text("SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname = :b OR rolname ~ :p"),
+        {"b": base, "p": f"^{base}_[0-9]+$"},
+    ):
+        gen = 0 if role == base else int(str(role).rsplit("_", 1)[1])
+        out[str(role)] = (gen, bool(login))
+    return out
+
+
+def _pick_host_role(conn: Connection, base: str) -> str:
+    """The role to enroll as: the live one (a renewal), else a name never used."""
+    machine = base.removeprefix(HOST_PREFIX)
+    gens = _generations(conn, machine)
+    if not gens:
+        return base
+    latest = max(gens, key=lambda r: gens[r][0])
+    if gens[latest][1]:
+        return latest
+    return f"{base}_{gens[latest][0] + 1}"
+
+
 def _role_state(conn: Connection, role: str) -> bool | None:
     """None: no such role; else whether it may log in."""
     row = conn.execute(
@@ -111,10 +198,15 @@ def _role_state(conn: Connection, role: str) -> bool | None:
     return None if row is None else bool(row[0])
 
 
-def make_role(store: Store, role: str, group: str, bounds: RoleBounds) -> bool:
-    """Create (or enable again) a login role in ``group``; True when it was new."""
+def make_role(store: Store, role: str, group: str, bounds: RoleBounds) -> tuple[str, bool]:
+    """Create (or enable again) a login role in ``group``: (its name, whether it is new).
+    A host's role is its live one, or a new generation after a revocation."""
 
-    def body(conn: Connection) -> bool:
+    def body(conn: Connection) -> tuple[str, bool]:
+        nonlocal role
+        _require(conn, f"fleet enroll {role}")
+        if group == HOST_GROUP:
+            role = _pick_host_role(conn, role)
         state = _role_state(conn, role)
         r = _ident(role)
         limit = int(bounds.connections)
@@ -128,16 +220,27 @@ def make_role(store: Store, role: str, group: str, bounds: RoleBounds) -> bool:
             ("idle_in_transaction_session_timeout", f"{int(bounds.statement_timeout)}s"),
         ):
             conn.execute(text(f"ALTER ROLE {r} SET {name} = '{value}'"))
-        if conn.execute(
-            text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-        ).scalar():
-            # superuser-only: unlike the two above, the host's session cannot raise it
+        # superuser-only (or granted SET): unlike the two above, the host cannot raise it
+        conn.execute(
+            text(f"ALTER ROLE {r} SET temp_file_limit = '{int(bounds.temp_file_limit_kb)}kB'")
+        )
+        if group == HOST_GROUP and state is None:
             conn.execute(
-                text(f"ALTER ROLE {r} SET temp_file_limit = '{int(bounds.temp_file_limit_kb)}kB'")
+                text(
+                    "INSERT INTO fleet_roles (role, machine_id, generation, enrolled_at) "
+                    "VALUES (:r, :m, :g, :t) ON CONFLICT (role) DO NOTHING"
+                ),
+                {"r": role, "m": role[len(HOST_PREFIX) :][:32], "g": _gen(role), "t": time.time()},
             )
-        return state is None
+        return role, state is None
 
-    return bool(_run(store, f"enroll {role}", body))
+    name, new = _run(store, f"enroll {role}", body)
+    return str(name), bool(new)
+
+
+def _gen(role: str) -> int:
+    tail = role[len(HOST_PREFIX) + 32 :]
+    return int(tail[1:]) if tail else 0
 
 
 def enroll(
@@ -156,7 +259,7 @@ def enroll(
     for p in (ca_cert, ca_key):
         if not p.is_file():
             raise KhodError(f"cannot read {p}: No such file")
-    new = make_role(store, role, group, bounds or RoleBounds())
+    role, new = make_role(store, role, group, bounds or RoleBounds())
     try:
         out.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:
@@ -177,20 +280,51 @@ def enroll(
 
 
 def revoke(store: Store, role: str, *, drop: bool = False) -> dict[str, Any]:
-    """The role may no longer log in (every certificate of it is worthless at once),
-    its open sessions are ended; ``drop``: the role goes too (its rows stay)."""
+    """The role may no longer log in (every certificate of it is worthless at once; a
+    host's every generation), its open sessions are ended; ``drop``: the role goes too,
+    with anything it owns (its rows stay: they belong to the owner)."""
+    roles: list[str] = []
 
     def disable(conn: Connection) -> None:
-        if _role_state(conn, role) is None:
+        if role.startswith(HOST_PREFIX) and _MACHINE_ID.match(role[len(HOST_PREFIX) :]):
+            machine = role[len(HOST_PREFIX) :]
+            gens = _generations(conn, machine)
+            roles.extend(sorted((r for r in gens if _role_state(conn, r) is not None), key=_gen))
+            conn.execute(
+                text(
+                    "UPDATE fleet_roles SET revoked_at = :t "
+                    "WHERE machine_id = :m AND revoked_at IS NULL"
+                ),
+                {"t": time.time(), "m": machine},
+            )
+        elif _role_state(conn, role) is not None:
+            roles.append(role)
+        if not roles:
             raise KhodError(f"no role {role} in the fleet database (never enrolled, or dropped)")
-        conn.execute(text(f"ALTER ROLE {_ident(role)} NOLOGIN"))
+        for r in roles:
+            conn.execute(text(f"ALTER ROLE {_ident(r)} NOLOGIN"))
 
     def end_sessions(conn: Connection) -> int:
-        q = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = :r"
-        return int(conn.execute(text(q), {"r": role}).scalar_one())
+        lack = [m for m in missing(conn) if "pg_signal_backend" in m]
+        if lack:
+            user = conn.execute(text("SELECT current_user")).scalar_one()
+            raise KhodError(
+                f"revoked {', '.join(roles)} (no new session), but its open sessions go on: "
+                f"the owner {user} may not end them; a superuser runs: {lack[0]}"
+            )
+        q = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = ANY(:r)"
+        return int(conn.execute(text(q), {"r": roles}).scalar_one())
+
+    def drop_roles(conn: Connection) -> None:
+        for r in roles:
+            if not conn.execute(text("SELECT pg_has_role(:r, 'USAGE')"), {"r": r}).scalar():
+                # DROP OWNED needs the role's privileges (CREATEROLE may grant them)
+                conn.execute(text(f"GRANT {_ident(r)} TO CURRENT_USER"))
+            conn.execute(text(f"DROP OWNED BY {_ident(r)}"))  # large objects, grants
+            conn.execute(text(f"DROP ROLE {_ident(r)}"))
 
     _run(store, f"revoke {role}", disable)  # committed first: no new session from here on
     ended = _run(store, f"end the sessions of {role}", end_sessions)
     if drop:
-        _run(store, f"drop {role}", lambda conn: conn.execute(text(f"DROP ROLE {_ident(role)}")))
-    return {"role": role, "sessions_ended": ended, "dropped": drop}
+        _run(store, f"drop {role}", drop_roles)
+    return {"role": roles[-1], "roles": roles, "sessions_ended": ended, "dropped": drop}

@@ -99,3 +99,19 @@ def issue(
             "-extfile", str(extfile), "-out", str(cert),
         )  # fmt: skip
     return Issued(cert, key)
+
+
+def common_name(cert: Path) -> str:
+    """The CN of a certificate's subject (a host's: its role)."""
+    try:
+        out = subprocess.run(
+            ["openssl", "x509", "-in", str(cert), "-noout", "-subject", "-nameopt", "multiline"],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+    except FileNotFoundError:
+        raise KhodError("openssl is not installed (the Debian package openssl)") from None
+    for line in out.stdout.splitlines():
+        name, _, value = line.strip().partition(" = ")
+        if name.strip() == "commonName" and value.strip():
+            return value.strip()
+    raise KhodError(f"cannot read the common name of certificate {cert}")

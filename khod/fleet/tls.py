@@ -5,7 +5,9 @@ A PostgreSQL URL whose host is not this machine (not loopback, not a Unix socket
 from ``[sync]`` in khod.toml. A weaker mode (plaintext, or TLS that does not check the
 server's name) is refused unless the operator set that mode in ``sync.sslmode``
 explicitly. Loopback and Unix sockets are left as the URL says, unless ``sync.sslmode``
-is set: then it applies to them too.
+is set: then it applies to them too. A URL without a user name connects as the client
+certificate's CN (the host's role, which ``khoctl fleet enroll`` names anew after a
+revocation).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -69,6 +72,11 @@ def secure_url(text: str, tls: TlsSettings) -> str:
         return text
     if tls.sslmode and tls.sslmode not in MODES:
         raise KhodError(f"sync.sslmode: expected one of {', '.join(MODES)}, got {tls.sslmode!r}")
+    if url.username is None and tls.cert and Path(tls.cert).is_file():
+        from khod.fleet.certs import common_name  # noqa: PLC0415
+
+        url = url.set(username=common_name(Path(tls.cert)))
+        text = url.render_as_string(hide_password=False)
     remote = [h for h in _hosts(url) if not is_local(h)]
     if not remote and not tls.sslmode:
         # this machine: the URL's own sslmode (libpq's prefer), and the host's client

@@ -8,14 +8,48 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from khod.errors import StoreError
 from khod.store.handle import Store, describe_db_error
 from khod.store.schema import HEAD_REVISION
 
 MIGRATION_LOCK = 0x6B686F64  # "khod"
+# any role may take an advisory lock (a fleet host too): waiting for it is bounded, and
+# the one line names who holds it
+MIGRATION_LOCK_TIMEOUT_S = 60
+_HOLDER = """
+SELECT a.usename, l.pid FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.database = (
+    SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid = :hi AND l.objid = :lo AND l.objsubid = 1
+"""
+
+
+class LockBusy(StoreError):
+    pass
+
+
+def _take_lock(store: Store, conn: Connection) -> None:
+    timeout = f"{int(MIGRATION_LOCK_TIMEOUT_S * 1000)}ms"
+    conn.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": timeout})
+    try:
+        with conn.begin_nested():
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+    except OperationalError as e:
+        if getattr(e.orig, "sqlstate", None) != "55P03":  # lock_not_available
+            raise
+        row = conn.execute(
+            text(_HOLDER), {"hi": MIGRATION_LOCK >> 32, "lo": MIGRATION_LOCK & 0xFFFFFFFF}
+        ).first()
+        who = f"role {row[0]} (pid {row[1]})" if row else "another session"
+        raise LockBusy(
+            f"cannot migrate database {store.location}: the migration lock is held by "
+            f"{who} for over {MIGRATION_LOCK_TIMEOUT_S}s; end that session "
+            "(a host's: khoctl fleet revoke) and run it again"
+        ) from None
+    conn.execute(text("SELECT set_config('lock_timeout', '0', true)"))
 
 
 def alembic_config(store: Store | None = None) -> Config:
@@ -59,7 +93,7 @@ def upgrade(store: Store, current: str | None, target: str = "head") -> str:
                 # hosts starting together against a fresh fleet database: one migrates,
                 # the others wait here, then find the schema current (Alembic reads the
                 # version after the lock); SQLite's BEGIN IMMEDIATE does the same
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+                _take_lock(store, conn)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, target)
     except SQLAlchemyError as e:

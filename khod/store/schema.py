@@ -27,7 +27,7 @@ from sqlalchemy.engine import Dialect
 
 # The revision ``migrations/versions`` ends at; a test checks they agree. Knowing it
 # here lets start-up skip importing Alembic when the database is already current.
-HEAD_REVISION = "0011"
+HEAD_REVISION = "0012"
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -257,4 +257,25 @@ host_usage = Table(
     Column("bytes", BigInteger, nullable=False),
     Column("xact", BigInteger),  # the transaction counted last, and its rows so far
     Column("xact_rows", BigInteger, nullable=False),
+)
+
+# The compatible window of a fleet database (docs/fleet-versions.md): one row, id 1,
+# the oldest revision whose khod may still push into this schema.
+schema_compat = Table(
+    "schema_compat",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("min_writer", String(32), nullable=False),
+)
+
+# Every host role the fleet database ever had (PostgreSQL; the owner's only, written by
+# `khoctl fleet enroll|revoke`): a revoked role's name is never made again.
+fleet_roles = Table(
+    "fleet_roles",
+    metadata,
+    Column("role", String(63), primary_key=True),
+    Column("machine_id", String(64), nullable=False),
+    Column("generation", Integer, nullable=False),  # 0: host_<id>; n: host_<id>_<n>
+    Column("enrolled_at", Float, nullable=False),
+    Column("revoked_at", Float),
 )
