@@ -19,7 +19,7 @@ import shutil
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,10 +107,17 @@ class Fleet:
         user = f"{role}@" if role else ""
         return f"postgresql+psycopg://{user}{host}:{self.server.port}/{self.db}{query}"
 
-    def enroll(self, machine: str, out: Path | None = None, user: bool = True) -> Host:
-        """``user``: the role in khod.toml's URL; else none, the certificate's CN."""
+    def enroll(
+        self,
+        machine: str,
+        out: Path | None = None,
+        user: bool = True,
+        khoctl: Callable[..., tuple[int, str, str]] | None = None,
+    ) -> Host:
+        """``user``: the role in khod.toml's URL; else none, the certificate's CN.
+        ``khoctl``: the khoctl that enrolls (this checkout's by default)."""
         out = out or self.tmp / f"enrolled-{machine}"
-        rc, said, err = ctl(
+        rc, said, err = (khoctl or ctl)(
             "fleet", "enroll", machine, "--db", self.owner, "--out", str(out), "--json",
             "--ca-cert", str(self.server.ca_cert), "--ca-key", str(self.server.ca_key),
         )  # fmt: skip

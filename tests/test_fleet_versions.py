@@ -41,6 +41,10 @@ class Release:
     path: Path | None
     cwd: Path
 
+    def ctl(self, *argv: str) -> tuple[int, str, str]:
+        done = self.run("khoctl", *argv)
+        return done.returncode, done.stdout, done.stderr
+
     def run(self, tool: str, *argv: str) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)
@@ -158,12 +162,14 @@ def test_the_previous_release_and_this_one_share_a_fleet_database(
     tmp_path: Path,
 ) -> None:
     """A fleet made by the previous release, its hosts upgraded one by one, and its
-    database by its owner before them (database-first) or after them (hosts-first):
-    every push goes through, and the fleet holds every host's rows."""
+    database by its owner after them (hosts-first: every push goes through) or before
+    them (database-first: the previous release predates the compatible window and
+    refuses a database past its head, in one line, until its host is upgraded). Either
+    way the fleet ends with every host's rows: a refused push loses nothing."""
     previous, current = releases
     fleet = new_fleet(tls_server, tmp_path, previous)
     p = Pushes(fleet)
-    a, b = fleet.enroll(A), fleet.enroll(B)
+    a, b = fleet.enroll(A, khoctl=previous.ctl), fleet.enroll(B, khoctl=previous.ctl)
     p.boot(a, previous)
     p.boot(b, previous)  # its attempt, open
     if order == "database-first":
@@ -176,7 +182,14 @@ def test_the_previous_release_and_this_one_share_a_fleet_database(
     p.boot(a, current)
     p.push(a, current)
     p.push(b, current)
-    assert p.failed == []
+    if order == "hosts-first":
+        assert p.failed == []
+    else:  # B's push by the previous release, into the upgraded database
+        (line,) = p.failed
+        assert line.startswith(f"previous {B}: khoctl: error: database ")
+        assert line.endswith(
+            f": schema {HEAD_REVISION} is newer than this khod (head 0011): upgrade khod"
+        )
     assert_nothing_lost(fleet)
     assert fleet.server.psql("SELECT version_num FROM alembic_version", fleet.db).strip() == (
         HEAD_REVISION
@@ -246,3 +259,22 @@ def test_a_push_never_migrates_an_older_fleet_database(
     assert "khoctl db upgrade" in err
     assert current_revision(store) == "0010"
     store.dispose()
+
+
+def test_enrolling_never_migrates_the_fleet_database(
+    releases: tuple[Release, Release], tls_server: pgserver.PostgresServer, tmp_path: Path
+) -> None:
+    """A fleet database at the previous release's revision: this khoctl's enroll
+    refuses in one line and leaves the schema as it was (its hosts may still run the
+    previous release, which refuses a newer one)."""
+    previous, _ = releases
+    fleet = new_fleet(tls_server, tmp_path, previous)
+    rc, _, err = ctl(
+        "fleet", "enroll", A, "--db", fleet.owner, "--out", str(tmp_path / "a"),
+        "--ca-cert", str(tls_server.ca_cert), "--ca-key", str(tls_server.ca_key),
+    )  # fmt: skip
+    assert rc == 1
+    assert err.count("\n") == 1 and "is at schema revision 0011" in err, err
+    assert "khoctl db upgrade" in err
+    rev = fleet.server.psql("SELECT version_num FROM alembic_version", fleet.db).strip()
+    assert rev == "0011"

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from khod.cli.common import Cmd, print_json, print_text, whole_number
 from khod.errors import KhodError
+
+if TYPE_CHECKING:
+    from khod.store.handle import Store
 
 
 def _size(text: str) -> int:
@@ -122,6 +126,21 @@ def _days(c: argparse.ArgumentParser) -> None:
     )
 
 
+def _at_head(store: Store, action: str) -> None:
+    """Enrolling and revoking never migrate the fleet database (its hosts may run the
+    previous release, docs/fleet-versions.md): at another revision, one line."""
+    from khod.store.db import current_revision  # noqa: PLC0415
+    from khod.store.schema import HEAD_REVISION  # noqa: PLC0415
+
+    rev = current_revision(store)
+    if rev != HEAD_REVISION:
+        raise KhodError(
+            f"fleet {action}: database {store.location} is at schema revision {rev}, this "
+            f"khoctl at {HEAD_REVISION}: upgrade it first (khoctl db upgrade --db URL), "
+            "or use the khoctl of its revision"
+        )
+
+
 def cmd_fleet(args: argparse.Namespace) -> int:
     from khod.fleet import admin  # noqa: PLC0415
 
@@ -152,8 +171,9 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         role, group = admin.host_role(args.machine_id), admin.HOST_GROUP
     else:
         raise KhodError(f"fleet {args.action}: name the host (MACHINE_ID) or --reporter NAME")
-    store = open_store(args.db, create=False)
+    store = open_store(args.db, create=False, migrate=False)
     try:
+        _at_head(store, args.action)
         if args.action == "revoke":
             res = admin.revoke(store, role, drop=args.drop)
             line = f"revoked {', '.join(res['roles'])}: {res['sessions_ended']} sessions ended"
