@@ -13,8 +13,8 @@ import pytest
 
 from khod.cli import khod_main
 from khod.cli.common import run_main
-from khod.daemon.metrics import SnapshotCollector, exposition, make_registry
 from khod.ingest.snapshot import compute_snapshot
+from khod.metrics import SnapshotCollector, exposition, make_registry
 from khod.store.db import open_store
 from tests import variants
 from tests.conftest import SysrootFactory

@@ -14,7 +14,7 @@ import pytest
 
 from khod.daemon import http as httpserve
 from khod.daemon.http import MAX_CONNECTIONS, MAX_HEAD, MetricsServer, metrics_server
-from khod.daemon.metrics import SnapshotCollector
+from khod.metrics import SnapshotCollector
 
 Server = tuple[MetricsServer, SnapshotCollector, int]
 

@@ -788,8 +788,8 @@ def test_the_verdict_is_counted_in_the_metrics(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from khod.daemon.metrics import SnapshotCollector, exposition, make_registry
     from khod.ingest.snapshot import compute_snapshot
+    from khod.metrics import SnapshotCollector, exposition, make_registry
     from khod.store.db import open_store
 
     db = f"sqlite:///{tmp_path / 'k.db'}"

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from khod.daemon.metrics import SnapshotCollector, exposition, make_registry
 from khod.ingest.snapshot import compute_snapshot
+from khod.metrics import SnapshotCollector, exposition, make_registry
 from khod.parse import proc
 from khod.store.db import open_store
 from tests import variants

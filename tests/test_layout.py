@@ -41,6 +41,32 @@ def test_nothing_below_the_command_line_imports_it() -> None:
     assert {p: n for p, n in back.items() if n} == {}
 
 
+# What each layer may not import: the packages above it (the house's floors, top down:
+# cli; daemon; ingest and fleet; collect and checks; sources, adapters and store; parse).
+ABOVE = {
+    "khod.parse": ("khod.store", "khod.sources", "khod.adapters", "khod.collect",
+                   "khod.checks", "khod.ingest", "khod.fleet", "khod.daemon"),
+    "khod.store": ("khod.sources", "khod.collect", "khod.checks", "khod.ingest",
+                   "khod.fleet", "khod.daemon"),
+    "khod.sources": ("khod.collect", "khod.checks", "khod.ingest", "khod.fleet",
+                     "khod.daemon"),
+    "khod.collect": ("khod.ingest", "khod.fleet", "khod.daemon"),
+    "khod.ingest": ("khod.fleet", "khod.daemon"),
+    "khod.fleet": ("khod.ingest", "khod.daemon"),
+}  # fmt: skip
+
+
+def test_no_layer_imports_one_above_it() -> None:
+    """Lazy imports included: the store does not reach into the fleet (its URL rules,
+    TLS defaults included, are the store's: khod/store/url.py), a parser into nothing."""
+    up = {
+        str(p.relative_to(ROOT)): sorted(n for n in imported(p) if n.startswith(banned))
+        for layer, banned in ABOVE.items()
+        for p in (ROOT / layer.replace(".", "/")).rglob("*.py")
+    }
+    assert {p: n for p, n in up.items() if n} == {}
+
+
 def module_name(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)

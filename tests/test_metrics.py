@@ -12,9 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from khod import __version__
 from khod.cli.common import run_main
-from khod.daemon.metrics import SnapshotCollector, exposition, make_registry
 from khod.ingest.snapshot import compute_snapshot
 from khod.ingest.steps import IngestOptions, ingest_boot
+from khod.metrics import SnapshotCollector, exposition, make_registry
 from khod.parse.metadata import decode_release
 from khod.paths import HostPaths
 from khod.records import legacy_source

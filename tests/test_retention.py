@@ -240,8 +240,8 @@ def attempt_totals(db_url: str, root: Path) -> dict[str, float]:
     """khod_kexec_attempts_total as the daemon serves it for the boot at ``root``."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from khod.daemon.metrics import SnapshotCollector, exposition, make_registry
     from khod.ingest.snapshot import compute_snapshot
+    from khod.metrics import SnapshotCollector, exposition, make_registry
 
     machine = (root / "etc/machine-id").read_text().strip()
     boot_id = (root / "proc/sys/kernel/random/boot_id").read_text().strip()

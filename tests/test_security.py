@@ -153,7 +153,7 @@ def test_a_symlink_at_an_output_is_replaced_not_followed(
     else:  # the textfile is the daemon's: write it through its module, as it does
         from prometheus_client import CollectorRegistry
 
-        from khod.daemon.metrics import write_textfile
+        from khod.metrics import write_textfile
 
         write_textfile(str(out), CollectorRegistry())
     r = subprocess.run(argv, capture_output=True, text=True, check=False)

@@ -61,7 +61,7 @@ def metrics(rows: Sequence[Transition], bad_rate: float, bad_min: int) -> bytes:
     from prometheus_client import CollectorRegistry  # noqa: PLC0415
     from prometheus_client.core import GaugeMetricFamily  # noqa: PLC0415
 
-    from khod.daemon.metrics import exposition  # noqa: PLC0415
+    from khod.metrics import exposition  # noqa: PLC0415
 
     labels = ["previous_release", "release"]
     fams: dict[str, GaugeMetricFamily] = {}
@@ -298,7 +298,7 @@ def cmd_report(args: argparse.Namespace, since: float | None, until: float | Non
         store.dispose()
     if args.textfile:
         from khod.atomic import write_file  # noqa: PLC0415
-        from khod.daemon.metrics import TEXTFILE_MODE  # noqa: PLC0415
+        from khod.metrics import TEXTFILE_MODE  # noqa: PLC0415
 
         data = metrics(rows, args.bad_rate, args.bad_min_boots)
         try:

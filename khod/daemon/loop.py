@@ -194,7 +194,7 @@ class Daemon:
     def write_textfile(self) -> None:
         if not self.s.cfg.textfile:
             return
-        from khod.daemon.metrics import write_textfile  # noqa: PLC0415
+        from khod.metrics import write_textfile  # noqa: PLC0415
 
         try:
             write_textfile(self.s.cfg.textfile, self.registry)
@@ -208,7 +208,7 @@ class Daemon:
         wake = self._signals()
         from khod.daemon.counters import load_store_errors  # noqa: PLC0415
         from khod.daemon.http import metrics_server  # noqa: PLC0415
-        from khod.daemon.metrics import SnapshotCollector, make_registry  # noqa: PLC0415
+        from khod.metrics import SnapshotCollector, make_registry  # noqa: PLC0415
         from khod.sources.capture import read_boot_id  # noqa: PLC0415
 
         self.boot_id = read_boot_id(str(self.s.sysroot))

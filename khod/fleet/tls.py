@@ -12,18 +12,18 @@ revocation).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from khod.errors import KhodError
+from khod.store.url import VERIFIED, is_local
+from khod.store.url import hosts as _hosts
 
-MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-VERIFIED = "verify-full"
+MODES = ("disable", "allow", "prefer", "require", "verify-ca", VERIFIED)
 
 
 @dataclass(frozen=True)
@@ -32,33 +32,6 @@ class TlsSettings:
     ca: str = ""
     cert: str = ""
     key: str = ""
-
-
-def _hosts(url: URL) -> list[str]:
-    """Every host and address the URL may connect to. libpq takes lists; ``?host=`` and
-    ``?hostaddr=`` override the URL's host, and ``PGHOST``/``PGHOSTADDR`` fill in what
-    the URL leaves out. A name with an address elsewhere (``localhost`` with
-    ``hostaddr=10.0.0.5``) goes where the address says: both are looked at."""
-
-    def values(key: str, env: str) -> list[str]:
-        given = url.query.get(key)
-        if given:
-            items = given if isinstance(given, tuple) else (given,)
-        else:
-            items = (os.environ.get(env, ""),) if os.environ.get(env) else ()
-        return [h for v in items for h in v.split(",")]
-
-    names = values("host", "PGHOST") if url.query.get("host") or not url.host else [url.host]
-    return (names or [""]) + values("hostaddr", "PGHOSTADDR")
-
-
-def is_local(host: str) -> bool:
-    if not host or host.startswith("/") or host.startswith("@") or host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a name: wherever DNS points it, possibly another machine
 
 
 def secure_url(text: str, tls: TlsSettings) -> str:
@@ -103,13 +76,3 @@ def secure_url(text: str, tls: TlsSettings) -> str:
             if path and param not in url.query:
                 extra[param] = path
     return url.update_query_dict(extra).render_as_string(hide_password=False)
-
-
-def default_remote_tls(url: URL) -> URL:
-    """Any command's ``--db``: a remote PostgreSQL URL that names no sslmode gets
-    verify-full (libpq's CA file: ~/.postgresql/root.crt, or ``sslrootcert=``)."""
-    if url.get_backend_name() != "postgresql" or "sslmode" in url.query:
-        return url
-    if all(is_local(h) for h in _hosts(url)):
-        return url
-    return url.update_query_dict({"sslmode": VERIFIED})

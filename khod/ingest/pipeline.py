@@ -53,8 +53,8 @@ def collect_boot(job: IngestJob) -> BootObservation:
 def write_textfile(path: str, snap: dict[str, object]) -> None:
     """The daemon's exposition of ``snap`` (its collector, its registry), written whole
     to ``path`` for node_exporter: ``khod --once`` without a resident khod."""
-    from khod.daemon.metrics import SnapshotCollector, make_registry  # noqa: PLC0415
-    from khod.daemon.metrics import write_textfile as write  # noqa: PLC0415
+    from khod.metrics import SnapshotCollector, make_registry  # noqa: PLC0415
+    from khod.metrics import write_textfile as write  # noqa: PLC0415
 
     collector = SnapshotCollector()
     collector.set(snap)

@@ -26,6 +26,7 @@ from sqlalchemy.exc import (
 from khod.errors import StoreError
 from khod.store.handle import Store, describe_db_error
 from khod.store.schema import HEAD_REVISION
+from khod.store.url import default_remote_tls
 
 BUSY_TIMEOUT_MS = 10_000
 CONNECT_TIMEOUT_S = 10
@@ -151,8 +152,6 @@ def open_store(
         url = make_url(url_text)
     except ArgumentError:
         raise StoreError(f"not a database URL: {url_text!r}") from None
-    from khod.fleet.tls import default_remote_tls  # noqa: PLC0415
-
     url = default_remote_tls(url)
     path = _sqlite_path(url)
     if path is None:
