@@ -261,3 +261,23 @@ def test_export_and_report_take_until(
     assert sum(r["boots"] for r in json.loads(out)) == 2
     rc, out, _ = khoctl_out(capsys, store, "report", "transitions", "--json")
     assert sum(r["boots"] for r in json.loads(out)) == 3  # the kexecs; the cold boot is not one
+
+
+def test_a_cold_boot_with_reserve_mem_prints_nothing_about_its_short_fdt(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A cold boot's outgoing FDT is cut short whenever reserve_mem is used (the kernel
+    sizes out/fdt before the subtrees grow it): recorded, shown by ``khoctl show``, and
+    not a line on stderr at every boot."""
+    url = f"sqlite:///{tmp_path / 'khod.db'}"
+    capsys.readouterr()
+    assert (
+        run_main("khod", khod_main.main, ["--once", "--sysroot", str(STEPS[0]), "--db", url]) == 0
+    )
+    out, err = capsys.readouterr()
+    assert "recorded boot" in out and err == ""
+    rc = run_main(
+        "khoctl", khoctl.main, ["show", "--json", "--sysroot", str(STEPS[0]), "--db", url]
+    )
+    assert rc == 0
+    assert "fdt-truncated" in [e["kind"] for e in json.loads(capsys.readouterr().out)["events"]]
