@@ -108,6 +108,9 @@ def newer_store(sysroot: SysrootFactory, tmp_path: Path) -> str:
     host_store(sysroot, url, ["pstore-kho/step0"])
     con = sqlite3.connect(tmp_path / "khod.db")
     con.execute("UPDATE alembic_version SET version_num = '9999'")
+    # and, as a release that drops a column this khod writes would, takes pushes only
+    # from its own release on (docs/fleet-versions.md)
+    con.execute("UPDATE schema_compat SET min_writer = '9999'")
     con.commit()
     con.close()
     return url
