@@ -20,27 +20,59 @@ NAME = "fleet-verdict"
 LIMIT = 64 << 20  # a report larger than this is not one
 
 
-def _load(source: str) -> Any:
-    if source.startswith(("http://", "https://")):
-        import urllib.request  # noqa: PLC0415
+DEADLINE_S = 10.0  # the whole read, not each socket read
 
-        with urllib.request.urlopen(source, timeout=10) as r:  # noqa: S310 (http(s) only)
-            data = r.read(LIMIT + 1)
-    else:
-        with open(source, "rb") as f:
-            data = f.read(LIMIT + 1)
+
+def _read_url(source: str) -> bytes:
+    import time  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    end = time.monotonic() + DEADLINE_S
+    chunks: list[bytes] = []
+    size = 0
+    with urllib.request.urlopen(source, timeout=DEADLINE_S) as r:  # noqa: S310 (http(s) only)
+        while size <= LIMIT:
+            if time.monotonic() > end:
+                raise TimeoutError(f"not read within {DEADLINE_S:.0f}s")
+            chunk = r.read1(1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    return b"".join(chunks)
+
+
+def _read_file(source: str) -> bytes:
+    import os  # noqa: PLC0415
+    import stat  # noqa: PLC0415
+
+    # O_NONBLOCK: a FIFO put where the report should be does not hang the kexec
+    fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        return f.read(LIMIT + 1)
+
+
+def _load(source: str) -> Any:
+    data = _read_url(source) if source.startswith(("http://", "https://")) else _read_file(source)
     if len(data) > LIMIT:
         raise ValueError(f"larger than {LIMIT >> 20} MiB")
     return json.loads(data)
 
 
+def _dict(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
 def _why(row: dict[str, Any]) -> str:
     parts = []
-    for name, r in (row.get("rates") or {}).items():
-        if isinstance(r, dict) and r.get("verdict") == "worse":
-            h, b = r.get("hosts") or {}, (r.get("baseline") or {}).get("hosts") or {}
+    for name, rate in _dict(row.get("rates")).items():
+        r = _dict(rate)
+        if r.get("verdict") == "worse":
+            h, b = _dict(r.get("hosts")), _dict(_dict(r.get("baseline")).get("hosts"))
             parts.append(
-                f"{name.replace('_', ' ')} on {h.get('count')} of {h.get('of')} hosts "
+                f"{str(name).replace('_', ' ')} on {h.get('count')} of {h.get('of')} hosts "
                 f"against {b.get('count')} of {b.get('of')}"
             )
     return "; ".join(parts) or "worse"
@@ -54,8 +86,9 @@ def check_fleet(source: str, running: str | None, target: str | None) -> Check |
         rows = _load(source)
         if not isinstance(rows, list):
             raise ValueError("not a list of transitions")
-    except (OSError, ValueError) as e:
-        return fail(NAME, f"cannot read the fleet's verdicts at {source}: {e}", WARNING)
+    except Exception as e:  # whatever the report is, one line: the fleet's silence is no refusal
+        why = " ".join(str(e).split())[:200] or type(e).__name__
+        return fail(NAME, f"cannot read the fleet's verdicts at {source}: {why}", WARNING)
     for row in rows:
         if not isinstance(row, dict):
             continue
