@@ -123,3 +123,31 @@ def test_a_kho_kexec_without_metadata_is_derived(db_url: str, sysroot: SysrootFa
         1,
         "derived",
     )
+
+
+@pytest.mark.parametrize(
+    ("journal", "want"), [(None, "attempt"), ("same", "attempt"), ("f" * 32, None)]
+)
+def test_an_attempt_is_no_proof_when_the_journal_names_another_boot_before(
+    db_url: str, sysroot: SysrootFactory, journal: str | None, want: str | None
+) -> None:
+    """khoctl's attempt shows that the boot before tried a kexec, not that this boot
+    followed it: A -> an unrecorded B -> C, with the journal naming B, stays unknown."""
+    from sqlalchemy import select
+
+    from khod.store.chain import derive_chain
+    from khod.store.schema import boots
+
+    before, obs = kexec_without_handover(sysroot)
+    store = open_store(db_url)
+    save_observation(store, before)
+    named = before.boot_id if journal == "same" else journal
+    obs = dataclasses.replace(obs, journal_previous_boot=named)
+    save_observation(store, obs)
+    with store.writer.begin() as conn:
+        pk = {
+            b: conn.execute(select(boots.c.id).where(boots.c.boot_id == b)).scalar_one()
+            for b in (before.boot_id, obs.boot_id)
+        }
+        chain = derive_chain(conn, obs, pk[obs.boot_id], pk[before.boot_id], attempted=True)
+    assert (None if chain is None else chain.metadata_source) == want

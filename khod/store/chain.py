@@ -34,11 +34,14 @@ def derive_chain(
     prev = conn.execute(
         select(boots.c.boot_id, boots.c.release, boots.c.kexec_count).where(boots.c.id == prev_pk)
     ).one()
+    journal = obs.journal_previous_boot
+    if journal is not None and not same_boot(journal, prev.boot_id):
+        # the journal names another boot before this one: one came between them,
+        # unrecorded (an attempt in prev_pk shows only that prev_pk tried a kexec)
+        return None
     if attempted:
         source = MetadataSource.ATTEMPT
-    elif obs.journal_previous_boot is not None and same_boot(
-        obs.journal_previous_boot, prev.boot_id
-    ):
+    elif journal is not None:
         source = MetadataSource.DERIVED
     else:
         return None  # a boot may have come between them unrecorded: never guessed
