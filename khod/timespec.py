@@ -9,6 +9,7 @@ time unless ``--utc``."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import time
 
@@ -80,9 +81,12 @@ def parse_time(
         return now - age
     if t.startswith("@"):
         try:
-            return float(t[1:])
+            v = float(t[1:])
         except ValueError:
             pass
+        else:
+            if math.isfinite(v) and abs(v) < 1e12:  # NaN would quietly match nothing
+                return v
     for fmt in _FORMATS:
         try:
             d = dt.datetime.strptime(t, fmt)
@@ -93,7 +97,11 @@ def parse_time(
             d = dt.datetime.combine(today, d.time())
         return d.replace(tzinfo=zone).timestamp() if zone else d.timestamp()
     try:
-        d = dt.datetime.fromisoformat(text.strip())
+        # the ISO form as given (its T and case), less the " UTC" already taken off
+        iso = text.strip()
+        d = dt.datetime.fromisoformat(
+            iso[:-4].rstrip() if utc and iso.lower().endswith(" utc") else iso
+        )
     except ValueError:
         pass
     else:

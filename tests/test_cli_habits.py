@@ -281,3 +281,60 @@ def test_a_cold_boot_with_reserve_mem_prints_nothing_about_its_short_fdt(
     )
     assert rc == 0
     assert "fdt-truncated" in [e["kind"] for e in json.loads(capsys.readouterr().out)["events"]]
+
+
+def test_a_boot_id_as_journalctl_writes_it(capsys: pytest.CaptureFixture[str], store: str) -> None:
+    """journalctl --list-boots writes 32 hex digits; khod stores the dashed form: a
+    prefix of either names the boot."""
+    ids = boot_ids(capsys, store)
+    for spec in (ids[1].replace("-", ""), ids[1].replace("-", "")[:12], ids[1][:13]):
+        rc, out, err = khoctl_out(capsys, store, "show", spec, "--json")
+        assert rc == 0, (spec, err)
+        assert json.loads(out)["boot_id"] == ids[1]
+
+
+def test_since_takes_a_negative_offset_as_its_own_argument(
+    capsys: pytest.CaptureFixture[str], store: str
+) -> None:
+    """--since -2h as journalctl takes it, not only --since=-2h."""
+    for argv in (["--since", "-200000d"], ["-S", "-200000d"], ["--since=-200000d"]):
+        rc, out, err = khoctl_out(capsys, store, "history", *argv, "--json")
+        assert rc == 0, (argv, err)
+        assert len(json.loads(out)) == len(STEPS)
+
+
+def test_an_offset_is_refused_when_a_boot_of_the_machine_cannot_be_read(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A row the readers skip would shift every offset past it: -b -1 would name the
+    boot before the one meant. Named by id it is still shown."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'khod.db'}"
+    for step in STEPS:
+        assert (
+            run_main("khod", khod_main.main, ["--once", "--sysroot", str(step), "--db", url]) == 0
+        )
+    with sqlite3.connect(tmp_path / "khod.db") as conn:
+        conn.execute("UPDATE boots SET subtrees = '[1]' WHERE seq = 2")
+    ids = boot_ids(capsys, url)
+    capsys.readouterr()
+    rc = run_main(
+        "khoctl", khoctl.main, ["show", "-b", "-1", "--sysroot", str(STEPS[-1]), "--db", url]
+    )
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "cannot be read, so an offset could name the wrong one: name the boot by its id" in err
+    rc = run_main("khoctl", khoctl.main, ["show", ids[-1], "--json", "--db", url])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["boot_id"] == ids[-1]
+
+
+def test_times_in_journalctls_forms() -> None:
+    from khod.errors import KhodError
+    from khod.timespec import parse_time
+
+    assert parse_time("2026-11-01T08:00:00 UTC") == parse_time("2026-11-01 08:00:00", utc=True)
+    assert parse_time("@1700000000") == 1700000000.0
+    for bad in ("@nan", "@inf", "@1e400"):
+        with pytest.raises(KhodError):
+            parse_time(bad)

@@ -201,10 +201,10 @@ def cmd_chain(args: argparse.Namespace) -> int:
     from khod.store.reads import chain_of  # noqa: PLC0415
 
     since, until = time_range(args)
-    _, boots, _ = _boots(args, "see them with --machine ID")
+    _, boots, skipped = _boots(args, "see them with --machine ID")
     current = this_boot(host_paths(args))
     wanted = boot_spec(args)
-    boot_id = pick_boot(boots, wanted, current).boot_id if wanted else current
+    boot_id = pick_boot(boots, wanted, current, skipped).boot_id if wanted else current
     if boot_id is not None and not any(b.boot_id == boot_id for b in boots):
         boot_id = None  # this boot is not recorded (yet): end at the newest
     chain = [b for b in chain_of(boots, boot_id) if in_range(b.booted_at, since, until)]
@@ -226,8 +226,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     from khod.store.db import open_reader  # noqa: PLC0415
     from khod.store.reads import load_events, load_pstore  # noqa: PLC0415
 
-    _, boots, _ = _boots(args, "name a boot, or pass --machine ID")
-    boot = pick_boot(boots, boot_spec(args), this_boot(host_paths(args)))
+    _, boots, skipped = _boots(args, "name a boot, or pass --machine ID")
+    boot = pick_boot(boots, boot_spec(args), this_boot(host_paths(args)), skipped)
     assert boot.id is not None  # read from the store
     store = open_reader(args.db)
     try:
@@ -251,7 +251,7 @@ def cmd_dmesg(args: argparse.Namespace) -> int:
 
     since, until = time_range(args)
     _, boots, skipped = _boots(args, "name a boot, or pass --machine ID")
-    boot = pick_boot(boots, boot_spec(args), this_boot(host_paths(args)))
+    boot = pick_boot(boots, boot_spec(args), this_boot(host_paths(args)), skipped)
     assert boot.id is not None  # read from the store
     store = open_reader(args.db)
     try:

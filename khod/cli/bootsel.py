@@ -44,13 +44,22 @@ def is_offset(spec: str) -> bool:
 
 
 def pick_boot(
-    boots_newest_first: Sequence[BootRecord], wanted: str | None, current: str | None
+    boots_newest_first: Sequence[BootRecord],
+    wanted: str | None,
+    current: str | None,
+    skipped: int = 0,
 ) -> BootRecord:
     """The boot ``wanted`` names (``-b``'s syntax); by default this boot, else the
-    newest. ``boots_newest_first``: one machine's for an offset."""
+    newest. ``boots_newest_first``: one machine's for an offset; ``skipped``: how many
+    of them could not be read (an offset counted past them would name another boot)."""
     boots = list(boots_newest_first)
     if not boots:
         raise KhodError("no boots recorded")
+    if skipped and wanted is not None and is_offset(wanted) and wanted not in ("0", "-0"):
+        raise KhodError(
+            f"boot {wanted}: {skipped} boot{'s' if skipped != 1 else ''} of this machine "
+            "cannot be read, so an offset could name the wrong one: name the boot by its id"
+        )
     if wanted is None or (is_offset(wanted) and int(wanted) == 0 and wanted[:1] != "+"):
         return next((b for b in boots if b.boot_id == current), boots[0])
     if is_offset(wanted):
@@ -68,7 +77,9 @@ def pick_boot(
                 f"({-(len(boots) - 1)}..0, or 1..{len(boots)})"
             )
         return oldest_first[i]
-    hits = [b for b in boots if b.boot_id.startswith(wanted.lower())]
+    # as journalctl --list-boots writes it (32 hex digits) or as khod stores it (dashed)
+    prefix = wanted.lower().replace("-", "")
+    hits = [b for b in boots if b.boot_id.replace("-", "").startswith(prefix)]
     if len(hits) > 1:
         raise KhodError(f"boot {wanted!r} is ambiguous: {len(hits)} boots match")
     if not hits:

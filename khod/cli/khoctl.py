@@ -87,8 +87,30 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+TIME_OPTIONS = frozenset({"-S", "--since", "-U", "--until"})
+
+
+def _times_joined(argv: Sequence[str]) -> list[str]:
+    """``--since -2h`` as journalctl takes it: argparse would read ``-2h`` as an option,
+    so a time option's value that starts with ``-`` and a digit is joined to it."""
+    out: list[str] = []
+    it = iter(argv)
+    for a in it:
+        if a in TIME_OPTIONS:
+            nxt = next(it, None)
+            if nxt is not None and nxt[:1] == "-" and nxt[1:2].isdigit():
+                out.append(f"{a}={nxt}")
+                continue
+            out.append(a)
+            if nxt is not None:
+                out.append(nxt)
+            continue
+        out.append(a)
+    return out
+
+
 def main(argv: Sequence[str]) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_args(_times_joined(argv))
     configured_store(args)
     handler: Handler = args.handler
     return handler(args)
