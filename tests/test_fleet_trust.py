@@ -757,6 +757,9 @@ def test_hosts_cannot_make_large_objects_and_drop_takes_what_a_role_owns(fleet: 
     assert fleet.owner_rows(B) == before
 
 
+IDS = ("boots", "blobs", "events", "pstore_records", "kexec_attempts")
+
+
 def test_every_sequence_is_64_bit_and_no_host_calls_nextval(fleet: Fleet) -> None:
     seqs = owner_sql(
         fleet,
@@ -770,6 +773,14 @@ def test_every_sequence_is_64_bit_and_no_host_calls_nextval(fleet: Fleet) -> Non
         names = [s.split("|")[0] for s in seqs]
         answers = {n: refused(conn, f"SELECT nextval('{n}')") for n in names}
     assert answers == {n: f"permission denied for sequence {n}" for n in names}
+    # nor names an id of its own: one just above the counter would make every other
+    # host's insert fail (a duplicate key) until the counter passed it
+    with psycopg.connect(fleet.hosts[A].conninfo(fleet), autocommit=True) as conn:
+        answers = {
+            t: refused(conn, f"INSERT INTO {t} (id) OVERRIDING SYSTEM VALUE VALUES (9000000)")
+            for t in IDS
+        }
+    assert answers == {t: f"permission denied for table {t}" for t in IDS}
     assert fleet.owner_rows(B) == before
 
 

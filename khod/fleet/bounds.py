@@ -18,11 +18,11 @@ HOST_GROUP = "khod_host"
 
 _TABLES = """
 SELECT c.relname,
-       has_table_privilege(:g, c.oid, 'INSERT') AS ins,
+       has_any_column_privilege(:g, c.oid, 'INSERT') AS ins,
        has_any_column_privilege(:g, c.oid, 'UPDATE') AS upd
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
-  AND (has_table_privilege(:g, c.oid, 'INSERT')
+  AND (has_any_column_privilege(:g, c.oid, 'INSERT')
        OR has_any_column_privilege(:g, c.oid, 'UPDATE'))
 ORDER BY c.relname
 """

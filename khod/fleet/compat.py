@@ -23,7 +23,7 @@ from khod.store.handle import Store, describe_db_error
 from khod.store.schema import HEAD_REVISION
 
 # the oldest fleet database revision this khod pushes into: the previous release's
-# (the same as this one's: this release changed no table)
+# (0011: this khod pushes into a database not yet upgraded, the columns both have)
 OLDEST_TARGET = "0011"
 # where a newer schema records the oldest revision whose khod may still push into it
 MIN_WRITER_SQL = "SELECT min_writer FROM schema_compat WHERE id = 1"
