@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from khod.adapters import sd
 from tests.vm import guestdriver
 
-RECORDED = "b0d3c4a7e0f14f3c9a61d2e58c7f0a11"  # khod's boot-recorded MESSAGE_ID
+RECORDED = sd.MESSAGE_IDS["boot-recorded"]
 # journald has the entry from the 8th journalctl call on (any later one would do)
 JOURNALCTL = f"""#!/bin/sh
 n=$(cat "$STUBS/calls" 2>/dev/null || echo 0); n=$((n + 1)); echo $n > "$STUBS/calls"
@@ -57,3 +58,13 @@ def test_no_wait_when_khod_is_not_running(stubs: Path, tmp_path: Path) -> None:
     guestdriver.report(tmp_path / "boot-0")
     polls = [c for c in (stubs / "journalctl.log").read_text().splitlines() if RECORDED in c]
     assert len(polls) <= 1, polls
+
+
+def test_the_guest_driver_looks_for_khods_own_message_ids() -> None:
+    """The driver runs in the guest, apart from khod: its MESSAGE_IDs are copies, held
+    here to khod's (a regenerated id once left every pstore entry unseen in the guest)."""
+    from tests.vm import guestdriver
+
+    assert sd.MESSAGE_IDS["boot-recorded"] == guestdriver.RECORDED_ID
+    for name, mid in guestdriver.MESSAGE_IDS.items():
+        assert mid == sd.MESSAGE_IDS[name], name

@@ -29,10 +29,10 @@ from typing import Any
 
 OUT = Path("/khod-e2e")
 PORT = "/dev/virtio-ports/org.khod.e2e"
-RECORDED_ID = "b0d3c4a7e0f14f3c9a61d2e58c7f0a11"  # khod's boot-recorded entry
+RECORDED_ID = "8cdcc4ade3a94ee197e11e9990c60450"  # khod's boot-recorded entry
 MESSAGE_IDS = {  # khod's pstore entries (khod/adapters/sd.py)
-    "pstore-record": "4c2e8a6f1b3d4c5e9f8a7b6c5d4e3f96",
-    "pstore-crash": "3f8a6c2e1d4b4a9c8e7f6d5c4b3a2e85",
+    "pstore-record": "b9371c84a1624c8b9c79d59f1a01764c",
+    "pstore-crash": "95545d729a4543bbafc31f3d660a7dce",
 }
 UNITS = (
     "sysinit.target",

@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
+from khod.adapters import sd
 from tests import daemon_helpers
 from tests.pgserver import PostgresServer
 from tests.test_prometheus import get_json, process, wait_until
@@ -553,7 +554,7 @@ CLOUD_APPEND = (  # no_timer_check: see tests/vm/harness.py
 )
 # ramoops over the region reserve_mem set aside at boot: the same RAM after a reset
 RAMOOPS = "modprobe ramoops mem_name=oops record_size=65536 console_size=65536 max_reason=4"
-CRASH_ID = "3f8a6c2e1d4b4a9c8e7f6d5c4b3a2e85"  # khod's pstore-crash MESSAGE_ID
+CRASH_ID = sd.MESSAGE_IDS["pstore-crash"]
 
 
 @pytest.fixture(scope="module")
