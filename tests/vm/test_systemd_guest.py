@@ -298,6 +298,8 @@ class Fleet:
                 "--db",
                 self.pg_url,
                 "--json",
+                "--window",  # every boot of the chain counts at once (the guests are minutes old)
+                "0s",
             ],
             capture_output=True,
             text=True,
