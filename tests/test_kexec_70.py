@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from khod.cli import khod_main
+from khod.cli.common import run_main
 from tests import variants
 from tests.conftest import SysrootFactory
+from tests.fdtbuild import kho_root
 from tests.kimagebuild import bzimage
 from tests.test_kexec import KHO, attempt_then_boot, calls, ctl, fakebin, seven_oh
 
@@ -94,3 +97,37 @@ def test_a_kexec_not_finalized_is_named_in_the_verdict(
     with sqlite3.connect(tmp_path / "k.db") as conn:
         (detail,) = conn.execute("SELECT verdict_detail FROM kexec_attempts").fetchone()
     assert "was not finalized" in detail, detail
+
+
+def test_a_finalized_kexec_into_7_0_lands(
+    sysroot: SysrootFactory,
+    image70: Path,
+    fakebin: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """7.0 hands over no kexec-metadata: the next boot took the handover (kind kexec)
+    and its kernel names no previous kernel. Nothing contradicts khoctl's attempt: it
+    landed (and the chain comes from it), not a "mismatch" with a kernel that said
+    nothing."""
+    before = sysroot("kexec1/step0")
+    seven_oh(before, b"0\n")  # khoctl kexec finalizes it
+    after = sysroot("kexec1/step1")
+    variants.replace(after, "proc/sys/kernel/osrelease", b"7.0.3\n")
+    variants.replace(after, f"{KHO}/in/fdt", kho_root("kho-v1", 0x1000, []))
+    variants.remove(after, f"{KHO}/in/sub_fdts/kexec-metadata")
+    variants.remove(after, f"{KHO}/out/sub_fdts/kexec-metadata")
+    variants.drop_kmsg_lines(after, b"KHO: exec from")
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    for root in (before, after):
+        argv = ["--once", "--sysroot", str(root), "--db", db, "--state-dir", str(tmp_path / "st")]
+        assert run_main("khod", khod_main.main, argv) == 0
+        if root == before:
+            argv = ["kexec", "--sysroot", str(root), "--kernel", str(image70), "--db", db]
+            rc, _, err = ctl(capsys, *argv)
+            assert rc == 0, err
+    _, rows, _ = ctl(capsys, "history", "--json", "--all", "--db", db)
+    got = rows[0]
+    assert (got["kind"], got["previous_release"], got["kexec_count"]) == ("kexec", "7.0.2", 1)
+    assert got["metadata_source"] == "attempt"
+    assert got["verdict"] == "landed", got

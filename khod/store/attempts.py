@@ -74,7 +74,9 @@ def has_open_attempt(store: Store, machine_id: str, boot_pk: int) -> bool:
         )
 
 
-def judge(expected_release: str, expected_count: int, boot: Any) -> tuple[str, str]:
+def judge(
+    expected_release: str, expected_count: int, boot: Any, target_release: str | None = None
+) -> tuple[str, str]:
     """The verdict on one attempt from the boot that followed it."""
     got = f"{boot.kind} from {boot.previous_release} count {boot.kexec_count}"
     want = f"kexec from {expected_release} count {expected_count}"
@@ -101,6 +103,16 @@ def judge(expected_release: str, expected_count: int, boot: Any) -> tuple[str, s
         return records.Verdict.COLD_BOOT, f"no handover data: expected {want}"
     if boot.previous_release == expected_release and boot.kexec_count == expected_count:
         return records.Verdict.LANDED, want
+    if boot.previous_release is None and boot.kexec_count is None:
+        # the handover was taken and the kernel names no previous kernel (no
+        # kexec-metadata before 7.1): nothing says otherwise but the landing kernel
+        if target_release is not None and boot.release != target_release:
+            return records.Verdict.MISMATCH, f"expected {target_release}, got {boot.release}"
+        return (
+            records.Verdict.LANDED,
+            f"a handover into {boot.release}; the kernel names no previous kernel "
+            f"(no kexec-metadata): expected {want}",
+        )
     return records.Verdict.MISMATCH, f"expected {want}, got {got}"
 
 
@@ -124,7 +136,12 @@ def close_attempts(
         return None
     boot = conn.execute(select(boots).where(boots.c.id == boot_pk)).one()
     newest, *older = open_
-    verdict, detail = judge(newest.expected_previous_release, newest.expected_kexec_count, boot)
+    verdict, detail = judge(
+        newest.expected_previous_release,
+        newest.expected_kexec_count,
+        boot,
+        newest.target_release,
+    )
     conn.execute(
         update(kexec_attempts)
         .where(kexec_attempts.c.id == newest.id)

@@ -7,6 +7,8 @@ Step ``N`` comes from ``khod.step=N`` on the kernel command line; a step booted 
     ["daemon"]                          khod (resident), scrape /metrics, SIGTERM
     ["check", KERNEL]                   khoctl check --json
     ["kexec", KERNEL, STEP, *flags]     khoctl kexec --now, into step STEP
+    ["kexec-plain", KERNEL, STEP]       kexec -s -l, kexec -e (khod not told)
+    ["capture"]                         this boot's files khod reads, into <out>/root
     ["pmsg", TEXT]                      a line into pstore's pmsg buffer
     ["panic"]                           sysrq-c
 
@@ -25,6 +27,27 @@ import urllib.request
 from pathlib import Path
 
 SHARE = "/khshare"
+# what "capture" copies (read to EOF: KHO's debugfs files say size 0), shaped like / for
+# khod's --sysroot; /dev/kmsg and the pstore record times are taken apart
+CAPTURE = (
+    "/proc/cmdline",
+    "/proc/version",
+    "/proc/stat",
+    "/proc/config.gz",
+    "/proc/sys/kernel/osrelease",
+    "/proc/sys/kernel/random/boot_id",
+    "/proc/sys/kernel/bootloader_type",
+    "/sys/kernel/boot_params",
+    "/sys/kernel/kexec_loaded",
+    "/sys/kernel/kexec_crash_loaded",
+    "/sys/kernel/kexec_crash_size",
+    "/sys/kernel/kexec",
+    "/sys/module/pstore/parameters",
+    "/sys/module/ramoops/parameters",
+    "/sys/module/printk/parameters",
+    "/sys/kernel/debug/kho",
+    "/sys/fs/pstore",
+)
 
 
 def console(msg: str) -> None:
@@ -43,6 +66,51 @@ def sh(argv: list[str], out: str, env: dict[str, str] | None = None, timeout: in
         f" in {time.monotonic() - t0:.1f}s"
     )
     return r.returncode
+
+
+def copy_file(src: str, dest: str) -> None:
+    try:
+        with open(src, "rb") as f:
+            data = f.read()
+    except OSError:
+        return  # write-only or gone: not a file khod reads
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with open(dest, "wb") as f:
+        f.write(data)
+
+
+def capture(out: str) -> None:
+    """This boot's files khod reads into ``out``/root, in this one process (a hundred
+    small processes before a kexec slow the next kernel's boot under TCG)."""
+    root = f"{out}/root"
+    for top in CAPTURE:
+        if os.path.isfile(top):
+            copy_file(top, root + top)
+        for d, _dirs, files in os.walk(top):
+            for name in files:
+                copy_file(f"{d}/{name}", f"{root}{d}/{name}")
+    fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    records = []
+    while True:
+        try:
+            rec = os.read(fd, 16384)  # one record per read
+        except BrokenPipeError:
+            continue  # overwritten while read: the next one
+        except BlockingIOError:
+            break
+        if not rec:
+            break
+        records.append(rec)
+    os.close(fd)
+    os.makedirs(f"{root}/dev", exist_ok=True)
+    Path(f"{root}/dev/kmsg").write_bytes(b"".join(records))
+    with open(f"{out}/pstore-mtimes.txt", "w") as f:  # ns, ISO time, size, name
+        for e in sorted(os.scandir("/sys/fs/pstore"), key=lambda e: e.name):
+            st = e.stat()
+            iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(st.st_mtime_ns // 10**9))
+            f.write(f"{st.st_mtime_ns} {iso}.{st.st_mtime_ns % 10**9:09d}+0000 ")
+            f.write(f"{st.st_size} {e.name}\n")
+    console(f"captured {len(records)} kernel log records")
 
 
 def main() -> None:
@@ -142,6 +210,20 @@ def main() -> None:
                 env,
             )
             console(f"khoctl kexec returned {rc}")  # only reached when it failed
+        elif what == "kexec-plain":
+            target, next_step = action[1:]
+            append = f"{plan['append']} khod.step={next_step}"
+            with open(f"{SHARE}/steps-leaving.log", "a") as f:
+                f.write(f"{key} -> {next_step}\n")
+            console(f"plain kexec to step {next_step}: {os.path.basename(target)}")
+            load = ["kexec", "-s", "-l", target, f"--initrd={plan['initrd']}"]
+            rc = sh([*load, f"--append={append}"], f"{tag}.log", env)
+            if rc == 0:
+                subprocess.run(["sync"], check=False)
+                subprocess.run(["kexec", "-e"], env=env, check=False)
+            console("plain kexec failed")
+        elif what == "capture":
+            capture(out)
         elif what == "pmsg":
             with open("/dev/pmsg0", "w") as f:
                 f.write(action[1] + "\n")

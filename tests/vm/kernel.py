@@ -10,7 +10,10 @@ configuration under the cache (the host's apt setup is not touched). Kernels:
   previous KHO ABI (kernels of different ABIs refuse each other's handover);
 - ``composite``: ``KHO_FDT_COMPATIBLE`` set to ``kho-v4;radix-v1;vmalloc-v1``, the root
   string a proposed series builds from a base ABI and feature tags: it accepts its own
-  handover and a stock ``kho-v4`` kernel refuses it (the kernel compares whole strings).
+  handover and a stock ``kho-v4`` kernel refuses it (the kernel compares whole strings);
+- ``nometa``: ``kho_init`` skips the ``kexec-metadata`` subtree (neither reads the
+  incoming one, so no ``KHO: exec from`` line, nor hands one on), a stand-in for a KHO
+  kernel from before 7.1 (such as Ubuntu's 7.0); KHO, LUO and pstore are untouched.
 
 All of them have the Live Update Orchestrator built in (``CONFIG_LIVEUPDATE``, with
 memfd preservation); it stays off unless a boot says ``liveupdate=on``.
@@ -39,7 +42,13 @@ SOURCES = (
     "deb http://deb.debian.org/debian trixie-backports main\n"
     "deb http://deb.debian.org/debian sid main\n"
 )
-KERNELS = {"a": "-khod-a", "b": "-khod-b", "v3abi": "-khod-v3abi", "composite": "-khod-comp"}
+KERNELS = {
+    "a": "-khod-a",
+    "b": "-khod-b",
+    "v3abi": "-khod-v3abi",
+    "composite": "-khod-comp",
+    "nometa": "-khod-nometa",
+}
 ABIS = {"v3abi": "kho-v3", "composite": "kho-v4;radix-v1;vmalloc-v1"}  # others: kho-v4
 REQUIRED = (
     "KEXEC_FILE",
@@ -136,7 +145,36 @@ def set_abi(src: Path, abi: str) -> None:
             p.write_text(new)
 
 
+# kho_init's one call that adds the kexec-metadata subtree (and reads the incoming one)
+METADATA_CALL = "err = kho_kexec_metadata_init(fdt);"
+# the nometa kernel's: the call stays referenced (no unused-function warning), never made
+METADATA_SKIPPED = "err = 0 ? kho_kexec_metadata_init(fdt) : 0; /* khod e2e: nometa */"
+KHO_SOURCE = "kernel/liveupdate/kexec_handover.c"
+
+
+def set_metadata(src: Path, on: bool) -> None:
+    """Put kho_init's kexec-metadata call in (``on``) or leave it out. The source tree is
+    shared by every kernel built from it: each build sets it, and :func:`build` puts it
+    back after the nometa kernel."""
+    p = src / KHO_SOURCE
+    text = p.read_text()
+    old, new = (METADATA_SKIPPED, METADATA_CALL) if on else (METADATA_CALL, METADATA_SKIPPED)
+    if new in text:
+        return
+    if text.count(old) != 1:
+        raise RuntimeError(f"{KHO_SOURCE}: expected one '{old}'")
+    p.write_text(text.replace(old, new))
+
+
 def build(src: Path, tag: str, out: Path) -> None:
+    set_metadata(src, tag != "nometa")
+    try:
+        _build(src, tag, out)
+    finally:
+        set_metadata(src, True)  # a tree left without it would build kernels without it
+
+
+def _build(src: Path, tag: str, out: Path) -> None:
     jobs = str(os.cpu_count() or 2)
     t0 = time.monotonic()
     set_abi(src, ABIS.get(tag, "kho-v4"))
@@ -169,7 +207,7 @@ def build(src: Path, tag: str, out: Path) -> None:
 
 
 def kernels() -> Path:
-    """The directory holding bzImage-{a,b,v3abi,composite}, building what is missing."""
+    """The directory holding bzImage-{a,b,v3abi,composite,nometa}, building what is missing."""
     pre = os.environ.get("KHOD_E2E_KERNEL_DIR")
     if pre:
         return Path(pre)

@@ -18,7 +18,7 @@ from tests.vm import kernel
 
 
 def kernels() -> Path:
-    """The directory holding bzImage-{a,b,v3abi,composite}, built if missing."""
+    """The directory holding bzImage-{a,b,v3abi,composite,nometa}, built if missing."""
     with locked(kernel.CACHE / "kernels.lock"):
         return kernel.kernels()
 
