@@ -118,6 +118,17 @@ class SnapshotCollector:
                 1,
             )
         yield info
+        # beside khod_boot_info, whose labels are a contract: where that previous_release
+        # and khod_kexecs_since_cold_boot come from; empty: unknown, or a cold boot
+        chain = GaugeMetricFamily(
+            "khod_boot_chain_info",
+            "Where this boot's previous_release and kexec_count come from: kho, kmsg "
+            "(the kernel's), attempt, derived (khod's own); empty when unknown",
+            labels=["metadata_source"],
+        )
+        if boot:
+            chain.add_metric([boot.get("metadata_source") or ""], 1)
+        yield chain
         g = GaugeMetricFamily(
             "khod_liveupdate_number",
             "Live updates (LUO) handed over into this boot (liveupdate_num; absent: no LUO)",

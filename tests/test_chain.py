@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -151,3 +152,30 @@ def test_an_attempt_is_no_proof_when_the_journal_names_another_boot_before(
         }
         chain = derive_chain(conn, obs, pk[obs.boot_id], pk[before.boot_id], attempted=True)
     assert (None if chain is None else chain.metadata_source) == want
+
+
+def test_status_shows_the_chain_khod_derived_for_this_boot(
+    db_url: str, sysroot: SysrootFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``khoctl status`` on a recorded boot whose chain the kernel did not give: the
+    chain khod stored for it (as ``history`` shows it), not the live unknown one."""
+    from tests.test_fleet import ctl
+
+    before, obs = kexec_without_handover(sysroot)
+    store = open_store(db_url)
+    save_observation(store, before)
+    save_observation(store, dataclasses.replace(obs, journal_previous_boot=before.boot_id))
+    store.dispose()
+    after = tmp_path / "roots" / "nokho-step1"  # kexec_without_handover's, loaded by kexec
+    rc, out, err = ctl(capsys, "status", "--json", "--sysroot", str(after), "--db", db_url)
+    assert rc == 0, err
+    got = json.loads(out)
+    assert (got["boot_id"], got["recorded"]) == (obs.boot_id, True)
+    assert (got["previous_release"], got["kexec_count"], got["metadata_source"]) == (
+        before.release,
+        1,
+        "derived",
+    )
+    rc, out, err = ctl(capsys, "status", "--sysroot", str(after), "--db", db_url)
+    assert rc == 0, err
+    assert f"previous release:  {before.release} (the boot khod recorded before" in out, out

@@ -106,6 +106,7 @@ def test_an_empty_snapshot_still_exposes_every_family() -> None:
     assert names == {
         "khod_kexecs_since_cold_boot",
         "khod_boot_info",
+        "khod_boot_chain_info",
         "khod_kho_enabled",
         "khod_liveupdate_number",
         "khod_boot_timestamp_seconds",
@@ -202,3 +203,50 @@ def test_the_live_update_number_of_this_boot_is_a_gauge(
     text = exposition(make_registry(c)).decode()
     (fam,) = [f for f in text_string_to_metric_families(text) if f.name == "khod_liveupdate_number"]
     assert [(s.labels, s.value) for s in fam.samples] == [({}, 41)]
+
+
+def test_where_the_chain_came_from_is_a_label(db_url: str, sysroot: SysrootFactory) -> None:
+    """A kexec without a handover whose chain khod derived (the journal's boot before
+    it is the one recorded): ``khod_boot_chain_info{metadata_source="derived"}``, beside
+    ``khod_boot_info`` as it was; a cold boot's is empty."""
+    import dataclasses
+
+    from khod.store.boots import save_observation
+    from tests.test_chain import kexec_without_handover
+
+    before, obs = kexec_without_handover(sysroot)
+    store = open_store(db_url)
+    save_observation(store, before)
+
+    def chain_info(boot_id: str) -> tuple[dict[str, str], str]:
+        snap = compute_snapshot(store, obs.machine_id, boot_id, ingested_at=0.0, duration=0.0)
+        c = SnapshotCollector()
+        c.set(snap)
+        text = exposition(make_registry(c)).decode()
+        r = subprocess.run(
+            ["promtool", "check", "metrics"],
+            input=text,
+            text=True,
+            capture_output=True,
+            check=False,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        (fam,) = [
+            f for f in text_string_to_metric_families(text) if f.name == "khod_boot_chain_info"
+        ]
+        (sample,) = fam.samples
+        assert sample.value == 1
+        return sample.labels, text
+
+    assert chain_info(before.boot_id)[0] == {"metadata_source": ""}
+    save_observation(store, dataclasses.replace(obs, journal_previous_boot=before.boot_id))
+    labels, text = chain_info(obs.boot_id)
+    assert labels == {"metadata_source": "derived"}
+    (info,) = [f for f in text_string_to_metric_families(text) if f.name == "khod_boot_info"]
+    assert info.samples[0].labels == {
+        "release": obs.release,
+        "previous_release": before.release,
+        "kind": "kexec-no-handover",
+        "kho_abi": "",
+    }
+    store.dispose()

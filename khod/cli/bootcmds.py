@@ -81,7 +81,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         try:
             try:
-                recorded = load_boot(store, obs.machine_id, obs.boot_id) is not None
+                rec = load_boot(store, obs.machine_id, obs.boot_id)
+                recorded = rec is not None
+                if rec is not None and obs.previous_release is None and rec.previous_release:
+                    # the kernel gave no chain; the one khod derived when it saved this
+                    # boot (its attempt record, the journal) is only in the store
+                    d.update(
+                        previous_release=rec.previous_release,
+                        kexec_count=rec.kexec_count,
+                        metadata_source=rec.metadata_source,
+                    )
             except UnreadableRow as e:  # recorded, in a shape this khod cannot show
                 recorded, skipped = True, [str(e)]
                 note_skipped(skipped)

@@ -53,6 +53,14 @@ def add_parsers(cmd: Cmd) -> None:
         "--include-cold", action="store_true", help="add each release's cold boots as a baseline"
     )
     c.add_argument(
+        "--derived",
+        choices=("include", "exclude", "only"),  # khod.fleet.report.DERIVED_CHOICES
+        default="include",
+        help="the boots through a kexec whose chain khod derived itself (metadata_source "
+        "attempt or derived): counted with the kernel's (include, the default), left out "
+        "(exclude), or alone (only)",
+    )
+    c.add_argument(
         "--min-boots",
         type=whole_number(),
         default=1,

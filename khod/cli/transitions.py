@@ -86,6 +86,7 @@ def metrics(rows: Sequence[Transition], bad_rate: float, bad_min: int) -> bytes:
     fam("without_handover", "Attempts that landed without a KHO handover (none, or kho=off)")
     fam("warned_boots", "Boots through this kexec whose kernel log held a warning")
     fam("warnings", "Warning lines (WARNING, BUG, Oops, hung task, lockup, MCE) in them")
+    fam("derived_boots", "Boots counted here whose chain khod derived (attempt, derived)")
     for r in RATES:
         if r != "crash":
             fam(f"{r}_rate", RATE_HELP[r])
@@ -106,7 +107,7 @@ def metrics(rows: Sequence[Transition], bad_rate: float, bad_min: int) -> bytes:
         for key in ("hosts_affected", "observed_boots"):
             fams[key].add_metric(lv, getattr(t, key))
         fams["window_seconds"].add_metric(lv, t.window)
-        for key in ("rejected", "without_handover", "warned_boots", "warnings"):
+        for key in ("rejected", "without_handover", "warned_boots", "warnings", "derived_boots"):
             fams[key].add_metric(lv, getattr(t, key))
         if t.crash_rate is not None:  # no boot landed: no rate (the report's JSON: null)
             fams["crash_rate"].add_metric(lv, t.crash_rate)
@@ -285,17 +286,32 @@ def cmd_report(args: argparse.Namespace, since: float | None, until: float | Non
     from khod.store.db import open_store  # noqa: PLC0415
 
     th = thresholds(args)
+    derived = getattr(args, "derived", "include")
     store = open_store(args.db, create=False)
     try:
-        rows = [
-            t
-            for t in transitions(
-                store, since, include_cold=args.include_cold, thresholds=th, until=until
-            )
-            if t.boots >= args.min_boots or t.attempts >= args.min_boots
-        ]
+        every = transitions(
+            store,
+            since,
+            include_cold=args.include_cold,
+            thresholds=th,
+            until=until,
+            derived=derived,
+        )
+        left_out = 0
+        if derived == "exclude":
+            from khod.fleet.report import derived_counts  # noqa: PLC0415
+
+            left_out = sum(derived_counts(store, since, until).values())
     finally:
         store.dispose()
+    counted = sum(t.derived_boots for t in every)
+    rows = [
+        t
+        for t in every
+        if (t.boots >= args.min_boots or t.attempts >= args.min_boots)
+        # only: the transitions khod derived (their attempts beside them), and baselines
+        and (derived != "only" or t.derived_boots or t.previous_release is None)
+    ]
     if args.textfile:
         from khod.atomic import write_file  # noqa: PLC0415
         from khod.metrics import TEXTFILE_MODE  # noqa: PLC0415
@@ -310,6 +326,21 @@ def cmd_report(args: argparse.Namespace, since: float | None, until: float | Non
         return 0
     if not rows:
         print("no kexec transitions recorded")
+        print(derived_line(derived, counted, left_out))
         return 0
-    print_text(text(rows, th))
+    print_text(text(rows, th) + "\n" + derived_line(derived, counted, left_out))
     return 0
+
+
+def derived_line(derived: str, counted: int, left_out: int) -> str:
+    """How many boots through a kexec had a chain khod derived, and what --derived did."""
+    what = "boot" if (left_out or counted) == 1 else "boots"
+    if derived == "exclude":
+        return (
+            f"Derived: {left_out} {what} through a kexec whose chain khod derived "
+            f"(metadata_source attempt or derived) left out (--derived exclude)."
+        )
+    return (
+        f"Derived: {counted} {what} through a kexec counted here had a chain khod "
+        f"derived (metadata_source attempt or derived; --derived {derived})."
+    )

@@ -130,6 +130,15 @@ def _luo(luo: dict[str, Any]) -> str:
     )
 
 
+def _whose(source: str | None) -> str:
+    """Where a chain khod derived itself came from: not the kernel's word."""
+    if source == "attempt":
+        return " (khod's kexec record, not the kernel's)"
+    if source == "derived":
+        return " (the boot khod recorded before, the journal's: not the kernel's)"
+    return ""
+
+
 def status_text(d: dict[str, Any]) -> str:
     kho = d["kho"]
     subtrees = (
@@ -143,8 +152,7 @@ def status_text(d: dict[str, Any]) -> str:
         f"boot:              {d['boot_id']}",
         f"release:           {d['release']}",
         f"kind:              {d['kind']}" + (f" ({d['kind_reason']})" if d["kind_reason"] else ""),
-        f"previous release:  {_cell(d['previous_release'])}"
-        + (" (khod's kexec record, not the kernel's)" if d["metadata_source"] == "attempt" else ""),
+        f"previous release:  {_cell(d['previous_release'])}" + _whose(d["metadata_source"]),
         f"kexec count:       {_cell(d['kexec_count'])}",
         f"KHO:               {'enabled' if kho['enabled'] else 'disabled'}, "
         f"ABI {_cell(kho['abi'])}",

@@ -26,6 +26,7 @@ landed, and whether that is worse than the release's baseline (``khod.fleet.stat
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import case, func, literal, select
@@ -40,12 +41,30 @@ from khod.records import (
     RAN,
     REJECTED,
     WITHOUT_HANDOVER,
+    MetadataSource,
     Verdict,
 )
 from khod.store.handle import Store, describe_db_error
 from khod.store.schema import boots, kexec_attempts, pstore_records
 
-__all__ = ["RATES", "Transition", "attempts_query", "transitions", "transitions_query"]
+__all__ = [
+    "DERIVED_CHOICES",
+    "RATES",
+    "Transition",
+    "attempts_query",
+    "derived_counts",
+    "transitions",
+    "transitions_query",
+]
+# --derived: the boots through a kexec whose chain khod derived itself (its own attempt
+# record, or the boot it recorded before): counted with the others, left out, or alone
+DERIVED_CHOICES = ("include", "exclude", "only")
+DERIVED_SOURCES = (str(MetadataSource.ATTEMPT), str(MetadataSource.DERIVED))
+
+
+def _derived() -> Any:
+    """A boot whose chain khod derived (NULL, the kernel said nothing: not derived)."""
+    return func.coalesce(boots.c.metadata_source, "").in_(DERIVED_SOURCES)
 
 
 def _crashed() -> Any:
@@ -65,12 +84,15 @@ def transitions_query(
     include_cold: bool = True,
     observed_before: float | None = None,
     until: float | None = None,
+    derived: str = "include",
 ) -> Any:
     """Boots by (previous_release, release, machine); previous_release NULL: the
     release's boots that took no KHO handover. A boot is *observed* (counts for the
     rates) once it began before ``observed_before``: its window is over, crashed or not
     (counting a boot once it ended would count a fresh rollout's crashes before its
-    healthy boots); every boot when that is None."""
+    healthy boots); every boot when that is None. ``derived`` (``DERIVED_CHOICES``)
+    selects the boots through a kexec by where their chain came from; the baselines'
+    boots are kept either way."""
     crashed = _crashed()
     kexec = boots.c.kind == "kexec"
     prev = case((kexec, boots.c.previous_release), else_=None)
@@ -104,11 +126,38 @@ def transitions_query(
     # a kexec without metadata (before 7.1) has no known previous release: left out
     known = kexec & boots.c.previous_release.is_not(None)
     q = q.where(known | ~kexec if include_cold else known)
+    if derived != "include":
+        q = q.where(~kexec | (_derived() if derived == "only" else ~_derived()))
     if since is not None:
         q = q.where(boots.c.booted_at >= literal(int(since)))
     if until is not None:
         q = q.where(boots.c.booted_at <= literal(int(until)))
     return q
+
+
+def derived_query(since: float | None = None, until: float | None = None) -> Any:
+    """The boots through a kexec whose chain khod derived, by (previous_release, release)."""
+    q = (
+        select(boots.c.previous_release, boots.c.release, func.count())
+        .where(boots.c.kind == "kexec", boots.c.previous_release.is_not(None), _derived())
+        .group_by(boots.c.previous_release, boots.c.release)
+    )
+    if since is not None:
+        q = q.where(boots.c.booted_at >= literal(int(since)))
+    if until is not None:
+        q = q.where(boots.c.booted_at <= literal(int(until)))
+    return q
+
+
+def derived_counts(
+    store: Store, since: float | None = None, until: float | None = None
+) -> dict[tuple[str, str], int]:
+    """``derived_query``'s counts, whatever ``--derived`` keeps."""
+    try:
+        with store.engine.connect() as conn:
+            return {(p, r): int(n) for p, r, n in conn.execute(derived_query(since, until))}
+    except SQLAlchemyError as e:
+        raise StoreError(f"cannot read {store.location}: {describe_db_error(e)}") from None
 
 
 def attempts_query(since: float | None = None, until: float | None = None) -> Any:
@@ -152,18 +201,29 @@ def transitions(
     thresholds: Thresholds | None = None,
     now: float | None = None,
     until: float | None = None,
+    derived: str = "include",
 ) -> list[Transition]:
     """Rows sorted worst first: by verdict, then crash rate, then boots (more
     evidence first). A boot counts for the rates once the window after it is over
-    (``thresholds.window`` before ``now``)."""
+    (``thresholds.window`` before ``now``). ``derived``: see ``transitions_query``;
+    each row's ``derived_boots`` are those of its boots counted."""
     th = thresholds or Thresholds()
     before = (time.time() if now is None else now) - th.window
     try:
         with store.engine.connect() as conn:
             boot_rows = conn.execute(
-                transitions_query(since, observed_before=before, until=until)
+                transitions_query(since, observed_before=before, until=until, derived=derived)
             ).all()
             attempt_rows = conn.execute(attempts_query(since, until)).all()
     except SQLAlchemyError as e:
         raise StoreError(f"cannot read {store.location}: {describe_db_error(e)}") from None
-    return build(boot_rows, attempt_rows, th, include_cold)
+    rows = build(boot_rows, attempt_rows, th, include_cold)
+    if derived == "exclude":
+        return rows
+    counts = derived_counts(store, since, until)
+    return [
+        replace(t, derived_boots=counts.get((t.previous_release, t.release), 0))
+        if t.previous_release is not None
+        else t
+        for t in rows
+    ]

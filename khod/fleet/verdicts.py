@@ -54,6 +54,7 @@ class Transition:
     observed_boots: int = 0  # whose window is over: the rates' boots
     hosts_affected: int = 0  # hosts with at least one crashed boot here
     window: int = 0  # seconds after landing before a boot is observed
+    derived_boots: int = 0  # of ``boots``, those whose chain khod derived (attempt, derived)
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -78,6 +79,7 @@ class Transition:
                 "observed_boots",
                 "hosts_affected",
                 "window",
+                "derived_boots",
             )
         }
         out["rates"] = {k: c.as_json() for k, c in self.rates.items()}

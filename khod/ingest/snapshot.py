@@ -70,6 +70,7 @@ def compute_snapshot(
             "kho_abi": boot.kho_abi,
             "kho_enabled": boot.kho_enabled,
             "kexec_count": boot.kexec_count,
+            "metadata_source": boot.metadata_source,
             "booted_at": boot.booted_at,
             "scratch_bytes": sum(n for _, n in boot.scratch or []),
             "liveupdate_num": boot.liveupdate_num,

@@ -16,6 +16,10 @@ Runs, each one QEMU process from a freshly unpacked image:
   until an ``IPAddressAllow=`` drop-in), khod syncs to a PostgreSQL on the host, and a
   configuration drop-in that does not parse stops khod at one boot.
 - ``owner``: khod-pstore.service owns pstore, systemd-pstore masked: a -> b -> panic -> a.
+- ``cloud``: Debian's own kernel (no KHO): cold, a panic into ramoops loaded late, then
+  into itself by ``khoctl kexec --force`` (refused without it) and by a hand-made
+  ``kexec -l`` + ``systemctl kexec`` (the hook masked): the chain from khoctl's attempt,
+  then from the real, persistent journal.
 """
 
 from __future__ import annotations
@@ -550,6 +554,7 @@ def test_khod_owning_pstore_loses_and_doubles_nothing(owner: Run) -> None:
 
 
 # --- Debian's own kernel: no KHO, pstore backends as modules (scenario 7) -------------
+# then kexecs into itself (issue 27): by khoctl kexec --force, then by hand
 
 CLOUD_APPEND = (  # no_timer_check: see tests/vm/harness.py
     "console=ttyS0 loglevel=7 panic=-1 nokaslr no_timer_check reserve_mem=1M:4096:oops"
@@ -557,6 +562,26 @@ CLOUD_APPEND = (  # no_timer_check: see tests/vm/harness.py
 # ramoops over the region reserve_mem set aside at boot: the same RAM after a reset
 RAMOOPS = "modprobe ramoops mem_name=oops record_size=65536 console_size=65536 max_reason=4"
 CRASH_ID = sd.MESSAGE_IDS["pstore-crash"]
+# Debian's own kernel and initramfs, the ones it runs: the kexec is into itself
+SELF = "--kernel /boot/vmlinuz-$(uname -r) --initrd /boot/initrd.img-$(uname -r)"
+KEXEC_SELF = f"khoctl kexec {SELF}"
+# a kexec khoctl did not make, with the kexec.target hook turned off for this boot (an
+# operator's choice): no attempt record, only the journal can show no boot came between
+BY_HAND = (
+    "systemctl mask --runtime khod-kexec.service && kexec -l /boot/vmlinuz-$(uname -r) "
+    "--initrd=/boot/initrd.img-$(uname -r) --reuse-cmdline && systemctl kexec"
+)
+# what khod's journal source reads, run as the product runs it, on this real journal
+JOURNAL_SOURCE = (
+    "python3 -c 'from khod.collect.collector import Collector; "
+    "from khod.collect.journal import journal_previous_boot; from khod.paths import HostPaths; "
+    "c = Collector(HostPaths()); "
+    'print(journal_previous_boot(c, open("/proc/sys/kernel/random/boot_id").read().strip())); '
+    "print([e.message for e in c.events])'"
+)
+PERSISTENT = "[Journal]\nStorage=persistent\n"
+# the do commands of the boots after the kexecs (their outputs: do-0.out ...)
+AFTER_KEXEC = ["cat /proc/version", "journalctl --list-boots -o json --no-pager", JOURNAL_SOURCE]
 
 
 @pytest.fixture(scope="module")
@@ -574,11 +599,20 @@ def cloud(image: tuple[Path, Path]) -> Run:
         [
             # 0: cold; ramoops loaded by hand after khod started, then a panic into it
             {"do": [RAMOOPS, "sleep 20", "@report loaded"], "then": PANIC},
-            # 1: after the reset; the dump is there once ramoops is loaded again
-            {"do": [RAMOOPS, wait_crash, "@report loaded"]},
+            # 1: after the reset; the dump is there once ramoops is loaded again; then
+            # khoctl kexec into this same kernel: refused (no KHO), then --force
+            {
+                "do": [RAMOOPS, wait_crash, "@report loaded", "cat /proc/version", KEXEC_SELF],
+                "then": f"{KEXEC_SELF} --force",
+            },
+            # 2: landed by khoctl's kexec; then kexec -l + systemctl kexec by hand
+            {"do": AFTER_KEXEC, "then": BY_HAND},
+            # 3: landed by the hand-made kexec
+            {"do": AFTER_KEXEC},
         ],
         append=CLOUD_APPEND,
         own_kernel=True,
+        files={"etc/systemd/journald.conf.d/50-e2e-persistent.conf": PERSISTENT},
     )
     show(r, f"cloud image: {cloud_tar.name}, " + (f"built in {built:.0f}s" if built else "cached"))
     return r
@@ -586,17 +620,73 @@ def cloud(image: tuple[Path, Path]) -> Run:
 
 def test_debians_kernel_is_recorded_without_kho(cloud: Run) -> None:
     r = cloud
-    assert r.rc == 0 and len(r.boots) == 2, r.digest()
+    assert r.rc == 0 and len(r.boots) == 4, r.digest()
     for b in r.boots:
         assert b.out("release").strip().endswith("-cloud-amd64"), b.out("release")
         s = status(b)
-        assert (s.get("boot_id"), s.get("kind"), s["kho"]["enabled"]) == (
-            b.boot_id,
-            "cold",
-            False,
-        ), s
+        assert (s.get("boot_id"), s["kho"]["enabled"]) == (b.boot_id, False), s
         assert b.out("failed").strip() == "", b.out("failed")
         assert not [line for line in khod_lines(b) if any(d in line for d in DENIALS)]
+        assert b.kho_lines == [], b.kho_lines  # the kernel's own log: no KHO at all
+    assert [status(b).get("kind") for b in r.boots[:2]] == ["cold", "cold"]
+
+
+def release_of(b: Boot, i: int) -> str:
+    """The release in the kernel's own /proc/version (a ``do`` command's output)."""
+    m = re.search(r"^Linux version (\S+) ", b.out(f"do-{i}.out"), re.M)
+    assert m, b.out(f"do-{i}.out")
+    return m.group(1)
+
+
+def test_debians_kernel_kexecs_into_itself(cloud: Run) -> None:
+    """khoctl kexec --force, then kexec -l + systemctl kexec: each a kexec without a
+    handover (0xD0), its chain one on from the boot before: from khoctl's attempt, then
+    from the journal (the hook turned off: no attempt record)."""
+    r = cloud
+    assert r.rc == 0 and len(r.boots) == 4, r.digest()
+    recs = records(r.db)
+    one, two, three = r.boots[1], r.boots[2], r.boots[3]
+    # without --force, khoctl refuses a kexec with no KHO to hand over
+    refused = one.out("do-4.out")
+    assert refused.rstrip().endswith("[rc 1]") and "kho-enabled" in refused, refused
+    rel = [release_of(one, 3), release_of(two, 0), release_of(three, 0)]
+    assert rel[0] == rel[1] == rel[2] == one.out("release").strip()  # into itself
+    got = [
+        (
+            recs[b.boot_id]["kind"],
+            recs[b.boot_id]["bootloader_type"],
+            recs[b.boot_id]["previous_release"],
+            recs[b.boot_id]["kexec_count"],
+            recs[b.boot_id]["metadata_source"],
+            recs[b.boot_id].get("verdict"),
+        )
+        for b in r.boots
+    ]
+    assert [int(b.out("bootloader_type").strip()) for b in r.boots[2:]] == [0xD0, 0xD0]
+    assert got[1][0] == "cold" and got[1][3] == 0, got
+    assert got[2:] == [
+        # khoctl's attempt: the chain from it; landed, with no handover (there was none to
+        # make: the kernel has no KHO)
+        ("kexec-no-handover", 0xD0, rel[0], 1, "attempt", "landed-without-handover"),
+        # by hand, the hook off: no attempt; the journal's boot before is boot 2
+        ("kexec-no-handover", 0xD0, rel[1], 2, "derived", None),
+    ], got
+    import sqlite3
+
+    with sqlite3.connect(r.db) as c:
+        sources = [s for (s,) in c.execute("SELECT source FROM kexec_attempts ORDER BY id")]
+    assert sources == ["khoctl"], sources  # the refused one was not recorded, nor the hand-made
+    # khod's journal source read the real journal: boot 2 just before boot 3
+    boots = json.loads(three.out("do-1.out").split("\n", 1)[1].rsplit("[rc", 1)[0])
+    ids = [b["boot_id"] for b in sorted(boots, key=lambda b: b["index"])]
+    plain = [b.boot_id.replace("-", "") for b in r.boots]
+    assert ids[-2:] == plain[2:], (ids, plain)
+    said = three.out("do-2.out").splitlines()
+    assert said[1:3] == [plain[2], "[]"], said
+    # and journaled, as stored
+    for b, source in ((two, "attempt"), (three, "derived")):
+        s = status(b)
+        assert (s.get("kind"), s.get("metadata_source")) == ("kexec-no-handover", source), s
 
 
 def test_a_pstore_backend_loaded_late_is_picked_up_through_udev(cloud: Run) -> None:
