@@ -182,3 +182,23 @@ def test_hosts_that_failed_together_do_not_retry_together() -> None:
     gaps = [sorted(own[k] - (own[k - 1] if k else 0) for own in times) for k in range(6)]
     medians = [g[len(g) // 2] for g in gaps]
     assert medians == sorted(medians) and medians[-1] > 3 * medians[0], medians
+
+
+def test_only_a_sqlite_store_is_looked_at_without_opening_it(tmp_path: Path) -> None:
+    """The daemon's look at the local store: a SQLite file's stamp changes with a write
+    and not with a read; a PostgreSQL store (or none yet) has none, so every tick
+    starts a push, which itself connects only with something new."""
+    db = f"sqlite:///{tmp_path / 'khod.db'}"
+    assert syncplan.store_stamp(db) is None  # not made yet
+    with sqlite3.connect(tmp_path / "khod.db") as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE t (x)")
+    before = syncplan.store_stamp(db)
+    assert before is not None
+    with sqlite3.connect(tmp_path / "khod.db") as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    assert syncplan.store_stamp(db) == before
+    with sqlite3.connect(tmp_path / "khod.db") as conn:
+        conn.execute("INSERT INTO t VALUES (1)")
+    assert syncplan.store_stamp(db) != before
+    assert syncplan.store_stamp("postgresql+psycopg://host_x@fleet/khod") is None
