@@ -20,6 +20,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +63,42 @@ def ctl(*argv: str) -> None:
         raise SystemExit(f"khoctl {argv[0]} failed")
 
 
+@contextmanager
+def tls_fleet(
+    *, log_connections: bool = False, durable: bool = False
+) -> Iterator[tuple[pgserver.PostgresServer, str]]:
+    """A TLS cluster with one fleet database set up by ``khoctl fleet init``;
+    ``log_connections``: each session the server lets in is a line of its log."""
+    with pgserver.running_server(durable=durable, tls=True) as pg:
+        if log_connections:
+            pg.psql("ALTER SYSTEM SET log_connections = on")
+            pg.psql("SELECT pg_reload_conf()")
+        db = pg.create_database()
+        ctl("fleet", "init", "--db", pg.url(db))
+        yield pg, db
+
+
+def enroll_host(
+    owner: Any, pg: pgserver.PostgresServer, machine: str, out: Path
+) -> tuple[str, Any]:
+    """A host's own role and certificate (``khod.fleet.admin.enroll``, as ``khoctl fleet
+    enroll``): its role and its verified-TLS settings."""
+    from khod.fleet import admin
+    from khod.fleet.tls import TlsSettings
+
+    role = admin.host_role(machine)
+    c = admin.enroll(owner, role, admin.HOST_GROUP, ca_cert=pg.ca_cert, ca_key=pg.ca_key, out=out)
+    return role, TlsSettings("verify-full", c["ca"], c["cert"], c["key"])
+
+
+def host_url(pg: pgserver.PostgresServer, db: str, role: str) -> str:
+    return f"postgresql+psycopg://{role}@localhost:{pg.port}/{db}"
+
+
 def measure(export: Path, tmp: Path, max_hosts: int = 8, runs: int = 5) -> None:
     from khod.fleet import admin
     from khod.fleet.report import transitions
     from khod.fleet.sync import push
-    from khod.fleet.tls import TlsSettings
     from khod.store.db import open_store
 
     per_host = split_by_host(export, tmp, max_hosts)
@@ -88,12 +121,7 @@ def measure(export: Path, tmp: Path, max_hosts: int = 8, runs: int = 5) -> None:
         for machine, path in per_host.items():
             local = f"sqlite:///{tmp / machine / 'khod.db'}"
             ctl("import", "--db", local, "--quiet", str(path))
-            role = admin.host_role(machine)
-            certs = admin.enroll(
-                owner, role, admin.HOST_GROUP, ca_cert=pg.ca_cert, ca_key=pg.ca_key,
-                out=tmp / f"tls-{machine}",
-            )  # fmt: skip
-            tls = TlsSettings("verify-full", certs["ca"], certs["cert"], certs["key"])
+            role, tls = enroll_host(owner, pg, machine, tmp / f"tls-{machine}")
             hosts.append((role, local, tls))
         reader = admin.enroll(
             owner, "bench_reader", admin.REPORT_GROUP, ca_cert=pg.ca_cert, ca_key=pg.ca_key,
@@ -105,7 +133,7 @@ def measure(export: Path, tmp: Path, max_hosts: int = 8, runs: int = 5) -> None:
         for i, (role, local, tls) in enumerate(hosts):
             order = ("with", "without") if i % 2 == 0 else ("without", "with")
             for name in order:
-                url = f"postgresql+psycopg://{role}@localhost:{pg.port}/{dbs[name]}"
+                url = host_url(pg, dbs[name], role)
                 t0 = time.perf_counter()
                 res = push(url, local, tls=tls)
                 spent[name] += time.perf_counter() - t0
@@ -210,23 +238,16 @@ def roles_at_scale(n_roles: int, tmp: Path) -> None:
     and a host's connection time with 1 enrolled host against n_roles."""
     from psycopg.conninfo import make_conninfo
 
-    from khod.fleet import admin
     from khod.store.db import open_store
 
     size = "SELECT pg_total_relation_size('pg_authid') + pg_total_relation_size('pg_auth_members')"
-    with pgserver.running_server(tls=True) as pg:
-        db = pg.create_database()
-        ctl("fleet", "init", "--db", pg.url(db))
+    with tls_fleet() as (pg, db):
         owner = open_store(pg.url(db))
-        machine = f"{1:032x}"
-        c = admin.enroll(
-            owner, admin.host_role(machine), admin.HOST_GROUP, ca_cert=pg.ca_cert,
-            ca_key=pg.ca_key, out=tmp / "tls-one",
-        )  # fmt: skip
+        role, tls = enroll_host(owner, pg, f"{1:032x}", tmp / "tls-one")
         owner.dispose()
         info = make_conninfo(
-            host="localhost", port=pg.port, dbname=db, user=admin.host_role(machine),
-            sslmode="verify-full", sslrootcert=c["ca"], sslcert=c["cert"], sslkey=c["key"],
+            host="localhost", port=pg.port, dbname=db, user=role,
+            sslmode="verify-full", sslrootcert=tls.ca, sslcert=tls.cert, sslkey=tls.key,
         )  # fmt: skip
         before_bytes = int(pg.psql(size, db))
         before = connect_time(info)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,34 +77,64 @@ def test_a_host_with_nothing_new_opens_no_connection(fleet: Fleet) -> None:
     assert json.loads(attempt)["verdict"] == "landed"
 
 
-def test_the_daemon_stays_off_the_fleet_database_between_boots(
+def ticks(d: daemon_helpers.Running, n: int) -> None:
+    """Wait for ``n`` more successful sync ticks of the daemon (its last-success
+    timestamp in /metrics moving ``n`` times)."""
+    last = "khod_sync_last_success_timestamp_seconds "
+    seen: set[str] = set()
+    deadline = time.monotonic() + 90
+    while len(seen) < n:
+        assert time.monotonic() < deadline and d.proc.poll() is None, d.scrape()
+        line = next((ln for ln in d.scrape().splitlines() if ln.startswith(last)), "nan")
+        if "nan" not in line.lower():
+            seen.add(line)
+        time.sleep(0.1)
+
+
+def something_new(db: str) -> None:
+    """A new event in the newest boot of the store at ``db`` (a SQLite URL)."""
+    with sqlite3.connect(db.removeprefix("sqlite:///")) as conn:
+        cols = [r[1] for r in conn.execute("PRAGMA table_info(events)") if r[1] != "id"]
+        picked = ", ".join("'fresh-event'" if c == "fingerprint" else c for c in cols)
+        conn.execute(
+            f"INSERT INTO events ({', '.join(cols)}) SELECT {picked} FROM events "
+            "WHERE boot_pk IS NOT NULL ORDER BY id DESC LIMIT 1"
+        )
+
+
+def test_the_daemon_starts_no_sync_worker_while_nothing_is_new(
     fleet: Fleet, tmp_path: Path
 ) -> None:
     """The daemon's timer, every second: the boot pushed once, then tick after tick
-    (each a success in /metrics) and not one more connection."""
+    (each a success in /metrics) with no push process started and no connection; a
+    new row is pushed at the next tick, then quiet again."""
     step = CHAIN[0]
     host = fleet.enroll(machine_of(step))
     conf = tmp_path / "khod.toml"
     conf.write_text(host.config.read_text() + 'interval = "1s"\n')
-    last = "khod_sync_last_success_timestamp_seconds "
     with daemon_helpers.running_daemon(
         root_of(tmp_path, step), tmp_path, "--config", str(conf)
     ) as d:
         d.wait_for("READY=1")
-        seen: set[str] = set()
-        deadline = time.monotonic() + 90
-        while len(seen) < 6:  # the first push and five ticks after it
-            assert time.monotonic() < deadline and d.proc.poll() is None, d.scrape()
-            line = next((ln for ln in d.scrape().splitlines() if ln.startswith(last)), "nan")
-            if "nan" not in line.lower():
-                seen.add(line)
-            time.sleep(0.1)
+        ticks(d, 8)  # the first push and seven ticks after it
+        assert connections(fleet, host) == 1
+        assert len(fleet.owner_rows(host.machine)["boots"]) == 1
+        events = len(fleet.owner_rows(host.machine)["events"])
+        something_new(d.db)
+        deadline = time.monotonic() + 60
+        while len(fleet.owner_rows(host.machine)["events"]) == events:
+            assert time.monotonic() < deadline and d.proc.poll() is None
+            time.sleep(0.2)
+        ticks(d, 8)
         d.proc.terminate()
         d.proc.wait(10)
         log = d.proc.stdout.read() if d.proc.stdout else ""
-    assert connections(fleet, host) == 1, log
-    assert log.count("synced nothing new") >= 5, log
-    assert len(fleet.owner_rows(host.machine)["boots"]) == 1
+    assert connections(fleet, host) == 2, log
+    # every push process says one line: the two that sent something, and after each
+    # at most one that found the store as it had left it
+    pushes = [ln for ln in log.splitlines() if "synced " in ln or "error:" in ln]
+    assert len(pushes) <= 4, log
+    assert sum("nothing new" not in ln for ln in pushes) == 2, log
 
 
 def test_hosts_push_at_their_own_stable_slot_spread_over_the_interval() -> None:
@@ -151,3 +182,23 @@ def test_hosts_that_failed_together_do_not_retry_together() -> None:
     gaps = [sorted(own[k] - (own[k - 1] if k else 0) for own in times) for k in range(6)]
     medians = [g[len(g) // 2] for g in gaps]
     assert medians == sorted(medians) and medians[-1] > 3 * medians[0], medians
+
+
+def test_only_a_sqlite_store_is_looked_at_without_opening_it(tmp_path: Path) -> None:
+    """The daemon's look at the local store: a SQLite file's stamp changes with a write
+    and not with a read; a PostgreSQL store (or none yet) has none, so every tick
+    starts a push, which itself connects only with something new."""
+    db = f"sqlite:///{tmp_path / 'khod.db'}"
+    assert syncplan.store_stamp(db) is None  # not made yet
+    with sqlite3.connect(tmp_path / "khod.db") as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE t (x)")
+    before = syncplan.store_stamp(db)
+    assert before is not None
+    with sqlite3.connect(tmp_path / "khod.db") as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    assert syncplan.store_stamp(db) == before
+    with sqlite3.connect(tmp_path / "khod.db") as conn:
+        conn.execute("INSERT INTO t VALUES (1)")
+    assert syncplan.store_stamp(db) != before
+    assert syncplan.store_stamp("postgresql+psycopg://host_x@fleet/khod") is None

@@ -57,7 +57,7 @@ def add_parsers(cmd: Cmd) -> None:
 
 def configured_store(args: argparse.Namespace) -> None:
     """``--db``, else ``[store] db`` of the configuration khod reads, else the default
-    (``khod.store.db.default_db_url``): khoctl and khod use one store."""
+    (``khod.store.location.default_db_url``): khoctl and khod use one store."""
     if args.db is not None:
         return
     from khod.config import load_config  # noqa: PLC0415

@@ -87,6 +87,10 @@ class Daemon:
         self.sync_failures = 0
         self.sync_delay: float | None = None  # the last retry's (khod.daemon.syncplan)
         self.splay: float | None = None  # this host's, read at its first push
+        # the local store's files before the running push (khod.daemon.syncplan.store_stamp),
+        # and before the last one that succeeded: while they are the same, nothing is new
+        self.sync_stamp: syncplan.Stamp | None = None
+        self.quiet_stamp: syncplan.Stamp | None = None
         self.ingest_child: Child | None = None
         self.ingest_reload = False  # the running ingest is a reload's: READY=1 after it
         self.pending: list[tuple[bool, bool]] = []  # (a pstore rescan only, a reload's)
@@ -317,10 +321,12 @@ class Daemon:
             self.collector.sync_result(rc == 0, fleet_worker.failure_reason(errors[-1]))
             interval = float(self.s.cfg.sync_interval)
             if rc == 0:
+                self.quiet_stamp = self.sync_stamp
                 self.sync_failures = 0
                 self.sync_delay = None
                 self.sync_at = now + syncplan.next_slot(time.time(), self._splay(), interval)
             else:
+                self.quiet_stamp = None
                 self.sync_failures += 1
                 delay = syncplan.retry_delay(self.sync_delay, interval)
                 self.sync_delay = delay
@@ -336,6 +342,13 @@ class Daemon:
         if now < self.sync_at:
             return
         self.sync_at = None
+        stamp = syncplan.store_stamp(self.s.db)
+        if stamp is not None and stamp == self.quiet_stamp:  # nothing written since
+            self.collector.sync_result(True)
+            interval = float(self.s.cfg.sync_interval)
+            self.sync_at = now + syncplan.next_slot(time.time(), self._splay(), interval)
+            return
+        self.sync_stamp = stamp
         cfg = self.s.cfg
         tls = (cfg.sync_sslmode, cfg.sync_ca, cfg.sync_cert, cfg.sync_key)
         self.sync = Child(fleet_worker.argv(cfg.sync_to, self.s.db, tls), SYNC_TIMEOUT, "sync")
@@ -356,6 +369,7 @@ class Daemon:
         if new.cfg.listen != self.s.cfg.listen:
             self.log("warning: daemon.listen changed; restart khod to apply it")
         old = self.s
+        self.quiet_stamp = None  # another fleet database or store: push at the next slot
         self.s = Settings(
             self.s.sysroot,
             new.config_path,

@@ -7,15 +7,20 @@
   its share of the first ``FIRST_WINDOW`` seconds (or of the interval, when shorter);
 - retries after a failure back off with decorrelated jitter (each delay drawn between
   the first retry's and three times the last one's, capped at the interval), so hosts
-  that failed together (the database away) do not come back together.
+  that failed together (the database away) do not come back together;
+- a tick with the local store as the last successful push left it starts no push at
+  all (``store_stamp``): no process, no connection, the store not even opened.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import os
 import random
 from pathlib import Path
+
+from khod.store.location import sqlite_file
 
 FIRST_RETRY = 30.0  # the shortest retry (or the interval, when shorter)
 FIRST_WINDOW = 60.0  # the first push after start falls within this many seconds
@@ -57,3 +62,31 @@ def retry_delay(last: float | None, interval: float, rng: random.Random | None =
     upper = max(base, 3 * (last if last is not None else base))
     draw = (rng or random).uniform(base, upper)
     return min(interval, draw)
+
+
+Stamp = tuple[tuple[int, int, int] | None, ...]
+
+
+def store_stamp(db: str | None) -> Stamp | None:
+    """What the local SQLite store's files look like (inode, size and modification time
+    of the database and its write-ahead log; a reader changes neither), without
+    opening it: equal stamps
+    taken before two pushes mean nothing was written in between, so a push that then
+    succeeded left nothing for the next one. None (always push) for a store that is not
+    a SQLite file, or cannot be looked at."""
+    path = sqlite_file(db)
+    if path is None:
+        return None
+    out: list[tuple[int, int, int] | None] = []
+    for f in (path, Path(f"{path}-wal")):
+        try:
+            st = os.stat(f)
+        except FileNotFoundError:
+            if f == path:
+                return None
+            out.append(None)
+            continue
+        except OSError:
+            return None
+        out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)

@@ -99,7 +99,8 @@ def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> 
         save_boot,
     )
     from khod.sources.capture import read_boot_id  # noqa: PLC0415
-    from khod.store.db import default_db_url, open_store  # noqa: PLC0415
+    from khod.store.db import open_store  # noqa: PLC0415
+    from khod.store.location import default_db_url  # noqa: PLC0415
     from khod.store.retention import retention  # noqa: PLC0415
     from khod.store.salvage import salvage  # noqa: PLC0415
 

@@ -25,6 +25,7 @@ from sqlalchemy.exc import (
 
 from khod.errors import StoreError
 from khod.store.handle import Store, describe_db_error
+from khod.store.location import default_db_url
 from khod.store.schema import HEAD_REVISION
 from khod.store.url import default_remote_tls
 
@@ -34,16 +35,6 @@ CONNECT_TIMEOUT_S = 10
 
 class NoStore(StoreError):
     """Nothing recorded there yet: no database, or one without a schema."""
-
-
-def default_db_url() -> str:
-    env = os.environ.get("KHOD_DB")
-    if env:
-        return env
-    if os.geteuid() == 0:
-        return "sqlite:////var/lib/khod/khod.db"
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return f"sqlite:///{Path(state) / 'khod' / 'khod.db'}"
 
 
 def _sqlite_path(url: URL) -> Path | None:
