@@ -53,6 +53,11 @@ def add_parsers(cmd: Cmd) -> None:
         "--include-cold", action="store_true", help="add each release's cold boots as a baseline"
     )
     c.add_argument(
+        "--recompute",
+        action="store_true",
+        help="count every boot and attempt again instead of reading the rollups",
+    )
+    c.add_argument(
         "--min-boots",
         type=whole_number(),
         default=1,

@@ -290,7 +290,12 @@ def cmd_report(args: argparse.Namespace, since: float | None, until: float | Non
         rows = [
             t
             for t in transitions(
-                store, since, include_cold=args.include_cold, thresholds=th, until=until
+                store,
+                since,
+                include_cold=args.include_cold,
+                thresholds=th,
+                until=until,
+                recompute=getattr(args, "recompute", False),
             )
             if t.boots >= args.min_boots or t.attempts >= args.min_boots
         ]

@@ -32,8 +32,9 @@ from sqlalchemy import case, func, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import StoreError
+from khod.fleet import rollup
 from khod.fleet.stats import Thresholds
-from khod.fleet.verdicts import RATES, Transition, build
+from khod.fleet.verdicts import RATES, Transition, build, report, totals
 from khod.records import (
     CRASH_REASONS,
     FAILED_TO_LAND,
@@ -152,14 +153,20 @@ def transitions(
     thresholds: Thresholds | None = None,
     now: float | None = None,
     until: float | None = None,
+    recompute: bool = False,
 ) -> list[Transition]:
     """Rows sorted worst first: by verdict, then crash rate, then boots (more
     evidence first). A boot counts for the rates once the window after it is over
-    (``thresholds.window`` before ``now``)."""
+    (``thresholds.window`` before ``now``). On PostgreSQL the counts come from the
+    rollups (``khod.fleet.rollup``) unless ``recompute``: then, as on SQLite, from
+    every boot and attempt in the window."""
     th = thresholds or Thresholds()
     before = (time.time() if now is None else now) - th.window
     try:
         with store.engine.connect() as conn:
+            if not recompute and conn.dialect.name == "postgresql":
+                boot_totals, attempt_totals = rollup.read(conn, since, until, before)
+                return report(totals(boot_totals, attempt_totals), th, include_cold)
             boot_rows = conn.execute(
                 transitions_query(since, observed_before=before, until=until)
             ).all()
