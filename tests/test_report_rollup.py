@@ -1,7 +1,8 @@
 """The transition report from the rollups (PostgreSQL, migration 0013) is the report
 counted again from every boot and attempt (``--recompute``; the only way on SQLite):
 on the hand-computed fleet of test_report.py, and on a seeded random fleet through
-imports, verdicts filled in later, deletes by retention and re-syncs, for windows that
+imports, verdicts filled in later, deletes by retention, boots rewritten and re-syncs,
+for windows that
 cut the rollups' 30-day buckets anywhere. Every test runs on SQLite and PostgreSQL."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from khod.fleet.report import transitions
 from khod.fleet.rollup import BUCKET
@@ -167,6 +168,12 @@ def test_random_imports_verdicts_retention_and_resyncs_read_the_same(
         for m in machines[1::3]:  # and by age
             retention(store, m, newest[m], max_boots=0, max_age=120 * 86400, max_bytes=0,
                       now=hi)  # fmt: skip
+        check_windows(store, rnd, lo, hi)
+        with store.writer.begin() as conn:  # boots rewritten (a release, warnings read late)
+            for pk in list(newest.values())[::3]:
+                conn.execute(
+                    update(boots).where(boots.c.id == pk).values(release="7.9", warnings=2)
+                )
         check_windows(store, rnd, lo, hi)
         load(judged, "d.jsonl")  # a full re-sync brings the deleted rows back
         assert check_windows(store, rnd, lo, hi) >= 10
