@@ -230,9 +230,25 @@ END $$;
 CREATE FUNCTION khod_rollup_pstore_ins() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = @SCHEMA@, pg_temp AS $$
 BEGIN
-  PERFORM khod_rollup_crash(d.describes)
-  FROM (SELECT DISTINCT describes FROM khod_new_rows
-        WHERE describes IS NOT NULL AND reason IN @CRASH@) d;
+  -- a machine's crash records one transaction at a time (in one order: no deadlock)
+  PERFORM pg_advisory_xact_lock(1802006372, hashtext(m.machine_id))
+  FROM (SELECT DISTINCT b.machine_id FROM khod_new_rows n JOIN boots b ON b.id = n.describes
+        WHERE n.reason IN @CRASH@ ORDER BY 1) m;
+  -- an insert only makes boots crashed: those no earlier record said had crashed
+  UPDATE fleet_rollup_boots r SET crashes = r.crashes + c.n
+  FROM (SELECT khod_bucket(b.booted_at) AS bucket, b.kind <> 'kexec' AS cold,
+               CASE WHEN b.kind = 'kexec' THEN b.previous_release ELSE '' END AS prev,
+               b.release, b.machine_id, count(*) AS n
+        FROM (SELECT DISTINCT describes FROM khod_new_rows
+              WHERE describes IS NOT NULL AND reason IN @CRASH@) d
+        JOIN boots b ON b.id = d.describes
+        WHERE (b.kind <> 'kexec' OR b.previous_release IS NOT NULL)
+          AND NOT EXISTS (SELECT 1 FROM pstore_records p
+                          WHERE p.describes = d.describes AND p.reason IN @CRASH@
+                            AND NOT EXISTS (SELECT 1 FROM khod_new_rows x WHERE x.id = p.id))
+        GROUP BY 1, 2, 3, 4, 5) c
+  WHERE r.bucket = c.bucket AND r.cold = c.cold AND r.previous_release = c.prev
+    AND r.release = c.release AND r.machine_id = c.machine_id;
   RETURN NULL;
 END $$;
 CREATE TRIGGER khod_rollup_insert AFTER INSERT ON boots REFERENCING NEW TABLE AS khod_new_rows
