@@ -75,7 +75,8 @@ COPY_ATTEMPTS = f"""
 INSERT INTO kexec_attempts (uid, machine_id, from_boot, created_at, source, target_image,
   target_release, target_abi, initrd, cmdline, checks, forced, argv,
   expected_previous_release, expected_kexec_count, verdict, verdict_boot, verdict_detail)
-SELECT lpad(to_hex(%(k)s::integer), 4, '0') || substr(a.uid, 5), nf.machine_id, nf.id, a.created_at,
+SELECT substr(a.uid, 1, 9) || lpad(to_hex(%(k)s::integer), 4, '0') || substr(a.uid, 14),
+  nf.machine_id, nf.id, a.created_at,
   a.source, a.target_image, a.target_release, a.target_abi, a.initrd, a.cmdline, a.checks,
   a.forced, a.argv, a.expected_previous_release, a.expected_kexec_count, a.verdict, nv.id,
   a.verdict_detail
