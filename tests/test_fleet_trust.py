@@ -31,6 +31,7 @@ from psycopg.conninfo import make_conninfo
 from khod.cli import khoctl, khod_main
 from khod.cli.common import run_main
 from khod.fleet import certs
+from khod.store.schema import HEAD_REVISION
 from tests import daemon_helpers, pgserver
 from tests.conftest import FIXTURES, restore_pstore_mtimes
 
@@ -550,6 +551,35 @@ def test_the_reporting_role_reads_everything_and_writes_nothing(fleet: Fleet) ->
     assert {m: fleet.owner_rows(m) for m in (A, B)} == before
 
 
+def test_hosts_neither_read_nor_forge_the_report_rollups(fleet: Fleet) -> None:
+    """The rollups (migration 0013) are kept by the owner's triggers from what each host
+    may insert: a host reads none of them, writes none, calls none of their functions;
+    the report from them, after the hosts' pushes, is the report counted again."""
+    with psycopg.connect(fleet.hosts[A].conninfo(fleet), autocommit=True) as conn:
+        for table in ("fleet_rollup_boots", "fleet_rollup_attempts"):
+            assert refused(conn, f"SELECT * FROM {table}") == (
+                f"permission denied for table {table}"
+            )
+            assert refused(conn, f"DELETE FROM {table}").startswith("permission denied")
+        assert (
+            refused(
+                conn,
+                "INSERT INTO fleet_rollup_boots VALUES (0, false, '7.0', '7.1', "
+                f"'{B}', 1000, 1000, 0, 0, 0, 0, 0)",
+            )
+            == "permission denied for table fleet_rollup_boots"
+        )
+        assert refused(conn, "SELECT khod_rollup_crash(1)") == (
+            "permission denied for function khod_rollup_crash"
+        )
+    args = ("report", "transitions", "--json", "--include-cold", "--window", "0s")
+    rc, rolled, err = ctl(*args, "--db", fleet.owner)
+    assert rc == 0, err
+    rc, full, err = ctl(*args, "--db", fleet.owner, "--recompute")
+    assert rc == 0, err
+    assert json.loads(rolled) == json.loads(full) and json.loads(full)
+
+
 # --- the daemon -------------------------------------------------------------------
 
 
@@ -804,7 +834,7 @@ def test_a_host_holding_the_migration_lock_does_not_hang_an_upgrade(
         "session (a host's: khoctl fleet revoke) and run it again\n"
     )
     rc, out, err = ctl("db", "upgrade", "--db", url)  # the host gone: it goes through
-    assert rc == 0 and out.endswith("schema empty -> 0012 (head)\n"), err
+    assert rc == 0 and out.endswith(f"schema empty -> {HEAD_REVISION} (head)\n"), err
 
 
 def test_a_non_superuser_owner_is_told_what_it_lacks(fleet: Fleet) -> None:

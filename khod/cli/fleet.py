@@ -61,6 +61,11 @@ def add_parsers(cmd: Cmd) -> None:
         "(exclude), or alone (only)",
     )
     c.add_argument(
+        "--recompute",
+        action="store_true",
+        help="count every boot and attempt again instead of reading the rollups",
+    )
+    c.add_argument(
         "--min-boots",
         type=whole_number(),
         default=1,

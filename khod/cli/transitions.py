@@ -296,6 +296,7 @@ def cmd_report(args: argparse.Namespace, since: float | None, until: float | Non
             thresholds=th,
             until=until,
             derived=derived,
+            recompute=getattr(args, "recompute", False),
         )
         left_out = 0
         if derived == "exclude":

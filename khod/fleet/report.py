@@ -33,8 +33,9 @@ from sqlalchemy import case, func, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import StoreError
+from khod.fleet import rollup
 from khod.fleet.stats import Thresholds
-from khod.fleet.verdicts import RATES, Transition, build
+from khod.fleet.verdicts import RATES, Transition, build, report, totals
 from khod.records import (
     CRASH_REASONS,
     FAILED_TO_LAND,
@@ -155,9 +156,15 @@ def derived_counts(
     """``derived_query``'s counts, whatever ``--derived`` keeps."""
     try:
         with store.engine.connect() as conn:
-            return {(p, r): int(n) for p, r, n in conn.execute(derived_query(since, until))}
+            return derived_counts_in(conn, since, until)
     except SQLAlchemyError as e:
         raise StoreError(f"cannot read {store.location}: {describe_db_error(e)}") from None
+
+
+def derived_counts_in(
+    conn: Any, since: float | None = None, until: float | None = None
+) -> dict[tuple[str, str], int]:
+    return {(p, r): int(n) for p, r, n in conn.execute(derived_query(since, until))}
 
 
 def attempts_query(since: float | None = None, until: float | None = None) -> Any:
@@ -202,15 +209,23 @@ def transitions(
     now: float | None = None,
     until: float | None = None,
     derived: str = "include",
+    recompute: bool = False,
 ) -> list[Transition]:
     """Rows sorted worst first: by verdict, then crash rate, then boots (more
     evidence first). A boot counts for the rates once the window after it is over
     (``thresholds.window`` before ``now``). ``derived``: see ``transitions_query``;
-    each row's ``derived_boots`` are those of its boots counted."""
+    each row's ``derived_boots`` are those of its boots counted. On PostgreSQL the
+    counts come from the rollups (``khod.fleet.rollup``) unless ``recompute`` or
+    ``derived`` leaves some boots out (the rollups count every boot): then, as on
+    SQLite, from every boot and attempt in the window."""
     th = thresholds or Thresholds()
     before = (time.time() if now is None else now) - th.window
     try:
         with store.engine.connect() as conn:
+            if not recompute and derived == "include" and conn.dialect.name == "postgresql":
+                boot_totals, attempt_totals = rollup.read(conn, since, until, before)
+                rows = report(totals(boot_totals, attempt_totals), th, include_cold)
+                return _with_derived(rows, derived_counts_in(conn, since, until))
             boot_rows = conn.execute(
                 transitions_query(since, observed_before=before, until=until, derived=derived)
             ).all()
@@ -220,7 +235,10 @@ def transitions(
     rows = build(boot_rows, attempt_rows, th, include_cold)
     if derived == "exclude":
         return rows
-    counts = derived_counts(store, since, until)
+    return _with_derived(rows, derived_counts(store, since, until))
+
+
+def _with_derived(rows: list[Transition], counts: dict[tuple[str, str], int]) -> list[Transition]:
     return [
         replace(t, derived_boots=counts.get((t.previous_release, t.release), 0))
         if t.previous_release is not None

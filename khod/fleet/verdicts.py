@@ -97,6 +97,7 @@ class Group:
     first: int | None = None
     last: int | None = None
     hosts: dict[str, set[str]] = field(default_factory=dict)
+    counted: dict[str, int] = field(default_factory=dict)  # host counts, from the rollups
 
     def add(self, k: str, v: int) -> None:
         self.n[k] = self.n.get(k, 0) + v
@@ -106,6 +107,8 @@ class Group:
             self.hosts.setdefault(k, set()).add(machine)
 
     def h(self, k: str) -> int:
+        if k in self.counted:
+            return self.counted[k]
         return len(self.hosts.get(k, ()))
 
 
@@ -132,6 +135,7 @@ BOOT_COLUMNS = ("previous_release", "release", "machine_id", *_BOOT_N, "first", 
 ATTEMPT_COLUMNS = ("previous_release", "release", "machine_id", *_ATTEMPT_N)
 # host sets: (name, index in _BOOT_N); crashed: in an observed boot, affected: in any
 _BOOT_H = (("observed", 2), ("crashed", 3), ("logged", 4), ("warned", 5), ("affected", 1))
+_TOTAL_H = ("all", "observed", "crashed", "logged", "warned", "affected")
 
 
 def groups(boot_rows: Sequence[Any], attempt_rows: Sequence[Any]) -> dict[Key, Group]:
@@ -169,6 +173,33 @@ def groups(boot_rows: Sequence[Any], attempt_rows: Sequence[Any]) -> dict[Key, G
         g.add("not_landed", failed)
         g.host("attempted", m)
         g.host("failed", m, failed > 0)
+    return out
+
+
+def totals(boot_rows: Sequence[Any], attempt_rows: Sequence[Any]) -> dict[Key, Group]:
+    """The groups from rows already summed by transition, with their host counts
+    (``khod.fleet.rollup``): the boots' ``(previous_release, release, *_BOOT_N, first,
+    last, *hosts)`` in the order of ``_TOTAL_H``; the attempts' ``(previous_release,
+    release, *_ATTEMPT_N, attempted, failed)``."""
+    out: dict[Key, Group] = {}
+    nb = len(_BOOT_N)
+    for prev, rel, *rest in boot_rows:
+        v = [int(x or 0) for x in rest[:nb]]
+        first, last = rest[nb], rest[nb + 1]
+        g = out[(prev, rel)] = Group(prev, rel, n=dict(zip(_BOOT_N, v, strict=True)))
+        g.first = None if first is None else int(first)
+        g.last = None if last is None else int(last)
+        hs = [int(x or 0) for x in rest[nb + 2 :]]
+        g.counted.update(zip(_TOTAL_H, hs, strict=True))
+    na = len(_ATTEMPT_N)
+    for prev, rel, *rest in attempt_rows:
+        key = (prev, rel)
+        g = out.setdefault(key, Group(*key))
+        v = [int(x or 0) for x in rest[:na]]
+        for k, x in zip(_ATTEMPT_N, v, strict=True):
+            g.add(k, x)
+        g.add("not_landed", v[2] + v[3])
+        g.counted["attempted"], g.counted["failed"] = (int(x or 0) for x in rest[na:])
     return out
 
 
@@ -248,7 +279,11 @@ def build(
     boot_rows: Sequence[Any], attempt_rows: Sequence[Any], th: Thresholds, include_cold: bool
 ) -> list[Transition]:
     """The report from the two queries' per-host rows."""
-    by_key = groups(boot_rows, attempt_rows)
+    return report(groups(boot_rows, attempt_rows), th, include_cold)
+
+
+def report(by_key: dict[Key, Group], th: Thresholds, include_cold: bool) -> list[Transition]:
+    """The report from the transitions' counts."""
     worse: dict[str, set[Key]] = {r: set() for r in RATES}
     for _ in range(8):  # leave the worse out of the baselines until that settles
         rates = _compare(by_key, worse, th)

@@ -7,6 +7,8 @@ time than the whole of khod's own work.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -27,7 +29,7 @@ from sqlalchemy.engine import Dialect
 
 # The revision ``migrations/versions`` ends at; a test checks they agree. Knowing it
 # here lets start-up skip importing Alembic when the database is already current.
-HEAD_REVISION = "0012"
+HEAD_REVISION = "0013"
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -74,7 +76,7 @@ boots = Table(
     Column("id", Int64, primary_key=True),
     Column("machine_id", String(64), nullable=False, index=True),
     Column("boot_id", String(64), nullable=False),
-    Column("booted_at", BigInteger),  # btime, seconds since the epoch
+    Column("booted_at", BigInteger, index=True),  # btime, seconds since the epoch
     # the order boots were recorded in on their machine (1, 2, ...; carried by exports):
     # a boot's predecessor is the one before it, whatever the wall clock said. NULL for
     # boots imported from exports that predate it: they order by id, before the others.
@@ -195,7 +197,7 @@ kexec_attempts = Table(
     Column("uid", String(36), nullable=False, unique=True),
     Column("machine_id", String(64), nullable=False, index=True),
     Column("from_boot", ForeignKey("boots.id", ondelete="CASCADE"), nullable=False, index=True),
-    Column("created_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False, index=True),
     Column("source", String(16), nullable=False),  # khoctl | hook
     Column("target_image", KText),
     Column("target_release", KText),
@@ -278,4 +280,39 @@ fleet_roles = Table(
     Column("generation", Integer, nullable=False),  # 0: host_<id>; n: host_<id>_<n>
     Column("enrolled_at", Float, nullable=False),
     Column("revoked_at", Float),
+)
+
+
+def _rollup_key(flag: str) -> list[Column[Any]]:
+    return [
+        Column("bucket", BigInteger, primary_key=True, autoincrement=False),  # -1: no time
+        Column(flag, Boolean, primary_key=True),
+        Column("previous_release", Text, primary_key=True),  # '' when the flag says none
+        Column("release", Text, primary_key=True),
+        Column("machine_id", String(64), primary_key=True),
+    ]
+
+
+# The transition report's counts, kept by PostgreSQL's triggers as rows arrive
+# (migration 0013, khod.fleet.rollup); empty on SQLite. Per 30-day bucket of
+# booted_at (created_at), transition and machine.
+fleet_rollup_boots = Table(
+    "fleet_rollup_boots",
+    metadata,
+    *_rollup_key("cold"),
+    *(
+        Column(c, BigInteger, nullable=False)
+        for c in ("boots", "crashes", "logged_boots", "warned_boots", "warnings")
+    ),
+    Column("first_booted_at", BigInteger),
+    Column("last_booted_at", BigInteger),
+)
+fleet_rollup_attempts = Table(
+    "fleet_rollup_attempts",
+    metadata,
+    *_rollup_key("has_prev"),
+    *(
+        Column(c, BigInteger, nullable=False)
+        for c in ("attempts", "landed", "failed_to_land", "rejected", "without_handover")
+    ),
 )

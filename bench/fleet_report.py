@@ -1,0 +1,229 @@
+"""The transition report at fleet size, from the rollups (migration 0013), each figure
+against a baseline measured in the same run.
+
+    python bench/fleet_report.py [--boots 1000000] [--hosts 10000] [--copies 10]
+
+1. bench/fleet.py's generated fleet (boots, pstore records, kexec attempts) is imported
+   with `khoctl import` into two PostgreSQL databases: one keeping the rollups, one
+   with the rollup triggers disabled: what keeping them costs an import.
+2. The fleet is then copied ``--copies - 1`` more times inside PostgreSQL, each copy
+   under new machine ids (INSERT ... SELECT of the boots, then of the pstore records
+   and attempts pointing at the copied boots; the rollup triggers count every copy as
+   they count a push): --boots x --copies boots over --hosts x --copies hosts, or as
+   many copies as --budget seconds make.
+3. `report transitions` from the rollups, the same report counted again from every
+   row (``--recompute``; identical output, asserted), and the per-host queries of
+   bench/fleet.py by hand on psycopg, at 1 copy and at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.fleet import HAND_ATTEMPTS_SQL, KHOCTL, generate, hand_sql, time_hand  # noqa: E402
+from tests import pgserver  # noqa: E402
+
+TRIGGERS = (
+    ("boots", "khod_rollup_insert"),
+    ("boots", "khod_rollup"),
+    ("boots", "khod_rollup_delete"),
+    ("kexec_attempts", "khod_rollup_insert"),
+    ("kexec_attempts", "khod_rollup"),
+    ("pstore_records", "khod_rollup_insert"),
+    ("pstore_records", "khod_rollup"),
+)
+
+# a copy of every row under machine ids whose first 4 hex digits are the copy's number
+# (bench/fleet.py's machine ids start with 0000 up to 65,535 hosts)
+_M = "lpad(to_hex(%(k)s::integer), 4, '0') || substr({c}, 5)"
+COPY_BOOTS = f"""
+INSERT INTO boots (machine_id, boot_id, booted_at, seq, release, cmdline, kind, kind_reason,
+  kho_enabled, kho_abi, memory_map_handed, previous_release, previous_release_raw,
+  kexec_count, metadata_source, subtrees, out_subtrees, out_release, out_kexec_count,
+  scratch, warnings, ingested_at, khod_version)
+SELECT {_M.format(c="machine_id")}, boot_id, booted_at, seq, release, cmdline, kind,
+  kind_reason, kho_enabled, kho_abi, memory_map_handed, previous_release,
+  previous_release_raw, kexec_count, metadata_source, subtrees, out_subtrees, out_release,
+  out_kexec_count, scratch, warnings, ingested_at, khod_version
+FROM boots WHERE machine_id LIKE '0000%%'
+"""
+COPY_PSTORE = f"""
+INSERT INTO pstore_records (machine_id, sha256, collected_by, describes, location, path,
+  name, type, backend, record_id, part, reason, count, record_time, compressed,
+  inflate_status, size, raw, text, release, dump_key, collected_at)
+SELECT nc.machine_id, p.sha256, nc.id, nd.id, p.location, p.path, p.name, p.type,
+  p.backend, p.record_id, p.part, p.reason, p.count, p.record_time, p.compressed,
+  p.inflate_status, p.size, p.raw, p.text, p.release, p.dump_key, p.collected_at
+FROM pstore_records p
+JOIN boots oc ON oc.id = p.collected_by
+JOIN boots nc ON nc.machine_id = {_M.format(c="oc.machine_id")} AND nc.boot_id = oc.boot_id
+LEFT JOIN boots od ON od.id = p.describes
+LEFT JOIN boots nd ON nd.machine_id = {_M.format(c="od.machine_id")} AND nd.boot_id = od.boot_id
+WHERE p.machine_id LIKE '0000%%'
+"""
+COPY_ATTEMPTS = f"""
+INSERT INTO kexec_attempts (uid, machine_id, from_boot, created_at, source, target_image,
+  target_release, target_abi, initrd, cmdline, checks, forced, argv,
+  expected_previous_release, expected_kexec_count, verdict, verdict_boot, verdict_detail)
+SELECT substr(a.uid, 1, 9) || lpad(to_hex(%(k)s::integer), 4, '0') || substr(a.uid, 14),
+  nf.machine_id, nf.id, a.created_at,
+  a.source, a.target_image, a.target_release, a.target_abi, a.initrd, a.cmdline, a.checks,
+  a.forced, a.argv, a.expected_previous_release, a.expected_kexec_count, a.verdict, nv.id,
+  a.verdict_detail
+FROM kexec_attempts a
+JOIN boots ofb ON ofb.id = a.from_boot
+JOIN boots nf ON nf.machine_id = {_M.format(c="ofb.machine_id")} AND nf.boot_id = ofb.boot_id
+LEFT JOIN boots ov ON ov.id = a.verdict_boot
+LEFT JOIN boots nv ON nv.machine_id = {_M.format(c="ov.machine_id")} AND nv.boot_id = ov.boot_id
+WHERE a.machine_id LIKE '0000%%'
+"""
+
+
+def khoctl_import(path: Path, url: str) -> float:
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        [KHOCTL, "import", str(path), "--db", url, "--json", "--quiet"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if r.returncode != 0:
+        raise SystemExit(f"import failed: {r.stderr.strip()}")
+    return time.perf_counter() - t0
+
+
+def report_times(url: str, runs: int) -> dict[str, Any]:
+    import psycopg
+
+    from khod.fleet.report import transitions
+    from khod.store.db import open_store
+
+    store = open_store(url, create=False)
+    now = time.time()
+    out: dict[str, Any] = {}
+    for name, recompute in (("rollup", False), ("recompute", True)):
+        times, rows = [], []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            rows = transitions(store, now=now, recompute=recompute)
+            times.append(time.perf_counter() - t0)
+        out[name] = min(times)
+        out[name + "_rows"] = [r.as_json() for r in rows]
+    store.dispose()
+    assert out["rollup_rows"] == out["recompute_rows"], "the rollups disagree"
+    conn = psycopg.connect(url.replace("postgresql+psycopg", "postgresql"))
+
+    def run_pg() -> list[Any]:
+        with conn.cursor() as cur:
+            cur.execute(hand_sql())
+            got = list(cur.fetchall())
+            cur.execute(HAND_ATTEMPTS_SQL)
+            return [got, list(cur.fetchall())]
+
+    out["hand"], _ = time_hand(run_pg, runs)
+    with conn.cursor() as cur:
+        for table in ("boots", "kexec_attempts", "fleet_rollup_boots", "fleet_rollup_attempts"):
+            cur.execute(f"SELECT count(*) FROM {table}")
+            row = cur.fetchone()
+            out[table] = int(row[0]) if row else 0
+        cur.execute("SELECT count(*) FROM boots WHERE booted_at > %s", (int(now) - 86400,))
+        row = cur.fetchone()
+        out["last_window"] = int(row[0]) if row else 0
+    conn.close()
+    return out
+
+
+def show(what: str, m: dict[str, Any]) -> None:
+    print(
+        f"report at {what}: {m['boots']:,} boots, {m['kexec_attempts']:,} attempts; "
+        f"rollup rows {m['fleet_rollup_boots']:,} + {m['fleet_rollup_attempts']:,}, "
+        f"{m['last_window']:,} boots in the last window: from the rollups "
+        f"{m['rollup'] * 1000:.0f} ms; counted again from every row (--recompute) "
+        f"{m['recompute'] * 1000:.0f} ms, ratio {m['rollup'] / m['recompute']:.3f}x; "
+        f"the per-host queries by hand {m['hand'] * 1000:.0f} ms, ratio "
+        f"{m['rollup'] / m['hand']:.3f}x; {len(m['rollup_rows'])} transitions, identical",
+        flush=True,
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--boots", type=int, default=1_000_000)
+    ap.add_argument("--hosts", type=int, default=10_000)
+    ap.add_argument("--pstore", type=int, default=100_000)
+    ap.add_argument("--copies", type=int, default=10)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-bare", action="store_true", help="skip the import without rollups")
+    ap.add_argument("--budget", type=float, default=1800, help="seconds for the copies")
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="khod-fleet-report-"))
+    try:
+        export, attempts = tmp / "fleet.jsonl", tmp / "attempts.jsonl"
+        t0 = time.perf_counter()
+        made = generate(export, a.boots, a.hosts, a.pstore, attempts_path=attempts)
+        print(
+            f"generated {made['boots']:,} boots over {a.hosts:,} hosts, {made['pstore']:,} "
+            f"pstore records, {made['attempts']:,} attempts in {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
+        with pgserver.running_server(durable=True) as pg:
+            url, bare = pg.url(pg.create_database()), pg.url(pg.create_database())
+            import psycopg
+
+            for u in (url, bare):  # the schema, then (bare) no rollup triggers
+                subprocess.run(
+                    [KHOCTL, "db", "upgrade", "--db", u], check=True, capture_output=True
+                )
+            with psycopg.connect(bare.replace("postgresql+psycopg", "postgresql")) as conn:
+                for table, trigger in TRIGGERS:
+                    conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}")
+            took = {}
+            for name, u in (("rollups", url), ("no rollups", bare)):
+                if name == "no rollups" and a.no_bare:
+                    break
+                took[name] = (khoctl_import(export, u), khoctl_import(attempts, u))
+            b1, a1 = took["rollups"]
+            bare_said = ""
+            if "no rollups" in took:
+                b0, a0 = took["no rollups"]
+                bare_said = (
+                    f"; with the rollup triggers disabled {b0:.1f} s, {a0:.1f} s; "
+                    f"ratio {b1 / b0:.2f}x, {a1 / a0:.2f}x"
+                )
+            print(
+                f"import keeping the rollups: boots and pstore records {b1:.1f} s, "
+                f"attempts {a1:.1f} s{bare_said}",
+                flush=True,
+            )
+            show(f"1 copy ({a.hosts:,} hosts)", report_times(url, a.runs))
+            copies = 1
+            with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
+                t0 = time.perf_counter()
+                for k in range(1, a.copies):
+                    if time.perf_counter() - t0 > a.budget:  # the scale reached is printed
+                        break
+                    for sql in (COPY_BOOTS, COPY_PSTORE, COPY_ATTEMPTS):
+                        conn.execute(sql, {"k": k})
+                    conn.commit()
+                    copies += 1
+                    print(f"  copy {k}: {time.perf_counter() - t0:.0f} s", flush=True)
+                conn.autocommit = True
+                conn.execute("VACUUM ANALYZE")
+            show(f"{copies} copies ({a.hosts * copies:,} hosts)", report_times(url, a.runs))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

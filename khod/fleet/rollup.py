@@ -1,0 +1,128 @@
+"""The transition report from the rollups (migration 0013), on PostgreSQL.
+
+The rollups hold, per 30-day bucket, transition and machine, what
+``khod.fleet.report.transitions_query`` and ``attempts_query`` count, kept by triggers
+as rows arrive. A report over ``[since, until]`` reads:
+
+- the rollup rows of the buckets wholly inside the window (every bucket when there is
+  none; the bucket of boots without a time then too), every boot counted as observed;
+- minus the boots of those buckets that began after ``observed_before`` (their window
+  is not over: the last day by default), read from ``boots`` by time;
+- plus the boots and attempts of the buckets the window cuts (its edges), read from
+  ``boots`` and ``kexec_attempts`` as the full query reads them.
+
+The per-host sums are then counted into hosts per transition in the database, so the
+report takes one row per transition: its output is the full recomputation's
+(``tests/test_report_rollup.py``). SQLite keeps no rollups: the full query there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from khod.records import CRASH_REASONS, FAILED_TO_LAND, RAN, REJECTED, WITHOUT_HANDOVER, Verdict
+
+BUCKET = 30 * 86400  # the migration's khod_bucket()
+_BIG = 2**62
+
+
+def _in(values: tuple[Any, ...]) -> str:
+    return "(" + ", ".join("'" + str(v).replace("'", "''") + "'" for v in values) + ")"
+
+
+_CRASHED = (
+    "EXISTS (SELECT 1 FROM pstore_records p WHERE p.describes = b.id "
+    f"AND p.reason IN {_in(CRASH_REASONS)})"
+)
+# a bucket wholly in the window; :all: no window at all (the bucket of no time too)
+_WHOLE_B = "(({k} <> -1 AND {k} >= :since_i AND {k} + {w} - 1 <= :until_i) OR ({k} = -1 AND :all))"
+_KEY_B = "CASE WHEN b.kind = 'kexec' THEN b.previous_release END"
+_KNOWN_B = "(b.kind <> 'kexec' OR b.previous_release IS NOT NULL)"
+
+BOOTS_SQL = f"""
+WITH u AS (
+  SELECT CASE WHEN r.cold THEN NULL ELSE r.previous_release END AS prev, r.release,
+         r.machine_id, r.boots, r.crashes,
+         CASE WHEN r.bucket = -1 THEN 0 ELSE r.boots END AS ob,
+         CASE WHEN r.bucket = -1 THEN 0 ELSE r.crashes END AS oc,
+         CASE WHEN r.bucket = -1 THEN 0 ELSE r.logged_boots END AS lb,
+         CASE WHEN r.bucket = -1 THEN 0 ELSE r.warned_boots END AS wb,
+         r.warnings, r.first_booted_at AS first, r.last_booted_at AS last
+  FROM fleet_rollup_boots r WHERE {_WHOLE_B.format(k="r.bucket", w=BUCKET)}
+  UNION ALL  -- the whole buckets' boots whose window is not over
+  SELECT {_KEY_B}, b.release, b.machine_id, 0, 0, -1, -({_CRASHED})::int,
+         -(b.warnings IS NOT NULL)::int, -(b.warnings > 0)::int, 0, NULL, NULL
+  FROM boots b
+  WHERE b.booted_at > :before AND {_KNOWN_B}
+    AND {_WHOLE_B.format(k="khod_bucket(b.booted_at)", w=BUCKET)}
+  UNION ALL  -- the edges: the buckets the window cuts
+  SELECT {_KEY_B}, b.release, b.machine_id, 1, c.crashed::int,
+         (b.booted_at <= :before)::int, (c.crashed AND b.booted_at <= :before)::int,
+         (b.warnings IS NOT NULL AND b.booted_at <= :before)::int,
+         (b.warnings > 0 AND b.booted_at <= :before)::int, coalesce(b.warnings, 0),
+         b.booted_at, b.booted_at
+  FROM boots b CROSS JOIN LATERAL (SELECT {_CRASHED} AS crashed) c
+  WHERE NOT :all AND b.booted_at >= :since_i AND b.booted_at <= :until_i AND {_KNOWN_B}
+    AND NOT {_WHOLE_B.format(k="khod_bucket(b.booted_at)", w=BUCKET)}
+), h AS (
+  SELECT prev, release, machine_id, sum(boots) AS boots, sum(crashes) AS crashes,
+         sum(ob) AS ob, sum(oc) AS oc, sum(lb) AS lb, sum(wb) AS wb,
+         sum(warnings) AS warnings, min(first) AS first, max(last) AS last
+  FROM u GROUP BY prev, release, machine_id
+)
+SELECT prev, release, sum(boots), sum(crashes), sum(ob), sum(oc), sum(lb), sum(wb),
+       sum(warnings), min(first), max(last),
+       count(*) FILTER (WHERE boots > 0), count(*) FILTER (WHERE ob > 0),
+       count(*) FILTER (WHERE oc > 0), count(*) FILTER (WHERE lb > 0),
+       count(*) FILTER (WHERE wb > 0), count(*) FILTER (WHERE crashes > 0)
+FROM h GROUP BY prev, release HAVING sum(boots) > 0
+"""
+
+_REL_A = (
+    f"coalesce(a.target_release, CASE WHEN a.verdict <> '{Verdict.COLD_BOOT}' THEN j.release END)"
+)
+_WHOLE_A = "({k} >= :since AND {k} + {w} <= :until)"
+
+ATTEMPTS_SQL = f"""
+WITH u AS (
+  SELECT CASE WHEN r.has_prev THEN r.previous_release END AS prev, r.release,
+         r.machine_id, r.attempts, r.landed, r.failed_to_land, r.rejected,
+         r.without_handover
+  FROM fleet_rollup_attempts r WHERE {_WHOLE_A.format(k="r.bucket", w=BUCKET)}
+  UNION ALL
+  SELECT a.expected_previous_release, {_REL_A}, a.machine_id, 1,
+         (a.verdict = '{Verdict.LANDED}')::int, (a.verdict IN {_in(FAILED_TO_LAND)})::int,
+         (a.verdict IN {_in(REJECTED)})::int, (a.verdict IN {_in(WITHOUT_HANDOVER)})::int
+  FROM kexec_attempts a LEFT JOIN boots j ON j.id = a.verdict_boot
+  WHERE NOT :all AND a.created_at >= :since AND a.created_at <= :until
+    AND a.verdict IN {_in(RAN)}
+    AND NOT {_WHOLE_A.format(k="khod_bucket(a.created_at)", w=BUCKET)}
+), h AS (
+  SELECT prev, release, machine_id, sum(attempts) AS attempts, sum(landed) AS landed,
+         sum(failed_to_land) AS ftl, sum(rejected) AS rej, sum(without_handover) AS wh
+  FROM u WHERE release IS NOT NULL GROUP BY prev, release, machine_id
+)
+SELECT prev, release, sum(attempts), sum(landed), sum(ftl), sum(rej), sum(wh),
+       count(*) FILTER (WHERE attempts > 0), count(*) FILTER (WHERE ftl + rej > 0)
+FROM h GROUP BY prev, release HAVING sum(attempts) > 0
+"""
+
+
+def read(
+    conn: Connection, since: float | None, until: float | None, before: float
+) -> tuple[list[Any], list[Any]]:
+    """The boots' and the attempts' rows per transition (``khod.fleet.verdicts.totals``)."""
+    everything = since is None and until is None
+    p = {
+        "all": everything,
+        "since_i": -_BIG if since is None else int(since),
+        "until_i": _BIG if until is None else int(until),
+        "since": -float(_BIG) if since is None else float(since),
+        "until": float(_BIG) if until is None else float(until),
+        "before": int(before),
+    }
+    boot_rows = conn.execute(text(BOOTS_SQL), p).all()
+    attempt_rows = conn.execute(text(ATTEMPTS_SQL), p).all()
+    return list(boot_rows), list(attempt_rows)
