@@ -267,7 +267,8 @@ def measured_child(argv: list[str]) -> tuple[float, int, str]:
 
 
 HAND_SQL = """
-SELECT CASE WHEN b.kind = 'kexec' THEN b.previous_release END AS prev, b.release,
+SELECT CASE WHEN b.kind IN ('kexec', 'kexec-no-handover', 'kexec-rejected')
+            THEN b.previous_release END AS prev, b.release,
        count(*) AS boots, b.machine_id,
        count(c.boot_pk) AS crashes,
        count(CASE WHEN b.booted_at <= {before} THEN 1 END),

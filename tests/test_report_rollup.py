@@ -103,12 +103,15 @@ def random_fleet(rnd: random.Random, hosts: int = 14) -> tuple[list[Any], list[A
             boot = f"{machine[:8]}-0000-4000-8000-{i:012x}"
             t += rnd.randrange(3600, 25 * 86400)
             new = rnd.choice(RELEASES)
-            kind = rnd.choice(("kexec", "kexec", "kexec", "cold", "kexec-no-handover", "nometa"))
-            o = boot_obj(machine, boot, new, rel if kind == "kexec" else None, t)
+            kind = rnd.choice(
+                ("kexec", "kexec", "kexec", "cold", "kexec-no-handover", "kexec-rejected", "nometa")
+            )
+            chained = kind == "kexec" or (kind != "cold" and rnd.random() < 0.5)
+            o = boot_obj(machine, boot, new, rel if chained else None, t)
             if kind == "nometa":  # a kexec without metadata: not in the report
-                o.update(kind="kexec", kexec_count=None)
-            elif kind == "kexec-no-handover":
-                o.update(kind=kind)
+                o.update(kind="kexec", kexec_count=None, previous_release=None)
+            elif kind.startswith("kexec-"):  # a transition with a chain khod derived, or baseline
+                o.update(kind=kind, metadata_source="derived" if chained else None)
             o["warnings"] = rnd.choice((None, 0, 0, 0, 1, 3))
             if rnd.random() < 0.04:
                 o["booted_at"] = None

@@ -12,11 +12,12 @@ landed, and whether that is worse than the release's baseline (``khod.fleet.stat
   previous release and its target's release (a hook's attempt knows the target only
   from the boot that judged it: one that fell back to firmware names none and is left
   out).
-- **Boots that landed** (kind ``kexec``): a boot crashed when the next boot on its
-  machine found a pstore record with a Panic or Oops reason that describes it (a dump
-  of several parts, or an Oops then a Panic, is one crashed boot); it warned when its
-  kernel log held any of the kernel's own warnings (``boots.warnings`` > 0; boots
-  recorded before khod counted them are left out of that rate).
+- **Boots that landed** (through a kexec from a known release, ``THROUGH_KEXEC``, a KHO
+  handover or not): a boot crashed when the next boot on its machine found a pstore
+  record with a Panic or Oops reason that describes it (a dump of several parts, or an
+  Oops then a Panic, is one crashed boot); it warned when its kernel log held any of the
+  kernel's own warnings (``boots.warnings`` > 0; boots recorded before khod counted them
+  are left out of that rate).
 - **Per host**: the queries group by machine too, so that ``khod.fleet.verdicts`` can
   count hosts, pick each transition's clean baseline and give the verdicts
   (``khod.fleet.stats``); a boot counts for the rates once it is observed: its window
@@ -42,6 +43,7 @@ from khod.records import (
     RAN,
     REJECTED,
     WITHOUT_HANDOVER,
+    BootKind,
     MetadataSource,
     Verdict,
 )
@@ -68,6 +70,16 @@ def _derived() -> Any:
     return func.coalesce(boots.c.metadata_source, "").in_(DERIVED_SOURCES)
 
 
+# the kinds of boot a kexec made: with a known previous release, a transition's (on a
+# fleet without KHO every kexec is kexec-no-handover, its chain derived by khod)
+THROUGH_KEXEC = (BootKind.KEXEC, BootKind.KEXEC_NO_HANDOVER, BootKind.KEXEC_REJECTED)
+
+
+def _through() -> Any:
+    """A boot through a kexec from a known release: a transition's boot."""
+    return boots.c.kind.in_([str(k) for k in THROUGH_KEXEC]) & boots.c.previous_release.is_not(None)
+
+
 def _crashed() -> Any:
     return (
         select(pstore_records.c.describes.label("boot_pk"))
@@ -88,15 +100,16 @@ def transitions_query(
     derived: str = "include",
 ) -> Any:
     """Boots by (previous_release, release, machine); previous_release NULL: the
-    release's boots that took no KHO handover. A boot is *observed* (counts for the
-    rates) once it began before ``observed_before``: its window is over, crashed or not
-    (counting a boot once it ended would count a fresh rollout's crashes before its
-    healthy boots); every boot when that is None. ``derived`` (``DERIVED_CHOICES``)
-    selects the boots through a kexec by where their chain came from; the baselines'
-    boots are kept either way."""
+    release's boots through no transition (cold, or a kexec from a release not known). A
+    boot is *observed* (counts for the rates) once it began before ``observed_before``:
+    its window is over, crashed or not (counting a boot once it ended would count a
+    fresh rollout's crashes before its healthy boots); every boot when that is None.
+    ``derived`` (``DERIVED_CHOICES``) selects the boots through a kexec by where their
+    chain came from; the baselines' boots are kept either way."""
     crashed = _crashed()
     kexec = boots.c.kind == "kexec"
-    prev = case((kexec, boots.c.previous_release), else_=None)
+    through = _through()
+    prev = case((through, boots.c.previous_release), else_=None)
     observed: Any = (
         literal(True)
         if observed_before is None
@@ -124,11 +137,11 @@ def transitions_query(
         .select_from(boots.outerjoin(crashed, crashed.c.boot_pk == boots.c.id))
         .group_by(prev, boots.c.release, boots.c.machine_id)
     )
-    # a kexec without metadata (before 7.1) has no known previous release: left out
-    known = kexec & boots.c.previous_release.is_not(None)
-    q = q.where(known | ~kexec if include_cold else known)
+    # a KHO kexec with no known previous release (no metadata, nothing derived): left
+    # out; the others without one are their release's baseline
+    q = q.where(through | ~kexec if include_cold else through)
     if derived != "include":
-        q = q.where(~kexec | (_derived() if derived == "only" else ~_derived()))
+        q = q.where(~through | (_derived() if derived == "only" else ~_derived()))
     if since is not None:
         q = q.where(boots.c.booted_at >= literal(int(since)))
     if until is not None:
@@ -140,7 +153,7 @@ def derived_query(since: float | None = None, until: float | None = None) -> Any
     """The boots through a kexec whose chain khod derived, by (previous_release, release)."""
     q = (
         select(boots.c.previous_release, boots.c.release, func.count())
-        .where(boots.c.kind == "kexec", boots.c.previous_release.is_not(None), _derived())
+        .where(_through(), _derived())
         .group_by(boots.c.previous_release, boots.c.release)
     )
     if since is not None:

@@ -38,7 +38,12 @@ _CRASHED = (
 )
 # a bucket wholly in the window; :all: no window at all (the bucket of no time too)
 _WHOLE_B = "(({k} <> -1 AND {k} >= :since_i AND {k} + {w} - 1 <= :until_i) OR ({k} = -1 AND :all))"
-_KEY_B = "CASE WHEN b.kind = 'kexec' THEN b.previous_release END"
+# a transition's boot (khod.fleet.report.THROUGH_KEXEC; migration 0013's @THROUGH_B@)
+_THROUGH_B = (
+    "(b.kind IN ('kexec', 'kexec-no-handover', 'kexec-rejected') "
+    "AND b.previous_release IS NOT NULL)"
+)
+_KEY_B = f"CASE WHEN {_THROUGH_B} THEN b.previous_release END"
 _KNOWN_B = "(b.kind <> 'kexec' OR b.previous_release IS NOT NULL)"
 
 BOOTS_SQL = f"""

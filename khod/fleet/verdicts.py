@@ -5,7 +5,8 @@ affected when at least one of its observed boots there crashed (warned), or one 
 attempts there failed to land. The baseline of ``P -> R`` is one no other transition
 under test can poison:
 
-- crashes and warnings: R's boots that took no KHO handover (``"scope": "cold"``);
+- crashes and warnings: R's boots through no transition (cold, or from a release not
+  known) (``"scope": "cold"``);
   when those come from fewer hosts than a verdict needs, R's boots from the other
   previous releases are added, but for those left out (below) (``"release"``);
 - landing: the attempts into R from other previous releases, or, when too few hosts

@@ -50,8 +50,8 @@ CREATE FUNCTION khod_rollup_boot(b boots, sign integer, crashed boolean) RETURNS
 LANGUAGE plpgsql SET search_path = @SCHEMA@, pg_temp AS $$
 DECLARE
   k bigint := khod_bucket(b.booted_at);
-  c boolean := b.kind <> 'kexec';
-  p text := CASE WHEN b.kind = 'kexec' THEN b.previous_release ELSE '' END;
+  c boolean := @COLD_B@;
+  p text := @PREV_B@;
   lo bigint;
   hi bigint;
 BEGIN
@@ -73,7 +73,7 @@ BEGIN
   IF k <> -1 THEN  -- the bucket's first and last boot but this one
     SELECT min(x.booted_at), max(x.booted_at) INTO lo, hi FROM boots x
     WHERE x.machine_id = b.machine_id AND x.booted_at >= k AND x.booted_at < k + @BUCKET@
-      AND x.id <> b.id AND x.release = b.release AND (x.kind <> 'kexec') = c
+      AND x.id <> b.id AND x.release = b.release AND @COLD_X@ = c
       AND (c OR x.previous_release = p);
   END IF;
   UPDATE fleet_rollup_boots r SET boots = r.boots - 1, crashes = r.crashes - crashed::int,
@@ -132,13 +132,13 @@ BEGIN
   -- counted again, not by one: a statement's rows all precede its row triggers
   PERFORM pg_advisory_xact_lock(1802006372, hashtext(b.machine_id));
   k := khod_bucket(b.booted_at);
-  c := b.kind <> 'kexec';
-  p := CASE WHEN c THEN '' ELSE b.previous_release END;
+  c := @COLD_B@;
+  p := @PREV_B@;
   UPDATE fleet_rollup_boots r SET crashes = (
     SELECT count(*) FROM boots x WHERE x.machine_id = b.machine_id
       AND CASE WHEN k = -1 THEN x.booted_at IS NULL
                ELSE x.booted_at >= k AND x.booted_at < k + @BUCKET@ END
-      AND x.release = b.release AND (x.kind <> 'kexec') = c AND (c OR x.previous_release = p)
+      AND x.release = b.release AND @COLD_X@ = c AND (c OR x.previous_release = p)
       AND khod_crashed(x.id, -1))
   WHERE r.bucket = k AND r.cold = c AND r.previous_release = p AND r.release = b.release
     AND r.machine_id = b.machine_id;
@@ -236,8 +236,8 @@ BEGIN
         WHERE n.reason IN @CRASH@ ORDER BY 1) m;
   -- an insert only makes boots crashed: those no earlier record said had crashed
   UPDATE fleet_rollup_boots r SET crashes = r.crashes + c.n
-  FROM (SELECT khod_bucket(b.booted_at) AS bucket, b.kind <> 'kexec' AS cold,
-               CASE WHEN b.kind = 'kexec' THEN b.previous_release ELSE '' END AS prev,
+  FROM (SELECT khod_bucket(b.booted_at) AS bucket, @COLD_B@ AS cold,
+               @PREV_B@ AS prev,
                b.release, b.machine_id, count(*) AS n
         FROM (SELECT DISTINCT describes FROM khod_new_rows
               WHERE describes IS NOT NULL AND reason IN @CRASH@) d
@@ -273,8 +273,8 @@ _HELPERS = (
 # key into the rollups
 _BOOTS_SUM = """
 INSERT INTO fleet_rollup_boots AS r
-SELECT khod_bucket(b.booted_at), b.kind <> 'kexec',
-       CASE WHEN b.kind = 'kexec' THEN b.previous_release ELSE '' END, b.release,
+SELECT khod_bucket(b.booted_at), @COLD_B@,
+       @PREV_B@, b.release,
        b.machine_id, count(*),
        CASE WHEN {crashes} THEN count(*) FILTER (WHERE EXISTS (
          SELECT 1 FROM pstore_records p WHERE p.describes = b.id AND p.reason IN @CRASH@))
@@ -312,12 +312,29 @@ ON CONFLICT (bucket, has_prev, previous_release, release, machine_id) DO UPDATE 
 """
 
 
+def _through(x: str) -> str:
+    """A boot through a kexec from a known release: a transition's (a KHO kexec, or on a
+    fleet without KHO one without a handover or a refused one, its chain derived)."""
+    kinds = _in(("kexec", "kexec-no-handover", "kexec-rejected"))
+    return f"({x}.kind IN {kinds} AND {x}.previous_release IS NOT NULL)"
+
+
+def _cold(x: str) -> str:
+    """A boot of its release's baseline: no kexec from a known release, not a KHO kexec
+    (one of those without a previous release is in no row)."""
+    return f"({x}.kind <> 'kexec' AND NOT {_through(x)})"
+
+
 def _sql(text: str, schema: str) -> str:
     text = text.replace(
         "@BOOTS_SUM(khod_new_rows, false)@",
         _BOOTS_SUM.format(rows="khod_new_rows", crashes="false").strip(),
     ).replace("@ATTEMPTS_SUM(khod_new_rows)@", _ATTEMPTS_SUM.format(rows="khod_new_rows").strip())
     for k, v in {
+        "@COLD_B@": _cold("b"),
+        "@COLD_X@": _cold("x"),
+        "@PREV_B@": f"CASE WHEN {_through('b')} THEN b.previous_release "
+        f"WHEN {_cold('b')} THEN '' END",
         "@SCHEMA@": schema,
         "@BUCKET@": str(BUCKET),
         "@CRASH@": _in(tuple(str(r) for r in CRASH_REASONS)),
