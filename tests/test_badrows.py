@@ -12,8 +12,9 @@ from sqlalchemy import insert, select, update
 
 from khod.store.db import open_store
 from khod.store.schema import boots, events, pstore_records
+from tests.builders import boot_row, pstore_row, write_export
 from tests.conftest import SysrootFactory
-from tests.test_fleet import boot_obj, ctl, host_store, pstore_obj, write_export
+from tests.test_fleet import ctl, host_store
 
 H = "a" * 32
 
@@ -21,14 +22,14 @@ H = "a" * 32
 def _bad_boots() -> list[tuple[str, dict[str, Any]]]:
     """(field named in the refusal, object) for each shape a reader cannot show."""
     return [
-        ("subtrees", boot_obj(H, "bad-1", "7.3.4", None, 1000) | {"subtrees": [1]}),
-        ("scratch", boot_obj(H, "bad-2", "7.3.4", None, 1000) | {"scratch": [[1]]}),
-        ("out_subtrees", boot_obj(H, "bad-3", "7.3.4", None, 1000) | {"out_subtrees": [None]}),
-        ("subtrees", boot_obj(H, "bad-4", "7.3.4", None, 1000) | {"subtrees": {"name": "x"}}),
-        ("scratch", boot_obj(H, "bad-5", "7.3.4", None, 1000) | {"scratch": [[1, 2**70]]}),
-        ("booted_at", boot_obj(H, "bad-6", "7.3.4", None, 10**15)),
-        ("booted_at", boot_obj(H, "bad-7", "7.3.4", None, -5)),
-        ("ingested_at", boot_obj(H, "bad-8", "7.3.4", None, 1000) | {"ingested_at": 1e300}),
+        ("subtrees", boot_row(H, "bad-1", "7.3.4", None, 1000) | {"subtrees": [1]}),
+        ("scratch", boot_row(H, "bad-2", "7.3.4", None, 1000) | {"scratch": [[1]]}),
+        ("out_subtrees", boot_row(H, "bad-3", "7.3.4", None, 1000) | {"out_subtrees": [None]}),
+        ("subtrees", boot_row(H, "bad-4", "7.3.4", None, 1000) | {"subtrees": {"name": "x"}}),
+        ("scratch", boot_row(H, "bad-5", "7.3.4", None, 1000) | {"scratch": [[1, 2**70]]}),
+        ("booted_at", boot_row(H, "bad-6", "7.3.4", None, 10**15)),
+        ("booted_at", boot_row(H, "bad-7", "7.3.4", None, -5)),
+        ("ingested_at", boot_row(H, "bad-8", "7.3.4", None, 1000) | {"ingested_at": 1e300}),
     ]
 
 
@@ -36,11 +37,11 @@ def test_import_refuses_rows_of_the_wrong_shape_or_time_naming_line_and_field(
     db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bad = _bad_boots()
-    good = boot_obj(H, "good-1", "7.3.4", None, 1000)
-    late = pstore_obj(H, "good-1", None, "Panic") | {"record_time": 1e15}
+    good = boot_row(H, "good-1", "7.3.4", None, 1000)
+    late = pstore_row(H, "good-1", None, "Panic") | {"record_time": 1e15}
     f = write_export(
         tmp_path / "x.jsonl",
-        [good, *(o for _, o in bad), boot_obj(H, "good-2", "7.3.5", "7.3.4", 2000), late],
+        [good, *(o for _, o in bad), boot_row(H, "good-2", "7.3.5", "7.3.4", 2000), late],
     )
     rc, out, err = ctl(capsys, "import", str(f), "--db", db_url)
     assert rc == 1

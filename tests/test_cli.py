@@ -10,18 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from khod.cli import khoctl, khod_main
+from khod.cli import khoctl
 from khod.cli.common import run_main
 from khod.store.schema import HEAD_REVISION
 from tests import variants
+from tests.builders import Host
 from tests.conftest import FIXTURES, SysrootFactory
 
 BIN = Path(sys.executable).parent
 CONTRACT_KEYS = {"boot_id", "release", "kind", "previous_release", "kexec_count", "kho"}
-
-
-def khod(*argv: str) -> int:
-    return run_main("khod", khod_main.main, list(argv))
 
 
 def khoctl_json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
@@ -33,7 +30,7 @@ def khoctl_json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
 def ingest_chain(db_url: str, scenario: str) -> list[Path]:
     steps = sorted(p for p in (FIXTURES / scenario).iterdir() if p.is_dir())
     for step in steps:
-        assert khod("--once", "--sysroot", str(step), "--db", db_url) == 0
+        assert Host(step, db_url).once().rc == 0
     return steps
 
 
@@ -71,7 +68,7 @@ def test_chain_marks_a_missing_boot_as_a_gap(
     db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for step in ("step0", "step1", "step3"):
-        assert khod("--once", "--sysroot", str(FIXTURES / "pstore-kho" / step), "--db", db_url) == 0
+        assert Host(FIXTURES / "pstore-kho" / step, db_url).once().rc == 0
     rows = khoctl_json(
         capsys, "chain", "--sysroot", str(FIXTURES / "pstore-kho/step3"), "--db", db_url
     )
@@ -98,7 +95,7 @@ def test_status_is_live_and_says_whether_recorded(
         1,
         "kho-v4",
     )
-    assert khod("--once", "--sysroot", step, "--db", db_url) == 0
+    assert Host(Path(step), db_url).once().rc == 0
     d = khoctl_json(capsys, "status", "--sysroot", step, "--db", db_url)
     assert isinstance(d, dict) and d["recorded"] is True
 
@@ -294,7 +291,7 @@ def test_status_shows_the_live_update_the_loader_and_the_compat_tags(
         "kho-v4",
         ["radix-v1", "vmalloc-v1"],
     )
-    assert khod("--once", "--sysroot", str(root), "--db", db_url) == 0
+    assert Host(root, db_url).once().rc == 0
     rows = khoctl_json(capsys, "history", "--sysroot", str(root), "--db", db_url)
     assert isinstance(rows, list) and rows[0]["luo"]["liveupdate_num"] == 2
     capsys.readouterr()

@@ -17,6 +17,7 @@ import pytest
 
 from khod.cli import khoctl, khod_main
 from khod.cli.common import run_main
+from tests.builders import Host
 from tests.conftest import FIXTURES
 
 BIN = Path(sys.executable).parent
@@ -28,9 +29,7 @@ STEPS = sorted(p for p in (FIXTURES / "pstore-kho").iterdir() if p.is_dir())
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = f"sqlite:///{tmp_path_factory.mktemp('habits') / 'khod.db'}"
     for step in STEPS:
-        assert (
-            run_main("khod", khod_main.main, ["--once", "--sysroot", str(step), "--db", url]) == 0
-        )
+        assert Host(step, url).once().rc == 0
     return url
 
 
@@ -271,9 +270,7 @@ def test_a_cold_boot_with_reserve_mem_prints_nothing_about_its_short_fdt(
     not a line on stderr at every boot."""
     url = f"sqlite:///{tmp_path / 'khod.db'}"
     capsys.readouterr()
-    assert (
-        run_main("khod", khod_main.main, ["--once", "--sysroot", str(STEPS[0]), "--db", url]) == 0
-    )
+    assert Host(STEPS[0], url).once().rc == 0
     out, err = capsys.readouterr()
     assert "recorded boot" in out and err == ""
     rc = run_main(
@@ -312,9 +309,7 @@ def test_an_offset_is_refused_when_a_boot_of_the_machine_cannot_be_read(
 
     url = f"sqlite:///{tmp_path / 'khod.db'}"
     for step in STEPS:
-        assert (
-            run_main("khod", khod_main.main, ["--once", "--sysroot", str(step), "--db", url]) == 0
-        )
+        assert Host(step, url).once().rc == 0
     with sqlite3.connect(tmp_path / "khod.db") as conn:
         conn.execute("UPDATE boots SET subtrees = '[1]' WHERE seq = 2")
     ids = boot_ids(capsys, url)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from khod.cli import khoctl, khod_main
+from khod.cli import khoctl
 from khod.cli.common import run_main
+from tests.builders import Host
 from tests.conftest import FIXTURES
 from tests.kimagebuild import bzimage
 
@@ -28,12 +29,7 @@ def pristine(tmp_path: Path) -> Path:
     db = tmp_path / "pristine.db"
     for step in ("step0", "step1"):
         root = str(FIXTURES / "pstore" / step)
-        assert (
-            run_main(
-                "khod", khod_main.main, ["--once", "--sysroot", root, "--db", f"sqlite:///{db}"]
-            )
-            == 0
-        )
+        assert Host(Path(root), f"sqlite:///{db}").once().rc == 0
     import sqlite3
 
     conn = sqlite3.connect(db)  # fold the WAL in: copying the file copies the store

@@ -8,8 +8,9 @@ import json
 
 import pytest
 
-from khod.cli import khoctl, khod_main
+from khod.cli import khoctl
 from khod.cli.common import run_main
+from tests.builders import Host
 from tests.conftest import FIXTURES
 
 HERE = str(FIXTURES / "kexec1/step1")  # machine 65f7426a..., not in the store
@@ -24,10 +25,7 @@ def fleet(db_url: str) -> str:
         ("pstore-kho", ("step0", "step1", "step2", "step3")),
     ):
         for step in steps:
-            root = str(FIXTURES / scenario / step)
-            assert (
-                run_main("khod", khod_main.main, ["--once", "--sysroot", root, "--db", db_url]) == 0
-            )
+            assert Host(FIXTURES / scenario / step, db_url).once().rc == 0
     return db_url
 
 

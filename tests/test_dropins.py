@@ -44,14 +44,14 @@ def test_a_drop_in_overrides_the_main_file_key_by_key(tmp_path: Path) -> None:
 
 def test_durations_read_the_same_in_the_file_and_on_the_command_line(tmp_path: Path) -> None:
     """One duration parser: the units ``--since`` takes (weeks included) are the file's."""
-    from khod.timespec import parse_since
+    from khod.timespec import parse_time
 
     conf, _ = main_and_dir(tmp_path, '[retention]\nmax_age = "2w"\n[sync]\ninterval = "90"\n')
     cfg = load_config(conf)
     assert (cfg.max_age, cfg.sync_interval) == (14 * 86400, 90)
-    assert parse_since("2w", now=10**7) == 10**7 - cfg.max_age
+    assert parse_time("2w", now=10**7) == 10**7 - cfg.max_age
     with pytest.raises(KhodError):  # an age needs its unit: never a year taken as seconds
-        parse_since("2026")
+        parse_time("2026")
 
 
 def test_drop_ins_are_merged_in_the_order_of_their_names(tmp_path: Path) -> None:

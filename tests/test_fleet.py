@@ -3,9 +3,7 @@ Every test taking db_url runs on SQLite and on a real PostgreSQL server."""
 
 from __future__ import annotations
 
-import base64
 import gzip
-import hashlib
 import json
 import math
 import multiprocessing
@@ -25,6 +23,7 @@ from khod.fleet.format import VERSION
 from khod.store.db import open_store
 from khod.store.schema import blobs, boots, events, kexec_attempts, pstore_records
 from tests import daemon_helpers, pgserver
+from tests.builders import Host, boot_row, pstore_row, write_export
 from tests.conftest import FIXTURES, SysrootFactory
 
 CHAIN = ["pstore-kho/step0", "pstore-kho/step1", "pstore-kho/step2", "pstore-kho/step3"]
@@ -42,9 +41,7 @@ def ctl(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def host_store(sysroot: SysrootFactory, url: str, steps: list[str]) -> None:
     for step in steps:
         root = sysroot(step)
-        assert (
-            run_main("khod", khod_main.main, ["--once", "--sysroot", str(root), "--db", url]) == 0
-        )
+        assert Host(root, url).once().rc == 0
 
 
 def table_counts(url: str) -> dict[str, int]:
@@ -161,75 +158,11 @@ def test_export_since_takes_boots_after_a_time(
     assert {o["collected_by"] for o in objs if o["object"] == "pstore"} <= exported
 
 
-def write_export(path: Path, objs: list[dict[str, Any]], version: int = VERSION) -> Path:
-    head = {"object": "header", "format": "khod-export", "version": version}
-    path.write_text("".join(json.dumps(o) + "\n" for o in [head, *objs]))
-    return path
-
-
-def boot_obj(machine: str, boot: str, release: str, prev: str | None, t: int) -> dict[str, Any]:
-    return {
-        "object": "boot",
-        "machine_id": machine,
-        "boot_id": boot,
-        "booted_at": t,
-        "release": release,
-        "cmdline": "console=ttyS0",
-        "kind": "kexec" if prev else "cold",
-        "kind_reason": None,
-        "kho_enabled": True,
-        "kho_abi": "kho-v4",
-        "memory_map_handed": None,
-        "previous_release": prev,
-        "previous_release_raw": None,
-        "kexec_count": 1 if prev else 0,
-        "metadata_source": "kho" if prev else None,
-        "subtrees": [],
-        "out_subtrees": [],
-        "out_release": None,
-        "out_kexec_count": None,
-        "scratch": [],
-        "ingested_at": float(t + 5),
-        "khod_version": "test",
-    }
-
-
-def pstore_obj(
-    machine: str, found_by: str, describes: str | None, reason: str, part: int = 1, salt: str = ""
-) -> dict[str, Any]:
-    raw = f"{reason}#1 Part{part}\n{found_by}{salt}\n".encode()
-    return {
-        "object": "pstore",
-        "machine_id": machine,
-        "sha256": hashlib.sha256(raw).hexdigest(),
-        "collected_by": found_by,
-        "describes": describes,
-        "location": "pstore",
-        "path": f"dmesg-efi-{part}",
-        "name": f"dmesg-efi-{part}",
-        "type": "dmesg",
-        "backend": "efi",
-        "record_id": part,
-        "part": part,
-        "reason": reason,
-        "count": 1,
-        "record_time": None,
-        "compressed": False,
-        "inflate_status": "plain",
-        "size": len(raw),
-        "raw": base64.b64encode(raw).decode(),
-        "text": raw.decode(),
-        "release": None,
-        "dump_key": f"efi:dmesg:{found_by}",
-        "collected_at": 0.0,
-    }
-
-
 def test_bad_import_lines_are_skipped_one_line_each(
     db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    good = boot_obj("a" * 32, "b-1", "7.3.4", None, 1000)
-    bad_b64 = pstore_obj("a" * 32, "b-1", None, "Panic") | {"raw": "!!not base64!!"}
+    good = boot_row("a" * 32, "b-1", "7.3.4", None, 1000)
+    bad_b64 = pstore_row("a" * 32, "b-1", None, "Panic") | {"raw": "!!not base64!!"}
     f = tmp_path / "x.jsonl"
     write_export(
         f,
@@ -240,7 +173,7 @@ def test_bad_import_lines_are_skipped_one_line_each(
             good | {"kexec_count": 2**40},
             good | {"boot_id": "x" * 100},
             bad_b64,
-            pstore_obj("a" * 32, "no-such-boot", None, "Panic"),
+            pstore_row("a" * 32, "no-such-boot", None, "Panic"),
         ],
     )
     with f.open("a") as fh:
@@ -311,25 +244,25 @@ def small_fleet() -> list[dict[str, Any]]:
     h1, h2, h3 = "1" * 32, "2" * 32, "3" * 32
     t = 1_790_000_000
     return [
-        boot_obj(h1, "h1-0", "A", None, t),
-        boot_obj(h1, "h1-1", "B", "A", t + 100),
-        boot_obj(h1, "h1-2", "B", None, t + 200),
-        boot_obj(h2, "h2-0", "A", None, t),
-        boot_obj(h2, "h2-1", "B", "A", t + 100),
-        boot_obj(h2, "h2-2", "A", "B", t + 200),
-        boot_obj(h2, "h2-3", "B", "A", t + 300),
-        boot_obj(h2, "h2-4", "B", None, t + 400),
-        boot_obj(h3, "h3-0", "B", None, t),
-        boot_obj(h3, "h3-1", "A", "B", t + 100),
-        boot_obj(h3, "h3-2", "A", "A", t + 200),
-        boot_obj(h3, "h3-3", "A", None, t + 300),
-        pstore_obj(h1, "h1-2", "h1-1", "Panic", part=1),
-        pstore_obj(h1, "h1-2", "h1-1", "Panic", part=2),
-        pstore_obj(h2, "h2-4", "h2-3", "Oops"),
-        pstore_obj(h2, "h2-4", "h2-3", "Panic"),
-        pstore_obj(h3, "h3-2", "h3-1", "Shutdown"),
-        pstore_obj(h3, "h3-3", "h3-2", "Oops"),
-        pstore_obj(h3, "h3-1", "h3-0", "Oops"),
+        boot_row(h1, "h1-0", "A", None, t),
+        boot_row(h1, "h1-1", "B", "A", t + 100),
+        boot_row(h1, "h1-2", "B", None, t + 200),
+        boot_row(h2, "h2-0", "A", None, t),
+        boot_row(h2, "h2-1", "B", "A", t + 100),
+        boot_row(h2, "h2-2", "A", "B", t + 200),
+        boot_row(h2, "h2-3", "B", "A", t + 300),
+        boot_row(h2, "h2-4", "B", None, t + 400),
+        boot_row(h3, "h3-0", "B", None, t),
+        boot_row(h3, "h3-1", "A", "B", t + 100),
+        boot_row(h3, "h3-2", "A", "A", t + 200),
+        boot_row(h3, "h3-3", "A", None, t + 300),
+        pstore_row(h1, "h1-2", "h1-1", "Panic", part=1),
+        pstore_row(h1, "h1-2", "h1-1", "Panic", part=2),
+        pstore_row(h2, "h2-4", "h2-3", "Oops"),
+        pstore_row(h2, "h2-4", "h2-3", "Panic"),
+        pstore_row(h3, "h3-2", "h3-1", "Shutdown"),
+        pstore_row(h3, "h3-3", "h3-2", "Oops"),
+        pstore_row(h3, "h3-1", "h3-0", "Oops"),
     ]
 
 
@@ -458,10 +391,7 @@ def test_attempt_verdicts_follow_the_attempt_to_the_fleet(
 ) -> None:
     """An attempt synced while open gets its verdict in the fleet database later."""
     root = sysroot("kexec1/step0")
-    assert (
-        run_main("khod", khod_main.main, ["--once", "--sysroot", str(root), "--db", sqlite_url])
-        == 0
-    )
+    assert Host(root, sqlite_url).once().rc == 0
     rc = run_main(
         "khoctl",
         khoctl.main,
@@ -621,8 +551,8 @@ def _mutants() -> list[tuple[str, dict[str, Any]]]:
     """Each field of each object type given a wrong (or a borderline right) value."""
     h = "a" * 32
     base = {
-        "boot": boot_obj(h, "b-0", "7.3.4", "7.3.3", 1000),
-        "pstore": pstore_obj(h, "b-0", "b-0", "Panic"),
+        "boot": boot_row(h, "b-0", "7.3.4", "7.3.3", 1000),
+        "pstore": pstore_row(h, "b-0", "b-0", "Panic"),
         "blob": {
             "object": "blob", "machine_id": h, "boot_id": "b-0", "direction": "in",
             "name": "fdt", "size": 3, "sha256": "0" * 64, "data": "AAEC",
@@ -664,7 +594,7 @@ def test_bulk_path_refuses_exactly_what_the_line_path_refuses(
 
     url = pg_server.url(pg_server.create_database())
     store = open_store(url)
-    seed = boot_obj("a" * 32, "b-0", "7.3.4", None, 1)
+    seed = boot_row("a" * 32, "b-0", "7.3.4", None, 1)
     with store.writer.begin() as conn:
         pgfast.load_chunk(conn, [json.dumps(seed).encode()])
     disagree = []
@@ -917,7 +847,7 @@ def test_luo_and_loader_facts_travel_through_export_and_import(
 def test_an_export_from_before_the_luo_columns_still_imports(
     db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    old = boot_obj("m" * 32, "00000000-0000-4000-8000-000000000001", "7.3.4", None, 100)
+    old = boot_row("m" * 32, "00000000-0000-4000-8000-000000000001", "7.3.4", None, 100)
     assert "liveupdate_num" not in old
     path = write_export(tmp_path / "old.jsonl", [old])
     rc, out, _ = ctl(capsys, "import", str(path), "--db", db_url, "--json")
@@ -935,11 +865,11 @@ def test_kexecs_without_handover_and_refused_ones_are_counted_apart(
     h = "4" * 32
     t = 1_790_000_000
     objs = [
-        boot_obj(h, "h4-0", "A", None, t),
-        boot_obj(h, "h4-1", "B", "A", t + 100),  # a KHO handover
-        {**boot_obj(h, "h4-2", "B", "A", t + 200), "kind": "kexec-no-handover"},
-        {**boot_obj(h, "h4-3", "B", "A", t + 300), "kind": "kexec-rejected"},
-        {**boot_obj(h, "h4-4", "B", None, t + 400), "kind": "kexec-no-handover"},
+        boot_row(h, "h4-0", "A", None, t),
+        boot_row(h, "h4-1", "B", "A", t + 100),  # a KHO handover
+        {**boot_row(h, "h4-2", "B", "A", t + 200), "kind": "kexec-no-handover"},
+        {**boot_row(h, "h4-3", "B", "A", t + 300), "kind": "kexec-rejected"},
+        {**boot_row(h, "h4-4", "B", None, t + 400), "kind": "kexec-no-handover"},
     ]
     for o in objs[2:4]:
         o.update(metadata_source="attempt", kexec_count=0)

@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from khod.cli import khod_main
 from khod.cli.common import run_main
 from khod.config import ConfigError, load_config
 from khod.errors import ParseError
@@ -27,6 +26,7 @@ from khod.parse.kimage import decompress_payload, parse_kernel_image
 from khod.store.db import open_store
 from khod.store.schema import boots
 from tests import kimagebuild
+from tests.builders import Host
 from tests.conftest import FIXTURES, restore_pstore_mtimes
 from tests.test_fuzz import PARSERS, SEEDS
 
@@ -135,11 +135,9 @@ def test_export_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         root = tmp_path / step.replace("/", "-")
         shutil.copytree(FIXTURES / step, root)
         restore_pstore_mtimes(root)
-        assert (
-            run_main("khod", khod_main.main, ["--once", "--sysroot", str(root), "--db", src]) == 0
-        )
+        assert Host(root, src).once().rc == 0
     dump = tmp_path / "x.jsonl"
-    assert run_main("khod", khod_main.main, ["--once", "--sysroot", str(root), "--db", src]) == 0
+    assert Host(root, src).once().rc == 0
     from khod.cli import khoctl
 
     assert run_main("khoctl", khoctl.main, ["export", "--db", src, "-o", str(dump)]) == 0
@@ -191,7 +189,7 @@ def test_khod_records_the_boot_whatever_the_mutant(
         (root / rel).write_bytes(mutate(rnd, original))
         db = f"sqlite:///{tmp_path / f'{i}.db'}"
         capsys.readouterr()
-        rc = run_main("khod", khod_main.main, ["--once", "--sysroot", str(root), "--db", db])
+        rc = Host(root, db).once().rc
         err = capsys.readouterr().err
         assert rc == 0, f"{name} mutant #{i}: exit {rc}: {err}"
         assert "Traceback" not in err and "internal error" not in err, (name, i, err)

@@ -13,6 +13,7 @@ from khod.cli import khoctl, khod_main
 from khod.cli.common import run_main
 from khod.store.db import open_store
 from khod.store.reads import load_boots, load_events, load_pstore
+from tests.builders import Host
 from tests.conftest import SysrootFactory
 
 BOOT = "76d14fe6-5764-46e9-a6d4-d1bfc29718ff"  # pstore-kho/step2
@@ -21,7 +22,7 @@ EARLIER = "f3d7c587-29b6-4fdf-91fe-146df8164692"  # pstore-kho/step1
 
 def ingest(root: Path, db: str, capsys: pytest.CaptureFixture[str]) -> str:
     capsys.readouterr()
-    rc = run_main("khod", khod_main.main, ["--once", "--sysroot", str(root), "--db", db])
+    rc = Host(root, db).once().rc
     out = capsys.readouterr()
     assert rc == 0, out.err
     return out.err

@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from khod.cli import khoctl, khod_main
+from khod.cli import khoctl
 from khod.cli.common import run_main
 from khod.parse import kimage
 from tests import variants
+from tests.builders import Host
 from tests.conftest import SysrootFactory
 from tests.fdtbuild import kho_root
 from tests.kimagebuild import KHO_CONFIG, NO_KHO_CONFIG, arm64_image, bzimage
@@ -73,6 +74,14 @@ def ctl(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
         return rc, json.loads(out.out), out.err
     except ValueError:
         return rc, out.out, out.err
+
+
+def on(
+    capsys: pytest.CaptureFixture[str], root: Path, *argv: str, db: str | None = None
+) -> tuple[int, Any, str]:
+    """khoctl on the host at ``root`` (and the store at ``db``): exit code, the JSON
+    document it printed (else its text), its standard error."""
+    return ctl(capsys, *Host(root, db).khoctl_argv(*argv))
 
 
 @pytest.fixture
@@ -145,9 +154,7 @@ def test_check_on_a_hostile_image_says_no_config(
 ) -> None:
     img = tmp_path / "vmlinuz"
     img.write_bytes(bzimage("7.3.4-x", config=None, pad=0, vmlinux_tail=b"IKCFG_ST" * (1 << 20)))
-    rc, res, err = ctl(
-        capsys, "check", "--json", "--sysroot", str(sysroot("kexec1/step0")), "--kernel", str(img)
-    )
+    rc, res, err = on(capsys, sysroot("kexec1/step0"), "check", "--json", "--kernel", str(img))
     c = by_name(res)["image-config"]
     assert (rc, c["ok"], c["severity"], err) == (0, False, "warning", "")
     assert "no embedded IKCONFIG" in c["detail"]
@@ -176,7 +183,7 @@ def test_check_passes_on_a_real_cold_boot(
     sysroot: SysrootFactory, image: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     root = sysroot("kexec1/step0")
-    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(image))
+    rc, res, _ = on(capsys, root, "check", "--json", "--kernel", str(image))
     assert rc == 0 and res["ok"] is True
     c = by_name(res)
     assert set(c) >= {
@@ -203,9 +210,7 @@ def test_check_passes_on_a_real_cold_boot(
 def test_check_on_a_real_kexecd_boot_without_out_fdt(
     sysroot: SysrootFactory, image: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc, res, _ = ctl(
-        capsys, "check", "--json", "--sysroot", str(sysroot("kexec1/step1")), "--kernel", str(image)
-    )
+    rc, res, _ = on(capsys, sysroot("kexec1/step1"), "check", "--json", "--kernel", str(image))
     c = by_name(res)
     assert rc == 0 and c["out-fdt"]["ok"] and c["out-fdt"]["severity"] == "info"
     assert c["outgoing-metadata"]["detail"] == "7.3.4-khlab-a count 2"
@@ -214,7 +219,7 @@ def test_check_on_a_real_kexecd_boot_without_out_fdt(
 def test_check_on_a_truncated_out_fdt_is_informational(
     sysroot: SysrootFactory, fakebin: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(sysroot("pstore/step0")))
+    rc, res, _ = on(capsys, sysroot("pstore/step0"), "check", "--json")
     c = by_name(res)
     assert rc == 0 and not c["out-fdt"]["ok"] and c["out-fdt"]["severity"] == "info"
 
@@ -222,9 +227,7 @@ def test_check_on_a_truncated_out_fdt_is_informational(
 def test_kho_off_is_an_error(
     sysroot: SysrootFactory, image: Path, fakebin: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc, res, _ = ctl(
-        capsys, "check", "--json", "--sysroot", str(sysroot("nokho/step0")), "--kernel", str(image)
-    )
+    rc, res, _ = on(capsys, sysroot("nokho/step0"), "check", "--json", "--kernel", str(image))
     assert rc == 1 and res["ok"] is False
     assert by_name(res)["kho-enabled"]["ok"] is False
 
@@ -247,7 +250,7 @@ def test_scratch_too_small(
 ) -> None:
     root = sysroot("kexec1/step0")
     variants.replace(root, f"{KHO}/out/scratch_len", lens)
-    _, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(image))
+    _, res, _ = on(capsys, root, "check", "--json", "--kernel", str(image))
     s = by_name(res)["scratch"]
     assert (s["ok"], s["severity"]) == (ok, severity)
 
@@ -258,9 +261,7 @@ def test_foreign_abi_target_is_an_error(
     # a stand-in for the lab's 7.3.4-khlab-v3abi: a 7.3 release that speaks kho-v3
     img = tmp_path / "vmlinuz"
     img.write_bytes(bzimage("7.3.4-khlab-v3abi", abi="kho-v3"))
-    rc, res, _ = ctl(
-        capsys, "check", "--json", "--sysroot", str(sysroot("kexec1/step0")), "--kernel", str(img)
-    )
+    rc, res, _ = on(capsys, sysroot("kexec1/step0"), "check", "--json", "--kernel", str(img))
     a = by_name(res)["abi"]
     assert rc == 1 and not a["ok"] and a["severity"] == "error"
     assert "'kho-v4' (out/fdt)" in a["detail"] and "'kho-v3' (image)" in a["detail"]
@@ -271,9 +272,7 @@ def test_abi_from_the_release_table_when_the_image_does_not_say(
 ) -> None:
     img = tmp_path / "vmlinuz"
     img.write_bytes(bzimage("7.0.3", abi=None))
-    _, res, _ = ctl(
-        capsys, "check", "--json", "--sysroot", str(sysroot("kexec1/step0")), "--kernel", str(img)
-    )
+    _, res, _ = on(capsys, sysroot("kexec1/step0"), "check", "--json", "--kernel", str(img))
     a = by_name(res)["abi"]
     assert not a["ok"] and "'kho-v1' (release table)" in a["detail"]
 
@@ -283,7 +282,7 @@ def test_missing_outgoing_metadata(
 ) -> None:
     root = sysroot("kexec1/step1")
     variants.remove(root, f"{KHO}/out/sub_fdts/kexec-metadata")
-    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root))
+    rc, res, _ = on(capsys, root, "check", "--json")
     m = by_name(res)["outgoing-metadata"]
     assert rc == 1 and not m["ok"] and "no out/sub_fdts/kexec-metadata" in m["detail"]
 
@@ -306,7 +305,7 @@ def test_unfinalized_7_0_tree(
 ) -> None:
     root = sysroot("kexec1/step0")
     seven_oh(root, finalize)
-    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root))
+    rc, res, _ = on(capsys, root, "check", "--json")
     c = by_name(res)
     assert c["finalize"]["ok"] is ok and rc == (0 if ok else 1)
     assert c["outgoing-metadata"]["ok"] and c["outgoing-metadata"]["severity"] == "info"
@@ -317,9 +316,7 @@ def test_target_without_handover_support(
 ) -> None:
     img = tmp_path / "vmlinuz"
     img.write_bytes(bzimage("7.3.4-nokho", abi="kho-v4", config=NO_KHO_CONFIG))
-    rc, res, _ = ctl(
-        capsys, "check", "--json", "--sysroot", str(sysroot("kexec1/step0")), "--kernel", str(img)
-    )
+    rc, res, _ = on(capsys, sysroot("kexec1/step0"), "check", "--json", "--kernel", str(img))
     c = by_name(res)["image-config"]
     assert rc == 1 and not c["ok"] and "CONFIG_KEXEC_HANDOVER" in c["detail"]
 
@@ -331,7 +328,7 @@ def test_target_config_from_boot(
     img = tmp_path / "vmlinuz"
     img.write_bytes(bzimage("7.3.4-x", config=None))
     variants.replace(root, "boot/config-7.3.4-x", NO_KHO_CONFIG.encode())
-    _, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(img))
+    _, res, _ = on(capsys, root, "check", "--json", "--kernel", str(img))
     c = by_name(res)["image-config"]
     assert not c["ok"] and "/boot/config-7.3.4-x" in c["detail"]
 
@@ -341,9 +338,7 @@ def test_not_a_kernel_image(
 ) -> None:
     img = tmp_path / "junk"
     img.write_bytes(b"\x7fELF" + bytes(4096))
-    rc, res, _ = ctl(
-        capsys, "check", "--json", "--sysroot", str(sysroot("kexec1/step0")), "--kernel", str(img)
-    )
+    rc, res, _ = on(capsys, sysroot("kexec1/step0"), "check", "--json", "--kernel", str(img))
     assert rc == 1 and "not a bzImage" in by_name(res)["image"]["detail"]
 
 
@@ -354,7 +349,7 @@ def test_loaded_image_liveupdate_and_lockdown(
     variants.replace(root, "sys/kernel/kexec_loaded", b"1\n")
     variants.replace(root, "dev/liveupdate", b"")
     variants.replace(root, "sys/kernel/security/lockdown", b"none [integrity] confidentiality\n")
-    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root))
+    rc, res, _ = on(capsys, root, "check", "--json")
     c = by_name(res)
     assert rc == 0
     assert (c["kexec-loaded"]["ok"], c["kexec-loaded"]["severity"]) == (False, "warning")
@@ -369,7 +364,7 @@ def test_no_kexec_tools(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(sysroot("kexec1/step0")))
+    rc, res, _ = on(capsys, sysroot("kexec1/step0"), "check", "--json")
     assert rc == 1 and not by_name(res)["kexec-tools"]["ok"]
 
 
@@ -383,7 +378,7 @@ def test_scratch_areas_of_4_kib_are_an_error(
 ) -> None:
     root = sysroot("kexec1/step0")
     variants.replace(root, f"{KHO}/out/scratch_len", b"0x1000\n0x1000\n0x1000\n")
-    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(image))
+    rc, res, _ = on(capsys, root, "check", "--json", "--kernel", str(image))
     s = by_name(res)["scratch"]
     assert (rc, res["ok"], s["ok"], s["severity"]) == (1, False, False, "error")
     assert "-EADDRNOTAVAIL" in s["detail"]
@@ -397,7 +392,7 @@ def test_a_kernel_that_fits_at_its_file_size_but_not_at_init_size_is_an_error(
     img.write_bytes(bzimage("7.3.4-khlab-b", pad=10 << 20))
     root = sysroot("kexec1/step0")
     scratch_lens(root, 16, 16, 16)  # 48 MiB in all, each area larger than the file
-    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(img))
+    rc, res, _ = on(capsys, root, "check", "--json", "--kernel", str(img))
     s = by_name(res)["scratch"]
     assert (rc, res["ok"], s["ok"], s["severity"]) == (1, False, False, "error")
     assert "kernel (init_size 32.3 MiB)" in s["detail"]
@@ -414,16 +409,8 @@ def test_a_real_fit_is_ok_and_says_where(
     with initrd.open("wb") as f:
         f.truncate(12 << 20)
     root = sysroot("kexec1/step0")
-    rc, res, _ = ctl(
-        capsys,
-        "check",
-        "--json",
-        "--sysroot",
-        str(root),
-        "--kernel",
-        str(image),
-        "--initrd",
-        str(initrd),
+    rc, res, _ = on(
+        capsys, root, "check", "--json", "--kernel", str(image), "--initrd", str(initrd)
     )
     s = by_name(res)["scratch"]
     assert (rc, res["ok"], s["ok"]) == (0, True, True)
@@ -443,16 +430,8 @@ def test_an_initrd_that_does_not_fit_is_an_error_naming_it(
     with initrd.open("wb") as f:
         f.truncate(40 << 20)  # 96 MiB of scratch in all, but no area has 40 MiB left
     root = sysroot("kexec1/step0")
-    rc, res, _ = ctl(
-        capsys,
-        "check",
-        "--json",
-        "--sysroot",
-        str(root),
-        "--kernel",
-        str(image),
-        "--initrd",
-        str(initrd),
+    rc, res, _ = on(
+        capsys, root, "check", "--json", "--kernel", str(image), "--initrd", str(initrd)
     )
     s = by_name(res)["scratch"]
     assert (rc, res["ok"], s["ok"], s["severity"]) == (1, False, False, "error")
@@ -470,17 +449,15 @@ def test_dry_run_prints_the_plan_and_changes_nothing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     db = tmp_path / "k.db"
-    rc, plan, _ = ctl(
+    rc, plan, _ = on(
         capsys,
+        sysroot("kexec1/step0"),
         "kexec",
         "--dry-run",
         "--json",
-        "--sysroot",
-        str(sysroot("kexec1/step0")),
         "--kernel",
         str(image),
-        "--db",
-        f"sqlite:///{db}",
+        db=f"sqlite:///{db}",
     )
     assert rc == 0 and plan["dry_run"] is True
     assert plan["expect"] == {"previous_release": "7.3.4-khlab-a", "kexec_count": 1}
@@ -501,19 +478,17 @@ def test_kexec_runs_exact_argv_without_a_shell(
     initrd = tmp_path / "initrd.img"
     initrd.write_bytes(b"\x1f\x8b" + bytes(100))
     hostile = "console=ttyS0 kho=on ; rm -rf / $(reboot) `id`"
-    rc, _, err = ctl(
+    rc, _, err = on(
         capsys,
+        sysroot("kexec1/step0"),
         "kexec",
-        "--sysroot",
-        str(sysroot("kexec1/step0")),
         "--kernel",
         str(image),
         "--initrd",
         str(initrd),
         "--append",
         hostile,
-        "--db",
-        f"sqlite:///{tmp_path / 'k.db'}",
+        db=f"sqlite:///{tmp_path / 'k.db'}",
     )
     assert rc == 0, err
     assert calls(fakebin) == [
@@ -536,16 +511,14 @@ def test_kexec_now_uses_kexec_e(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    rc, _, _ = ctl(
+    rc, _, _ = on(
         capsys,
+        sysroot("kexec1/step0"),
         "kexec",
         "--now",
-        "--sysroot",
-        str(sysroot("kexec1/step0")),
         "--kernel",
         str(image),
-        "--db",
-        f"sqlite:///{tmp_path / 'k.db'}",
+        db=f"sqlite:///{tmp_path / 'k.db'}",
     )
     assert rc == 0 and calls(fakebin)[-1] == ["kexec", "-e"]
 
@@ -559,13 +532,11 @@ def test_kexec_refuses_on_an_error_and_force_goes_on(
 ) -> None:
     root = sysroot("nokho/step0")
     db = f"sqlite:///{tmp_path / 'k.db'}"
-    rc, _, err = ctl(capsys, "kexec", "--sysroot", str(root), "--kernel", str(image), "--db", db)
+    rc, _, err = on(capsys, root, "kexec", "--kernel", str(image), db=db)
     assert rc == 1 and calls(fakebin) == []
     assert err == "khoctl: error: refusing to kexec: kho-enabled failed (--force to go on)\n"
     assert not (tmp_path / "k.db").exists()
-    rc, _, _ = ctl(
-        capsys, "kexec", "--force", "--sysroot", str(root), "--kernel", str(image), "--db", db
-    )
+    rc, _, _ = on(capsys, root, "kexec", "--force", "--kernel", str(image), db=db)
     assert rc == 0 and [c[1] for c in calls(fakebin)] == ["-s", "kexec"]
     with sqlite3.connect(tmp_path / "k.db") as conn:
         assert conn.execute("SELECT forced FROM kexec_attempts").fetchall() == [(1,)]
@@ -598,8 +569,8 @@ def test_a_transition_the_fleet_calls_worse_is_refused_and_force_is_recorded(
     conf = tmp_path / "khod.toml"
     conf.write_text(f'[fleet]\nverdicts = "{report}"\n')
     root = sysroot("kexec1/step0")
-    argv = ["--config", str(conf), "--sysroot", str(root), "--kernel", str(image)]
-    rc, out, _ = ctl(capsys, "check", *argv, "--json")
+    argv = ["--config", str(conf), "--kernel", str(image)]
+    rc, out, _ = on(capsys, root, "check", *argv, "--json")
     c = by_name(out)["fleet-verdict"]
     assert (rc, out["ok"], c["ok"], c["severity"]) == (1, False, False, "error")
     assert c["detail"] == (
@@ -607,20 +578,20 @@ def test_a_transition_the_fleet_calls_worse_is_refused_and_force_is_recorded(
         f"hosts against 0 of 40 ({report})"
     )
     db = f"sqlite:///{tmp_path / 'k.db'}"
-    rc, _, err = ctl(capsys, "kexec", *argv, "--db", db)
+    rc, _, err = on(capsys, root, "kexec", *argv, db=db)
     assert rc == 1 and calls(fakebin) == []
     assert err == "khoctl: error: refusing to kexec: fleet-verdict failed (--force to go on)\n"
-    rc, _, _ = ctl(capsys, "kexec", *argv, "--db", db, "--force")
+    rc, _, _ = on(capsys, root, "kexec", *argv, "--force", db=db)
     assert rc == 0 and [c[1] for c in calls(fakebin)] == ["-s", "kexec"]
     with sqlite3.connect(tmp_path / "k.db") as conn:
         ((forced, checks),) = conn.execute("SELECT forced, checks FROM kexec_attempts").fetchall()
     assert forced == 1
     assert {c["name"]: c["ok"] for c in json.loads(checks)}["fleet-verdict"] is False
     # no report configured: no check; a report that cannot be read: a warning
-    rc, out, _ = ctl(capsys, "check", "--sysroot", str(root), "--kernel", str(image), "--json")
+    rc, out, _ = on(capsys, root, "check", "--kernel", str(image), "--json")
     assert "fleet-verdict" not in by_name(out)
     report.write_text("{not json")
-    rc, out, _ = ctl(capsys, "check", *argv, "--json")
+    rc, out, _ = on(capsys, root, "check", *argv, "--json")
     c = by_name(out)["fleet-verdict"]
     assert (rc, c["ok"], c["severity"]) == (0, False, "warning")
     assert c["detail"].startswith(f"cannot read the fleet's verdicts at {report}: ")
@@ -634,15 +605,13 @@ def test_a_failed_load_is_one_line_and_the_attempt_says_so(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     write_fake(fakebin, "kexec", fail=True)
-    rc, _, err = ctl(
+    rc, _, err = on(
         capsys,
+        sysroot("kexec1/step0"),
         "kexec",
-        "--sysroot",
-        str(sysroot("kexec1/step0")),
         "--kernel",
         str(image),
-        "--db",
-        f"sqlite:///{tmp_path / 'k.db'}",
+        db=f"sqlite:///{tmp_path / 'k.db'}",
     )
     assert rc == 1
     assert err.endswith("failed: Cannot load the kernel: Invalid argument\n")
@@ -663,34 +632,9 @@ def attempt_then_boot(
     capsys: pytest.CaptureFixture[str],
     *extra: str,
 ) -> list[dict[str, Any]]:
-    rc, _, err = ctl(
-        capsys,
-        "kexec",
-        "--sysroot",
-        str(sysroot(before)),
-        "--kernel",
-        str(image),
-        "--db",
-        db,
-        *extra,
-    )
+    rc, _, err = on(capsys, sysroot(before), "kexec", "--kernel", str(image), *extra, db=db)
     assert rc == 0, err
-    assert (
-        run_main(
-            "khod",
-            khod_main.main,
-            [
-                "--once",
-                "--sysroot",
-                str(after),
-                "--db",
-                db,
-                "--state-dir",
-                str(after.parent / "st"),
-            ],
-        )
-        == 0
-    )
+    assert Host(after, db, after.parent / "st", capsys).once().rc == 0
     _, rows, _ = ctl(capsys, "history", "--json", "--all", "--db", db)
     assert isinstance(rows, list)
     return rows
@@ -752,24 +696,15 @@ def test_verdict_mismatch_and_superseded(
 ) -> None:
     db = f"sqlite:///{tmp_path / 'k.db'}"
     before = sysroot("kexec1/step0")
-    assert (
-        ctl(capsys, "kexec", "--sysroot", str(before), "--kernel", str(image), "--db", db)[0] == 0
-    )
+    assert on(capsys, before, "kexec", "--kernel", str(image), db=db)[0] == 0
     after = sysroot("kexec1/step1")
     blob = bytearray((after / KHO / "in/sub_fdts/kexec-metadata").read_bytes())
     blob[69] = 7  # the handover says count 7
     variants.replace(after, f"{KHO}/in/sub_fdts/kexec-metadata", bytes(blob))
     variants.drop_kmsg_lines(after, b"exec from")
-    rc, _, _ = ctl(capsys, "kexec", "--sysroot", str(before), "--kernel", str(image), "--db", db)
+    rc, _, _ = on(capsys, before, "kexec", "--kernel", str(image), db=db)
     assert rc == 0
-    assert (
-        run_main(
-            "khod",
-            khod_main.main,
-            ["--once", "--sysroot", str(after), "--db", db, "--state-dir", str(tmp_path / "st")],
-        )
-        == 0
-    )
+    assert Host(after, db, tmp_path / "st").once().rc == 0
     with sqlite3.connect(tmp_path / "k.db") as conn:
         got = conn.execute(
             "SELECT id, verdict, verdict_detail FROM kexec_attempts ORDER BY id"
@@ -821,10 +756,10 @@ def test_record_kexec_hook(
     root = sysroot("kexec1/step0")
     variants.replace(root, "sys/kernel/kexec_loaded", b"1\n")
     db = f"sqlite:///{tmp_path / 'k.db'}"
-    rc, out, err = ctl(capsys, "record-kexec", "--sysroot", str(root), "--db", db)
+    rc, out, err = on(capsys, root, "record-kexec", db=db)
     assert rc == 0 and "recorded (not through khoctl kexec)" in out
     assert "may have used the classic loader" in err
-    rc, out, _ = ctl(capsys, "record-kexec", "--sysroot", str(root), "--db", db)
+    rc, out, _ = on(capsys, root, "record-kexec", db=db)
     assert "was recorded by khoctl kexec" in out  # an open attempt exists: no second one
     with sqlite3.connect(tmp_path / "k.db") as conn:
         assert conn.execute(
@@ -841,7 +776,7 @@ def test_a_misfit_of_an_arm64_image_is_an_error_by_arm64s_rules(
     img.write_bytes(arm64_image("7.3.4-arm"))
     root = sysroot("kexec1/step0")
     variants.replace(root, f"{KHO}/out/scratch_len", b"0x1000\n0x1000\n0x1000\n")
-    _, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(img))
+    _, res, _ = on(capsys, root, "check", "--json", "--kernel", str(img))
     s = by_name(res)["scratch"]
     assert (s["ok"], s["severity"]) == (False, "error")
     assert s["detail"].startswith("kernel (file size"), s
@@ -854,7 +789,7 @@ def test_an_arm64_image_is_placed_by_arm64s_rules(
     img = tmp_path / "Image"
     img.write_bytes(arm64_image("7.3.4-arm"))
     root = sysroot("kexec1/step0")
-    _, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(img))
+    _, res, _ = on(capsys, root, "check", "--json", "--kernel", str(img))
     s = by_name(res)["scratch"]
     assert s["ok"], s
     where = dict(
@@ -871,19 +806,11 @@ def test_kexec_fits_the_command_line_it_will_pass(
 ) -> None:
     """``--append`` replaces the running kernel's command line: the boot params segment
     is sized for the one the new kernel gets."""
-    root = str(sysroot("kexec1/step0"))
+    root = sysroot("kexec1/step0")
 
     def boot_params(*extra: str) -> str:
-        rc, plan, err = ctl(
-            capsys,
-            "kexec",
-            "--dry-run",
-            "--json",
-            "--sysroot",
-            root,
-            "--kernel",
-            str(image),
-            *extra,
+        rc, plan, err = on(
+            capsys, root, "kexec", "--dry-run", "--json", "--kernel", str(image), *extra
         )
         assert rc == 0, err
         (s,) = [c for c in plan["checks"] if c["name"] == "scratch"]
@@ -975,7 +902,7 @@ def test_feature_tags_of_the_compatible_are_part_of_the_abi(
     variants.replace(root, f"{KHO}/out/fdt", kho_root(running, 0, []))
     img = tmp_path / "vmlinuz"
     img.write_bytes(bzimage("7.3.4-khlab-composite", abi=target))
-    _, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(img))
+    _, res, _ = on(capsys, root, "check", "--json", "--kernel", str(img))
     a = by_name(res)["abi"]
     assert a["ok"] is same
     if not same:
@@ -1008,11 +935,9 @@ def test_nothing_khod_runs_opens_dev_liveupdate(
     try:
         collect(HostPaths(root))
         assert cap.capture(str(root), str(tmp_path / "spool")) is not None
-        _, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root))
+        _, res, _ = on(capsys, root, "check", "--json")
         assert "not opened" in by_name(res)["liveupdate"]["detail"]
-        ctl(
-            capsys, "status", "--json", "--sysroot", str(root), "--db", f"sqlite:///{tmp_path}/k.db"
-        )
+        on(capsys, root, "status", "--json", db=f"sqlite:///{tmp_path}/k.db")
         opened = list(_OPENED)
     finally:
         _OPENED = None
@@ -1032,9 +957,9 @@ def test_the_running_kernels_abi_from_its_installed_image(
     stock, same = tmp_path / "stock", tmp_path / "same"
     stock.write_bytes(bzimage("7.3.4-khlab-b"))
     same.write_bytes(bzimage("7.3.4-khlab-b", abi=composite))
-    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(stock))
+    rc, res, _ = on(capsys, root, "check", "--json", "--kernel", str(stock))
     a = by_name(res)["abi"]
     assert rc == 1 and not a["ok"] and a["severity"] == "error"
     assert f"'{composite}' (/boot/vmlinuz-7.3.4-khlab-a)" in a["detail"], a
-    rc, res, _ = ctl(capsys, "check", "--json", "--sysroot", str(root), "--kernel", str(same))
+    rc, res, _ = on(capsys, root, "check", "--json", "--kernel", str(same))
     assert rc == 0 and by_name(res)["abi"]["ok"], by_name(res)["abi"]

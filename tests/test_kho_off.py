@@ -17,8 +17,8 @@ from khod.metrics import SnapshotCollector, exposition, make_registry
 from khod.parse import proc
 from khod.store.db import open_store
 from tests import variants
+from tests.builders import boot_row, write_export
 from tests.conftest import SysrootFactory
-from tests.test_fleet import boot_obj, write_export
 from tests.test_fleet import ctl as fleet_ctl
 from tests.test_kernel_word import history, khod_once
 from tests.test_kexec import ctl, fakebin, image  # noqa: F401 (fixtures)
@@ -90,8 +90,8 @@ def test_the_fleet_report_counts_landed_kho_off_as_landed_without_handover(
     objs: list[dict[str, Any]] = []
     for i in range(5):
         m = f"f{i:031x}"
-        objs.append(boot_obj(m, f"f{i}-0", "7.0", None, T0))
-        off = boot_obj(m, f"f{i}-1", "7.1", None, T0 + 100)
+        objs.append(boot_row(m, f"f{i}-0", "7.0", None, T0))
+        off = boot_row(m, f"f{i}-1", "7.1", None, T0 + 100)
         off |= {
             "kind": "kexec-rejected",
             "kind_reason": "KHO: found kexec handover data. (KHO is off; nothing revived)",

@@ -13,31 +13,35 @@ from prometheus_client.parser import text_string_to_metric_families
 from khod import __version__
 from khod.cli.common import run_main
 from khod.ingest.snapshot import compute_snapshot
-from khod.ingest.steps import IngestOptions, ingest_boot
 from khod.metrics import SnapshotCollector, exposition, make_registry
 from khod.parse.metadata import decode_release
-from khod.paths import HostPaths
 from khod.records import legacy_source
 from khod.store.db import open_store
-from tests.conftest import SysrootFactory
+from tests.builders import Host
+from tests.conftest import HostFactory, SysrootFactory
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics-pstore-step0-boot2.prom"
 
 
-def seeded_exposition(sysroot: SysrootFactory, db_url: str) -> str:
-    store = open_store(db_url)
+def this_boot(root: Path) -> tuple[str, str]:
+    """The machine id and boot id of the tree at ``root``."""
+    machine = (root / "etc/machine-id").read_text().strip()
+    return machine, (root / "proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def seeded_exposition(host: HostFactory, db_url: str) -> str:
     for step in ("pstore/step0", "pstore/step1", "pstore/step0-boot2"):
-        obs, _, _ = ingest_boot(HostPaths(sysroot(step)), store, IngestOptions())
-    snap = compute_snapshot(
-        store, obs.machine_id, obs.boot_id, ingested_at=1795481300.0, duration=0.25
-    )
+        h = host(step, db_url)
+    machine, boot = this_boot(h.root)
+    store = open_store(db_url)
+    snap = compute_snapshot(store, machine, boot, ingested_at=1795481300.0, duration=0.25)
     c = SnapshotCollector()
     c.set(snap)
     return exposition(make_registry(c)).decode()
 
 
-def test_golden_exposition(sysroot: SysrootFactory, db_url: str) -> None:
-    text = seeded_exposition(sysroot, db_url)
+def test_golden_exposition(host: HostFactory, db_url: str) -> None:
+    text = seeded_exposition(host, db_url)
     if os.environ.get("KHOD_UPDATE_GOLDEN"):
         GOLDEN.write_text(text)
     assert text == GOLDEN.read_text()
@@ -187,16 +191,16 @@ def test_a_kexec_that_did_not_land_is_counted_as_a_kexec_error(
 
 
 def test_the_live_update_number_of_this_boot_is_a_gauge(
-    sysroot: SysrootFactory, db_url: str
+    sysroot: SysrootFactory, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from tests import variants
     from tests.test_parse_luo import luo_ser
 
     root = sysroot("kexec1/step1")
     variants.replace(root, "sys/kernel/debug/kho/in/sub_fdts/LUO", luo_ser("luo-v5", 41))
+    Host(root, db_url, tmp_path / "state", capsys).ingest()
     store = open_store(db_url)
-    obs, _, _ = ingest_boot(HostPaths(root), store, IngestOptions())
-    snap = compute_snapshot(store, obs.machine_id, obs.boot_id, ingested_at=0.0, duration=0.0)
+    snap = compute_snapshot(store, *this_boot(root), ingested_at=0.0, duration=0.0)
     c = SnapshotCollector()
     c.set(snap)
     text = exposition(make_registry(c)).decode()

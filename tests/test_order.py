@@ -10,32 +10,11 @@ import pytest
 
 from khod.cli import khoctl
 from khod.cli.common import run_main
-from khod.ingest.steps import IngestOptions, ingest_boot
-from khod.paths import HostPaths
-from khod.store.attempts import save_attempt
-from khod.store.db import open_store
-from khod.store.handle import Store
 from tests import variants
-from tests.conftest import SysrootFactory
+from tests.conftest import HostFactory
 
 MACHINE = "84ce2d5daaed6b971052fc40dfcd0a30"
 STEP0, STEP1, BOOT2 = "e7da0b67", "6d78f400", "c8be1a8f"
-
-
-def attempt(store: Store, from_pk: int, release: str, count: int) -> None:
-    save_attempt(
-        store,
-        {
-            "machine_id": MACHINE,
-            "from_boot": from_pk,
-            "source": "khoctl",
-            "checks": [],
-            "forced": False,
-            "argv": [],
-            "expected_previous_release": release,
-            "expected_kexec_count": count,
-        },
-    )
 
 
 def khoctl_json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
@@ -44,19 +23,15 @@ def khoctl_json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
     return json.loads(capsys.readouterr().out)
 
 
-def run_scenario(sysroot: SysrootFactory, db_url: str, btimes: tuple[int, int, int]) -> None:
+def run_scenario(host: HostFactory, db_url: str, btimes: tuple[int, int, int]) -> None:
     """The pstore scenario in the order it happened, each boot's btime replaced; a kexec
     attempt recorded in step0 (to step1) and one in step1 (step0-boot2 came up cold)."""
-    store = open_store(db_url)
-    pks = []
     for step, btime in zip(("step0", "step1", "step0-boot2"), btimes, strict=True):
-        root = sysroot(f"pstore/{step}")
-        variants.replace(root, "proc/stat", f"btime {btime}\n".encode())
-        pks.append(ingest_boot(HostPaths(root), store, IngestOptions())[1].boot_pk)
-        if step == "step0":
-            attempt(store, pks[0], "7.3.4-khlab-a", 1)
-        elif step == "step1":
-            attempt(store, pks[1], "7.3.4-khlab-b", 2)
+        h = host(f"pstore/{step}", db_url, ingest=False)
+        variants.replace(h.root, "proc/stat", f"btime {btime}\n".encode())
+        h.ingest()
+        if step != "step0-boot2":
+            assert h.khoctl("record-kexec").rc == 0
 
 
 def check_links(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -71,24 +46,24 @@ def check_links(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_two_boots_in_the_same_second(
-    sysroot: SysrootFactory, db_url: str, capsys: pytest.CaptureFixture[str]
+    host: HostFactory, db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_scenario(sysroot, db_url, (1795481183, 1795481183, 1795481183))
+    run_scenario(host, db_url, (1795481183, 1795481183, 1795481183))
     check_links(db_url, capsys)
 
 
 def test_a_clock_stepped_back_before_ntp(
-    sysroot: SysrootFactory, db_url: str, capsys: pytest.CaptureFixture[str]
+    host: HostFactory, db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # step1's clock was a minute ahead, step0-boot2's RTC an hour behind
-    run_scenario(sysroot, db_url, (1795481183, 1795481253, 1795477605))
+    run_scenario(host, db_url, (1795481183, 1795481253, 1795477605))
     check_links(db_url, capsys)
 
 
 def test_chain_and_history_follow_the_recorded_order(
-    sysroot: SysrootFactory, db_url: str, capsys: pytest.CaptureFixture[str]
+    host: HostFactory, db_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    run_scenario(sysroot, db_url, (1795481183, 1795481253, 1795477605))
+    run_scenario(host, db_url, (1795481183, 1795481253, 1795477605))
     rows = khoctl_json(capsys, "history", "--json", "--machine", MACHINE, "--db", db_url)
     assert isinstance(rows, list)
     assert [r["boot_id"][:8] for r in rows] == [BOOT2, STEP1, STEP0]
@@ -102,14 +77,14 @@ def test_chain_and_history_follow_the_recorded_order(
 
 @pytest.mark.parametrize("old_export", [False, True])
 def test_an_import_keeps_the_hosts_recorded_order(
-    sysroot: SysrootFactory,
+    host: HostFactory,
     db_url: str,
     sqlite_url: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     old_export: bool,
 ) -> None:
-    run_scenario(sysroot, sqlite_url, (1795481183, 1795481253, 1795477605))
+    run_scenario(host, sqlite_url, (1795481183, 1795481253, 1795477605))
     out = tmp_path / "host.jsonl"
     assert run_main("khoctl", khoctl.main, ["export", "-o", str(out), "--db", sqlite_url]) == 0
     lines = out.read_text().splitlines()

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from khod.cli import khoctl, khod_main
+from khod.cli import khoctl
 from khod.cli.common import run_main
 from tests import daemon_helpers
+from tests.builders import Host
 from tests.conftest import SysrootFactory
 
 
@@ -23,12 +24,7 @@ from tests.conftest import SysrootFactory
 def db(sysroot: SysrootFactory, tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'k.db'}"
     for step in ("pstore-kho/step0", "pstore-kho/step1"):
-        assert (
-            run_main(
-                "khod", khod_main.main, ["--once", "--sysroot", str(sysroot(step)), "--db", url]
-            )
-            == 0
-        )
+        assert Host(sysroot(step), url).once().rc == 0
     return url
 
 

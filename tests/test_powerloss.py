@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from khod.cli import khod_main
-from khod.cli.common import run_main
 from khod.store.db import open_store
 from khod.store.reads import load_boots, load_events
+from tests.builders import Host
 from tests.conftest import SysrootFactory
 
 STEPS = ["pstore-kho/step0", "pstore-kho/step1", "pstore-kho/step2"]
@@ -21,9 +20,7 @@ STEPS = ["pstore-kho/step0", "pstore-kho/step1", "pstore-kho/step2"]
 
 def khod_once(root: Path, db: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     capsys.readouterr()
-    rc = run_main(
-        "khod", khod_main.main, ["--once", "--sysroot", str(root), "--db", f"sqlite:///{db}"]
-    )
+    rc = Host(root, f"sqlite:///{db}").once().rc
     return rc, capsys.readouterr().err
 
 

@@ -20,8 +20,8 @@ import pytest
 from khod.cli import khoctl
 from khod.cli.common import run_main
 from tests import daemon_helpers
+from tests.builders import boot_row, pstore_row, write_export
 from tests.conftest import SysrootFactory
-from tests.test_fleet import boot_obj, pstore_obj, write_export
 
 REPO = Path(__file__).parent.parent
 RULES = REPO / "packaging" / "prometheus" / "khod-rules.yml"
@@ -153,12 +153,12 @@ def test_prometheus_scrapes_khod_and_fires_on_a_bad_transition(
     # kexec1/step1 shows) crashed on one host of two
     a = "7.3.4-khlab-a"
     fleet = [
-        boot_obj("1" * 32, "x-0", a, None, 1000),
-        boot_obj("1" * 32, "x-1", a, a, 1100),
-        boot_obj("1" * 32, "x-2", a, None, 1200),
-        boot_obj("2" * 32, "y-0", a, None, 1000),
-        boot_obj("2" * 32, "y-1", a, a, 1100),
-        pstore_obj("1" * 32, "x-2", "x-1", "Panic"),
+        boot_row("1" * 32, "x-0", a, None, 1000),
+        boot_row("1" * 32, "x-1", a, a, 1100),
+        boot_row("1" * 32, "x-2", a, None, 1200),
+        boot_row("2" * 32, "y-0", a, None, 1000),
+        boot_row("2" * 32, "y-1", a, a, 1100),
+        pstore_row("1" * 32, "x-2", "x-1", "Panic"),
     ]
     f = write_export(tmp_path / "fleet.jsonl", fleet)
     assert run_main("khoctl", khoctl.main, ["import", str(f), "--db", sqlite_url]) == 0

@@ -3,7 +3,6 @@ compression (bounded), bad input, unlinking, and the late-backend rescan."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import zlib
@@ -12,12 +11,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from khod.cli import khoctl, khod_main
-from khod.cli.common import run_main
 from khod.collect.boot import collect
 from khod.collect.pstore import collect_pstore
 from khod.errors import ParseError
-from khod.ingest.steps import IngestOptions, ingest_boot, rescan_pstore
 from khod.parse.pstore import InflateStatus, inflate, parse_dmesg_header, parse_pstore_name
 from khod.parse.pstore_kho import parse_pstore_kho
 from khod.paths import HostPaths
@@ -25,7 +21,8 @@ from khod.store.db import open_store
 from khod.store.reads import load_boots, load_events
 from khod.store.schema import pstore_records
 from tests import variants
-from tests.conftest import FIXTURES, SysrootFactory
+from tests.builders import Host
+from tests.conftest import FIXTURES, HostFactory, SysrootFactory
 
 PSTORE = "sys/fs/pstore"
 ARCHIVE = "var/lib/systemd/pstore"
@@ -165,15 +162,14 @@ def archive_like_systemd(root: Path, unlink: bool) -> None:
             f.unlink()
 
 
-def test_same_records_in_pstore_and_archive_are_stored_once(
-    sysroot: SysrootFactory, db_url: str
-) -> None:
-    root = sysroot("pstore/step1")
+def test_same_records_in_pstore_and_archive_are_stored_once(host: HostFactory, db_url: str) -> None:
+    h = host("pstore/step1", db_url, ingest=False)
+    root = h.root
     archive_like_systemd(root, unlink=False)
     obs = collect(HostPaths(root))
     assert len(obs.pstore) == 3 and {r.location for r in obs.pstore} == {"pstore"}
+    assert h.ingest().new_pstore == 3
     store = open_store(db_url)
-    ingest_boot(HostPaths(root), store, IngestOptions())
     with store.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(pstore_records)).scalar() == 3
 
@@ -196,9 +192,10 @@ def efi_parts(text: bytes, reason: str, count: int, chunk: int) -> list[tuple[in
 
 
 def test_multi_part_efi_dump_in_the_archive_is_joined_in_order(
-    sysroot: SysrootFactory, db_url: str, capsys: pytest.CaptureFixture[str]
+    host: HostFactory, db_url: str
 ) -> None:
-    root = sysroot("pstore/step0-boot2")
+    h = host("pstore/step0-boot2", db_url, ingest=False)
+    root = h.root
     log = (root / PSTORE / "dmesg-ramoops-0").read_bytes().split(b"\n", 1)[1]
     variants.remove(root, PSTORE)
     d = root / ARCHIVE / "155741337"
@@ -206,14 +203,8 @@ def test_multi_part_efi_dump_in_the_archive_is_joined_in_order(
     for n, data in efi_parts(log, "Panic", 1, 4096):
         (d / f"dmesg-efi_pstore-155741337{n:02d}1001").write_bytes(data)
     (d / "dmesg.txt").write_bytes(b"reassembled by systemd-pstore")
-    store = open_store(db_url)
-    ingest_boot(HostPaths(root), store, IngestOptions())
-    capsys.readouterr()
-    assert (
-        run_main("khoctl", khoctl.main, ["dmesg", "--json", "--sysroot", str(root), "--db", db_url])
-        == 0
-    )
-    out = json.loads(capsys.readouterr().out)
+    h.ingest()
+    out = h.khoctl_json("dmesg")
     (dump,) = [x for x in out["dumps"] if x["type"] == "dmesg"]
     assert (dump["backend"], dump["reason"], dump["count"]) == ("efi_pstore", "Panic", 1)
     assert [r["part"] for r in dump["records"]] == list(range(len(dump["records"]), 0, -1))
@@ -271,19 +262,16 @@ def test_corrupt_enc_z(sysroot: SysrootFactory, data: bytes, status: str) -> Non
 # --- bad input: one line and an event each, nothing else lost ---
 
 
-def test_bad_pstore_entries(
-    sysroot: SysrootFactory, db_url: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    root = sysroot("pstore/step1")
+def test_bad_pstore_entries(host: HostFactory, db_url: str) -> None:
+    h = host("pstore/step1", db_url, ingest=False)
+    root = h.root
     variants.replace(root, f"{PSTORE}/garbage name", b"?")
     variants.replace(root, f"{PSTORE}/mystery-ramoops-3", b"new type")
     variants.replace(root, f"{PSTORE}/dmesg-ramoops-4", b"")
     variants.replace(root, f"{PSTORE}/dmesg-ramoops-6", b"Oops#1 Part1\n\xff\xfe bad utf8\n")
     variants.make_dir_in_place_of(root, f"{PSTORE}/dmesg-ramoops-7")
     os.symlink("/etc/passwd", root / PSTORE / "dmesg-ramoops-8")
-    capsys.readouterr()
-    assert run_main("khod", khod_main.main, ["--once", "--sysroot", str(root), "--db", db_url]) == 0
-    err = capsys.readouterr().err.splitlines()
+    err = h.ingest().err.splitlines()
     for needle in (
         "garbage name: not a pstore record name",
         "unknown pstore type 'mystery'",
@@ -326,29 +314,17 @@ def test_a_100_mib_record_is_refused_with_an_event(sysroot: SysrootFactory) -> N
 
 
 def test_the_chain_links_each_record_to_the_boot_it_describes(
-    sysroot: SysrootFactory, db_url: str, capsys: pytest.CaptureFixture[str]
+    host: HostFactory, db_url: str
 ) -> None:
-    store = open_store(db_url)
     for step in ("pstore/step0", "pstore/step1", "pstore/step0-boot2"):
-        ingest_boot(HostPaths(sysroot(step)), store, IngestOptions())
-    capsys.readouterr()
-    assert (
-        run_main(
-            "khoctl",
-            khoctl.main,
-            ["dmesg", "c8be1a8f", "--json", "--type", "dmesg", "--db", db_url],
-        )
-        == 0
-    )
-    out = json.loads(capsys.readouterr().out)
+        h = host(step, db_url)
+    out = h.khoctl_json("dmesg", "c8be1a8f", "--type", "dmesg")
     assert out["previous_boot_id"] == "6d78f400-1dc1-4700-bc93-f8729f18a17b"
     assert [(d["reason"], d["count"], d["release"]) for d in out["dumps"]] == [
         ("Panic", 1, "7.3.4-khlab-b"),
         ("Emergency", 2, "7.3.4-khlab-b"),
     ]
-    capsys.readouterr()
-    assert run_main("khoctl", khoctl.main, ["history", "--json", "--all", "--db", db_url]) == 0
-    rows = json.loads(capsys.readouterr().out)
+    rows = h.khoctl_json("history", "--all")
     assert [(r["boot_id"][:8], r["pstore_records"]) for r in rows] == [
         ("c8be1a8f", 4),
         ("6d78f400", 3),
@@ -357,13 +333,13 @@ def test_the_chain_links_each_record_to_the_boot_it_describes(
 
 
 def test_ten_boots_of_a_replaced_dmesg_kho_0_give_ten_records(
-    sysroot: SysrootFactory, db_url: str
+    host: HostFactory, db_url: str
 ) -> None:
     """Each kexec replaces the one dmesg-kho-0; each boot's record is new."""
-    base = sysroot("pstore-kho/step1")
+    h = host("pstore-kho/step1", db_url, ingest=False)
+    base = h.root
     original = (base / PSTORE / "dmesg-kho-0").read_bytes()
     variants.remove(base, "sys/kernel/debug/kho/in/sub_fdts/pstore-kho")
-    store = open_store(db_url)
     for n in range(10):
         root = base.parent / f"boot{n}"
         shutil.copytree(base, root)
@@ -374,8 +350,9 @@ def test_ten_boots_of_a_replaced_dmesg_kho_0_give_ten_records(
         variants.replace(
             root, f"{PSTORE}/dmesg-kho-0", original + f"<6>[ {n}.0] boot {n}\n".encode()
         )
-        ingest_boot(HostPaths(root), store, IngestOptions())
-        ingest_boot(HostPaths(root), store, IngestOptions())  # seen again: not twice
+        assert h.at(root).ingest().new_pstore == 1
+        assert h.at(root).ingest().new_pstore == 0  # seen again: not twice
+    store = open_store(db_url)
     with store.engine.connect() as conn:
         rows = conn.execute(
             select(pstore_records.c.collected_by, pstore_records.c.describes).order_by(
@@ -389,51 +366,48 @@ def test_ten_boots_of_a_replaced_dmesg_kho_0_give_ten_records(
 # --- owning pstore: unlink only after commit; EPERM expected ---
 
 
-def test_own_pstore_unlinks_after_commit(sysroot: SysrootFactory, db_url: str) -> None:
-    root = sysroot("pstore/step1")
+def test_own_pstore_unlinks_after_commit(host: HostFactory, db_url: str) -> None:
+    h = host("pstore/step1", db_url, ingest=False)
+    root = h.root
+    assert h.ingest("--own-pstore").new_pstore == 3 and list((root / PSTORE).iterdir()) == []
+    unlinked = [e for e in h.khoctl_json("show")["events"] if e["kind"] == "pstore-unlinked"]
+    assert len(unlinked) == 3
     store = open_store(db_url)
-    _, result, later = ingest_boot(HostPaths(root), store, IngestOptions(own_pstore=True))
-    assert result.new_pstore == 3 and list((root / PSTORE).iterdir()) == []
-    assert {e.kind for e in later} == {"pstore-unlinked"}
     with store.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(pstore_records)).scalar() == 3
 
 
-def test_pstore_is_left_alone_by_default(sysroot: SysrootFactory, db_url: str) -> None:
-    root = sysroot("pstore/step1")
-    ingest_boot(HostPaths(root), open_store(db_url), IngestOptions())
-    assert len(list((root / PSTORE).iterdir())) == 3
+def test_pstore_is_left_alone_by_default(host: HostFactory, db_url: str) -> None:
+    h = host("pstore/step1", db_url)
+    assert len(list((h.root / PSTORE).iterdir())) == 3
 
 
-def test_nothing_is_unlinked_when_the_commit_fails(sysroot: SysrootFactory, tmp_path: Path) -> None:
-    root = sysroot("pstore/step1")
-    db = tmp_path / "k.db"
-    store = open_store(f"sqlite:///{db}")
+def test_nothing_is_unlinked_when_the_commit_fails(host: HostFactory, tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    h = host("pstore/step1", db, ingest=False)
+    store = open_store(db)
     with store.engine.begin() as conn:  # make every insert into boots fail
         conn.exec_driver_sql(
             "CREATE TRIGGER no BEFORE INSERT ON boots "
             "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
         )
-    with pytest.raises(Exception, match="disk on fire"):
-        ingest_boot(HostPaths(root), store, IngestOptions(own_pstore=True))
-    assert len(list((root / PSTORE).iterdir())) == 3
+    r = h.once("--own-pstore")
+    assert r.rc != 0 and "disk on fire" in r.err
+    assert len(list((h.root / PSTORE).iterdir())) == 3
 
 
 # --- a backend that registers late ---
 
 
-def test_rescan_adds_a_late_backends_records(sysroot: SysrootFactory, db_url: str) -> None:
-    root = sysroot("pstore/step1")
+def test_rescan_adds_a_late_backends_records(host: HostFactory, db_url: str) -> None:
+    h = host("pstore/step1", db_url, ingest=False)
+    root = h.root
     late = root.parent / "late"
     (root / PSTORE).rename(late)  # the backend has not registered yet
-    store = open_store(db_url)
-    obs, result, _ = ingest_boot(HostPaths(root), store, IngestOptions())
-    assert result.new_pstore == 0
+    assert h.ingest().new_pstore == 0
     late.rename(root / PSTORE)  # module loaded: its records appear
-    res = rescan_pstore(HostPaths(root), store, obs.machine_id, obs.boot_id, IngestOptions()).result
-    assert res.new_pstore == 3
-    res = rescan_pstore(HostPaths(root), store, obs.machine_id, obs.boot_id, IngestOptions()).result
-    assert res.new_pstore == 0
+    assert "pstore rescan: 3 new records" in h.ingest("--pstore-rescan").out
+    assert "pstore rescan: 0 new records" in h.ingest("--pstore-rescan").out
 
 
 def test_collect_pstore_without_any_pstore(tmp_path: Path) -> None:
@@ -456,10 +430,7 @@ def test_a_full_archive_keeps_the_newest_dumps_and_says_how_many_were_left(
         f.write_bytes(f"Oops#{i + 1} Part1\n<4>[ 1.0] dump {i}\n".encode())
         os.utime(f, ns=(base + i * 10**9, base + i * 10**9))
     db = tmp_path / "k.db"
-    capsys.readouterr()
-    argv = ["--once", "--sysroot", str(root), "--db", f"sqlite:///{db}"]
-    assert run_main("khod", khod_main.main, argv) == 0
-    err = capsys.readouterr().err
+    err = Host(root, f"sqlite:///{db}", tmp_path / "state", capsys).ingest().err
     store = open_store(f"sqlite:///{db}")
     with store.engine.connect() as conn:
         names = set(conn.execute(select(pstore_records.c.name)).scalars())

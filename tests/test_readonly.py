@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from khod.cli import khod_main
-from khod.cli.common import run_main
 from khod.store.schema import HEAD_REVISION
+from tests.builders import Host
 from tests.conftest import SysrootFactory, mounted_tmpfs
 from tests.test_fleet import ctl, host_store
 
@@ -133,7 +132,7 @@ def test_khod_and_sync_against_a_newer_store_say_so(
 ) -> None:
     capsys.readouterr()
     root = sysroot("pstore-kho/step1")
-    rc = run_main("khod", khod_main.main, ["--once", "--sysroot", str(root), "--db", newer_store])
+    rc = Host(root, newer_store).once().rc
     err = capsys.readouterr().err
     assert rc == 1 and NEWER in err and err.count("\n") == 1, err
     host = f"sqlite:///{tmp_path / 'host.db'}"

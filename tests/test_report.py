@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from khod.fleet.stats import Thresholds, fisher, wilson
-from tests.test_fleet import boot_obj, ctl, pstore_obj, write_export
+from tests.builders import attempt_row, boot_row, pstore_row, write_export
+from tests.test_fleet import ctl
 
 T0 = 1_790_000_000
 Z = 1.959963984540054  # the 97.5% quantile of the normal law: 95% intervals
@@ -27,27 +28,16 @@ def attempt_obj(
     verdict: str | None,
     verdict_boot: str | None = None,
 ) -> dict[str, Any]:
-    return {
-        "object": "attempt",
-        "uid": f"{machine[:8]}-0000-4000-8000-{n:012x}",
-        "machine_id": machine,
-        "from_boot": from_boot,
-        "created_at": float(T0 + n),
-        "source": "khoctl" if target else "hook",
-        "target_image": None,
-        "target_release": target,
-        "target_abi": None,
-        "initrd": None,
-        "cmdline": None,
-        "checks": [],
-        "forced": False,
-        "argv": [],
-        "expected_previous_release": prev,
-        "expected_kexec_count": 1,
-        "verdict": verdict,
-        "verdict_boot": verdict_boot,
-        "verdict_detail": None,
-    }
+    return attempt_row(
+        machine,
+        f"{machine[:8]}-0000-4000-8000-{n:012x}",
+        from_boot=from_boot,
+        prev=prev,
+        target=target,
+        verdict=verdict,
+        verdict_boot=verdict_boot,
+        created_at=float(T0 + n),
+    )
 
 
 def host(i: int, group: str) -> str:
@@ -83,7 +73,7 @@ def fleet() -> list[dict[str, Any]]:
     n = 0
 
     def boot(m: str, b: str, rel: str, prev: str | None, t: int, warnings: int | None = 0) -> str:
-        objs.append(boot_obj(m, b, rel, prev, T0 + t) | {"warnings": warnings})
+        objs.append(boot_row(m, b, rel, prev, T0 + t) | {"warnings": warnings})
         return b
 
     def attempt(m: str, frm: str, prev: str, to: str | None, v: str | None, vb: str | None) -> None:
@@ -101,7 +91,7 @@ def fleet() -> list[dict[str, Any]]:
         attempt(m, b0, "7.0", "7.1", "landed", b1)
         attempt(m, b2, "7.0", "7.1", "landed", b3)
         if i < 10:
-            objs.append(pstore_obj(m, b2, b1, "Panic"))
+            objs.append(pstore_row(m, b2, b1, "Panic"))
             failed = ["cold-boot"] * 4 + ["mismatch"] * 2 + ["abi-mismatch"] * 4
             attempt(m, b4, "7.0", "7.1", failed[i], None)
         elif i <= 12:
@@ -113,7 +103,7 @@ def fleet() -> list[dict[str, Any]]:
         attempt(m, b0, "6.9", "7.1", "landed", b1)
         if i == 0:
             boot(m, "s0-2", "6.9", None, 200)
-            objs.append(pstore_obj(m, "s0-2", b1, "Panic"))
+            objs.append(pstore_row(m, "s0-2", b1, "Panic"))
     for i in range(40):
         m = host(i, "c")
         b0 = boot(m, f"c{i}-0", "7.1", None, 0)
@@ -582,8 +572,8 @@ def test_a_boots_warnings_are_counted_and_grow_with_its_log(
 def test_an_export_without_warnings_still_imports(
     db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    f = write_export(tmp_path / "old.jsonl", [boot_obj("1" * 32, "b-1", "7.1", "7.0", T0)])
-    assert "warnings" not in boot_obj("1" * 32, "b-1", "7.1", "7.0", T0)
+    f = write_export(tmp_path / "old.jsonl", [boot_row("1" * 32, "b-1", "7.1", "7.0", T0)])
+    assert "warnings" not in boot_row("1" * 32, "b-1", "7.1", "7.0", T0)
     assert ctl(capsys, "import", str(f), "--db", db_url)[0] == 0
     rc, out, _ = ctl(capsys, "report", "transitions", "--db", db_url, "--json")
     assert rc == 0
@@ -616,10 +606,10 @@ class Fleet:
         t = self.clock.get(m, T0) + 100 if at is None else at
         self.clock[m] = t
         b = f"{m[-8:]}-{len(self.objs)}"
-        self.objs.append(boot_obj(m, b, rel, prev, t))
+        self.objs.append(boot_row(m, b, rel, prev, t))
         if crash:
             found = self.boot(m, back or prev or rel, at=None if at is None else at + 3600)
-            self.objs.append(pstore_obj(m, found, b, "Panic"))
+            self.objs.append(pstore_row(m, found, b, "Panic"))
         return b
 
     def take(

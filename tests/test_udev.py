@@ -15,10 +15,7 @@ from pathlib import Path
 import pytest
 
 from khod.adapters.udev import PyudevWatcher
-from khod.ingest.steps import IngestOptions, ingest_boot, rescan_pstore
-from khod.paths import HostPaths
-from khod.store.db import open_store
-from tests.conftest import SysrootFactory
+from tests.conftest import HostFactory
 
 UEVENT = Path("/sys/devices/virtual/mem/null/uevent")
 
@@ -61,19 +58,18 @@ def test_watcher_ignores_other_actions() -> None:
         watcher.close()
 
 
-def test_a_uevent_triggers_the_pstore_rescan(sysroot: SysrootFactory, db_url: str) -> None:
-    root = sysroot("pstore/step1")
+def test_a_uevent_triggers_the_pstore_rescan(host: HostFactory, db_url: str) -> None:
+    h = host("pstore/step1", db_url, ingest=False)
+    root = h.root
     late = root.parent / "late"
     (root / "sys/fs/pstore").rename(late)
-    store = open_store(db_url)
-    opts = IngestOptions()
-    obs, _, _ = ingest_boot(HostPaths(root), store, opts)
+    h.ingest()
     watcher = PyudevWatcher(subsystem="mem", actions=("change",))
     try:
         late.rename(root / "sys/fs/pstore")  # the backend registers...
         kernel_uevent()  # ...and the kernel says so
         assert wait_for(watcher)
-        res = rescan_pstore(HostPaths(root), store, obs.machine_id, obs.boot_id, opts).result
+        out = h.ingest("--pstore-rescan").out
     finally:
         watcher.close()
-    assert res.new_pstore == 3
+    assert "pstore rescan: 3 new records" in out
