@@ -13,7 +13,9 @@ from sqlalchemy import Connection, Engine, event
 from tests.builders import Host
 from tests.pgserver import PostgresServer, running_server
 
+REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
+GOLDEN = Path(__file__).parent / "golden"
 FIXTURES = DATA / "fixtures"
 SCENARIOS = ("cold", "kexec1", "nokho", "pstore", "pstore-kho")
 

@@ -19,10 +19,10 @@ from khod.cli import khoctl, khod_main
 from khod.cli.common import run_main
 from khod.parse import pstore
 from tests import variants
-from tests.conftest import FIXTURES, SysrootFactory
+from tests.conftest import FIXTURES, REPO, SysrootFactory
 from tests.daemon_helpers import BIN
 
-CATALOG = Path(__file__).parent.parent / "systemd" / "khod.catalog"
+CATALOG = REPO / "systemd" / "khod.catalog"
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="a private mount namespace needs root")
@@ -214,7 +214,7 @@ def test_each_pstore_record_is_journaled_once_across_boots(
     """Beside systemd-pstore: the records the previous kernel left are journaled at the
     boot that found them; at the next boot its archive still holds them (14 days), and
     khod, finding them stored already, must not journal them again."""
-    from tests.test_retention import ARCHIVE, PSTORE, next_boot
+    from tests.store.test_retention import ARCHIVE, PSTORE, next_boot
 
     for step in ("pstore/step0", "pstore/step1"):
         ingest_journaled(journal, tmp_path, "", sysroot(step))
@@ -244,7 +244,7 @@ def test_where_khod_owns_pstore_each_record_is_journaled_once(
     unit that found them (its ExecStart as shipped), not never."""
     import shlex
 
-    unit = (Path(__file__).parent.parent / "systemd" / "khod-pstore.service").read_text()
+    unit = (REPO / "systemd" / "khod-pstore.service").read_text()
     (line,) = [x for x in unit.splitlines() if x.startswith("ExecStart=")]
     argv = shlex.split(line.split("=", 1)[1])
     assert argv[0] == "/usr/bin/khod"
@@ -275,7 +275,7 @@ def test_records_a_late_backend_brings_are_journaled(
 ) -> None:
     """The daemon's rescan after a module uevent (a pstore backend registered after khod
     started: ``modprobe ramoops``) stores the records it finds and journals each once."""
-    from tests.test_retention import PSTORE
+    from tests.store.test_retention import PSTORE
 
     root = sysroot("pstore/step0-boot2")
     late = tmp_path / "late"
@@ -311,7 +311,7 @@ def test_records_a_late_backend_brings_are_journaled(
 def test_journal_entry_of_a_live_update_loaded_by_kexec(
     journal: Journal, tmp_path: Path, sysroot: SysrootFactory
 ) -> None:
-    from tests.test_parse_luo import luo_ser
+    from tests.parse.test_parse_luo import luo_ser
 
     root = sysroot("kexec1/step1")
     variants.replace(root, "sys/kernel/debug/kho/in/sub_fdts/LUO", luo_ser("luo-v5", 6))

@@ -553,7 +553,7 @@ def test_a_transition_the_fleet_calls_worse_is_refused_and_force_is_recorded(
     7.3.4-khlab-a -> 7.3.4-khlab-b worse: 5 of 5 hosts failed to land. This host runs
     7.3.4-khlab-a: check fails with error severity, kexec refuses, --force goes ahead
     and the attempt records the failed check and that it was forced."""
-    from tests.test_report import Fleet, hosts
+    from tests.fleet.test_report import Fleet, hosts
 
     f = Fleet()
     for m in hosts("h", 40):
@@ -869,7 +869,7 @@ def test_kho_off_after_a_kho_kexec_is_a_rejected_handover_with_khods_release(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from tests.test_collect import kho_off_after_kho
+    from tests.collect.test_collect import kho_off_after_kho
 
     after = sysroot("kexec1/step1")
     kho_off_after_kho(after)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests import variants
+from tests.checks.test_kexec import KHO, attempt_then_boot, calls, ctl, fakebin, seven_oh
 from tests.conftest import SysrootFactory
 from tests.kimagebuild import bzimage
-from tests.test_kexec import KHO, attempt_then_boot, calls, ctl, fakebin, seven_oh
 
 __all__ = ["fakebin"]  # the fixture, used by name
 

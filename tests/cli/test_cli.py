@@ -193,7 +193,7 @@ def assert_one_line_error(r: subprocess.CompletedProcess[str], prog: str, text: 
 
 def test_corrupt_db_from_the_command_line(tmp_path: Path) -> None:
     """khoctl refuses a garbage store in one line; khod moves it aside and starts a new
-    one (tests/test_powerloss.py has the rest)."""
+    one (tests/store/test_powerloss.py has the rest)."""
     db = tmp_path / "k.db"
     garbage = os.urandom(8192)
     db.write_bytes(garbage)
@@ -271,7 +271,7 @@ def test_status_shows_the_live_update_the_loader_and_the_compat_tags(
     db_url: str, sysroot: SysrootFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from tests.fdtbuild import kho_root, v3_subtree
-    from tests.test_parse_luo import luo_ser
+    from tests.parse.test_parse_luo import luo_ser
 
     root = sysroot("kexec1/step1")
     kho = "sys/kernel/debug/kho"

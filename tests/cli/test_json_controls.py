@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from tests import variants
+from tests.cli.test_terminal import on_pipe, on_pty
 from tests.conftest import SysrootFactory
-from tests.test_terminal import on_pipe, on_pty
 
 BIN = Path(sys.executable).parent
 # CSI, OSC ... ST, DEL, and a C1 in the middle of a word

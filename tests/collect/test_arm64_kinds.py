@@ -5,7 +5,6 @@ nothing over, from the journal's word that no boot came between."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 
@@ -14,8 +13,7 @@ from khod.observation import BootKind
 from khod.paths import HostPaths
 from khod.store.boots import load_boot, save_observation
 from khod.store.db import open_store
-
-DATA = Path(__file__).resolve().parent / "data"
+from tests.conftest import DATA
 
 
 @pytest.mark.parametrize(

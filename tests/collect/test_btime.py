@@ -18,7 +18,7 @@ from khod.metrics import SnapshotCollector, exposition, make_registry
 from khod.store.db import open_store
 from tests import variants
 from tests.conftest import SysrootFactory
-from tests.test_fleet import ctl
+from tests.fleet.test_fleet import ctl
 
 MACHINE = "65f7426a2b95da889897ce107b775321"  # kexec1
 STEP1_BOOT = "30341bb4-f2be-44ce-9dc1-bc1efbab050a"

@@ -17,7 +17,7 @@ from khod.sources import capture as cap
 from tests import variants
 from tests.conftest import FIXTURES, SysrootFactory, fixture_steps
 from tests.fdtbuild import Node, kho_root, v1_subtree, v2_subtree, v3_subtree
-from tests.test_parse_luo import luo_fdt, luo_ser
+from tests.parse.test_parse_luo import luo_fdt, luo_ser
 
 KHO = "sys/kernel/debug/kho"
 META_IN = f"{KHO}/in/sub_fdts/kexec-metadata"

@@ -2,7 +2,7 @@
 rule 7): a field that changes, or a new one, shows here as a diff to read.
 
 The files are tests/golden/observation/<scenario>-<step>.json. After a change that is
-meant to alter them: ``KHOD_UPDATE_GOLDEN=1 python -m pytest tests/test_golden.py``,
+meant to alter them: ``KHOD_UPDATE_GOLDEN=1 python -m pytest tests/collect/test_golden.py``,
 then read ``git diff tests/golden`` before committing it.
 """
 
@@ -13,7 +13,6 @@ import enum
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +20,9 @@ import pytest
 from khod.collect.boot import collect
 from khod.paths import HostPaths
 from tests.conftest import FIXTURES, SysrootFactory
+from tests.conftest import GOLDEN as GOLDEN_DIR
 
-GOLDEN = Path(__file__).parent / "golden" / "observation"
+GOLDEN = GOLDEN_DIR / "observation"
 STEPS = sorted(
     f"{p.parent.name}/{p.name}" for p in FIXTURES.glob("*/step*") if (p / "proc").is_dir()
 )

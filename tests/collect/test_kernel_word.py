@@ -13,8 +13,8 @@ import pytest
 from khod.cli import khod_main
 from khod.cli.common import run_main
 from khod.parse.kmsg import count_warnings, parse_kho_log, parse_kmsg
+from tests.checks.test_kexec import by_name, ctl, fakebin, image  # noqa: F401 (fixtures)
 from tests.conftest import SysrootFactory
-from tests.test_kexec import by_name, ctl, fakebin, image  # noqa: F401 (fixtures)
 
 USER = 1 << 3  # LOG_USER: what a write to /dev/kmsg gets unless it names another
 

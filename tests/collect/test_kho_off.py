@@ -18,11 +18,11 @@ from khod.parse import proc
 from khod.store.db import open_store
 from tests import variants
 from tests.builders import boot_row, write_export
+from tests.checks.test_kexec import ctl, fakebin, image  # noqa: F401 (fixtures)
+from tests.collect.test_kernel_word import history, khod_once
 from tests.conftest import SysrootFactory
-from tests.test_fleet import ctl as fleet_ctl
-from tests.test_kernel_word import history, khod_once
-from tests.test_kexec import ctl, fakebin, image  # noqa: F401 (fixtures)
-from tests.test_report import T0, attempt_obj
+from tests.fleet.test_fleet import ctl as fleet_ctl
+from tests.fleet.test_report import T0, attempt_obj
 
 PSTORE_MACHINE = "84ce2d5daaed6b971052fc40dfcd0a30"
 

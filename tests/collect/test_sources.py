@@ -4,17 +4,16 @@ each row's parser fed a real blob, and a subtree without a row kept opaque."""
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 from khod.collect.boot import collect
 from khod.collect.subtrees import SUBTREES
 from khod.observation import Severity, Subtree
 from khod.paths import HostPaths
 from khod.records import Direction, KhoSubtreeName
-from tests.conftest import FIXTURES, SysrootFactory
-from tests.test_parse_luo import luo_ser
+from tests.conftest import FIXTURES, REPO, SysrootFactory
+from tests.parse.test_parse_luo import luo_ser
 
-PACKAGE = Path(__file__).resolve().parent.parent / "khod"
+PACKAGE = REPO / "khod"
 KHO = "sys/kernel/debug/kho"
 
 

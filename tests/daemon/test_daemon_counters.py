@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SysrootFactory
 from tests.daemon_helpers import Running, running_daemon
-from tests.test_diskfull import metric
+from tests.store.test_diskfull import metric
 
 STORE_ERRORS = 'khod_source_errors_total{source="store"}'
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.conftest import SysrootFactory
 from tests.daemon_helpers import BIN, running_daemon
-from tests.test_diskfull import metric
+from tests.store.test_diskfull import metric
 
 STORE_ERRORS = 'khod_source_errors_total{source="store"}'
 

@@ -18,9 +18,10 @@ from khod.parse.metadata import decode_release
 from khod.records import legacy_source
 from khod.store.db import open_store
 from tests.builders import Host
+from tests.conftest import GOLDEN as GOLDEN_DIR
 from tests.conftest import HostFactory, SysrootFactory
 
-GOLDEN = Path(__file__).parent / "golden" / "metrics-pstore-step0-boot2.prom"
+GOLDEN = GOLDEN_DIR / "metrics-pstore-step0-boot2.prom"
 
 
 def this_boot(root: Path) -> tuple[str, str]:
@@ -152,7 +153,7 @@ def _origins(db: Path, kind: str) -> list[str | None]:
 def test_a_damaged_store_is_counted_as_a_store_error(
     sysroot: SysrootFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.test_powerloss import khod_once, seeded, truncated_mid_page
+    from tests.store.test_powerloss import khod_once, seeded, truncated_mid_page
 
     db = tmp_path / "state" / "khod.db"
     seeded(sysroot, db, capsys)
@@ -171,7 +172,7 @@ def test_a_kexec_that_did_not_land_is_counted_as_a_kexec_error(
 ) -> None:
     from khod.cli import khoctl
     from tests import variants
-    from tests.test_powerloss import khod_once
+    from tests.store.test_powerloss import khod_once
 
     db = tmp_path / "state" / "khod.db"
     assert khod_once(sysroot("pstore/step0"), db, capsys)[0] == 0
@@ -194,7 +195,7 @@ def test_the_live_update_number_of_this_boot_is_a_gauge(
     sysroot: SysrootFactory, db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from tests import variants
-    from tests.test_parse_luo import luo_ser
+    from tests.parse.test_parse_luo import luo_ser
 
     root = sysroot("kexec1/step1")
     variants.replace(root, "sys/kernel/debug/kho/in/sub_fdts/LUO", luo_ser("luo-v5", 41))

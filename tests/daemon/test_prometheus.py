@@ -21,9 +21,8 @@ from khod.cli import khoctl
 from khod.cli.common import run_main
 from tests import daemon_helpers
 from tests.builders import boot_row, pstore_row, write_export
-from tests.conftest import SysrootFactory
+from tests.conftest import REPO, SysrootFactory
 
-REPO = Path(__file__).parent.parent
 RULES = REPO / "packaging" / "prometheus" / "khod-rules.yml"
 RULE_TESTS = REPO / "packaging" / "prometheus" / "khod-rules.test.yml"
 DASHBOARD = REPO / "packaging" / "grafana" / "khod-fleet.json"

@@ -16,9 +16,8 @@ import pytest
 
 from khod.config import Config
 from tests import variants
-from tests.conftest import SysrootFactory
+from tests.conftest import REPO, SysrootFactory
 
-REPO = Path(__file__).parent.parent
 BIN = Path(sys.executable).parent
 HOSTILE = 'rel"ease\\with\nnewline\t</script>\x7f'
 

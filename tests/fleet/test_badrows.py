@@ -14,7 +14,7 @@ from khod.store.db import open_store
 from khod.store.schema import boots, events, pstore_records
 from tests.builders import boot_row, pstore_row, write_export
 from tests.conftest import SysrootFactory
-from tests.test_fleet import ctl, host_store
+from tests.fleet.test_fleet import ctl, host_store
 
 H = "a" * 32
 

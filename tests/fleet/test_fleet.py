@@ -816,7 +816,7 @@ def test_luo_and_loader_facts_travel_through_export_and_import(
 ) -> None:
     """The PostgreSQL bulk path (COPY) and the line path both carry the new columns."""
     from tests import variants
-    from tests.test_parse_luo import luo_ser
+    from tests.parse.test_parse_luo import luo_ser
 
     kho = "sys/kernel/debug/kho"
     for step, luo, loader in (

@@ -18,7 +18,7 @@ import pytest
 
 from khod.daemon import syncplan
 from tests import daemon_helpers, pgserver
-from tests.test_fleet_trust import (
+from tests.fleet.test_fleet_trust import (
     CHAIN,
     B,
     Fleet,

@@ -26,9 +26,8 @@ import psycopg
 import pytest
 
 from tests import pgserver
-from tests.conftest import FIXTURES, restore_pstore_mtimes
+from tests.conftest import FIXTURES, REPO, restore_pstore_mtimes
 
-REPO = Path(__file__).resolve().parent.parent
 PAGE = REPO / "docs" / "fleet.md"
 BIN = REPO / ".venv" / "bin"
 FLEET_HOST = "fleet-db.test"

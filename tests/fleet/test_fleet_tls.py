@@ -12,9 +12,8 @@ import pytest
 from khod.errors import KhodError
 from khod.fleet.tls import TlsSettings, secure_url
 from tests import pgserver
-from tests.conftest import FIXTURES, restore_pstore_mtimes
+from tests.conftest import FIXTURES, REPO, restore_pstore_mtimes
 
-REPO = Path(__file__).resolve().parent.parent
 BIN = REPO / ".venv" / "bin"
 
 

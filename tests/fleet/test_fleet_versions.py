@@ -24,9 +24,9 @@ from khod.store import migrate
 from khod.store.db import current_revision, open_store
 from khod.store.schema import HEAD_REVISION
 from tests import pgserver
-from tests.test_fleet_trust import CHAIN, A, B, Fleet, Host, ctl, ingest, root_of
+from tests.conftest import REPO
+from tests.fleet.test_fleet_trust import CHAIN, A, B, Fleet, Host, ctl, ingest, root_of
 
-REPO = Path(__file__).resolve().parent.parent
 # The previous release: main before the compatible window (move it at each release)
 PREVIOUS_RELEASE = "a20836d38764b209fd0a7a62b3f70d3a744f72d7"
 KEXEC = ["kexec1/step0", "kexec1/step1"]

@@ -13,7 +13,7 @@ import pytest
 
 from khod.fleet.stats import Thresholds, fisher, wilson
 from tests.builders import attempt_row, boot_row, pstore_row, write_export
-from tests.test_fleet import ctl
+from tests.fleet.test_fleet import ctl
 
 T0 = 1_790_000_000
 Z = 1.959963984540054  # the 97.5% quantile of the normal law: 95% intervals

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
+
+ROOT = REPO
 
 pytestmark = pytest.mark.skipif(
     shutil.which("dpkg-query") is None or shutil.which("apt-cache") is None,

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-UNITS = Path(__file__).parent.parent / "systemd"
+from tests.conftest import REPO
+
+UNITS = REPO / "systemd"
 KHOD = str(Path(sys.executable).parent / "khod")
 KHOCTL = str(Path(sys.executable).parent / "khoctl")
 SERVICES = (

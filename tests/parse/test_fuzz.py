@@ -24,7 +24,7 @@ from khod.parse.pstore_kho import parse_pstore_kho
 from khod.records import PstoreLocation
 from khod.sources.pstore import PstoreFile
 from tests.conftest import FIXTURES
-from tests.test_parse_luo import luo_fdt, luo_ser
+from tests.parse.test_parse_luo import luo_fdt, luo_ser
 
 KHO = "sys/kernel/debug/kho"
 SEEDS: dict[str, bytes] = {

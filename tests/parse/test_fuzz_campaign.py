@@ -27,19 +27,18 @@ from khod.store.db import open_store
 from khod.store.schema import boots
 from tests import kimagebuild
 from tests.builders import Host
-from tests.conftest import FIXTURES, restore_pstore_mtimes
-from tests.test_fuzz import PARSERS, SEEDS
+from tests.conftest import FIXTURES, REPO, restore_pstore_mtimes
+from tests.parse.test_fuzz import PARSERS, SEEDS
 
 pytestmark = pytest.mark.slow
 
 N = 10_000
 SEED = 20261124
-REPO = Path(__file__).parent.parent
 
 
 def mutate(rnd: random.Random, seed: bytes) -> bytes:
     """1-8 edits: bit flips, byte sets, cuts, inserts, and u32 fields set to edge values
-    (lengths, offsets, tokens), as in tests/test_fuzz.py, without hypothesis's cost."""
+    (lengths, offsets, tokens), as in tests/parse/test_fuzz.py, without hypothesis's cost."""
     data = bytearray(seed)
     for _ in range(rnd.randint(1, 8)):
         if not data:

@@ -7,7 +7,9 @@ import ast
 import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
+
+ROOT = REPO
 PACKAGE = ROOT / "khod"
 
 
@@ -106,3 +108,14 @@ def test_no_private_name_of_another_library_is_imported() -> None:
                     if a.name.startswith("_") and a.name != "__future__"
                 ]
     assert found == []
+
+
+def test_the_tests_are_grouped_and_each_group_is_a_package() -> None:
+    """docs/testing.md's layout: no test file at the top of tests/, and every folder of
+    tests is a package (two groups may then hold files of the same name)."""
+    tests = ROOT / "tests"
+    assert sorted(p.name for p in tests.glob("test_*.py")) == []
+    groups = {p.parent for p in tests.glob("*/test_*.py")}
+    assert groups and all((g / "__init__.py").exists() for g in groups)
+    documented = (ROOT / "docs" / "testing.md").read_text()
+    assert sorted(g.name for g in groups if f"`tests/{g.name}/`" not in documented) == []

@@ -14,7 +14,7 @@ import pytest
 from khod.store.schema import HEAD_REVISION
 from tests.builders import Host
 from tests.conftest import SysrootFactory, mounted_tmpfs
-from tests.test_fleet import ctl, host_store
+from tests.fleet.test_fleet import ctl, host_store
 
 
 @pytest.fixture

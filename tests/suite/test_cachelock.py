@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from tests.cachelock import locked
+from tests.conftest import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 # check the cache, build if missing (the build announces itself, then takes a while)
 BUILDER = """
 import sys, time
