@@ -9,7 +9,7 @@ TEST_STAMP := $(VENV)/.khod-test-installed
 # What khod itself needs on the host it records (`make run`): a compiler, the Python
 # headers, pkg-config and libsystemd-dev to build systemd-python, swig to build pylibfdt.
 # No server: nothing here ships a service that Debian would enable and start
-# (tests/test_makefile.py holds the list, and its dependencies, to that).
+# (tests/packaging/test_makefile.py holds the list, and its dependencies, to that).
 RUN_PKGS ?= gcc python3-dev python3-venv pkg-config libsystemd-dev swig
 # What the tests need on top (`make test`): dtc (a second FDT decoder), systemd
 # (systemd-analyze, journalctl), prometheus (promtool and the server the tests start)
@@ -127,7 +127,7 @@ bench-boot: deps
 # The arm64 fixture sysroots in tests/data/arm64-*: cross-build linux-source-7.3 for arm64,
 # run the chains in qemu-system-aarch64 (virt, TCG) and capture every boot (~30 minutes on
 # 2 cores the first time; docs/arm64-captures.md). Not part of `make test`: the captures
-# are committed and tests/test_arm64_captures.py checks them.
+# are committed and tests/collect/test_arm64_captures.py checks them.
 ARM64_PKGS ?= gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-system-arm \
               make flex bison bc libelf-dev libssl-dev xz-utils cpio
 capture-arm64: deps

@@ -25,7 +25,6 @@ trust    (bench/fleet_trust.py) the first --trust-hosts hosts push their part th
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import random
 import shutil
@@ -42,6 +41,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests import pgserver  # noqa: E402
+from tests.builders import (  # noqa: E402
+    attempt_row,
+    boot_row,
+    export_header,
+    export_line,
+    pstore_row,
+)
 
 PY = sys.executable
 KHOCTL = str(Path(PY).parent / "khoctl")
@@ -61,30 +67,19 @@ def attempt_line(
     judged_by: str | None,
     t: int,
 ) -> str:
-    return json.dumps(
-        {
-            "object": "attempt",
-            "uid": f"{uid:08x}-0000-4000-8000-{uid:012x}",
-            "machine_id": machine,
-            "from_boot": frm,
-            "created_at": float(t),
-            "source": "khoctl",
-            "target_image": "/boot/vmlinuz-" + target,
-            "target_release": target,
-            "target_abi": "kho-v4",
-            "initrd": None,
-            "cmdline": None,
-            "checks": [],
-            "forced": False,
-            "argv": [],
-            "expected_previous_release": prev,
-            "expected_kexec_count": 1,
-            "verdict": verdict,
-            "verdict_boot": judged_by,
-            "verdict_detail": None,
-        },
-        separators=(",", ":"),
+    row = attempt_row(
+        machine,
+        f"{uid:08x}-0000-4000-8000-{uid:012x}",
+        from_boot=frm,
+        prev=prev,
+        target=target,
+        verdict=verdict,
+        verdict_boot=judged_by,
+        created_at=float(t),
+        target_image="/boot/vmlinuz-" + target,
+        target_abi="kho-v4",
     )
+    return export_line(row).rstrip("\n")
 
 
 def generate(
@@ -98,12 +93,12 @@ def generate(
     rnd = random.Random(seed)
     n_attempts = 0
     att = attempts_path.open("w")
-    att.write(json.dumps({"object": "header", "format": "khod-export", "version": 1}) + "\n")
+    att.write(export_line(export_header()))
     per_host = n_boots // n_hosts
     t0 = 1_780_000_000
     candidates: list[tuple[str, str, str, bool]] = []  # machine, describes, found_by, bad
     with path.open("w") as out:
-        out.write(json.dumps({"object": "header", "format": "khod-export", "version": 1}) + "\n")
+        out.write(export_line(export_header()))
         for h in range(n_hosts):
             machine = f"{h:032x}"
             rel = rnd.choice(RELEASES)
@@ -131,9 +126,9 @@ def generate(
                             t=booted - 60,
                         )
                         att.write(line + "\n")
-                    prev, count, kind = None, 0, "cold"
+                    prev, count = None, 0  # a cold boot
                 else:
-                    prev, count, kind = rel, count + 1, "kexec"
+                    prev, count = rel, count + 1  # a kexec
                     rel = target
                     n_attempts += 1
                     line = attempt_line(
@@ -148,37 +143,25 @@ def generate(
                     )
                     att.write(line + "\n")
                 warned = rnd.random() < (0.1 if (prev, rel) == BAD else 0.02)
-                out.write(
-                    json.dumps(
-                        {
-                            "object": "boot",
-                            "machine_id": machine,
-                            "boot_id": boot_id,
-                            "booted_at": booted,
-                            "release": rel,
-                            "cmdline": "BOOT_IMAGE=/vmlinuz root=/dev/vda1 ro console=ttyS0 kho=on",
-                            "kind": kind,
-                            "kind_reason": None,
-                            "kho_enabled": True,
-                            "kho_abi": "kho-v4",
-                            "memory_map_handed": None,
-                            "previous_release": prev,
-                            "previous_release_raw": None,
-                            "kexec_count": count,
-                            "metadata_source": "kho" if prev else None,
-                            "subtrees": [{"name": "kexec-metadata", "size": 73}] if prev else [],
-                            "out_subtrees": [{"name": "kexec-metadata", "size": 73}],
-                            "out_release": rel,
-                            "out_kexec_count": count,
-                            "scratch": [[4294967296, 100663296]],
-                            "warnings": rnd.randint(1, 5) if warned else 0,
-                            "ingested_at": float(booted + 9),
-                            "khod_version": "bench",
-                        },
-                        separators=(",", ":"),
-                    )
-                    + "\n"
+                kexec = [{"name": "kexec-metadata", "size": 73}]
+                row = boot_row(
+                    machine,
+                    boot_id,
+                    rel,
+                    prev,
+                    booted,
+                    cmdline="BOOT_IMAGE=/vmlinuz root=/dev/vda1 ro console=ttyS0 kho=on",
+                    kexec_count=count,
+                    subtrees=kexec if prev else [],
+                    out_subtrees=kexec,
+                    out_release=rel,
+                    out_kexec_count=count,
+                    scratch=[[4294967296, 100663296]],
+                    warnings=rnd.randint(1, 5) if warned else 0,
+                    ingested_at=float(booted + 9),
+                    khod_version="bench",
                 )
+                out.write(export_line(row))
                 if prev_boot is not None:
                     candidates.append((machine, prev_boot, boot_id, prev_bad))
                 prev_boot = boot_id
@@ -194,37 +177,19 @@ def generate(
             machine, describes, found_by, _bad = candidates[c]
             reason = rnd.choice(("Panic", "Oops", "Shutdown", "Shutdown"))
             raw = f"{reason}#1 Part1\n<0>[ 1.0] record {j}\n".encode()
-            out.write(
-                json.dumps(
-                    {
-                        "object": "pstore",
-                        "machine_id": machine,
-                        "sha256": f"{j:064x}",
-                        "collected_by": found_by,
-                        "describes": describes,
-                        "location": "pstore",
-                        "path": "/sys/fs/pstore/dmesg-ramoops-0",
-                        "name": "dmesg-ramoops-0",
-                        "type": "dmesg",
-                        "backend": "ramoops",
-                        "record_id": 0,
-                        "part": 1,
-                        "reason": reason,
-                        "count": 1,
-                        "record_time": None,
-                        "compressed": False,
-                        "inflate_status": "plain",
-                        "size": len(raw),
-                        "raw": base64.b64encode(raw).decode(),
-                        "text": raw.decode(),
-                        "release": None,
-                        "dump_key": f"ramoops:dmesg:0:{j:016x}",
-                        "collected_at": 0.0,
-                    },
-                    separators=(",", ":"),
-                )
-                + "\n"
+            row = pstore_row(
+                machine,
+                found_by,
+                describes,
+                reason,
+                raw=raw,
+                path="/sys/fs/pstore/dmesg-ramoops-0",
+                name="dmesg-ramoops-0",
+                backend="ramoops",
+                record_id=0,
+                dump_key=f"ramoops:dmesg:0:{j:016x}",
             )
+            out.write(export_line(row))
     att.close()
     return {"boots": per_host * n_hosts, "pstore": len(picks), "attempts": n_attempts}
 

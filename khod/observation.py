@@ -96,7 +96,7 @@ class Boot:
     """What one boot showed of itself: the facts the kernel gave at that boot, the
     same whether just collected (``BootObservation``) or read back from the store
     (``khod.store.boots.BootRecord``). A field added here is a column of ``boots``
-    (and a migration): ``tests/test_store.py`` holds the two to one shape."""
+    (and a migration): ``tests/store/test_store.py`` holds the two to one shape."""
 
     machine_id: str
     boot_id: str

@@ -112,8 +112,3 @@ def parse_time(
         f"{option} {text!r}: expected a time as journalctl takes it: yesterday, today, "
         "-2h, 2h ago, 2026-11-01, '2026-11-01 08:00', 08:00, @EPOCH, or an age (7d, 12h)"
     )
-
-
-def parse_since(text: str, now: float | None = None, *, utc: bool = True) -> float:
-    """--since as khod took it before journalctl's syntax: ISO times in UTC by default."""
-    return parse_time(text, now, utc=utc)

@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, Engine, event
 
+from tests.builders import Host
 from tests.pgserver import PostgresServer, running_server
 
+REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
+GOLDEN = Path(__file__).parent / "golden"
 FIXTURES = DATA / "fixtures"
 SCENARIOS = ("cold", "kexec1", "nokho", "pstore", "pstore-kho")
 
@@ -48,6 +51,25 @@ def sysroot(tmp_path: Path) -> SysrootFactory:
         shutil.copytree(FIXTURES / step, dst)
         restore_pstore_mtimes(dst)
         return dst
+
+    return make
+
+
+HostFactory = Callable[..., Host]
+
+
+@pytest.fixture
+def host(
+    sysroot: SysrootFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> HostFactory:
+    """host(step, db): a copy of a fixture step ingested by ``khod --once`` into the
+    store at ``db`` (``ingest=False``: only copied); its Host runs khod and khoctl."""
+
+    def make(step: str, db: str | None = None, *, ingest: bool = True) -> Host:
+        h = Host(sysroot(step), db, tmp_path / "state", capsys)
+        if ingest:
+            h.ingest()
+        return h
 
     return make
 

@@ -3,7 +3,7 @@
 The chroots are made with debootstrap from deb.debian.org and cached as tarballs under
 ~/.cache/khod-pkg (KHOD_PKG_CACHE); a new machine builds them (a few minutes).
 Commands run in the chroot inside a private mount namespace (unshare), so /proc and
-/dev mounted there vanish with the command. Used by tests/test_packaging.py and the
+/dev mounted there vanish with the command. Used by tests/packaging/test_packaging.py and the
 systemd-booted guest image (tests/vm/guestimage.py).
 """
 

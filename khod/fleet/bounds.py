@@ -6,7 +6,7 @@ character types as stored, any other type as its text form). ``weigh()`` makes, 
 each such table, a row trigger refusing a row heavier than ``fleet_limits.max_row_bytes``
 (on INSERT and on UPDATE, before the row is written) and the statement triggers adding
 inserted and updated rows to the host's usage. A migration that adds a column a host
-writes calls ``weigh()`` again (tests/test_fleet_trust.py walks the schema and tries
+writes calls ``weigh()`` again (tests/fleet/test_fleet_trust.py walks the schema and tries
 an oversize value in every host-writable column, so a forgotten one fails there).
 """
 

@@ -13,7 +13,7 @@ as rows arrive. A report over ``[since, until]`` reads:
 
 The per-host sums are then counted into hosts per transition in the database, so the
 report takes one row per transition: its output is the full recomputation's
-(``tests/test_report_rollup.py``). SQLite keeps no rollups: the full query there.
+(``tests/fleet/test_report_rollup.py``). SQLite keeps no rollups: the full query there.
 """
 
 from __future__ import annotations

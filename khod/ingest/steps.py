@@ -53,15 +53,6 @@ def save_boot(
     return result, later
 
 
-def ingest_boot(
-    paths: HostPaths, store: Store, opts: IngestOptions
-) -> tuple[BootObservation, SaveResult, list[Event]]:
-    """Collect and save this boot."""
-    obs = collect(paths, opts.inflate_limit)
-    result, later = save_boot(paths, store, obs, opts)
-    return obs, result, later
-
-
 @dataclass(frozen=True)
 class Rescan:
     result: SaveResult

@@ -154,28 +154,6 @@ def _record(conn: Connection, boot_pk: int, e: Event, now: float) -> None:
         conn.execute(insert(events).values(**event_values(boot_pk, e, now)))
 
 
-def apply_retention(
-    store: Store,
-    machine_id: str,
-    keep_pk: int,
-    *,
-    max_boots: int,
-    max_age: int,
-    max_bytes: int,
-    now: float | None = None,
-) -> int:
-    """Delete boots beyond the limits (0 = no limit); return how many were deleted."""
-    return retention(
-        store,
-        machine_id,
-        keep_pk,
-        max_boots=max_boots,
-        max_age=max_age,
-        max_bytes=max_bytes,
-        now=now,
-    ).deleted
-
-
 def retention(
     store: Store,
     machine_id: str,

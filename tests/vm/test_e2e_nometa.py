@@ -16,7 +16,7 @@ One run, five boots (``a`` and ``b`` are the stock kernels)::
 
 Every boot is checked against the kernel's own log on the console. Each boot also
 captures the files khod reads (``capture``): ``python -m tests.vm.nometa_captures``
-turns a run into tests/data/nometa-chain/ (tests/test_nometa_captures.py).
+turns a run into tests/data/nometa-chain/ (tests/collect/test_nometa_captures.py).
 """
 
 from __future__ import annotations

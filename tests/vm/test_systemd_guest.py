@@ -38,8 +38,8 @@ from sqlalchemy import create_engine, text
 
 from khod.adapters import sd
 from tests import daemon_helpers
+from tests.daemon.test_prometheus import get_json, process, wait_until
 from tests.pgserver import PostgresServer
-from tests.test_prometheus import get_json, process, wait_until
 from tests.vm import guestimage, harness
 from tests.vm.guestimage import Boot, Run
 
@@ -361,7 +361,7 @@ def chain(
     tar, kernels = image
     fleet = Fleet(tmp_path_factory.mktemp("fleet"), pg_server)
     # the suite's plaintext PostgreSQL: the operator's explicit opt-out of verified TLS
-    # (a remote URL is verify-full otherwise); tests/test_fleet_trust.py runs the
+    # (a remote URL is verify-full otherwise); tests/fleet/test_fleet_trust.py runs the
     # trusted path, per-host roles over TLS
     remote = (
         f'[daemon]\nlisten = "0.0.0.0:9733"\n\n[sync]\nto = "{fleet.guest_url}"\n'

@@ -1,0 +1,193 @@
+"""The transition report from the rollups (PostgreSQL, migration 0013) is the report
+counted again from every boot and attempt (``--recompute``; the only way on SQLite):
+on the hand-computed fleet of test_report.py, and on a seeded random fleet through
+imports, verdicts filled in later, deletes by retention, boots rewritten and re-syncs,
+for windows that
+cut the rollups' 30-day buckets anywhere. Every test runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, text, update
+
+from khod.fleet.report import transitions
+from khod.fleet.rollup import BUCKET
+from khod.fleet.stats import Thresholds
+from khod.store.db import open_store
+from khod.store.handle import Store
+from khod.store.retention import retention
+from khod.store.schema import boots
+from tests.builders import boot_row, pstore_row, write_export
+from tests.fleet.test_fleet import ctl
+from tests.fleet.test_report import T0, attempt_obj, fleet
+
+RELEASES = ("6.8", "6.9", "7.0", "7.1", "7.2")
+VERDICTS = (
+    "landed",
+    "landed",
+    "landed",
+    "cold-boot",
+    "mismatch",
+    "abi-mismatch",
+    "landed-without-handover",
+    "superseded",
+    None,
+)
+
+
+def reports(store: Store, since: float | None, until: float | None, now: float) -> Any:
+    th = Thresholds(min_n=2)
+    out = []
+    for recompute in (False, True):
+        rows = transitions(
+            store, since, include_cold=True, thresholds=th, now=now, until=until,
+            recompute=recompute,
+        )  # fmt: skip
+        out.append([t.as_json() for t in rows])
+    return out
+
+
+def check_windows(store: Store, rnd: random.Random, lo: int, hi: int, n: int = 12) -> int:
+    """The two reports agree for the whole history and for windows at random; return
+    how many rows the whole history's report had."""
+    rows = 0
+    for i in range(n):
+        if i == 0:
+            since, until, now = None, None, float(hi + 2 * 86400)
+        else:
+            a, b = sorted(rnd.uniform(lo - BUCKET, hi + BUCKET) for _ in range(2))
+            since = None if rnd.random() < 0.25 else a
+            until = None if rnd.random() < 0.25 else b
+            now = rnd.uniform(lo, hi + 3 * 86400)
+        rollup, full = reports(store, since, until, now)
+        assert rollup == full, (since, until, now)
+        rows = rows or len(full)
+    return rows
+
+
+def test_the_hand_computed_fleet_reads_the_same_from_the_rollups(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = write_export(tmp_path / "fleet.jsonl", fleet())
+    assert ctl(capsys, "import", str(f), "--db", db_url)[0] == 0
+    store = open_store(db_url, create=False)
+    try:
+        assert check_windows(store, random.Random(5), T0 - BUCKET, T0 + 86400) >= 4
+    finally:
+        store.dispose()
+    for extra in ((), ("--include-cold", "--window", "0s"), ("--since", "@1789999000")):
+        args = ("report", "transitions", "--db", db_url, "--json", *extra)
+        rc, rolled, err = ctl(capsys, *args)
+        assert rc == 0, err
+        rc, full, err = ctl(capsys, *args, "--recompute")
+        assert rc == 0, err
+        assert json.loads(rolled) == json.loads(full) and json.loads(full)
+
+
+def random_fleet(rnd: random.Random, hosts: int = 14) -> tuple[list[Any], list[Any]]:
+    """Boots over ~300 days (several buckets), every kind of boot the report tells
+    apart, crash records (several for one boot, some describing nothing), attempts of
+    every verdict; the first list has the attempts still open, the second judged."""
+    open_, judged = [], []
+    n = 0
+    for h in range(hosts):
+        machine = f"{h:02x}" + "e" * 30
+        t = T0 + rnd.randrange(0, 40 * 86400)
+        rel = rnd.choice(RELEASES)
+        prev_boot: str | None = None
+        for i in range(rnd.randrange(8, 26)):
+            boot = f"{machine[:8]}-0000-4000-8000-{i:012x}"
+            t += rnd.randrange(3600, 25 * 86400)
+            new = rnd.choice(RELEASES)
+            kind = rnd.choice(
+                ("kexec", "kexec", "kexec", "cold", "kexec-no-handover", "kexec-rejected", "nometa")
+            )
+            chained = kind == "kexec" or (kind != "cold" and rnd.random() < 0.5)
+            o = boot_row(machine, boot, new, rel if chained else None, t)
+            if kind == "nometa":  # a kexec without metadata: not in the report
+                o.update(kind="kexec", kexec_count=None, previous_release=None)
+            elif kind.startswith("kexec-"):  # a transition with a chain khod derived, or baseline
+                o.update(kind=kind, metadata_source="derived" if chained else None)
+            o["warnings"] = rnd.choice((None, 0, 0, 0, 1, 3))
+            if rnd.random() < 0.04:
+                o["booted_at"] = None
+            open_.append(o)
+            judged.append(o)
+            if prev_boot is not None:
+                for part in range(rnd.choice((0, 0, 1, 1, 2))):
+                    reason = rnd.choice(("Panic", "Oops", "Shutdown"))
+                    describes = None if rnd.random() < 0.1 else prev_boot
+                    p = pstore_row(machine, boot, describes, reason, part + 1, salt=str(n))
+                    open_.append(p)
+                    judged.append(p)
+                n += 1
+                verdict = rnd.choice(VERDICTS)
+                target = None if rnd.random() < 0.3 else new
+                created = (t if o["booted_at"] is not None else T0) - 60
+                a = attempt_obj(machine, n, prev_boot, rel, target, verdict, boot)
+                a["created_at"] = float(created) + rnd.random()
+                if verdict is None:
+                    a["verdict_boot"] = None
+                judged.append(a)
+                open_.append({**a, "verdict": None, "verdict_boot": None})
+            prev_boot = boot
+            rel = new
+    return open_, judged
+
+
+def test_random_imports_verdicts_retention_and_resyncs_read_the_same(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rnd = random.Random(20261206)
+    open_, judged = random_fleet(rnd)
+    times = [o["booted_at"] for o in judged if o.get("booted_at")]
+    lo, hi = min(times), max(times)
+    cut = len(open_) // 2
+
+    def load(objs: list[Any], name: str) -> None:
+        rc, _, err = ctl(capsys, "import", str(write_export(tmp_path / name, objs)), "--db", db_url)
+        assert rc == 0, err
+
+    load(open_[:cut], "a.jsonl")  # half the fleet, its attempts open
+    store = open_store(db_url, create=False)
+    try:
+        assert check_windows(store, rnd, lo, hi)
+        load(open_, "b.jsonl")  # all of it, the first half again
+        check_windows(store, rnd, lo, hi)
+        load(judged, "c.jsonl")  # the verdicts come in
+        assert check_windows(store, rnd, lo, hi) >= 10
+        machines = sorted({o["machine_id"] for o in judged})
+        with store.engine.connect() as conn:
+            newest = dict(
+                conn.execute(select(boots.c.machine_id, boots.c.id).order_by(boots.c.id)).all()
+            )
+        for m in machines[::2]:  # retention: the oldest boots go, with what hangs off them
+            assert retention(store, m, newest[m], max_boots=5, max_age=0, max_bytes=0).deleted
+        check_windows(store, rnd, lo, hi)
+        for m in machines[1::3]:  # and by age
+            retention(store, m, newest[m], max_boots=0, max_age=120 * 86400, max_bytes=0,
+                      now=hi)  # fmt: skip
+        check_windows(store, rnd, lo, hi)
+        with store.writer.begin() as conn:  # boots rewritten (a release, warnings read late)
+            for pk in list(newest.values())[::3]:
+                conn.execute(
+                    update(boots).where(boots.c.id == pk).values(release="7.9", warnings=2)
+                )
+        check_windows(store, rnd, lo, hi)
+        load(judged, "d.jsonl")  # a full re-sync brings the deleted rows back
+        assert check_windows(store, rnd, lo, hi) >= 10
+        if store.engine.dialect.name == "postgresql":  # the rollups did the counting
+            with store.engine.connect() as conn:
+                n = conn.execute(text("SELECT sum(boots) FROM fleet_rollup_boots")).scalar()
+                known = conn.execute(
+                    text("SELECT count(*) FROM boots WHERE kind <> 'kexec' "
+                         "OR previous_release IS NOT NULL")
+                ).scalar()  # fmt: skip
+            assert n == known
+    finally:
+        store.dispose()
