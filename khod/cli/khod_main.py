@@ -216,7 +216,8 @@ def main(argv: Sequence[str]) -> int:
         return run_ingest(job(args, cfg, paths))
     from pathlib import Path  # noqa: PLC0415
 
-    from khod.daemon.loop import Daemon, Settings  # noqa: PLC0415
+    from khod.daemon.loop import Daemon  # noqa: PLC0415
+    from khod.daemon.settings import Settings  # noqa: PLC0415
 
     def settings() -> Settings:
         c = effective_config(args)

@@ -19,14 +19,12 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from khod.adapters import sd
-from khod.config import Config
 from khod.daemon import syncplan
 from khod.daemon.child import Child, Selectable
+from khod.daemon.settings import Settings, ingest_job, reloaded
 from khod.errors import KhodError
 from khod.fleet import worker as fleet_worker
 
@@ -35,44 +33,6 @@ if TYPE_CHECKING:  # annotations only: neither is imported on the boot path here
     from khod.daemon.first_ingest import FirstIngest
 
 SYNC_TIMEOUT = 600.0
-
-
-@dataclass(frozen=True)
-class Settings:
-    sysroot: Path
-    config_path: Path | None
-    cfg: Config
-    state_dir: Path
-    db: str | None
-    debug: bool = False
-
-    @property
-    def snapshot(self) -> Path:
-        return self.state_dir / "metrics.json"
-
-    @property
-    def counters(self) -> Path:
-        """What only the daemon counts, kept across its restarts (khod.daemon.counters)."""
-        return self.state_dir / "counters.json"
-
-
-def ingest_job(s: Settings, *, rescan: bool = False, store_checked: bool = False) -> bytes:
-    """A later ingest's job, for ``khod.ingest.worker``'s stdin: this boot collected
-    again (or only pstore rescanned), under the daemon's configuration."""
-    import pickle  # noqa: PLC0415
-
-    from khod.ingest.pipeline import IngestJob  # noqa: PLC0415  (standard library only)
-    from khod.paths import HostPaths  # noqa: PLC0415
-
-    job = IngestJob(
-        s.cfg,
-        HostPaths(s.sysroot),
-        rescan=rescan,
-        snapshot=s.snapshot,
-        journal=True,
-        store_checked=store_checked,
-    )
-    return pickle.dumps(job)
 
 
 class Daemon:
@@ -353,17 +313,8 @@ class Daemon:
         except KhodError as e:
             self.log(f"error: reload failed, keeping the old configuration: {e}")
             return
-        if new.cfg.listen != self.s.cfg.listen:
-            self.log("warning: daemon.listen changed; restart khod to apply it")
         old = self.s
-        self.s = Settings(
-            self.s.sysroot,
-            new.config_path,
-            _with_listen(new.cfg, self.s.cfg.listen),
-            new.state_dir,
-            new.db,
-            new.debug,
-        )
+        self.s = reloaded(old, new, self.log)
         if new.state_dir != old.state_dir and self.collector.store_errors():
             self._save_counters(self.collector.store_errors())  # the next start reads it there
         sd.notify("RELOADING=1")
@@ -380,12 +331,6 @@ class Daemon:
         except Exception as e:  # no netlink (containers), no libudev: run without it
             self.log(f"warning: not watching for late pstore backends: {e}")
             return None
-
-
-def _with_listen(cfg: Config, listen: tuple[str, int]) -> Config:
-    from dataclasses import replace  # noqa: PLC0415
-
-    return replace(cfg, listen=listen)
 
 
 def _drain(sock: socket.socket) -> None:
