@@ -190,8 +190,8 @@ def effective_config(args: Any) -> Any:
 
 
 def job(args: Any, cfg: Any, paths: Any, obs: Any = None) -> Any:
-    """The ``khod.ingest.pipeline.IngestJob`` this command line asks for."""
-    from khod.ingest.pipeline import IngestJob  # noqa: PLC0415
+    """The ``khod.contracts.IngestJob`` this command line asks for."""
+    from khod.contracts import IngestJob  # noqa: PLC0415
 
     return IngestJob(
         cfg,

@@ -130,10 +130,19 @@ class Daemon:
             return False
         self.retry_at = None
         self.recorded = True
-        self.collector.load(self.s.snapshot)
+        self._load_snapshot()
         self.write_textfile()
         sd.notify(f"STATUS=boot recorded ({seconds:.2f}s); serving metrics")
         return True
+
+    def _load_snapshot(self) -> None:
+        """Serve the snapshot an ingest wrote; one this khod cannot read (another
+        version: khod upgraded under a running daemon; cut short; garbage) is one line
+        and a journal entry, and what was served goes on being served."""
+        refused = self.collector.load(self.s.snapshot)
+        if refused is not None:
+            self.log(f"error: {refused}; serving {self.collector.serving()}")
+            sd.journal_event(refused.event)
 
     def _store_error(self) -> None:
         self._save_counters(self.collector.store_error())
@@ -186,7 +195,7 @@ class Daemon:
             first.kill()
             raise KhodError(f"cannot listen on {host}:{port}: {e.strerror}") from None
         self.collector.on_change = cache.invalidate
-        self.collector.load(self.s.snapshot)  # the last known state, until the child is done
+        self._load_snapshot()  # the last known state, until the child is done
         try:
             httpd.start()
         except RuntimeError as e:  # not one thread to be had

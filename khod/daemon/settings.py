@@ -33,9 +33,7 @@ class Settings:
 def ingest_job(s: Settings, *, rescan: bool = False, store_checked: bool = False) -> bytes:
     """A later ingest's job, for ``khod.ingest.worker``'s stdin: this boot collected
     again (or only pstore rescanned), under the daemon's configuration."""
-    import pickle  # noqa: PLC0415
-
-    from khod.ingest.pipeline import IngestJob  # noqa: PLC0415  (standard library only)
+    from khod.contracts import IngestJob, encode  # noqa: PLC0415
     from khod.paths import HostPaths  # noqa: PLC0415
 
     job = IngestJob(
@@ -46,7 +44,7 @@ def ingest_job(s: Settings, *, rescan: bool = False, store_checked: bool = False
         journal=True,
         store_checked=store_checked,
     )
-    return pickle.dumps(job)
+    return encode(job)
 
 
 def reloaded(old: Settings, new: Settings, log: Callable[[str], None]) -> Settings:
