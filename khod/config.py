@@ -39,6 +39,7 @@ verdicts = ""                 # the published report (khoctl report transitions 
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -116,6 +117,24 @@ class Config:
     fleet_window: int = 86400
     fleet_verdicts: str = ""
     source: str = field(default="defaults", compare=False)
+
+
+def default_db_url() -> str:
+    """The store where neither --db nor [store] db names one: $KHOD_DB, else SQLite at
+    /var/lib/khod/khod.db for root, $XDG_STATE_HOME/khod/khod.db otherwise."""
+    env = os.environ.get("KHOD_DB")
+    if env:
+        return env
+    if os.geteuid() == 0:
+        return "sqlite:////var/lib/khod/khod.db"
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return f"sqlite:///{Path(state) / 'khod' / 'khod.db'}"
+
+
+def store_url(given: str | None, configured: str) -> str:
+    """The one rule for the store khod and khoctl use: ``--db`` (``given``), else
+    ``[store] db`` of the configuration, else ``default_db_url``."""
+    return given or configured or default_db_url()
 
 
 # (section, key) -> (Config field, converter)

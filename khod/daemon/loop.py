@@ -180,7 +180,7 @@ class Daemon:
         from khod.metrics import SnapshotCollector, make_registry  # noqa: PLC0415
         from khod.sources.capture import read_boot_id  # noqa: PLC0415
 
-        self.boot_id = read_boot_id(str(self.s.sysroot))
+        self.boot_id = read_boot_id(str(self.s.paths.root))
         store_errors = 0
         if self.boot_id is not None:
             store_errors, warning = load_store_errors(self.s.counters, self.boot_id)
@@ -311,9 +311,7 @@ class Daemon:
 
     def _splay(self) -> float:
         if self.splay is None:
-            from khod.paths import HostPaths  # noqa: PLC0415
-
-            self.splay = syncplan.host_splay(HostPaths(self.s.sysroot).machine_id)
+            self.splay = syncplan.host_splay(self.s.paths.machine_id)
         return self.splay
 
     def _on_hup(self) -> None:

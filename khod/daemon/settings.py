@@ -9,11 +9,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from khod.config import Config
+from khod.paths import HostPaths
 
 
 @dataclass(frozen=True)
 class Settings:
-    sysroot: Path
+    paths: HostPaths  # the host (--sysroot), built once by the command line
     config_path: Path | None
     cfg: Config
     state_dir: Path
@@ -34,11 +35,10 @@ def ingest_job(s: Settings, *, rescan: bool = False, store_checked: bool = False
     """A later ingest's job, for ``khod.ingest.worker``'s stdin: this boot collected
     again (or only pstore rescanned), under the daemon's configuration."""
     from khod.contracts import IngestJob, encode  # noqa: PLC0415
-    from khod.paths import HostPaths  # noqa: PLC0415
 
     job = IngestJob(
         s.cfg,
-        HostPaths(s.sysroot),
+        s.paths,
         rescan=rescan,
         snapshot=s.snapshot,
         journal=True,
@@ -48,12 +48,12 @@ def ingest_job(s: Settings, *, rescan: bool = False, store_checked: bool = False
 
 
 def reloaded(old: Settings, new: Settings, log: Callable[[str], None]) -> Settings:
-    """The settings after a reload read ``new``: the sysroot is the start's, and the
+    """The settings after a reload read ``new``: the host is the start's, and the
     listening address too (the socket is bound once; a change is said, not applied)."""
     if new.cfg.listen != old.cfg.listen:
         log("warning: daemon.listen changed; restart khod to apply it")
     return Settings(
-        old.sysroot,
+        old.paths,
         new.config_path,
         replace(new.cfg, listen=old.cfg.listen),
         new.state_dir,

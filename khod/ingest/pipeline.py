@@ -76,6 +76,7 @@ def journal_unchecked(event: Event | None) -> None:
 def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> int:
     """Run ``job``; ``on_ready`` (the daemon's cue for READY=1) once the boot is
     committed and the snapshot written. 0, or an error raised (``khod.oneline``)."""
+    from khod.config import store_url  # noqa: PLC0415
     from khod.ingest.steps import (  # noqa: PLC0415
         IngestOptions,
         Rescan,
@@ -84,7 +85,7 @@ def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> 
         save_boot,
     )
     from khod.sources.capture import read_boot_id  # noqa: PLC0415
-    from khod.store.db import default_db_url, open_store  # noqa: PLC0415
+    from khod.store.db import open_store  # noqa: PLC0415
     from khod.store.retention import retention  # noqa: PLC0415
     from khod.store.salvage import salvage  # noqa: PLC0415
 
@@ -93,7 +94,8 @@ def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> 
     t0 = time.monotonic()
     opts = IngestOptions(own_pstore=cfg.own_pstore, inflate_limit=cfg.inflate_limit)
     # the daemon checks the whole store in its first ingest; its later ones the header
-    damaged = salvage(cfg.db or default_db_url(), quick_check=not job.store_checked)
+    url = store_url(None, cfg.db)  # the command line's (a job built without one: the default)
+    damaged = salvage(url, quick_check=not job.store_checked)
     if damaged is not None and damaged.severity is Severity.INFO:  # checked, whole
         if job.snapshot is not None:  # a daemon's ingest: say so once per start
             print(f"khod: {damaged.message}", file=sys.stderr)
@@ -106,7 +108,7 @@ def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> 
     if damaged is not None and obs is not None:
         obs = dataclasses.replace(obs, events=(*obs.events, damaged))
     try:
-        store = open_store(cfg.db or None)
+        store = open_store(url)
     except BaseException:
         journal_unchecked(unchecked)
         raise

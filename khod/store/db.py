@@ -23,6 +23,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
+from khod.config import default_db_url
 from khod.errors import StoreError
 from khod.store.handle import Store, describe_db_error
 from khod.store.schema import HEAD_REVISION
@@ -34,16 +35,6 @@ CONNECT_TIMEOUT_S = 10
 
 class NoStore(StoreError):
     """Nothing recorded there yet: no database, or one without a schema."""
-
-
-def default_db_url() -> str:
-    env = os.environ.get("KHOD_DB")
-    if env:
-        return env
-    if os.geteuid() == 0:
-        return "sqlite:////var/lib/khod/khod.db"
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return f"sqlite:///{Path(state) / 'khod' / 'khod.db'}"
 
 
 def _sqlite_path(url: URL) -> Path | None:
