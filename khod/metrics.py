@@ -1,15 +1,14 @@
-"""Prometheus exposition of the metrics snapshot, from a private registry and a custom
-collector that reads the snapshot at scrape time. No per-boot labels."""
+"""Prometheus exposition of the metrics snapshot (``khod.contracts.MetricsSnapshot``),
+from a private registry and a custom collector that reads the snapshot at scrape time.
+No per-boot labels."""
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -17,6 +16,7 @@ from prometheus_client.exposition import generate_latest
 
 from khod import __version__
 from khod.atomic import write_file
+from khod.contracts import MetricsSnapshot, RecordError, read_snapshot
 from khod.fleet.worker import REASON_LABELS as SYNC_FAILURE_REASONS
 from khod.records import KINDS, SOURCES, VERDICTS
 
@@ -26,7 +26,8 @@ class SnapshotCollector:
         """``store_errors``: the failed ingests counted before in this boot, by an
         earlier run of the daemon (khod.daemon.counters)."""
         self._lock = threading.Lock()
-        self._snap: dict[str, Any] = {}
+        self._snap = MetricsSnapshot()
+        self._loaded = False  # a snapshot was set: what is served is an ingest's
         self._store_errors = store_errors
         self._sync: dict[str, float] | None = None  # set once sync.to is configured
         self._sync_failures: dict[str, float] = {}  # by reason
@@ -36,20 +37,28 @@ class SnapshotCollector:
         if self.on_change is not None:
             self.on_change()
 
-    def set(self, snap: dict[str, Any]) -> None:
+    def set(self, snap: MetricsSnapshot) -> None:
         with self._lock:
             self._snap = snap
+            self._loaded = True
         self._changed()
 
-    def load(self, path: Path) -> bool:
+    def load(self, path: Path) -> RecordError | None:
+        """Serve the snapshot at ``path`` (none there yet: what is served stays). One
+        that cannot be read (another version, cut short, garbage) is returned, and the
+        last good one, or the empty one, is served on."""
         try:
-            snap = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return False
-        if not isinstance(snap, dict):
-            return False
-        self.set(snap)
-        return True
+            snap = read_snapshot(path)
+        except RecordError as e:
+            return e
+        if snap is not None:
+            self.set(snap)
+        return None
+
+    def serving(self) -> str:
+        """What is served, for a line about a snapshot that was refused."""
+        with self._lock:
+            return "the last good snapshot" if self._loaded else "no snapshot yet (empty)"
 
     def store_error(self) -> int:
         """Count a failed ingest; the count in this boot so far."""
@@ -94,27 +103,22 @@ class SnapshotCollector:
             for reason in sorted(set(SYNC_FAILURE_REASONS) | set(failures)):
                 c.add_metric([reason], failures.get(reason, 0.0))
             yield c
-        boot = s.get("boot") or {}
+        boot = s.boot
         g = GaugeMetricFamily(
             "khod_kexecs_since_cold_boot",
             "Kexecs since the last cold boot (kexec_count of this boot)",
         )
-        if boot.get("kexec_count") is not None:
-            g.add_metric([], boot["kexec_count"])
+        if boot is not None and boot.kexec_count is not None:
+            g.add_metric([], boot.kexec_count)
         yield g
         info = GaugeMetricFamily(
             "khod_boot_info",
             "This boot: release, where it came from",
             labels=["release", "previous_release", "kind", "kho_abi"],
         )
-        if boot:
+        if boot is not None:
             info.add_metric(
-                [
-                    boot.get("release") or "",
-                    boot.get("previous_release") or "",
-                    boot.get("kind") or "",
-                    boot.get("kho_abi") or "",
-                ],
+                [boot.release, boot.previous_release or "", boot.kind, boot.kho_abi or ""],
                 1,
             )
         yield info
@@ -126,39 +130,39 @@ class SnapshotCollector:
             "(the kernel's), attempt, derived (khod's own); empty when unknown",
             labels=["metadata_source"],
         )
-        if boot:
-            chain.add_metric([boot.get("metadata_source") or ""], 1)
+        if boot is not None:
+            chain.add_metric([boot.metadata_source or ""], 1)
         yield chain
         g = GaugeMetricFamily(
             "khod_liveupdate_number",
             "Live updates (LUO) handed over into this boot (liveupdate_num; absent: no LUO)",
         )
-        if boot.get("liveupdate_num") is not None:
-            g.add_metric([], boot["liveupdate_num"])
+        if boot is not None and boot.liveupdate_num is not None:
+            g.add_metric([], boot.liveupdate_num)
         yield g
         g = GaugeMetricFamily("khod_kho_enabled", "1 when KHO is enabled in this kernel")
-        if boot:
-            g.add_metric([], 1 if boot.get("kho_enabled") else 0)
+        if boot is not None:
+            g.add_metric([], 1 if boot.kho_enabled else 0)
         yield g
         g = GaugeMetricFamily("khod_boot_timestamp_seconds", "When this boot started")
-        if boot.get("booted_at") is not None:
-            g.add_metric([], boot["booted_at"])
+        if boot is not None and boot.booted_at is not None:
+            g.add_metric([], boot.booted_at)
         yield g
         g = GaugeMetricFamily("khod_kho_scratch_bytes", "KHO scratch (7.4: bootmem) bytes")
-        if boot:
-            g.add_metric([], boot.get("scratch_bytes") or 0)
+        if boot is not None:
+            g.add_metric([], boot.scratch_bytes)
         yield g
         yield _by_label(
             GaugeMetricFamily("khod_boots", "Boots of this machine in the store", labels=["kind"]),
             KINDS,
-            s.get("boots_by_kind") or {},
+            s.boots_by_kind,
         )
         g = GaugeMetricFamily(
             "khod_pstore_records",
             "pstore records of this machine in the store",
             labels=["backend", "type"],
         )
-        for backend, type_, n in s.get("pstore") or []:
+        for backend, type_, n in s.pstore:
             g.add_metric([backend, type_], n)
         yield g
         yield _by_label(
@@ -166,9 +170,9 @@ class SnapshotCollector:
                 "khod_kexec_attempts", "Kexec attempts by their verdict", labels=["verdict"]
             ),
             VERDICTS,
-            s.get("attempts_by_verdict") or {},
+            s.attempts_by_verdict,
         )
-        errors = dict(s.get("source_errors") or {})
+        errors = dict(s.source_errors)
         errors["store"] = errors.get("store", 0) + store_errors
         yield _by_label(
             CounterMetricFamily(
@@ -182,10 +186,10 @@ class SnapshotCollector:
         g = GaugeMetricFamily(
             "khod_last_ingest_timestamp_seconds", "When khod last ingested this boot successfully"
         )
-        g.add_metric([], s.get("last_ingest") or math.nan)
+        g.add_metric([], s.last_ingest or math.nan)
         yield g
         g = GaugeMetricFamily("khod_ingest_duration_seconds", "How long the last ingest took")
-        g.add_metric([], s.get("ingest_duration") or math.nan)
+        g.add_metric([], s.ingest_duration or math.nan)
         yield g
         g = GaugeMetricFamily(
             "khod_build_info",
@@ -199,7 +203,7 @@ class SnapshotCollector:
 def _by_label(
     family: GaugeMetricFamily | CounterMetricFamily,
     known: tuple[str, ...],
-    counts: dict[str, int],
+    counts: Mapping[str, int],
 ) -> Metric:
     """One sample per name of a known vocabulary (zero when absent) and per name a
     newer khod stored, so a series never disappears when its count is zero."""

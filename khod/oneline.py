@@ -111,6 +111,13 @@ def guard_stdout(*, strict: bool = True) -> None:
     _GUARDED = raw
 
 
+def lenient_stdout() -> None:
+    """From here on (the daemon, once its command line is read), a write to the guarded
+    stdout that fails is dropped."""
+    if _GUARDED is not None:
+        _GUARDED.strict = False
+
+
 STDOUT_CLOSED = 128 + 13  # the status of a program killed by SIGPIPE, as a shell shows it
 
 

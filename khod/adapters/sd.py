@@ -6,6 +6,7 @@ not importable; the journal falls back to stderr lines.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -90,6 +91,24 @@ def send(message: str, message_id: str, priority: int, **fields: Any) -> None:
     systemd.journal.send(
         message, MESSAGE_ID=message_id, PRIORITY=str(priority), SYSLOG_IDENTIFIER="khod", **fields
     )
+
+
+def journal_event(e: Event) -> None:
+    """One entry for an event whose line was said already (on stderr): nothing more
+    where there is no journal to send it to."""
+    try:
+        import systemd.journal  # noqa: PLC0415
+    except ImportError:
+        return
+    with contextlib.suppress(OSError):  # no journald: the line on stderr is all there is
+        systemd.journal.send(
+            e.message,
+            MESSAGE_ID=event_message_id(e),
+            PRIORITY=str(PRIORITY[e.severity]),
+            SYSLOG_IDENTIFIER="khod",
+            KHOD_EVENT=e.kind,
+            KHOD_SOURCE=e.source,
+        )
 
 
 def journal_boot(obs: BootObservation, new_events: list[Event]) -> None:

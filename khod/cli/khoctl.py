@@ -56,13 +56,15 @@ def add_parsers(cmd: Cmd) -> None:
 
 
 def configured_store(args: argparse.Namespace) -> None:
-    """``--db``, else ``[store] db`` of the configuration khod reads, else the default
-    (``khod.store.location.default_db_url``): khoctl and khod use one store."""
-    if args.db is not None:
-        return
+    """``--db``, else ``[store] db`` of the configuration khod reads, else the default:
+    khoctl and khod use one store (``khod.store.location.store_url``, the one rule)."""
     from khod.config import load_config  # noqa: PLC0415
+    from khod.store.location import store_url  # noqa: PLC0415
 
-    args.db = load_config(args.config, required=args.config is not None).db or None
+    configured = ""
+    if args.db is None:  # the configuration is read only when --db does not say
+        configured = load_config(args.config, required=args.config is not None).db
+    args.db = store_url(args.db, configured)
 
 
 def cmd_db(args: argparse.Namespace) -> int:

@@ -1,9 +1,10 @@
 """khod: record this boot's kexec handover (KHO) state and pstore records; without
 ``--once``, stay up to serve Prometheus metrics.
 
-The daemon's first act is the boot capture (``khod.sources.capture``, standard library only):
-this module imports nothing else at the top, so that capture happens before argparse,
-SQLAlchemy or prometheus-client are loaded.
+The command line is parsed once (``parser``); the daemon's first act after that is the
+boot capture (``khod.sources.capture``, standard library only): this module imports
+nothing else at the top, so that capture happens before SQLAlchemy or
+prometheus-client are loaded.
 """
 
 from __future__ import annotations
@@ -12,16 +13,6 @@ import os
 import sys
 from collections.abc import Sequence
 from typing import Any
-
-
-def _argv_value(argv: Sequence[str], name: str) -> str | None:
-    for i, a in enumerate(argv):
-        if a == name and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith(name + "="):
-            return a.split("=", 1)[1]
-    return None
-
 
 DEFAULT_STATE_DIR = "/var/lib/khod"  # khod.config.Config.state_dir
 
@@ -46,33 +37,30 @@ def resolve_state_dir(cli: str | None, configured: str | None) -> str:
     return default_state_dir()
 
 
-def configured_state_dir(argv: Sequence[str]) -> str | None:
-    """``store.state_dir`` from ``--config`` or the default file and its drop-ins, merged
-    as the configuration merges them (``khod.conffiles``: standard library only, before
-    the configuration's parser is loaded). A file that cannot be read or parsed is
-    skipped here; the full parser reports it right after."""
+def configured_state_dir(config: Any) -> str | None:
+    """``store.state_dir`` from ``--config`` (or the default file) and its drop-ins,
+    merged as the configuration merges them (``khod.conffiles``: standard library only,
+    before the configuration's parser is loaded). A file that cannot be read or parsed
+    is skipped here; the full parser reports it right after."""
     from khod.conffiles import DEFAULT_PATH, ConfigError, merged  # noqa: PLC0415
 
     try:
-        _, values = merged(_argv_value(argv, "--config") or DEFAULT_PATH, lenient=True)
+        _, values = merged(str(config) if config else DEFAULT_PATH, lenient=True)
     except ConfigError:
         return None
     _, value = values.get(("store", "state_dir"), ("", None))
     return value if isinstance(value, str) else None
 
 
-def early_capture(argv: Sequence[str]) -> str | None:
+def early_capture(args: Any) -> str | None:
     """Daemon start: spool this boot's incoming state before anything heavy is imported,
     into the state dir the ingest will look in (``resolve_state_dir``)."""
-    if "--once" in argv or any(a in argv for a in ("-h", "--help", "--version")):
-        return None
     from khod.sources.capture import capture  # noqa: PLC0415
 
-    root = _argv_value(argv, "--sysroot") or "/"
-    cli = _argv_value(argv, "--state-dir")
-    state = resolve_state_dir(cli, None if cli else configured_state_dir(argv))
+    cli = args.state_dir
+    state = resolve_state_dir(cli, None if cli else configured_state_dir(args.config))
     try:
-        return capture(root, os.path.join(state, "spool"))
+        return capture(str(args.sysroot), os.path.join(state, "spool"))
     except OSError as e:
         print(f"khod: warning: boot capture failed: {e.strerror}", file=sys.stderr)
         return None
@@ -150,6 +138,7 @@ def parser() -> Any:
     p.add_argument("--snapshot", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--pstore-rescan", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--store-checked", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--capture-only", action="store_true", help=argparse.SUPPRESS)  # a benchmark
     p.add_argument("--version", action="version", version=f"khod {__version__}")
     return p
 
@@ -164,6 +153,7 @@ def effective_config(args: Any) -> Any:
         parse_listen,
         parse_size,
     )
+    from khod.store.location import store_url  # noqa: PLC0415
 
     cfg = load_config(args.config)
     over: dict[str, Any] = {}
@@ -173,8 +163,7 @@ def effective_config(args: Any) -> Any:
         over["textfile"] = args.textfile
     if args.no_watch_modules:
         over["watch_modules"] = False
-    if args.db is not None:
-        over["db"] = args.db
+    over["db"] = store_url(args.db, cfg.db)
     if args.own_pstore:
         over["own_pstore"] = True
     if args.pstore_inflate_limit is not None:
@@ -190,8 +179,8 @@ def effective_config(args: Any) -> Any:
 
 
 def job(args: Any, cfg: Any, paths: Any, obs: Any = None) -> Any:
-    """The ``khod.ingest.pipeline.IngestJob`` this command line asks for."""
-    from khod.ingest.pipeline import IngestJob  # noqa: PLC0415
+    """The ``khod.contracts.IngestJob`` this command line asks for."""
+    from khod.contracts import IngestJob  # noqa: PLC0415
 
     return IngestJob(
         cfg,
@@ -206,7 +195,13 @@ def job(args: Any, cfg: Any, paths: Any, obs: Any = None) -> Any:
 
 
 def main(argv: Sequence[str]) -> int:
-    args = parser().parse_args(argv)
+    """khod in-process (the tests): the daemon's first ingest is forked here."""
+    return run_args(parser().parse_args(argv))
+
+
+def run_args(args: Any, first: Any = None) -> int:
+    """khod for a parsed command line; ``first``: the daemon's first ingest, forked
+    already (``khod.daemon.first_ingest``)."""
     cfg = effective_config(args)
     from khod.cli.common import host_paths  # noqa: PLC0415
     from khod.ingest.pipeline import run_ingest  # noqa: PLC0415
@@ -216,55 +211,63 @@ def main(argv: Sequence[str]) -> int:
         return run_ingest(job(args, cfg, paths))
     from pathlib import Path  # noqa: PLC0415
 
-    from khod.daemon.loop import Daemon, Settings  # noqa: PLC0415
+    from khod.daemon.loop import Daemon  # noqa: PLC0415
+    from khod.daemon.settings import Settings  # noqa: PLC0415
 
-    def settings() -> Settings:
-        c = effective_config(args)
-        return Settings(args.sysroot, args.config, c, Path(c.state_dir), c.db or None, args.debug)
+    def settings(c: Any) -> Settings:
+        return Settings(paths, args.config, c, Path(c.state_dir), c.db, args.debug)
 
-    s = settings()
+    s = settings(cfg)
     args.snapshot, args.journal = s.snapshot, True
-    if FIRST_INGEST is None:  # main() called in-process (tests): fork here
+    if first is None:
         from khod.daemon.first_ingest import FirstIngest  # noqa: PLC0415
 
         first = FirstIngest.fork()
-    else:
-        first = FIRST_INGEST
     # collected in a child: the resident process never loads the parsers or the bytes
     first.collect_and_send(job(args, s.cfg, paths))
-    return Daemon(s, settings).run(first)
-
-
-FIRST_INGEST: Any = None  # the daemon's pre-forked first ingest (khod.daemon.first_ingest)
+    return Daemon(s, lambda: settings(effective_config(args))).run(first)
 
 
 def run() -> None:
-    global FIRST_INGEST  # noqa: PLW0603
-    argv = sys.argv[1:]
-    from khod.oneline import guard_stdout  # noqa: PLC0415  (standard library only)
+    from khod.cli.common import run_main  # noqa: PLC0415  (standard library only)
+    from khod.oneline import guard_stdout, lenient_stdout  # noqa: PLC0415
 
-    guard_stdout(strict=not _daemon_mode(argv))  # before the capture opens any file
+    guard_stdout()  # before the capture opens any file; --help and --version write to it
     os.umask(0o077)  # the state dir, spool, database and snapshot are private
-    if "--capture-only" in argv:  # the boot-capture benchmark
-        sys.exit(0 if early_capture([a for a in argv if a != "--capture-only"]) else 1)
-    if early_capture(argv) is not None or _daemon_mode(argv):
+    argv = sys.argv[1:]
+    parsed: list[Any] = []
+
+    def parse(a: Sequence[str]) -> int:
+        parsed.append(parser().parse_args(a))
+        return 0
+
+    # --help, --version and a usage error end here (SystemExit), under the one-line contract
+    code = run_main("khod", parse, argv)
+    if not parsed:
+        sys.exit(code)
+    args = parsed[0]
+    if args.capture_only:  # the boot-capture benchmark
+        sys.exit(0 if early_capture(args) else 1)
+    first = None
+    if not args.once:
+        lenient_stdout()  # the daemon's lines on stdout only inform
+        early_capture(args)
         # the daemon: fork the first ingest now; it loads SQLAlchemy while this process
-        # parses the command line and collects, then it stores what it is sent
+        # reads the configuration and collects, then it stores what it is sent
         from khod.daemon.first_ingest import FirstIngest  # noqa: PLC0415
 
-        FIRST_INGEST = FirstIngest.fork()
-    from khod.cli.common import run_main  # noqa: PLC0415
-
+        first = FirstIngest.fork()
     # the daemon's configuration error is 78 (EX_CONFIG): khod.service does not restart
     # on it (RestartPreventExitStatus=78), since retrying cannot fix a file
-    code = run_main("khod", main, argv, config_error_status=78 if _daemon_mode(argv) else 1)
-    if FIRST_INGEST is not None:
-        FIRST_INGEST.abandon()  # never sent (an error before the daemon started): quietly
+    code = run_main(
+        "khod",
+        lambda _argv: run_args(args, first),
+        ["--debug"] if args.debug else [],
+        config_error_status=1 if args.once else 78,
+    )
+    if first is not None:
+        first.abandon()  # never sent (an error before the daemon started): quietly
     sys.exit(code)
-
-
-def _daemon_mode(argv: Sequence[str]) -> bool:
-    return "--once" not in argv and not any(a in argv for a in ("-h", "--help", "--version"))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 The child imports the store (SQLAlchemy: most of an ingest's time) at once, while the
 parent parses its command line; a second child collects this boot and sends the job
-(``khod.ingest.pipeline.IngestJob``, the observation in it) down a pipe, while the
+(``khod.contracts.IngestJob``, the observation in it, as JSON) down a pipe, while the
 parent imports prometheus-client and binds /metrics. The first child
 runs it and writes one byte back when the boot is committed and the snapshot written: the
 parent's cue for READY=1. A parent that fails before sending closes the pipe, and the
@@ -13,7 +13,6 @@ one line and exits 1; the parent reports the failed ingest.
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import sys
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, NoReturn
 from khod.errors import KhodError
 
 if TYPE_CHECKING:  # the early fork imports nothing it does not need
-    from khod.ingest.pipeline import IngestJob
+    from khod.contracts import IngestJob
 
 
 class FirstIngest:
@@ -46,7 +45,12 @@ class FirstIngest:
         return cls(pid, job_w, ready_r)
 
     def send(self, job: IngestJob) -> None:
-        data = pickle.dumps(job)
+        from khod.contracts import encode  # noqa: PLC0415
+
+        self.send_data(encode(job))
+
+    def send_data(self, data: bytes) -> None:
+        """The job as ``khod.contracts.encode`` makes it (the child reads no other)."""
         try:
             with os.fdopen(self.job_w, "wb") as f:
                 f.write(data)
@@ -146,9 +150,13 @@ def _child(job_r: int, ready_w: int) -> NoReturn:
         if not data:
             return 0  # the parent stopped before the daemon started; it said why
         from khod.ingest.pipeline import run_ingest  # noqa: PLC0415
+        from khod.ingest.worker import read_job  # noqa: PLC0415
         from khod.oneline import run_main  # noqa: PLC0415
 
-        job: IngestJob = pickle.loads(data)  # noqa: S301  (our own parent)
-        return run_main("khod", lambda _argv: run_ingest(job, lambda: os.write(ready_w, b"1")), [])
+        def run(_argv: object) -> int:
+            job = read_job(data, "from the daemon")
+            return run_ingest(job, lambda: os.write(ready_w, b"1"))
+
+        return run_main("khod", run, [])
 
     _child_exits("first ingest", ingest)

@@ -19,14 +19,12 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from khod.adapters import sd
-from khod.config import Config
 from khod.daemon import syncplan
 from khod.daemon.child import Child, Selectable
+from khod.daemon.settings import Settings, ingest_job, reloaded
 from khod.errors import KhodError
 from khod.fleet import worker as fleet_worker
 
@@ -35,44 +33,6 @@ if TYPE_CHECKING:  # annotations only: neither is imported on the boot path here
     from khod.daemon.first_ingest import FirstIngest
 
 SYNC_TIMEOUT = 600.0
-
-
-@dataclass(frozen=True)
-class Settings:
-    sysroot: Path
-    config_path: Path | None
-    cfg: Config
-    state_dir: Path
-    db: str | None
-    debug: bool = False
-
-    @property
-    def snapshot(self) -> Path:
-        return self.state_dir / "metrics.json"
-
-    @property
-    def counters(self) -> Path:
-        """What only the daemon counts, kept across its restarts (khod.daemon.counters)."""
-        return self.state_dir / "counters.json"
-
-
-def ingest_job(s: Settings, *, rescan: bool = False, store_checked: bool = False) -> bytes:
-    """A later ingest's job, for ``khod.ingest.worker``'s stdin: this boot collected
-    again (or only pstore rescanned), under the daemon's configuration."""
-    import pickle  # noqa: PLC0415
-
-    from khod.ingest.pipeline import IngestJob  # noqa: PLC0415  (standard library only)
-    from khod.paths import HostPaths  # noqa: PLC0415
-
-    job = IngestJob(
-        s.cfg,
-        HostPaths(s.sysroot),
-        rescan=rescan,
-        snapshot=s.snapshot,
-        journal=True,
-        store_checked=store_checked,
-    )
-    return pickle.dumps(job)
 
 
 class Daemon:
@@ -174,10 +134,19 @@ class Daemon:
             return False
         self.retry_at = None
         self.recorded = True
-        self.collector.load(self.s.snapshot)
+        self._load_snapshot()
         self.write_textfile()
         sd.notify(f"STATUS=boot recorded ({seconds:.2f}s); serving metrics")
         return True
+
+    def _load_snapshot(self) -> None:
+        """Serve the snapshot an ingest wrote; one this khod cannot read (another
+        version: khod upgraded under a running daemon; cut short; garbage) is one line
+        and a journal entry, and what was served goes on being served."""
+        refused = self.collector.load(self.s.snapshot)
+        if refused is not None:
+            self.log(f"error: {refused}; serving {self.collector.serving()}")
+            sd.journal_event(refused.event)
 
     def _store_error(self) -> None:
         self._save_counters(self.collector.store_error())
@@ -215,7 +184,7 @@ class Daemon:
         from khod.metrics import SnapshotCollector, make_registry  # noqa: PLC0415
         from khod.sources.capture import read_boot_id  # noqa: PLC0415
 
-        self.boot_id = read_boot_id(str(self.s.sysroot))
+        self.boot_id = read_boot_id(str(self.s.paths.root))
         store_errors = 0
         if self.boot_id is not None:
             store_errors, warning = load_store_errors(self.s.counters, self.boot_id)
@@ -230,7 +199,7 @@ class Daemon:
             first.kill()
             raise KhodError(f"cannot listen on {host}:{port}: {e.strerror}") from None
         self.collector.on_change = cache.invalidate
-        self.collector.load(self.s.snapshot)  # the last known state, until the child is done
+        self._load_snapshot()  # the last known state, until the child is done
         try:
             httpd.start()
         except RuntimeError as e:  # not one thread to be had
@@ -355,9 +324,7 @@ class Daemon:
 
     def _splay(self) -> float:
         if self.splay is None:
-            from khod.paths import HostPaths  # noqa: PLC0415
-
-            self.splay = syncplan.host_splay(HostPaths(self.s.sysroot).machine_id)
+            self.splay = syncplan.host_splay(self.s.paths.machine_id)
         return self.splay
 
     def _on_hup(self) -> None:
@@ -366,18 +333,9 @@ class Daemon:
         except KhodError as e:
             self.log(f"error: reload failed, keeping the old configuration: {e}")
             return
-        if new.cfg.listen != self.s.cfg.listen:
-            self.log("warning: daemon.listen changed; restart khod to apply it")
         old = self.s
         self.quiet_stamp = None  # another fleet database or store: push at the next slot
-        self.s = Settings(
-            self.s.sysroot,
-            new.config_path,
-            _with_listen(new.cfg, self.s.cfg.listen),
-            new.state_dir,
-            new.db,
-            new.debug,
-        )
+        self.s = reloaded(old, new, self.log)
         if new.state_dir != old.state_dir and self.collector.store_errors():
             self._save_counters(self.collector.store_errors())  # the next start reads it there
         sd.notify("RELOADING=1")
@@ -394,12 +352,6 @@ class Daemon:
         except Exception as e:  # no netlink (containers), no libudev: run without it
             self.log(f"warning: not watching for late pstore backends: {e}")
             return None
-
-
-def _with_listen(cfg: Config, listen: tuple[str, int]) -> Config:
-    from dataclasses import replace  # noqa: PLC0415
-
-    return replace(cfg, listen=listen)
 
 
 def _drain(sock: socket.socket) -> None:

@@ -3,7 +3,8 @@ boot (or rescan pstore), release owned pstore files, apply retention, write the
 metrics snapshot, say ready, journal, drop this boot's spool.
 
 ``khod --once``, the daemon's first ingest and its later ones (``khod.ingest.worker``)
-all run ``run_ingest``; what each one does differently is in its ``IngestJob``.
+all run ``run_ingest``; what each one does differently is in its ``IngestJob``
+(``khod.contracts``).
 Progress and problems are lines on stderr (``khod: ...``), which the daemon logs.
 """
 
@@ -14,27 +15,11 @@ import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from khod.config import Config
+from khod.contracts import IngestJob, MetricsSnapshot
 from khod.errors import KhodError
 from khod.observation import BootObservation, Event, Severity
-from khod.paths import HostPaths
-
-
-@dataclass(frozen=True)
-class IngestJob:
-    cfg: Config  # the effective configuration (file, then command line)
-    paths: HostPaths
-    obs: BootObservation | None = None  # collected already; None: collect it here
-    rescan: bool = False  # only add the pstore records of a backend that came late
-    snapshot: Path | None = None  # the daemon's ingests write its metrics snapshot here
-    journal: bool = False  # journal entries for the boot and the records new in it
-    store_checked: bool = False  # checked whole earlier in this start: the header suffices
-    # khod --once: write the exposition the daemon serves here (node_exporter's textfile)
-    textfile: str = ""
-
 
 # What a kernel does on every such boot, as designed: recorded (``khoctl show``), not a
 # line on stderr each time. A cold boot's out/fdt is sized when debugfs registers it and
@@ -57,7 +42,7 @@ def collect_boot(job: IngestJob) -> BootObservation:
     return obs
 
 
-def write_textfile(path: str, snap: dict[str, object]) -> None:
+def write_textfile(path: str, snap: MetricsSnapshot) -> None:
     """The daemon's exposition of ``snap`` (its collector, its registry), written whole
     to ``path`` for node_exporter: ``khod --once`` without a resident khod."""
     from khod.metrics import SnapshotCollector, make_registry  # noqa: PLC0415
@@ -100,7 +85,7 @@ def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> 
     )
     from khod.sources.capture import read_boot_id  # noqa: PLC0415
     from khod.store.db import open_store  # noqa: PLC0415
-    from khod.store.location import default_db_url  # noqa: PLC0415
+    from khod.store.location import store_url  # noqa: PLC0415
     from khod.store.retention import retention  # noqa: PLC0415
     from khod.store.salvage import salvage  # noqa: PLC0415
 
@@ -109,7 +94,8 @@ def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> 
     t0 = time.monotonic()
     opts = IngestOptions(own_pstore=cfg.own_pstore, inflate_limit=cfg.inflate_limit)
     # the daemon checks the whole store in its first ingest; its later ones the header
-    damaged = salvage(cfg.db or default_db_url(), quick_check=not job.store_checked)
+    url = store_url(None, cfg.db)  # the command line's (a job built without one: the default)
+    damaged = salvage(url, quick_check=not job.store_checked)
     if damaged is not None and damaged.severity is Severity.INFO:  # checked, whole
         if job.snapshot is not None:  # a daemon's ingest: say so once per start
             print(f"khod: {damaged.message}", file=sys.stderr)
@@ -122,7 +108,7 @@ def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> 
     if damaged is not None and obs is not None:
         obs = dataclasses.replace(obs, events=(*obs.events, damaged))
     try:
-        store = open_store(cfg.db or None)
+        store = open_store(url)
     except BaseException:
         journal_unchecked(unchecked)
         raise

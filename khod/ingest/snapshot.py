@@ -1,26 +1,24 @@
-"""The metrics snapshot: what the resident daemon serves, computed from the store by the
-ingest child (the daemon itself never imports SQLAlchemy), written atomically as JSON."""
+"""The metrics snapshot (``khod.contracts.MetricsSnapshot``): what the resident daemon
+serves, computed from the store by the ingest child (the daemon itself never imports
+SQLAlchemy), written atomically as versioned JSON."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import func, or_, select
 
 from khod.atomic import write_file
+from khod.contracts import MetricsSnapshot, SnapshotBoot, encode
 from khod.records import Severity, legacy_source
 from khod.store.boots import load_boot
 from khod.store.handle import Store
 from khod.store.schema import boots, events, pstore_records
 
-SNAPSHOT_VERSION = 1
-
 
 def compute_snapshot(
     store: Store, machine_id: str, boot_id: str, *, ingested_at: float, duration: float
-) -> dict[str, Any]:
+) -> MetricsSnapshot:
     boot = load_boot(store, machine_id, boot_id)
     with store.engine.connect() as conn:
         kinds = {
@@ -32,7 +30,7 @@ def compute_snapshot(
             )
         }
         pstore = [
-            [b, t, n]
+            (str(b), str(t), int(n))
             for b, t, n in conn.execute(
                 select(pstore_records.c.backend, pstore_records.c.type, func.count())
                 .where(pstore_records.c.machine_id == machine_id)
@@ -60,34 +58,33 @@ def compute_snapshot(
             ):
                 key = str(origin or legacy_source(kind, path))
                 errors[key] = errors.get(key, 0) + n
-    b: dict[str, Any] | None = None
+    b = None
     if boot is not None:
-        b = {
-            "boot_id": boot.boot_id,
-            "release": boot.release,
-            "previous_release": boot.previous_release,
-            "kind": boot.kind,
-            "kho_abi": boot.kho_abi,
-            "kho_enabled": boot.kho_enabled,
-            "kexec_count": boot.kexec_count,
-            "metadata_source": boot.metadata_source,
-            "booted_at": boot.booted_at,
-            "scratch_bytes": sum(n for _, n in boot.scratch or []),
-            "liveupdate_num": boot.liveupdate_num,
-        }
-    return {
-        "version": SNAPSHOT_VERSION,
-        "machine_id": machine_id,
-        "boot": b,
-        "boots_by_kind": kinds,
-        "pstore": pstore,
-        "attempts_by_verdict": verdicts,
-        "source_errors": errors,
-        "last_ingest": ingested_at,
-        "ingest_duration": duration,
-    }
+        b = SnapshotBoot(
+            boot_id=boot.boot_id,
+            release=boot.release,
+            previous_release=boot.previous_release,
+            kind=str(boot.kind),
+            kho_abi=boot.kho_abi,
+            kho_enabled=boot.kho_enabled,
+            kexec_count=boot.kexec_count,
+            metadata_source=None if boot.metadata_source is None else str(boot.metadata_source),
+            booted_at=boot.booted_at,
+            scratch_bytes=sum(n for _, n in boot.scratch or []),
+            liveupdate_num=boot.liveupdate_num,
+        )
+    return MetricsSnapshot(
+        machine_id=machine_id,
+        boot=b,
+        boots_by_kind=kinds,
+        pstore=tuple(pstore),
+        attempts_by_verdict=verdicts,
+        source_errors=errors,
+        last_ingest=ingested_at,
+        ingest_duration=duration,
+    )
 
 
-def write_snapshot(path: Path, snap: dict[str, Any]) -> None:
+def write_snapshot(path: Path, snap: MetricsSnapshot) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    write_file(path, json.dumps(snap).encode())
+    write_file(path, encode(snap))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from khod.cli.common import run_main
 from khod.parse import pstore
 from tests import variants
 from tests.conftest import FIXTURES, REPO, SysrootFactory
-from tests.daemon_helpers import BIN
+from tests.daemon_helpers import BIN, running_daemon
 
 CATALOG = REPO / "systemd" / "khod.catalog"
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
@@ -321,3 +322,47 @@ def test_journal_entry_of_a_live_update_loaded_by_kexec(
         e for e in receive_all(journal.sock) if e["MESSAGE_ID"] == sd.MESSAGE_IDS["boot-recorded"]
     ]
     assert (boot["KHOD_LIVEUPDATE_NUM"], boot["KHOD_BOOTLOADER_TYPE"]) == ("6", "208")
+
+
+def test_a_snapshot_the_daemon_cannot_read_is_journaled(
+    journal: Journal, sysroot: SysrootFactory, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    snap = state / "metrics.json"
+    snap.write_text('{"version": 2, "machine_id": "m"}')  # a newer khod's
+    with running_daemon(sysroot("kexec1/step1"), tmp_path, prefix=journal.prefix) as d:
+        d.wait_for("READY=1")
+        assert "khod_kexecs_since_cold_boot 1.0" in d.scrape()
+    (entry,) = [e for e in receive_all(journal.sock) if e.get("KHOD_EVENT") == "record-refused"]
+    assert entry["KHOD_SOURCE"] == str(snap)
+    assert entry["MESSAGE"] == (f"metrics snapshot {snap}: version 2, this khod reads version 1")
+    assert entry["MESSAGE_ID"] in sd.MESSAGE_IDS.values() and entry["PRIORITY"] == "3"
+
+
+@pytest.mark.parametrize("sent", ["another version", "pickled"])
+def test_an_ingest_job_of_another_khod_is_one_line_and_journaled(
+    journal: Journal, tmp_path: Path, sent: str
+) -> None:
+    """The daemon started before an upgrade sends its job to the upgraded worker: an
+    older shape (a pickle, as khod sent it before) or another version is refused."""
+    from khod.config import Config
+    from khod.contracts import IngestJob, encode
+    from khod.paths import HostPaths
+
+    job = IngestJob(Config(db=f"sqlite:///{tmp_path / 'k.db'}"), HostPaths(FIXTURES / "cold/step0"))
+    data = {
+        "another version": encode(job).replace(b'"version": 1', b'"version": 2', 1),
+        "pickled": pickle.dumps(job),
+    }[sent]
+    r = subprocess.run(
+        [*journal.prefix, str(BIN / "python"), "-m", "khod.ingest.worker"],
+        input=data,
+        capture_output=True,
+        check=False,
+    )
+    why = "version 2, this khod reads version 1" if sent == "another version" else "not JSON"
+    assert (r.returncode, r.stderr.decode()) == (1, f"khod: error: ingest job on stdin: {why}\n")
+    assert not (tmp_path / "k.db").exists()  # nothing done with a job it cannot read
+    (entry,) = [e for e in receive_all(journal.sock) if e.get("KHOD_EVENT") == "record-refused"]
+    assert entry["MESSAGE"] == f"ingest job on stdin: {why}"

@@ -63,21 +63,14 @@ def test_broken_pipe_on_a_socket_is_an_error(tmp_path: Path) -> None:
 
 
 def test_first_ingest_child_that_dies_says_why(tmp_path: Path) -> None:
-    """A job the child cannot even load: its exception is one line, its status 1."""
+    """A job the child cannot even load (another khod's): one line, its status 1."""
     script = textwrap.dedent(
         """
         import sys
         from khod.daemon.first_ingest import FirstIngest
 
-        def _refuse():
-            raise ValueError("this job cannot be loaded")
-
-        class Job:
-            def __reduce__(self):
-                return (_refuse, ())
-
         first = FirstIngest.fork()
-        first.send(Job())
+        first.send_data(b'{"version": 0, "cfg": {}}')
         print(first.wait_ready(), first.wait())
         """
     )
@@ -86,7 +79,9 @@ def test_first_ingest_child_that_dies_says_why(tmp_path: Path) -> None:
     )
     assert r.stdout == "False 1\n", r.stdout + r.stderr
     (line,) = r.stderr.splitlines()
-    assert line == "khod: error: first ingest: ValueError: this job cannot be loaded", line
+    assert line == (
+        "khod: error: ingest job from the daemon: version 0, this khod reads version 1"
+    ), line
 
 
 def test_daemon_that_never_recorded_its_boot_exits_failed(

@@ -467,3 +467,20 @@ def test_luo_state_the_kernel_took_and_freed_is_the_kernels_word(
     assert by_kind["luo-state-freed"].severity == "info"
     assert not [e for e in obs.events if e.severity == "error"], obs.events
     assert "outgoing-luo-mismatch" not in by_kind  # 2 = 1 + 1
+
+
+@pytest.mark.parametrize("step", fixture_steps())
+def test_a_collected_boot_crosses_to_the_ingest_child_whole(step: str) -> None:
+    """The daemon's collector child sends the boot to its first ingest as JSON: the
+    blobs, the pstore records and the events arrive as they were collected."""
+    from khod.config import Config
+    from khod.contracts import IngestJob, decode, encode
+
+    paths = HostPaths(FIXTURES / step)
+    obs = collect(paths, 16 << 20)
+    job = IngestJob(Config(), paths, obs, snapshot=Path("/s/metrics.json"), journal=True)
+    got = decode(IngestJob, encode(job), "from the daemon")
+    assert got == job
+    assert got.obs is not None
+    assert [b.data for b in got.obs.blobs] == [b.data for b in obs.blobs]
+    assert [r.raw for r in got.obs.pstore] == [r.raw for r in obs.pstore]

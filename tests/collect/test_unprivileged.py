@@ -117,7 +117,7 @@ def test_unreadable_debugfs_and_pstore_still_record_the_boot(
         ("read-error", "/sys/fs/pstore", "warning"),
     ]
     snap = compute_snapshot(open_store(f"sqlite:///{db}"), MACHINE, BOOT, ingested_at=0, duration=0)
-    assert snap["source_errors"] == {"kho": 1, "pstore": 1}
+    assert snap.source_errors == {"kho": 1, "pstore": 1}
 
 
 def test_check_without_debugfs_access_is_a_clear_failure(work: Path) -> None:
@@ -165,7 +165,7 @@ def test_unreadable_kho_files_are_one_info_event(work: Path) -> None:
         boot = conn.execute("SELECT kind, previous_release, kexec_count FROM boots").fetchall()
     assert boot == [("kexec", "7.3.4-khlab-a", 1)]
     snap = compute_snapshot(open_store(f"sqlite:///{db}"), MACHINE, BOOT, ingested_at=0, duration=0)
-    assert snap["source_errors"] == {"kho": 1, "pstore": 1}
+    assert snap.source_errors == {"kho": 1, "pstore": 1}
 
 
 def test_check_with_unreadable_kho_files_says_permission_denied(work: Path) -> None:

@@ -255,3 +255,40 @@ def test_bad_config_in_daemon_mode_is_one_line_too(tmp_path: Path) -> None:
         f"khod: error: {conf}: retention.max_bytes: expected a size like '16MiB', got 'lots'\n"
     )
     assert not (tmp_path / "k.db").exists()  # nothing was stored with a config it rejects
+
+
+@pytest.mark.parametrize("how", ["another version", "cut short", "garbage"])
+def test_a_snapshot_left_by_another_khod_is_one_line_and_metrics_are_served(
+    sysroot: SysrootFactory, tmp_path: Path, how: str
+) -> None:
+    """khod upgraded, the old daemon's snapshot still on disk (or a newer khod's, or one
+    cut short): the daemon says so in one line, serves none until its first ingest has
+    ended, then this boot's."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    snap = state / "metrics.json"
+    good = {"version": 1, "machine_id": "m", "boot": None, "boots_by_kind": {}, "pstore": []}
+    good |= {"attempts_by_verdict": {}, "source_errors": {}}
+    good |= {"last_ingest": 1.0, "ingest_duration": 0.1}
+    snap.write_bytes(
+        {
+            "another version": json.dumps({**good, "version": 2, "kexecs": 3}).encode(),
+            "cut short": json.dumps(good).encode()[:40],
+            "garbage": b"\x00\xff" * 64,
+        }[how]
+    )
+    with running_daemon(sysroot("kexec1/step1"), tmp_path) as d:
+        d.wait_for("READY=1")
+        text = d.scrape()
+        d.proc.terminate()
+        assert d.proc.wait(10) == 0
+        log = d.proc.stdout.read() if d.proc.stdout else ""
+    assert "khod_kexecs_since_cold_boot 1.0" in text  # this boot's, from the first ingest
+    lines = [ln for ln in log.splitlines() if "metrics.json" in ln]
+    assert len(lines) == 1, log
+    assert lines[0].startswith(f"khod: error: metrics snapshot {snap}: "), log
+    assert lines[0].endswith("; serving no snapshot yet (empty)"), log
+    why = {"another version": ": version 2, this khod reads version 1;"}.get(how, ": not JSON")
+    assert why in lines[0], log
+    assert "Traceback" not in log
+    assert json.loads(snap.read_text())["version"] == 1  # replaced by this khod's

@@ -3,15 +3,19 @@ change), promtool, and label escaping of hostile release strings."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from khod import __version__
+from khod.cli import khod_main
 from khod.cli.common import run_main
+from khod.contracts import MetricsSnapshot, SnapshotBoot
 from khod.ingest.snapshot import compute_snapshot
 from khod.metrics import SnapshotCollector, exposition, make_registry
 from khod.parse.metadata import decode_release
@@ -71,16 +75,16 @@ HOSTILE = [
 def test_hostile_release_strings_are_escaped(release: str) -> None:
     c = SnapshotCollector()
     c.set(
-        {
-            "boot": {
-                "release": release,
-                "previous_release": release,
-                "kind": "kexec",
-                "kho_abi": "kho-v4",
-                "kho_enabled": True,
-                "kexec_count": 3,
-            }
-        }
+        MetricsSnapshot(
+            boot=SnapshotBoot(
+                release=release,
+                previous_release=release,
+                kind="kexec",
+                kho_abi="kho-v4",
+                kho_enabled=True,
+                kexec_count=3,
+            )
+        )
     )
     text = exposition(make_registry(c)).decode()
     r = subprocess.run(
@@ -255,3 +259,42 @@ def test_where_the_chain_came_from_is_a_label(db_url: str, sysroot: SysrootFacto
         "kho_abi": "",
     }
     store.dispose()
+
+
+# What a snapshot this khod cannot read looks like: a newer khod's (or an older one's,
+# left on disk by the daemon before an upgrade), one cut short, one that is not JSON
+UNREADABLE: dict[str, Callable[[bytes], bytes]] = {
+    "another version": lambda good: json.dumps({**json.loads(good), "version": 2}).encode(),
+    "cut short": lambda good: good[: len(good) // 2],
+    "garbage": lambda _good: bytes(range(256)),
+}
+
+
+@pytest.mark.parametrize("how", UNREADABLE)
+def test_a_snapshot_that_cannot_be_read_is_one_line_and_the_last_good_one_is_served(
+    sysroot: SysrootFactory, tmp_path: Path, how: str
+) -> None:
+    snap = tmp_path / "metrics.json"
+    argv = ["--once", "--sysroot", str(sysroot("kexec1/step1"))]
+    argv += ["--db", f"sqlite:///{tmp_path / 'k.db'}", "--snapshot", str(snap)]
+    assert run_main("khod", khod_main.main, argv) == 0
+    served = SnapshotCollector()
+    assert served.load(snap) is None
+    good = exposition(make_registry(served)).decode()
+    assert "khod_kexecs_since_cold_boot 1.0" in good
+
+    snap.write_bytes(UNREADABLE[how](snap.read_bytes()))
+    refused = served.load(snap)
+    assert refused is not None
+    line = str(refused)
+    assert line.startswith(f"metrics snapshot {snap}: ") and "\n" not in line, line
+    assert (refused.event.kind, refused.event.source) == ("record-refused", str(snap))
+    assert refused.event.message == line
+    assert exposition(make_registry(served)).decode() == good  # the last good one, served on
+    assert served.serving() == "the last good snapshot"
+
+    fresh = SnapshotCollector()  # a daemon starting with it on disk: the empty one
+    assert str(fresh.load(snap)) == line
+    assert fresh.serving() == "no snapshot yet (empty)"
+    empty = exposition(make_registry(SnapshotCollector())).decode()
+    assert exposition(make_registry(fresh)).decode() == empty

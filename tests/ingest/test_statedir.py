@@ -124,3 +124,31 @@ def test_capture_spools_into_the_state_dir_a_drop_in_names(
     assert [p.name for p in (state / "spool").iterdir()] == [f"{BOOT}.spool"]
     assert not main.exists()
     assert not default.exists()
+
+
+def test_the_capture_reads_the_command_line_as_argparse_does(
+    sysroot: SysrootFactory, tmp_path: Path
+) -> None:
+    """Options abbreviated (``--state``) or given with ``=`` (``--conf=``), as khod's
+    parser takes them: the daemon captures this boot into the state dir the ingest
+    reads, and leaves no spool in the default one."""
+    root = sysroot("pstore-kho/step2")
+    state = tmp_path / "given"
+    default, prefix, env = isolated_default(tmp_path)
+    conf = tmp_path / "khod.toml"
+    conf.write_text("")
+    with running_daemon(
+        root,
+        tmp_path,
+        f"--conf={conf}",
+        "--state",
+        str(state),
+        env=env,
+        state_dir=False,
+        prefix=prefix,
+    ) as d:
+        d.wait_for("READY=1")
+    with sqlite3.connect(d.db.removeprefix("sqlite:///")) as conn:
+        assert conn.execute("SELECT boot_id FROM boots").fetchall() == [(BOOT,)]
+    assert list((state / "spool").iterdir()) == []  # captured there, then consumed
+    assert not default.exists(), sorted(str(p) for p in default.rglob("*"))
