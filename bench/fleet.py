@@ -5,18 +5,21 @@
 A generated fleet (N boots over H hosts, kexec chains across a dozen releases, P pstore
 records, one transition made crash-prone) is written as a khod export, then:
 
-import   `khoctl import` into PostgreSQL (a durable cluster: fsync on) and into SQLite,
-         in boots/s (target >= 50,000 on PostgreSQL), against a hand-written loader
-         of the same file (json.loads per line, then COPY / executemany of the boots);
-         peak RSS of the import, and of importing a tenth of the file (bounded: the
-         same, whatever the size)
+sizes    (bench/fleet_import.py) at each of --import-sizes boots (default 10^5 and
+         10^6, in the same run): `khoctl import` of boots and kexec attempts against a
+         hand-written loader (json.loads per line, COPY / executemany of both), in
+         rows/s and their ratio, on PostgreSQL and SQLite; --baseline-src times an
+         earlier khod's import beside them
+import   `khoctl import` of the fleet (boots, pstore records, kexec attempts) into
+         PostgreSQL (a durable cluster: fsync on) and into SQLite, against the hand
+         loader of its boots and attempts; peak RSS of the import, and of importing a
+         tenth of the file (bounded: the same, whatever the size)
 report   `report transitions` (khod.fleet.report: on PostgreSQL from the rollups,
          khod.fleet.rollup; on SQLite its two SQLAlchemy Core queries over every boot
          and attempt) against the same report counted again from every row
          (`--recompute`, identical output, asserted) and against the per-host queries
          written by hand on the bare driver (psycopg, sqlite3); peak RSS of
-         `khoctl report transitions --json`. The attempts are a second export,
-         imported after the import is timed (the import figures stay comparable).
+         `khoctl report transitions --json`.
 trust    (bench/fleet_trust.py) the first --trust-hosts hosts push their part through their
          own roles over TLS, and the reporting role runs the report: with and without the
          row-level security policies and the quota trigger, and the ratio
@@ -285,66 +288,6 @@ def summed(hand: list[Any], cols: tuple[int, ...], host: int | None = None) -> s
     }
 
 
-BOOT_COLS = [
-    "machine_id", "boot_id", "booted_at", "release", "cmdline", "kind", "kind_reason",
-    "kho_enabled", "kho_abi", "memory_map_handed", "previous_release", "previous_release_raw",
-    "kexec_count", "metadata_source", "subtrees", "out_subtrees", "out_release",
-    "out_kexec_count", "scratch", "warnings", "ingested_at", "khod_version",
-]  # fmt: skip
-
-
-def hand_load_pg(path: Path, dsn: str) -> float:
-    """The baseline loader: parse every line, COPY the boots. No validation, no
-    dedupe, no pstore records."""
-    import psycopg
-
-    t0 = time.perf_counter()
-    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute("CREATE TABLE hand_boots AS SELECT * FROM boots WITH NO DATA")
-        cols = ", ".join(BOOT_COLS)
-        with cur.copy(f"COPY hand_boots ({cols}) FROM STDIN") as copy, path.open("rb") as f:
-            for line in f:
-                o = json.loads(line)
-                if o.get("object") != "boot":
-                    continue
-                copy.write_row(
-                    [
-                        json.dumps(o[c]) if c in ("subtrees", "out_subtrees", "scratch") else o[c]
-                        for c in BOOT_COLS
-                    ]
-                )
-        conn.commit()
-    return time.perf_counter() - t0
-
-
-def hand_load_sqlite(path: Path, db: Path) -> float:
-    t0 = time.perf_counter()
-    conn = sqlite3.connect(db)
-    conn.execute("CREATE TABLE hand_boots AS SELECT * FROM boots WHERE 0")
-    marks = ", ".join("?" * len(BOOT_COLS))
-    q = f"INSERT INTO hand_boots ({', '.join(BOOT_COLS)}) VALUES ({marks})"
-    batch: list[list[Any]] = []
-    with path.open("rb") as f:
-        for line in f:
-            o = json.loads(line)
-            if o.get("object") != "boot":
-                continue
-            batch.append(
-                [
-                    json.dumps(o[c]) if c in ("subtrees", "out_subtrees", "scratch") else o[c]
-                    for c in BOOT_COLS
-                ]
-            )
-            if len(batch) >= 20_000:
-                conn.executemany(q, batch)
-                conn.commit()
-                batch.clear()
-    conn.executemany(q, batch)
-    conn.commit()
-    conn.close()
-    return time.perf_counter() - t0
-
-
 def time_report(url: str, runs: int, recompute: bool = False) -> tuple[float, list[Any]]:
     from khod.fleet.report import transitions
     from khod.store.db import open_store
@@ -377,9 +320,20 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--trust-hosts", type=int, default=8, metavar="N", help="0: skip the stage")
     ap.add_argument("--only-trust", action="store_true", help="skip import and report")
+    ap.add_argument("--import-sizes", default="100000,1000000", help='boots; "" to skip')
+    ap.add_argument("--baseline-src", metavar="DIR", help="also time this khod's import")
+    ap.add_argument("--baseline-max", type=int, default=0, help="... up to this size only")
+    ap.add_argument("--only-import", action="store_true", help="the import sizes only")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="khod-fleet-bench-"))
     try:
+        if a.import_sizes and not a.only_trust:
+            from bench import fleet_import
+
+            sizes = [int(n) for n in a.import_sizes.split(",")]
+            fleet_import.measure(sizes, tmp, a.baseline_src, a.baseline_max)
+        if a.only_import:
+            return 0
         export = tmp / "fleet.jsonl"
         attempts = tmp / "attempts.jsonl"
         t0 = time.perf_counter()
@@ -396,8 +350,13 @@ def main() -> int:
 
             measure(export, tmp, a.trust_hosts, a.runs)
             return 0
+        from bench.fleet_import import hand_load_pg, hand_load_sqlite, with_attempts
+
         small = tmp / "tenth.jsonl"
         head(export, small, 0.1)
+        both = tmp / "fleet-attempts.jsonl"
+        with_attempts(export, attempts, both)
+        rows_in = made["boots"] + made["attempts"]
         with pgserver.running_server(durable=True) as pg:
             targets = {
                 "PostgreSQL": (pg.url(pg.create_database()), pg.url(pg.create_database())),
@@ -405,36 +364,26 @@ def main() -> int:
             }
             for name, (url, small_url) in targets.items():
                 dt, rss, out = measured_child(
-                    [KHOCTL, "import", str(export), "--db", url, "--json", "--quiet"]
+                    [KHOCTL, "import", str(both), "--db", url, "--json", "--quiet"]
                 )
                 res = json.loads(out[: out.rindex("}") + 1])
                 assert res["new"]["boot"] == made["boots"], res
                 assert res["new"]["pstore"] == made["pstore"], res
+                assert res["new"]["attempt"] == made["attempts"], res
                 _, rss_small, _ = measured_child(
                     [KHOCTL, "import", str(small), "--db", small_url, "--json", "--quiet"]
                 )
                 if name == "PostgreSQL":
-                    base = hand_load_pg(export, url.replace("postgresql+psycopg", "postgresql"))
+                    base = hand_load_pg(both, url.replace("postgresql+psycopg", "postgresql"))
                 else:
-                    base = hand_load_sqlite(export, Path(url.removeprefix("sqlite:///")))
+                    base = hand_load_sqlite(both, Path(url.removeprefix("sqlite:///")))
                 print(
-                    f"import ({name}): {made['boots']:,} boots + {made['pstore']:,} pstore "
-                    f"records in {dt:.1f} s = {made['boots'] / dt:,.0f} boots/s "
-                    f"(target >= 50,000 on PostgreSQL); hand-written loader of the boots "
-                    f"{base:.1f} s = {made['boots'] / base:,.0f} boots/s; ratio "
+                    f"import ({name}): {made['boots']:,} boots + {made['attempts']:,} attempts "
+                    f"+ {made['pstore']:,} pstore records in {dt:.1f} s = "
+                    f"{rows_in / dt:,.0f} boots and attempts/s; hand-written loader of the "
+                    f"boots and attempts {base:.1f} s = {rows_in / base:,.0f}/s; ratio "
                     f"{dt / base:.2f}x; peak RSS {rss / 1024:.0f} MiB for the whole file, "
                     f"{rss_small / 1024:.0f} MiB for a tenth (ratio {rss / rss_small:.2f})",
-                    flush=True,
-                )
-                t0 = time.perf_counter()
-                _, _, out = measured_child(
-                    [KHOCTL, "import", str(attempts), "--db", url, "--json", "--quiet"]
-                )
-                res = json.loads(out[: out.rindex("}") + 1])
-                assert res["new"]["attempt"] == made["attempts"], res
-                print(
-                    f"attempts ({name}): {made['attempts']:,} imported in "
-                    f"{time.perf_counter() - t0:.1f} s (not part of the import figures)",
                     flush=True,
                 )
                 ours, rows = time_report(url, a.runs)

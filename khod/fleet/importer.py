@@ -15,13 +15,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import JSON, Connection, Table, and_, insert, select, text, tuple_, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    insert,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import StoreError
-from khod.fleet.format import CONFLICT, HARD_REFS, SHAPES, TABLES, parse_line, ref_key
+from khod.fleet.format import CONFLICT, HARD_REFS, SHAPES, TABLES, ref_key
 from khod.store.handle import Store, describe_db_error
 from khod.store.schema import boots, events, kexec_attempts
 
@@ -58,6 +69,13 @@ class ImportCounts:
 
 
 BootKey = tuple[str, str]
+
+# an attempt already in the store gets a verdict only while its own is open
+_FILL_VERDICT_SQLITE = (
+    "DO UPDATE SET verdict = excluded.verdict, verdict_boot = excluded.verdict_boot, "
+    "verdict_detail = excluded.verdict_detail "
+    "WHERE kexec_attempts.verdict IS NULL AND excluded.verdict IS NOT NULL"
+)
 
 
 def _refused_event(kind: str, message: str) -> dict[str, Any]:
@@ -173,18 +191,13 @@ class Importer:
             return None
 
     def apply(self, res: Any) -> None:
-        """Count what a bulk chunk wrote; its attempts (few) go through the upsert."""
+        """Count what a bulk chunk wrote."""
         for k, n in res.read.items():
-            if k != "attempt":
-                self.counts.read[k] = self.counts.read.get(k, 0) + n
+            self.counts.read[k] = self.counts.read.get(k, 0) + n
         for k, n in res.new.items():
             self.counts.new[k] = self.counts.new.get(k, 0) + n
         self.counts.unknown_boot += res.unknown_boot
         self.counts.bulk_chunks += 1
-        for text_ in res.attempts:
-            kind, values = parse_line(text_)
-            self.add(kind, values)
-        self.flush()
 
     # boot references -> ids in the target
 
@@ -248,10 +261,16 @@ class Importer:
         return self.can_stage
 
     def _sqlite_many(
-        self, conn: Connection, table: Table, rows: list[dict[str, Any]], conflict: tuple[str, ...]
+        self,
+        conn: Connection,
+        table: Table,
+        rows: list[dict[str, Any]],
+        conflict: tuple[str, ...],
+        action: str = "DO NOTHING",
     ) -> int:
-        """SQLite: one prepared INSERT ... ON CONFLICT DO NOTHING, executemany on the
-        driver; the connection's change counter says how many rows were new."""
+        """SQLite: one prepared INSERT ... ON CONFLICT DO NOTHING (or ``action``),
+        executemany on the driver; the connection's change counter says how many rows
+        were new (or changed)."""
         cols = [c for c in table.c if c.name != "id"]
         names = ", ".join(f'"{c.name}"' for c in cols)
         marks = ", ".join("?" * len(cols))
@@ -261,7 +280,7 @@ class Importer:
         before = raw.total_changes
         raw.executemany(
             f"INSERT INTO {table.name} ({names}) VALUES ({marks}) "
-            f"ON CONFLICT ({', '.join(conflict)}) DO NOTHING",
+            f"ON CONFLICT ({', '.join(conflict)}) {action}",
             [
                 [
                     json.dumps(r.get(c.name)) if is_json else r.get(c.name)
@@ -273,27 +292,49 @@ class Importer:
         return int(raw.total_changes - before)
 
     def _upsert_attempts(self, conn: Connection, rows: list[dict[str, Any]]) -> int:
+        """New attempts inserted (the first of a uid given twice); an attempt that was
+        open when first copied gets its verdict later, once. The count inserted."""
         t = kexec_attempts
-        uids = [r["uid"] for r in rows]
-        have = set(conn.execute(select(t.c.uid).where(t.c.uid.in_(uids))).scalars())
-        new = [r for r in rows if r["uid"] not in have]
-        if new:
-            ins = (pg_insert if self.pg else sqlite_insert)(t).on_conflict_do_nothing(
-                index_elements=["uid"]
-            )
-            conn.execute(ins, new)
-        # an attempt that was open when first copied gets its verdict later
+        first: dict[str, dict[str, Any]] = {}
         for r in rows:
-            if r["uid"] in have and r["verdict"] is not None:
-                conn.execute(
-                    update(t)
-                    .where(and_(t.c.uid == r["uid"], t.c.verdict.is_(None)))
-                    .values(
-                        verdict=r["verdict"],
-                        verdict_boot=r["verdict_boot"],
-                        verdict_detail=r["verdict_detail"],
-                    )
+            first.setdefault(r["uid"], r)
+        uids = list(first)
+        have: set[str] = set()
+        for i in range(0, len(uids), 500):
+            q = select(t.c.uid).where(t.c.uid.in_(uids[i : i + 500]))
+            have.update(conn.execute(q).scalars())
+        new = [r for u, r in first.items() if u not in have]
+        if not self.pg:
+            # one prepared upsert over the chunk: its DO UPDATE fills open verdicts
+            self._sqlite_many(conn, t, list(first.values()), ("uid",), _FILL_VERDICT_SQLITE)
+            return len(new)
+        if new:
+            ins = pg_insert(t).on_conflict_do_nothing(index_elements=["uid"])
+            conn.execute(ins, new)
+        judged = [r for u, r in first.items() if u in have and r["verdict"] is not None]
+        if judged:
+            # a host may update its own open attempts' verdicts, nothing else
+            fill = (
+                update(t)
+                .where(and_(t.c.uid == bindparam("u"), t.c.verdict.is_(None)))
+                .values(
+                    verdict=bindparam("v"),
+                    verdict_boot=bindparam("vb"),
+                    verdict_detail=bindparam("vd"),
                 )
+            )
+            conn.execute(
+                fill,
+                [
+                    {
+                        "u": r["uid"],
+                        "v": r["verdict"],
+                        "vb": r["verdict_boot"],
+                        "vd": r["verdict_detail"],
+                    }
+                    for r in judged
+                ],
+            )
         return len(new)
 
     def _pg_copy(

@@ -27,41 +27,48 @@ def _lit(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def _int64(v: str) -> str:
-    """SQL: the jsonb value v is an integer of 64 bits (as format._int64 takes it)."""
-    return (
-        f"(jsonb_typeof({v}) = 'number' AND ({v})::numeric BETWEEN {-fmt.INT64} AND "
-        f"{fmt.INT64 - 1} AND trunc(({v})::numeric) = ({v})::numeric)"
-    )
+# SQL mirrors of format.JSON_SHAPES, in SQL/JSON path (evaluated in C, an order of
+# magnitude cheaper than a subquery over jsonb_array_elements per row). Strict mode
+# where an element's own type is asked (lax mode would unwrap a nested array), lax
+# where a key may be missing (strict would make that an error, not a mismatch).
+_INT64_PATH = (
+    '({x}.type() == "number" && {x} >= -{m} && {x} < {m} && {x}.floor() == {x})'
+).replace("{m}", str(fmt.INT64))
 
 
-def _all(v: str, pred: str) -> str:
-    """SQL: v is an array and each element e of it satisfies pred."""
-    return (
-        f"(CASE WHEN jsonb_typeof({v}) = 'array' THEN NOT EXISTS (SELECT 1 FROM "
-        f"jsonb_array_elements({v}) e WHERE NOT coalesce({pred}, false)) ELSE false END)"
-    )
+def _int64_path(x: str) -> str:
+    return _INT64_PATH.replace("{x}", x)
 
 
-# SQL mirrors of format.JSON_SHAPES
-_SIZE = "e->'size'"
-_SUBTREE = (
-    "(jsonb_typeof(e) = 'object' AND jsonb_typeof(e->'name') = 'string' AND "
-    f"(jsonb_typeof({_SIZE}) IS NULL OR jsonb_typeof({_SIZE}) = 'null' OR {_int64(_SIZE)}))"
+def _none(v: str, path: str, silent: bool = False) -> str:
+    """SQL: no item of the jsonb array v matches the SQL/JSON path."""
+    errors = ", '{}', true" if silent else ""  # an error is NULL: refused
+    return f"NOT jsonb_path_exists({v}, {_lit(path)}{errors})"
+
+
+def _array(v: str, *conditions: str) -> str:
+    return f"(CASE WHEN jsonb_typeof({v}) = 'array' THEN {' AND '.join(conditions)} ELSE false END)"
+
+
+_NOT_OBJECTS = 'strict $[*] ? (@.type() != "object")'
+_BAD_SUBTREE = (
+    'lax $[*] ? (!(@.name.type() == "string") || '
+    f'(@.size.type() != "null" && !{_int64_path("@.size")}))'
+)
+_BAD_AREA = (
+    'strict $[*] ? (@.type() != "array" || @.size() != 2 || '
+    f"!{_int64_path('@[0]')} || !{_int64_path('@[1]')})"
 )
 _JSON_SHAPES = {
-    "subtrees": lambda v: _all(v, _SUBTREE),
-    "out_subtrees": lambda v: _all(v, _SUBTREE),
-    "scratch": lambda v: _all(
+    "subtrees": lambda v: _array(v, _none(v, _NOT_OBJECTS), _none(v, _BAD_SUBTREE)),
+    "out_subtrees": lambda v: _array(v, _none(v, _NOT_OBJECTS), _none(v, _BAD_SUBTREE)),
+    "scratch": lambda v: _array(v, _none(v, _BAD_AREA)),
+    "checks": lambda v: _array(v, _none(v, _NOT_OBJECTS)),
+    # the second path errs (silent: NULL, refused) only where the first has refused
+    "argv": lambda v: _array(
         v,
-        "(CASE WHEN jsonb_typeof(e) = 'array' AND jsonb_array_length(e) = 2 THEN "
-        f"{_int64('e->0')} AND {_int64('e->1')} ELSE false END)",
-    ),
-    "checks": lambda v: _all(v, "jsonb_typeof(e) = 'object'"),
-    "argv": lambda v: _all(
-        v,
-        "(CASE WHEN jsonb_typeof(e) = 'array' THEN NOT EXISTS (SELECT 1 FROM "
-        "jsonb_array_elements(e) x WHERE jsonb_typeof(x) <> 'string') ELSE false END)",
+        _none(v, 'strict $[*] ? (@.type() != "array")'),
+        _none(v, 'strict $[*][*] ? (@.type() != "string")', silent=True),
     ),
 }
 
@@ -134,19 +141,25 @@ def _cast(col: Any, src: str = "j") -> str:
     return f"({src}->>{k})"
 
 
+# an attempt already in the target gets a verdict only while its own is open
+_FILL_VERDICT = (
+    " DO UPDATE SET verdict = EXCLUDED.verdict, verdict_boot = EXCLUDED.verdict_boot, "
+    "verdict_detail = EXCLUDED.verdict_detail "
+    "WHERE kexec_attempts.verdict IS NULL AND EXCLUDED.verdict IS NOT NULL"
+)
+
+
 def _statements() -> tuple[list[str], dict[str, tuple[str, str | None]]]:
-    """The check queries, and per type its INSERT and its count of unknown boots."""
-    kinds = [k for k in fmt.TABLES if k != "attempt"]
+    """The check queries, and per type its INSERT and its count of unknown boots. The
+    attempts' INSERT returns how many rows it inserted (a verdict it filled is not one)."""
     known = ", ".join(_lit(k) for k in fmt.TABLES)
     checks = [
         "SELECT count(*) FROM khod_objs WHERE jsonb_typeof(j) <> 'object' "
         f"OR coalesce(j->>'object' NOT IN ({known}), true)",
-        # attempts too: they are inserted by the Python path, but a bad one sends its
-        # chunk there line by line, where it is named
         *(_check(k) for k in fmt.TABLES),
     ]
     inserts: dict[str, tuple[str, str | None]] = {}
-    for kind in kinds:
+    for kind in fmt.TABLES:
         shape = fmt.SHAPES[kind]
         table = shape.table
         cols = [c for c in table.columns if c.name != "id"]
@@ -167,12 +180,30 @@ def _statements() -> tuple[list[str], dict[str, tuple[str, str | None]]]:
             exprs.append(refs[c.name] if c.name in refs else _cast(c, "s.j"))
         names = ", ".join(f'"{c.name}"' for c in cols)
         conflict = ", ".join(fmt.CONFLICT[kind])
-        inserts[kind] = (
-            f"INSERT INTO {table.name} ({names}) SELECT {', '.join(exprs)} "
-            f"FROM khod_objs s {' '.join(joins)} WHERE s.j->>'object' = {_lit(kind)} "
-            f"ON CONFLICT ({conflict}) DO NOTHING",
-            unknown,
+        select = (
+            f"SELECT {', '.join(exprs)} FROM khod_objs s {' '.join(joins)} "
+            f"WHERE s.j->>'object' = {_lit(kind)}"
         )
+        if kind == "attempt":
+            # one row per uid, the first in the file (one statement may not touch a row
+            # twice), in (machine, verdict) order: the counters the verdicts bump are
+            # locked in one order by every chunk, so two chunks at once cannot deadlock
+            aliased = ", ".join(f'{e} AS "{c.name}"' for e, c in zip(exprs, cols, strict=True))
+            select = (
+                f"SELECT * FROM (SELECT DISTINCT ON (s.j->>'uid') {aliased} "
+                f"FROM khod_objs s {' '.join(joins)} WHERE s.j->>'object' = 'attempt' "
+                "ORDER BY s.j->>'uid', s.ctid) a ORDER BY machine_id, verdict"
+            )
+            insert = (
+                f"WITH w AS (INSERT INTO {table.name} ({names}) {select} "
+                f"ON CONFLICT ({conflict}){_FILL_VERDICT} RETURNING xmax = 0 AS new) "
+                "SELECT count(*) FILTER (WHERE new) FROM w"
+            )
+        else:
+            insert = (
+                f"INSERT INTO {table.name} ({names}) {select} ON CONFLICT ({conflict}) DO NOTHING"
+            )
+        inserts[kind] = (insert, unknown)
     return checks, inserts
 
 
@@ -184,7 +215,6 @@ class ChunkResult:
     read: dict[str, int] = field(default_factory=dict)
     new: dict[str, int] = field(default_factory=dict)
     unknown_boot: int = 0
-    attempts: list[str] = field(default_factory=list)  # left to the Python path
 
 
 def copy_data(lines: list[bytes]) -> bytes:
@@ -200,6 +230,8 @@ def load_chunk(conn: Connection, lines: list[bytes]) -> ChunkResult:
     res = ChunkResult()
     with raw.cursor() as cur:
         cur.execute("CREATE TEMP TABLE IF NOT EXISTS khod_objs (j jsonb) ON COMMIT DELETE ROWS")
+        # a chunk's sorts (the attempts' one row per uid) in memory, not on disk
+        cur.execute("SET LOCAL work_mem = '64MB'")
         # the server parses each line as it arrives (not JSON: the COPY fails)
         with cur.copy("COPY khod_objs (j) FROM STDIN") as copy:
             copy.write(copy_data(lines))
@@ -211,7 +243,7 @@ def load_chunk(conn: Connection, lines: list[bytes]) -> ChunkResult:
         cur.execute("SELECT j->>'object', count(*) FROM khod_objs GROUP BY 1")
         res.read = {k: int(n) for k, n in cur.fetchall()}
         for kind in fmt.TABLES:
-            if kind == "attempt" or kind not in res.read:
+            if kind not in res.read:
                 continue
             insert, unknown = INSERTS[kind]
             if unknown is not None:
@@ -219,9 +251,7 @@ def load_chunk(conn: Connection, lines: list[bytes]) -> ChunkResult:
                 row = cur.fetchone()
                 res.unknown_boot += int(row[0]) if row else 0
             cur.execute(insert)
-            res.new[kind] = max(int(cur.rowcount), 0)
-        if "attempt" in res.read:
-            cur.execute("SELECT j::text FROM khod_objs WHERE j->>'object' = 'attempt'")
-            res.attempts = [r[0] for r in cur.fetchall()]
+            row = cur.fetchone() if cur.description else (cur.rowcount,)
+            res.new[kind] = max(int(row[0]), 0) if row else 0
         cur.execute("TRUNCATE khod_objs")
     return res

@@ -562,6 +562,15 @@ def _mutants() -> list[tuple[str, dict[str, Any]]]:
             "kind": "k", "source": "s", "severity": "info", "message": "m",
             "fingerprint": "f" * 64,
         },
+        "attempt": {
+            "object": "attempt", "uid": "u-1", "machine_id": h, "from_boot": "b-0",
+            "created_at": 1.5, "source": "khoctl", "target_image": "/boot/vmlinuz",
+            "target_release": "7.3.5", "target_abi": "kho-v4", "initrd": None,
+            "cmdline": None, "checks": [{"name": "abi"}], "forced": False,
+            "argv": [["kexec", "-e"]], "expected_previous_release": "7.3.4",
+            "expected_kexec_count": 1, "verdict": "landed", "verdict_boot": "b-0",
+            "verdict_detail": None,
+        },
     }  # fmt: skip
     values: list[Any] = [None, "x", "", 7, -1, 3.0, 2**31, 2**63, 1.5, 1e300, True, [], {}, "AA=="]
     out = []
@@ -578,9 +587,17 @@ def _mutants() -> list[tuple[str, dict[str, Any]]]:
         [{"name": "x"}], [{"name": "x", "size": 3.0}], [{"name": "x", "size": 2**64}],
         [{"name": 1, "size": 1}], [{"size": 1}], [{"name": "x", "size": None}], [["x"]],
     ]  # fmt: skip
+    nested += [
+        [{"name": ["x"], "size": 1}], [{"name": "x", "size": [1]}], [[{"name": "x"}]],
+        [{"name": "x", "size": True}], [{"name": "x", "size": 1e300}], [[[1, 2]]], [[1, [2]]],
+        [{"name": "x", "size": -(2**63)}], [[2**63 - 1, -(2**63)]], [[1, 2], "x"], [{}],
+    ]  # fmt: skip
     for key in ("subtrees", "out_subtrees", "scratch"):
         for v in nested:
             out.append((f"boot.{key}={v!r}", base["boot"] | {key: v}))
+    for key in ("checks", "argv"):
+        for v in [*nested, [["a", "b"], []], [["a", 1]], [[["a"]]], ["a"], [{"a": 1}, 1]]:
+            out.append((f"attempt.{key}={v!r}", base["attempt"] | {key: v}))
     return out
 
 
