@@ -38,7 +38,7 @@ _CRASHED = (
 )
 # a bucket wholly in the window; :all: no window at all (the bucket of no time too)
 _WHOLE_B = "(({k} <> -1 AND {k} >= :since_i AND {k} + {w} - 1 <= :until_i) OR ({k} = -1 AND :all))"
-# a transition's boot (khod.fleet.report.THROUGH_KEXEC; migration 0013's @THROUGH_B@)
+# a transition's boot (khod.fleet.report.THROUGH_KEXEC; migration 0013's _through)
 _THROUGH_B = (
     "(b.kind IN ('kexec', 'kexec-no-handover', 'kexec-rejected') "
     "AND b.previous_release IS NOT NULL)"

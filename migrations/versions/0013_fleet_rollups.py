@@ -36,6 +36,7 @@ branch_labels = None
 depends_on = None
 
 BUCKET = 30 * 86400  # khod.fleet.rollup.BUCKET: the buckets of a database are fixed here
+TIME_MAX = 253_402_300_799  # khod.fleet.format.TIME_MAX (9999-12-31T23:59:59Z), frozen here
 
 
 def _in(values: tuple[str, ...]) -> str:
@@ -44,7 +45,9 @@ def _in(values: tuple[str, ...]) -> str:
 
 _FUNCTIONS = r"""
 CREATE FUNCTION khod_bucket(t double precision) RETURNS bigint LANGUAGE sql IMMUTABLE
-AS $$ SELECT CASE WHEN t IS NULL THEN -1 ELSE floor(t / @BUCKET@)::bigint * @BUCKET@ END $$;
+AS $$ SELECT CASE WHEN t IS NULL THEN -1
+              ELSE floor(least(greatest(t, 0), @TIME_MAX@) / @BUCKET@)::bigint * @BUCKET@ END $$;
+-- (a time no row may hold, written past khod's checks: in the first or the last bucket)
 
 CREATE FUNCTION khod_rollup_boot(b boots, sign integer, crashed boolean) RETURNS void
 LANGUAGE plpgsql SET search_path = @SCHEMA@, pg_temp AS $$
@@ -169,7 +172,10 @@ BEGIN
   END IF;
   -- DELETE, before the row goes: its crash records and judged attempts still point here
   PERFORM khod_rollup_boot(OLD, -1, khod_crashed(OLD.id, -1));
-  FOR a IN SELECT * FROM kexec_attempts WHERE verdict_boot = OLD.id LOOP
+  -- (an attempt that names its target keeps it: its own trigger recounts it as it
+  -- loses its judging boot)
+  FOR a IN SELECT * FROM kexec_attempts WHERE verdict_boot = OLD.id AND target_release IS NULL
+  LOOP
     PERFORM khod_rollup_attempt(a, -1, OLD.release);
   END LOOP;
   RETURN OLD;
@@ -184,7 +190,7 @@ BEGIN
        NEW.expected_previous_release) THEN
     RETURN NULL;
   END IF;
-  IF TG_OP <> 'INSERT' THEN  -- a judging boot already gone was counted out by its delete
+  IF TG_OP <> 'INSERT' THEN  -- a judging boot gone: counted out by its delete (no target)
     PERFORM khod_rollup_attempt(OLD, -1, (SELECT release FROM boots WHERE id = OLD.verdict_boot));
   END IF;
   IF TG_OP <> 'DELETE' THEN
@@ -337,6 +343,7 @@ def _sql(text: str, schema: str) -> str:
         f"WHEN {_cold('b')} THEN '' END",
         "@SCHEMA@": schema,
         "@BUCKET@": str(BUCKET),
+        "@TIME_MAX@": str(TIME_MAX),
         "@CRASH@": _in(tuple(str(r) for r in CRASH_REASONS)),
         "@RAN@": _in(tuple(str(v) for v in RAN)),
         "@FAILED@": _in(tuple(str(v) for v in FAILED_TO_LAND)),

@@ -191,3 +191,65 @@ def test_random_imports_verdicts_retention_and_resyncs_read_the_same(
             assert n == known
     finally:
         store.dispose()
+
+
+def test_a_judging_boot_deleted_leaves_its_attempt_counted_once(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two 7.0 -> 7.1 attempts that name their target, on one machine; retention
+    deletes the boot that judged the first. The attempt stays (its judging boot
+    forgotten), and so do its counts: the rollups took it out twice (the boot's delete,
+    then the attempt's own update), 1 attempt against 2."""
+    m = "d" * 32
+    bid = [f"dddddddd-0000-4000-8000-{i:012x}" for i in range(4)]
+    objs: list[Any] = [
+        boot_row(m, bid[0], "7.0", None, T0),
+        boot_row(m, bid[1], "7.1", "7.0", T0 + 3600),
+        boot_row(m, bid[2], "7.0", None, T0 + 7200),
+        boot_row(m, bid[3], "7.1", "7.0", T0 + 9000),
+        attempt_obj(m, 1, bid[0], "7.0", "7.1", "landed", bid[1]),
+        attempt_obj(m, 2, bid[2], "7.0", "7.1", "landed", bid[3]),
+    ]
+    rc, _, err = ctl(
+        capsys, "import", str(write_export(tmp_path / "a.jsonl", objs)), "--db", db_url
+    )
+    assert rc == 0, err
+    store = open_store(db_url, create=False)
+    try:
+        with store.engine.connect() as conn:
+            pk = {b: i for b, i in conn.execute(select(boots.c.boot_id, boots.c.id))}
+        with store.writer.begin() as conn:
+            conn.execute(boots.delete().where(boots.c.id == pk[bid[1]]))
+        rollup, full = reports(store, None, None, float(T0 + 10 * 86400))
+        attempts = {(r["previous_release"], r["release"]): r["attempts"] for r in full}
+        assert attempts[("7.0", "7.1")] == 2
+        assert rollup == full
+    finally:
+        store.dispose()
+
+
+def test_a_boot_dated_out_of_range_does_not_break_the_report(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A row written past khod's checks (a host's own SQL, an old database) with a
+    booted_at past any bucket, or an attempt created at NaN: the report still reads
+    (it failed with "bigint out of range"), the row counted as one of no time."""
+    m = "e" * 32
+    b0, b1 = (f"eeeeeeee-0000-4000-8000-{i:012x}" for i in range(2))
+    objs: list[Any] = [boot_row(m, b0, "7.0", None, T0), boot_row(m, b1, "7.1", "7.0", T0 + 60)]
+    rc, _, err = ctl(
+        capsys, "import", str(write_export(tmp_path / "a.jsonl", objs)), "--db", db_url
+    )
+    assert rc == 0, err
+    store = open_store(db_url, create=False)
+    try:
+        with store.writer.begin() as conn:
+            conn.execute(update(boots).where(boots.c.boot_id == b1).values(booted_at=2**62))
+        rollup, full = reports(store, None, None, float(T0 + 86400))
+        assert rollup == full
+        assert {(r["previous_release"], r["release"]) for r in full} >= {("7.0", "7.1")}
+        rc, _, err = ctl(capsys, "report", "transitions", "--db", db_url, "--since", "30d")
+        assert rc == 0, err
+    finally:
+        store.dispose()
+
