@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import textwrap
 from collections.abc import Sequence
 from typing import Any
@@ -281,14 +282,40 @@ def with_iso_times(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
+def predates_rollups(store: Any) -> bool:
+    """A store whose schema has no rollups yet (its owner upgrades it): said in one
+    line, and the report counts every row. An empty one gets the schema as before; one a
+    newer khod wrote is refused."""
+    from khod.store.db import current_revision, ensure_schema  # noqa: PLC0415
+    from khod.store.schema import HEAD_REVISION  # noqa: PLC0415
+
+    rev = current_revision(store)
+    if rev == HEAD_REVISION:
+        return False
+    if rev is None:
+        ensure_schema(store)
+        return False
+    from khod.store import migrate  # noqa: PLC0415
+
+    if not migrate.knows(rev):
+        raise migrate.newer_than_head(store, rev)
+    print_text(
+        f"khoctl: note: {store.location} is at schema {rev}, older than this khoctl's "
+        f"{HEAD_REVISION}: counting every boot (its owner upgrades it: khoctl db upgrade)",
+        sys.stderr,
+    )
+    return True
+
+
 def cmd_report(args: argparse.Namespace, since: float | None, until: float | None = None) -> int:
     from khod.fleet.report import transitions  # noqa: PLC0415
     from khod.store.db import open_store  # noqa: PLC0415
 
     th = thresholds(args)
     derived = getattr(args, "derived", "include")
-    store = open_store(args.db, create=False)
+    store = open_store(args.db, create=False, migrate=False)  # a reader migrates nothing
     try:
+        recompute = getattr(args, "recompute", False) or predates_rollups(store)
         every = transitions(
             store,
             since,
@@ -296,7 +323,7 @@ def cmd_report(args: argparse.Namespace, since: float | None, until: float | Non
             thresholds=th,
             until=until,
             derived=derived,
-            recompute=getattr(args, "recompute", False),
+            recompute=recompute,
         )
         left_out = 0
         if derived == "exclude":

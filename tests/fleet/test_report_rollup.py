@@ -253,3 +253,32 @@ def test_a_boot_dated_out_of_range_does_not_break_the_report(
     finally:
         store.dispose()
 
+
+def test_the_report_reads_an_older_fleet_database_and_leaves_it_so(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fleet database its owner has not upgraded yet (0012: no rollups): the report
+    counts every row, says so in one line, and migrates nothing (it did: a reader's
+    report upgraded the fleet database, or failed on a reader's rights)."""
+    from khod.store import migrate
+    from khod.store.db import current_revision
+
+    rc, _, err = ctl(
+        capsys, "import", str(write_export(tmp_path / "f.jsonl", fleet())), "--db", db_url
+    )
+    assert rc == 0, err
+    store = open_store(db_url, create=False)
+    try:
+        full, _ = reports(store, None, None, float(T0 + 86400))
+        migrate.downgrade(store, "0012")
+        rc, out, err = ctl(
+            capsys, "report", "transitions", "--db", db_url, "--json", "--include-cold",
+            "--window", "0s",
+        )  # fmt: skip
+        assert rc == 0, err
+        assert current_revision(store) == "0012"
+        assert "counting every boot" in err and len(err.strip().splitlines()) == 1, err
+        got = {(r["previous_release"], r["release"]): r["boots"] for r in json.loads(out)}
+        assert got == {(r["previous_release"], r["release"]): r["boots"] for r in full}
+    finally:
+        store.dispose()
