@@ -15,6 +15,7 @@ import base64
 import binascii
 import functools
 import json
+import math
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -230,7 +231,13 @@ def _scalar(tp: Any, v: Any, where: str) -> Any:
             return v
     elif tp is float:
         if isinstance(v, int | float) and not isinstance(v, bool):
-            return float(v)
+            try:
+                f = float(v)
+            except OverflowError:
+                raise _Bad(f"{where}: {str(v)[:20]}... is past any float") from None
+            if not math.isfinite(f):
+                raise _Bad(f"{where}: {f} is not a finite number")
+            return f
     elif tp is str:
         if isinstance(v, str):
             return v

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -267,6 +268,12 @@ UNREADABLE: dict[str, Callable[[bytes], bytes]] = {
     "another version": lambda good: json.dumps({**json.loads(good), "version": 2}).encode(),
     "cut short": lambda good: good[: len(good) // 2],
     "garbage": lambda _good: bytes(range(256)),
+    "a time no float holds": lambda good: re.sub(
+        rb'("last_ingest":\s*)[^,}]+', rb"\g<1>1" + b"0" * 400, good, count=1
+    ),
+    "a time that is not a number": lambda good: json.dumps(
+        {**json.loads(good), "last_ingest": float("nan")}
+    ).encode(),
 }
 
 
