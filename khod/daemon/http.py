@@ -6,7 +6,8 @@ each answered by one of ``MAX_CONNECTIONS`` handler threads started with the ser
 
 Around the library, what keeps hostile local clients from taking the machine:
 at most ``MAX_CONNECTIONS`` connections, and when they are all taken the oldest one
-that has not sent a whole request head yet is dropped to make room for the new one;
+that has not sent a whole request head yet is dropped to make room for the new one
+(one that sent nothing first: a scrape's request waiting to be read is kept);
 a whole request head within ``HEAD_SECONDS`` (not per recv: a slowloris is dropped)
 and of at most ``MAX_HEAD`` bytes (else 414 or 431); an answer sent within
 ``IO_SECONDS``; handler threads with a small stack (``THREAD_STACK``), all started
@@ -17,9 +18,12 @@ there, never while some other thread of the process may be starting one.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import http.client
 import queue
 import socket
+import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -137,6 +141,18 @@ class _Handler(WSGIRequestHandler):
         return ok
 
 
+def _sent_something(socks: list[socket.socket]) -> set[socket.socket]:
+    """Those of ``socks`` whose client sent bytes not read yet (FIONREAD: never waits,
+    whatever a handler thread is doing with the socket)."""
+    out = set()
+    for s in socks:
+        with contextlib.suppress(OSError):
+            waiting = fcntl.ioctl(s.fileno(), termios.FIONREAD, b"\0\0\0\0")
+            if int.from_bytes(waiting, sys.byteorder):
+                out.add(s)
+    return out
+
+
 class MetricsServer(ThreadingWSGIServer):
     allow_reuse_address = True
     request_queue_size = 128
@@ -209,7 +225,12 @@ class MetricsServer(ThreadingWSGIServer):
         sock = cast(socket.socket, request)
         with self.lock:
             if len(self.conns) >= MAX_CONNECTIONS:
-                victim = next((s for s, (_, done) in self.conns.items() if not done), None)
+                waiting = [s for s, (_, done) in self.conns.items() if not done]
+                # one that sent nothing first: a scrape's request may wait in the socket
+                # for a busy host to read it, and a flood behind it must not push it out
+                sent = _sent_something(waiting)
+                victim = next((s for s in waiting if s not in sent), None)
+                victim = victim if victim is not None else next(iter(waiting), None)
                 if victim is None:  # all of them being answered: they will be gone soon
                     self.shutdown_request(sock)
                     return
