@@ -316,3 +316,10 @@ fleet_rollup_attempts = Table(
         for c in ("attempts", "landed", "failed_to_land", "rejected", "without_handover")
     ),
 )
+# One row per machine the triggers have counted: they lock it, so that a machine's
+# counts change one transaction at a time (no role but the owner reaches it).
+fleet_rollup_locks = Table(
+    "fleet_rollup_locks",
+    metadata,
+    Column("machine_id", String(64), primary_key=True),
+)

@@ -49,6 +49,15 @@ AS $$ SELECT CASE WHEN t IS NULL THEN -1
               ELSE floor(least(greatest(t, 0), @TIME_MAX@) / @BUCKET@)::bigint * @BUCKET@ END $$;
 -- (a time no row may hold, written past khod's checks: in the first or the last bucket)
 
+-- a machine's counts, one transaction at a time: a row lock in a table no role but the
+-- owner reaches (an advisory lock, any role may take and hold)
+CREATE FUNCTION khod_rollup_lock(m text) RETURNS void
+LANGUAGE plpgsql SET search_path = @SCHEMA@, pg_temp AS $$
+BEGIN
+  INSERT INTO fleet_rollup_locks VALUES (m) ON CONFLICT DO NOTHING;
+  PERFORM 1 FROM fleet_rollup_locks WHERE machine_id = m FOR UPDATE;
+END $$;
+
 CREATE FUNCTION khod_rollup_boot(b boots, sign integer, crashed boolean) RETURNS void
 LANGUAGE plpgsql SET search_path = @SCHEMA@, pg_temp AS $$
 DECLARE
@@ -72,7 +81,7 @@ BEGIN
       last_booted_at = greatest(r.last_booted_at, excluded.last_booted_at);
     RETURN;
   END IF;
-  PERFORM pg_advisory_xact_lock(1802006372, hashtext(b.machine_id));
+  PERFORM khod_rollup_lock(b.machine_id);
   IF k <> -1 THEN  -- the bucket's first and last boot but this one
     SELECT min(x.booted_at), max(x.booted_at) INTO lo, hi FROM boots x
     WHERE x.machine_id = b.machine_id AND x.booted_at >= k AND x.booted_at < k + @BUCKET@
@@ -133,7 +142,7 @@ BEGIN
   IF NOT FOUND THEN RETURN; END IF;  -- the boot is being deleted: counted out already
   IF b.kind = 'kexec' AND b.previous_release IS NULL THEN RETURN; END IF;
   -- counted again, not by one: a statement's rows all precede its row triggers
-  PERFORM pg_advisory_xact_lock(1802006372, hashtext(b.machine_id));
+  PERFORM khod_rollup_lock(b.machine_id);
   k := khod_bucket(b.booted_at);
   c := @COLD_B@;
   p := @PREV_B@;
@@ -237,7 +246,7 @@ CREATE FUNCTION khod_rollup_pstore_ins() RETURNS trigger LANGUAGE plpgsql SECURI
 SET search_path = @SCHEMA@, pg_temp AS $$
 BEGIN
   -- a machine's crash records one transaction at a time (in one order: no deadlock)
-  PERFORM pg_advisory_xact_lock(1802006372, hashtext(m.machine_id))
+  PERFORM khod_rollup_lock(m.machine_id)
   FROM (SELECT DISTINCT b.machine_id FROM khod_new_rows n JOIN boots b ON b.id = n.describes
         WHERE n.reason IN @CRASH@ ORDER BY 1) m;
   -- an insert only makes boots crashed: those no earlier record said had crashed
@@ -269,6 +278,7 @@ FOR EACH STATEMENT EXECUTE FUNCTION khod_rollup_pstore_ins();
 
 _HELPERS = (
     "khod_bucket(double precision)",  # the report's too: anyone's
+    "khod_rollup_lock(text)",
     "khod_rollup_boot(boots, integer, boolean)",
     "khod_rollup_attempt(kexec_attempts, integer, text)",
     "khod_crashed(bigint, bigint)",
@@ -388,6 +398,11 @@ def upgrade() -> None:
             key[0], "has_prev", *key[1:], name=op.f("pk_fleet_rollup_attempts")
         ),
     )
+    op.create_table(
+        "fleet_rollup_locks",
+        sa.Column("machine_id", sa.String(length=64), nullable=False),
+        sa.PrimaryKeyConstraint("machine_id", name=op.f("pk_fleet_rollup_locks")),
+    )
     op.create_index(op.f("ix_boots_booted_at"), "boots", ["booted_at"])
     op.create_index(op.f("ix_kexec_attempts_created_at"), "kexec_attempts", ["created_at"])
     if bind.dialect.name != "postgresql":
@@ -422,5 +437,6 @@ def downgrade() -> None:
             op.execute(f"DROP FUNCTION {f}")
     op.drop_index(op.f("ix_kexec_attempts_created_at"), table_name="kexec_attempts")
     op.drop_index(op.f("ix_boots_booted_at"), table_name="boots")
+    op.drop_table("fleet_rollup_locks")
     op.drop_table("fleet_rollup_attempts")
     op.drop_table("fleet_rollup_boots")

@@ -282,3 +282,37 @@ def test_the_report_reads_an_older_fleet_database_and_leaves_it_so(
         assert got == {(r["previous_release"], r["release"]): r["boots"] for r in full}
     finally:
         store.dispose()
+
+
+def test_no_role_can_hold_a_hosts_rollups_locked(
+    pg_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Any role may take any advisory lock: one with no grant at all held the key the
+    rollups' triggers serialise a machine on, and the owner's write of that machine's
+    boots (retention, a rewrite) and every push of its crash records waited on it. The
+    triggers lock a row only the owner can touch."""
+    import psycopg
+
+    dbname = pg_server.create_database()
+    url = pg_server.url(dbname)
+    m = "f" * 32
+    b = [f"ffffffff-0000-4000-8000-{i:012x}" for i in range(3)]
+    objs = [boot_row(m, b[0], "7.0", None, T0), boot_row(m, b[1], "7.1", "7.0", T0 + 3600)]
+    rc, _, err = ctl(capsys, "import", str(write_export(tmp_path / "a.jsonl", objs)), "--db", url)
+    assert rc == 0, err
+    pg_server.psql("CREATE ROLE nobody_in_particular LOGIN", database=dbname)
+    dsn = f"host=127.0.0.1 port={pg_server.port} dbname={dbname}"
+    with psycopg.connect(f"{dsn} user=nobody_in_particular", autocommit=True) as evil:
+        evil.execute("SELECT pg_advisory_lock(1802006372, hashtext(%s))", (m,))
+        with psycopg.connect(f"{dsn} user=postgres", autocommit=True) as owner:
+            owner.execute("SET statement_timeout = '5s'")
+            owner.execute("UPDATE boots SET warnings = 1 WHERE boot_id = %s", (b[1],))
+        crash = [boot_row(m, b[2], "7.1", None, T0 + 7200), pstore_row(m, b[2], b[1], "Panic")]
+        os_env = {"PGOPTIONS": "-c statement_timeout=5s"}
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in os_env.items():
+                mp.setenv(k, v)
+            rc, _, err = ctl(
+                capsys, "import", str(write_export(tmp_path / "b.jsonl", crash)), "--db", url
+            )
+        assert rc == 0, err
