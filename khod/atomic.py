@@ -23,9 +23,9 @@ import re
 import stat
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the boot capture imports this module: nothing it does not need
+TYPE_CHECKING = False  # not ``typing``: the boot capture imports this module
+if TYPE_CHECKING:
     from typing import BinaryIO
 
 

@@ -10,14 +10,17 @@ import os
 import re
 import select
 import sys
-import traceback
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TextIO
-
-if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer as Buffer
 
 from khod.errors import KhodError
+
+# not ``typing``: the daemon's boot capture imports this module before anything else
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import TextIO
+
+    from _typeshed import ReadableBuffer as Buffer
+
 
 # C0 but tab and newline, DEL, C1 (U+009B is a CSI on its own)
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -154,6 +157,14 @@ def store_error_line(e: BaseException) -> str | None:
     return f"database {location}: {describe_db_error(e)}"
 
 
+def _print_traceback() -> None:
+    """--debug's traceback; ``traceback`` is loaded only then (the daemon's boot capture
+    runs under ``run_main`` before anything it does not need)."""
+    import traceback  # noqa: PLC0415
+
+    traceback.print_exc()
+
+
 def run_main(
     prog: str,
     main: Callable[[Sequence[str]], int],
@@ -176,7 +187,7 @@ def run_main(
         return code
     except KhodError as e:
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         if isinstance(e, OutputError):
             _quiet_stdout()  # the interpreter's last flush must not fail again
         print_text(f"{prog}: error: {e}", sys.stderr)
@@ -190,14 +201,14 @@ def run_main(
             _quiet_stdout()
             return STDOUT_CLOSED
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         print(
             f"{prog}: error: broken pipe: {e} (run with --debug for the traceback)", file=sys.stderr
         )
         return 1
     except Exception as e:  # the contract: one line, the traceback only with --debug
         if debug:
-            traceback.print_exc()
+            _print_traceback()
         line = store_error_line(e)
         if line is not None:
             print_text(f"{prog}: error: {line}", sys.stderr)

@@ -12,7 +12,11 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+
+# not ``typing``: the daemon's boot capture imports this module before anything else
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_STATE_DIR = "/var/lib/khod"  # khod.config.Config.state_dir
 
@@ -55,12 +59,18 @@ def configured_state_dir(config: Any) -> str | None:
 def early_capture(args: Any) -> str | None:
     """Daemon start: spool this boot's incoming state before anything heavy is imported,
     into the state dir the ingest will look in (``resolve_state_dir``)."""
+    from khod.cli.options import host_paths  # noqa: PLC0415
+    from khod.errors import KhodError  # noqa: PLC0415
     from khod.sources.capture import capture  # noqa: PLC0415
 
+    try:
+        paths = host_paths(args)  # the one HostPaths of this command line
+    except KhodError:
+        return None  # not a directory: the ingest right after says so, in one line
     cli = args.state_dir
     state = resolve_state_dir(cli, None if cli else configured_state_dir(args.config))
     try:
-        return capture(str(args.sysroot), os.path.join(state, "spool"))
+        return capture(paths, os.path.join(state, "spool"))
     except OSError as e:
         print(f"khod: warning: boot capture failed: {e.strerror}", file=sys.stderr)
         return None
@@ -71,10 +81,11 @@ def parser() -> Any:
     from pathlib import Path  # noqa: PLC0415
 
     from khod import __version__  # noqa: PLC0415
-    from khod.cli.common import add_common, whole_number  # noqa: PLC0415
+    from khod.cli.options import HelpFormatter, add_common, whole_number  # noqa: PLC0415
 
     p = argparse.ArgumentParser(
         prog="khod",
+        formatter_class=HelpFormatter,
         description="Record this boot's kexec handover "
         "(KHO) state and the previous kernel's last words.",
     )
@@ -229,8 +240,7 @@ def run_args(args: Any, first: Any = None) -> int:
 
 
 def run() -> None:
-    from khod.cli.common import run_main  # noqa: PLC0415  (standard library only)
-    from khod.oneline import guard_stdout, lenient_stdout  # noqa: PLC0415
+    from khod.oneline import guard_stdout, lenient_stdout, run_main  # noqa: PLC0415
 
     guard_stdout()  # before the capture opens any file; --help and --version write to it
     os.umask(0o077)  # the state dir, spool, database and snapshot are private

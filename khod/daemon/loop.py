@@ -184,7 +184,7 @@ class Daemon:
         from khod.metrics import SnapshotCollector, make_registry  # noqa: PLC0415
         from khod.sources.capture import read_boot_id  # noqa: PLC0415
 
-        self.boot_id = read_boot_id(str(self.s.paths.root))
+        self.boot_id = read_boot_id(self.s.paths)
         store_errors = 0
         if self.boot_id is not None:
             store_errors, warning = load_store_errors(self.s.counters, self.boot_id)

@@ -117,7 +117,7 @@ def run_ingest(job: IngestJob, on_ready: Callable[[], object] | None = None) -> 
     spool = Path(cfg.state_dir) / "spool"
     rescan: Rescan | None = None
     try:
-        for line in recover_spools(spool, store, opts, read_boot_id(str(paths.root))):
+        for line in recover_spools(spool, store, opts, read_boot_id(paths)):
             print(f"khod: {line}", file=sys.stderr)
         if obs is None:
             from khod.sources.identity import this_boot, this_machine  # noqa: PLC0415

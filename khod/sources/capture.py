@@ -74,8 +74,7 @@ def _walk(top: Path) -> list[Path]:
     return out
 
 
-def read_boot_id(root: str) -> str | None:
-    paths = HostPaths(Path(root))
+def read_boot_id(paths: HostPaths) -> str | None:
     try:
         return parse_boot_id(read_bytes(paths.boot_id, paths.rel(paths.boot_id), 4096), "boot_id")
     except (SourceError, ParseError):
@@ -93,12 +92,11 @@ def clean_spool(spool_dir: str | os.PathLike[str]) -> None:
         )
 
 
-def capture(root: str, spool_dir: str) -> str | None:
+def capture(paths: HostPaths, spool_dir: str) -> str | None:
     """Write this boot's spool; return its path, or None when the boot has no id."""
-    boot_id = read_boot_id(root)
+    boot_id = read_boot_id(paths)
     if boot_id is None:
         return None
-    paths = HostPaths(Path(root))
     parts = [MAGIC]
     total = 0
     for path in _files(paths):

@@ -938,7 +938,7 @@ def test_nothing_khod_runs_opens_dev_liveupdate(
     _OPENED = []
     try:
         collect(HostPaths(root))
-        assert cap.capture(str(root), str(tmp_path / "spool")) is not None
+        assert cap.capture(HostPaths(root), str(tmp_path / "spool")) is not None
         _, res, _ = on(capsys, root, "check", "--json")
         assert "not opened" in by_name(res)["liveupdate"]["detail"]
         on(capsys, root, "status", "--json", db=f"sqlite:///{tmp_path}/k.db")

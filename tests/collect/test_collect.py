@@ -406,7 +406,7 @@ def test_the_boot_capture_keeps_who_loaded_the_kernel(
     come back from it as a cold boot."""
     root = sysroot("nokho/step1")
     variants.replace(root, LOADER, b"208\n")
-    spool = cap.capture(str(root), str(tmp_path / "spool"))
+    spool = cap.capture(HostPaths(root), str(tmp_path / "spool"))
     assert spool is not None
     cap.unpack(spool, str(tmp_path / "tree"))
     obs = collect(HostPaths(tmp_path / "tree"))

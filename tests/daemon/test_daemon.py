@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from khod.paths import HostPaths
 from khod.sources.capture import capture
 from tests.conftest import FIXTURES, SysrootFactory
 from tests.daemon_helpers import BIN, running_daemon
@@ -173,7 +174,7 @@ def test_a_boot_left_in_the_spool_is_ingested_at_the_next_start(
 ) -> None:
     # boot A was captured, then the host died before the ingest finished
     a = sysroot("pstore-kho/step1")
-    capture(str(a), str(tmp_path / "state" / "spool"))
+    capture(HostPaths(a), str(tmp_path / "state" / "spool"))
     b = sysroot("pstore-kho/step2")
     with running_daemon(b, tmp_path) as d:
         d.wait_for("READY=1")
@@ -199,7 +200,7 @@ def test_a_file_over_the_capture_limit_is_left_out_whole_not_cut(
     big = root / "sys/fs/pstore/dmesg-ramoops-9"
     big.write_bytes(b"x" * (3 << 20))
     monkeypatch.setattr(cap, "FILE_LIMIT", 1 << 20)
-    spool = cap.capture(str(root), str(tmp_path / "spool"))
+    spool = cap.capture(HostPaths(root), str(tmp_path / "spool"))
     assert spool is not None
     cap.unpack(spool, str(tmp_path / "tree"))
     got = {p.name: p.stat().st_size for p in (tmp_path / "tree/sys/fs/pstore").iterdir()}
@@ -217,6 +218,52 @@ def test_capture_only_writes_a_durable_spool(sysroot: SysrootFactory, tmp_path: 
     (spool,) = (tmp_path / "spool").iterdir()
     assert spool.name == "30341bb4-f2be-44ce-9dc1-bc1efbab050a.spool"
     assert spool.stat().st_mode & 0o777 == 0o600
+
+
+# what the boot capture must not wait for: the store, the exporter, and the modules that
+# only help, JSON or a traceback need (each costs the capture milliseconds at every boot)
+NOT_BEFORE_CAPTURE = {
+    "sqlalchemy",
+    "prometheus_client",
+    "khod.config",
+    "khod.cli.common",
+    "khod.store",
+    "json",
+    "traceback",
+    "shutil",
+    "typing",
+}
+
+
+def test_the_boot_capture_loads_nothing_it_does_not_need(
+    sysroot: SysrootFactory, tmp_path: Path
+) -> None:
+    """The daemon spools this boot's state first, so a kernel that dies again within
+    seconds still leaves its handover behind; what the interpreter loads before that
+    is the capture's cost (bench/run.py capture). Compared with a bare interpreter in
+    the same environment, so a module that environment loads anyway is not counted."""
+    show = "import atexit, sys; atexit.register(lambda: print(' '.join(sys.modules)))"
+    bare = subprocess.run(
+        [str(BIN / "python"), "-c", show], check=False, capture_output=True, text=True
+    )
+    argv = [
+        "khod",
+        "--capture-only",
+        "--sysroot",
+        str(sysroot("kexec1/step1")),
+        "--state-dir",
+        str(tmp_path),
+    ]
+    run = f"{show}; sys.argv = {argv!r}; from khod.cli.khod_main import run; run()"
+    r = subprocess.run(
+        [str(BIN / "python"), "-c", run], check=False, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "spool").iterdir())) == 1
+    loaded = set(r.stdout.split()) - set(bare.stdout.split())
+    assert "khod.sources.capture" in loaded
+    heavy = [m for m in loaded for n in NOT_BEFORE_CAPTURE if m == n or m.startswith(n + ".")]
+    assert sorted(heavy) == []
 
 
 def test_snapshot_is_private(sysroot: SysrootFactory, tmp_path: Path) -> None:

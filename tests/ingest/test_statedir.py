@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
+from khod.paths import HostPaths
 from khod.sources.capture import capture
 from tests.conftest import SysrootFactory
 from tests.daemon_helpers import BIN, running_daemon
@@ -73,7 +74,7 @@ def test_daemon_with_state_dir_only_in_the_config_leaves_no_orphan_spool(
     sysroot: SysrootFactory, tmp_path: Path
 ) -> None:
     state = tmp_path / "configured"
-    capture(str(sysroot("pstore-kho/step1")), str(state / "spool"))  # an earlier, unfinished
+    capture(HostPaths(sysroot("pstore-kho/step1")), str(state / "spool"))  # an earlier, unfinished
     default, prefix, env = isolated_default(tmp_path)
     conf = config_naming(tmp_path, state)
     root = sysroot("pstore-kho/step2")
