@@ -14,6 +14,11 @@ class BootKind(StrEnum):
     COLD = "cold"  # no sign of a kexec (firmware or VMM boot, or a loader not told)
 
 
+# a boot through a kexec, a KHO handover or not: with a known previous release, its
+# transition's boot (the report, its rollups, and migration 0013's triggers, frozen)
+THROUGH_KEXEC = (BootKind.KEXEC, BootKind.KEXEC_NO_HANDOVER, BootKind.KEXEC_REJECTED)
+
+
 class Severity(StrEnum):
     INFO = "info"
     WARNING = "warning"

@@ -286,14 +286,11 @@ def predates_rollups(store: Any) -> bool:
     """A store whose schema has no rollups yet (its owner upgrades it): said in one
     line, and the report counts every row. An empty one gets the schema as before; one a
     newer khod wrote is refused."""
-    from khod.store.db import current_revision, ensure_schema  # noqa: PLC0415
+    from khod.store.db import revision_off_head  # noqa: PLC0415
     from khod.store.schema import HEAD_REVISION  # noqa: PLC0415
 
-    rev = current_revision(store)
-    if rev == HEAD_REVISION:
-        return False
+    rev = revision_off_head(store)
     if rev is None:
-        ensure_schema(store)
         return False
     from khod.store import migrate  # noqa: PLC0415
 

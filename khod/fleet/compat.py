@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import StoreError
 from khod.fleet.format import TABLES
-from khod.store.db import current_revision, ensure_schema
+from khod.store.db import revision_off_head
 from khod.store.handle import Store, describe_db_error
 from khod.store.schema import HEAD_REVISION
 
@@ -69,11 +69,8 @@ def _columns(target: Store) -> Columns:
 def writable(target: Store) -> Columns | None:
     """Check that this khod may push into ``target`` without migrating it; the columns
     to write (None: all of this khod's). A one-line StoreError otherwise."""
-    rev = current_revision(target)
-    if rev == HEAD_REVISION:
-        return None
+    rev = revision_off_head(target)
     if rev is None:
-        ensure_schema(target)
         return None
     revs = chain()
     if rev in revs:

@@ -42,8 +42,8 @@ from khod.records import (
     FAILED_TO_LAND,
     RAN,
     REJECTED,
+    THROUGH_KEXEC,
     WITHOUT_HANDOVER,
-    BootKind,
     MetadataSource,
     Verdict,
 )
@@ -72,7 +72,15 @@ def _derived() -> Any:
 
 # the kinds of boot a kexec made: with a known previous release, a transition's (on a
 # fleet without KHO every kexec is kexec-no-handover, its chain derived by khod)
-THROUGH_KEXEC = (BootKind.KEXEC, BootKind.KEXEC_NO_HANDOVER, BootKind.KEXEC_REJECTED)
+def _window(q: Any, column: Any, since: float | None, until: float | None, as_: type) -> Any:
+    """``q`` kept to rows whose ``column`` is from ``since`` to ``until`` (either open),
+    the bounds bound as the column's type (``as_``: int for boot times, float for an
+    attempt's)."""
+    if since is not None:
+        q = q.where(column >= literal(as_(since)))
+    if until is not None:
+        q = q.where(column <= literal(as_(until)))
+    return q
 
 
 def _through() -> Any:
@@ -142,11 +150,7 @@ def transitions_query(
     q = q.where(through | ~kexec if include_cold else through)
     if derived != "include":
         q = q.where(~through | (_derived() if derived == "only" else ~_derived()))
-    if since is not None:
-        q = q.where(boots.c.booted_at >= literal(int(since)))
-    if until is not None:
-        q = q.where(boots.c.booted_at <= literal(int(until)))
-    return q
+    return _window(q, boots.c.booted_at, since, until, int)
 
 
 def derived_query(since: float | None = None, until: float | None = None) -> Any:
@@ -156,11 +160,7 @@ def derived_query(since: float | None = None, until: float | None = None) -> Any
         .where(_through(), _derived())
         .group_by(boots.c.previous_release, boots.c.release)
     )
-    if since is not None:
-        q = q.where(boots.c.booted_at >= literal(int(since)))
-    if until is not None:
-        q = q.where(boots.c.booted_at <= literal(int(until)))
-    return q
+    return _window(q, boots.c.booted_at, since, until, int)
 
 
 def derived_counts(
@@ -206,11 +206,7 @@ def attempts_query(since: float | None = None, until: float | None = None) -> An
         .where(a.c.verdict.in_([str(v) for v in RAN]))
         .group_by(a.c.expected_previous_release, release, a.c.machine_id)
     )
-    if since is not None:
-        q = q.where(a.c.created_at >= literal(float(since)))
-    if until is not None:
-        q = q.where(a.c.created_at <= literal(float(until)))
-    return q
+    return _window(q, a.c.created_at, since, until, float)
 
 
 def transitions(

@@ -22,7 +22,15 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from khod.records import CRASH_REASONS, FAILED_TO_LAND, RAN, REJECTED, WITHOUT_HANDOVER, Verdict
+from khod.records import (
+    CRASH_REASONS,
+    FAILED_TO_LAND,
+    RAN,
+    REJECTED,
+    THROUGH_KEXEC,
+    WITHOUT_HANDOVER,
+    Verdict,
+)
 
 BUCKET = 30 * 86400  # the migration's khod_bucket()
 _BIG = 2**62
@@ -38,11 +46,9 @@ _CRASHED = (
 )
 # a bucket wholly in the window; :all: no window at all (the bucket of no time too)
 _WHOLE_B = "(({k} <> -1 AND {k} >= :since_i AND {k} + {w} - 1 <= :until_i) OR ({k} = -1 AND :all))"
-# a transition's boot (khod.fleet.report.THROUGH_KEXEC; migration 0013's _through)
-_THROUGH_B = (
-    "(b.kind IN ('kexec', 'kexec-no-handover', 'kexec-rejected') "
-    "AND b.previous_release IS NOT NULL)"
-)
+# a transition's boot (khod.records.THROUGH_KEXEC, as khod.fleet.report reads it)
+_KINDS_B = ", ".join(f"'{k}'" for k in THROUGH_KEXEC)
+_THROUGH_B = f"(b.kind IN ({_KINDS_B}) AND b.previous_release IS NOT NULL)"
 _KEY_B = f"CASE WHEN {_THROUGH_B} THEN b.previous_release END"
 _KNOWN_B = "(b.kind <> 'kexec' OR b.previous_release IS NOT NULL)"
 

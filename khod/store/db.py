@@ -271,6 +271,17 @@ def open_reader(url_text: str | None = None, *, read_only: bool | None = True) -
     return open_store(url_text, create=False, migrate=False, read_only=read_only)
 
 
+def revision_off_head(store: Store) -> str | None:
+    """The store's revision when it is not this khod's (older or newer); None at head.
+    A store with no schema yet (a new file, an empty database its user owns) is given
+    it: that is a store being created, not one migrated. For the callers that never
+    migrate (a push, the report)."""
+    rev = current_revision(store)
+    if rev is None:
+        ensure_schema(store)
+    return None if rev in (None, HEAD_REVISION) else rev
+
+
 def ensure_schema(store: Store) -> str:
     """Bring the schema to head; return the revision. Cheap when already current."""
     rev = current_revision(store)

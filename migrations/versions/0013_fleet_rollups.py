@@ -330,7 +330,9 @@ ON CONFLICT (bucket, has_prev, previous_release, release, machine_id) DO UPDATE 
 
 def _through(x: str) -> str:
     """A boot through a kexec from a known release: a transition's (a KHO kexec, or on a
-    fleet without KHO one without a handover or a refused one, its chain derived)."""
+    fleet without KHO one without a handover or a refused one, its chain derived).
+    Spelled here, not taken from ``khod.records.THROUGH_KEXEC``: a migration is frozen;
+    tests/fleet/test_report_rollup.py checks the two agree."""
     kinds = _in(("kexec", "kexec-no-handover", "kexec-rejected"))
     return f"({x}.kind IN {kinds} AND {x}.previous_release IS NOT NULL)"
 

@@ -316,3 +316,22 @@ def test_no_role_can_hold_a_hosts_rollups_locked(
                 capsys, "import", str(write_export(tmp_path / "b.jsonl", crash)), "--db", url
             )
         assert rc == 0, err
+
+
+def test_the_triggers_count_the_kinds_the_report_counts() -> None:
+    """Migration 0013 spells the kinds of a transition's boot itself (a migration is
+    frozen); should ``THROUGH_KEXEC`` gain a kind, the rollups would miss its boots
+    while ``--recompute`` counted them."""
+    import importlib.util
+    import re
+
+    from khod.records import THROUGH_KEXEC, BootKind
+
+    path = Path(__file__).parents[2] / "migrations/versions/0013_fleet_rollups.py"
+    spec = importlib.util.spec_from_file_location("khod_migration_0013", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    kinds = set(re.findall(r"'([a-z-]+)'", mod._through("b")))
+    assert kinds == {str(k) for k in THROUGH_KEXEC}
+    assert str(BootKind.COLD) not in kinds
