@@ -131,7 +131,7 @@ def hand_load_sqlite(path: Path, db: Path, schema: bool = False) -> float:
 
 def khoctl_import(path: Path, url: str, src: str | None = None) -> tuple[float, dict[str, Any]]:
     """Wall time and --json answer of `khoctl import` (of the khod in src, if given)."""
-    from bench.fleet import KHOCTL
+    from bench.fleetgen import KHOCTL
 
     env = dict(os.environ)
     if src is not None:
@@ -170,7 +170,7 @@ def _empty_store(pg: Any, name: str, db: Path) -> str:
 def measure(
     sizes: list[int], tmp: Path, baseline_src: str | None = None, baseline_max: int = 0
 ) -> None:
-    from bench.fleet import generate
+    from bench.fleetgen import generate
 
     with pgserver.running_server(durable=True) as pg:
         for n in sizes:

@@ -30,7 +30,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.fleet import HAND_ATTEMPTS_SQL, KHOCTL, generate, hand_sql, time_hand  # noqa: E402
+from bench.fleet import HAND_ATTEMPTS_SQL, hand_sql, time_hand  # noqa: E402
+from bench.fleetgen import KHOCTL, generate  # noqa: E402
 from tests import pgserver  # noqa: E402
 
 TRIGGERS = (

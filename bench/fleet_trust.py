@@ -268,7 +268,7 @@ def roles_at_scale(n_roles: int, tmp: Path) -> None:
 
 
 def main() -> int:
-    from bench.fleet import generate
+    from bench.fleetgen import generate
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--boots", type=int, default=40_000)
