@@ -335,3 +335,68 @@ def test_the_triggers_count_the_kinds_the_report_counts() -> None:
     kinds = set(re.findall(r"'([a-z-]+)'", mod._through("b")))
     assert kinds == {str(k) for k in THROUGH_KEXEC}
     assert str(BootKind.COLD) not in kinds
+
+
+def test_a_push_beside_retention_keeps_the_first_and_last_boot(
+    pg_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A host pushes a boot while the owner's retention deletes an older one of the same
+    machine, transition and bucket. The delete recounts the bucket's first and last boot
+    from the rows it can see; the push's boot, not committed yet, was not among them,
+    and once the push committed the rollup's last boot was the deleted one's neighbour:
+    the report's ``last_booted`` went back in time (``--recompute`` had it right)."""
+    import threading
+
+    import psycopg
+
+    dbname = pg_server.create_database()
+    url = pg_server.url(dbname)
+    m = "c" * 32
+    b = [f"cccccccc-0000-4000-8000-{i:012x}" for i in range(4)]
+    t = (T0 // BUCKET) * BUCKET + 86400  # all in one bucket
+    objs = [
+        boot_row(m, b[0], "7.0", None, t),
+        boot_row(m, b[1], "7.1", "7.0", t + 3600),
+        boot_row(m, b[2], "7.1", "7.0", t + 7200),
+    ]
+    rc, _, err = ctl(capsys, "import", str(write_export(tmp_path / "a.jsonl", objs)), "--db", url)
+    assert rc == 0, err
+    cols = [c.name for c in boots.columns if c.name not in ("id", "boot_id", "booted_at", "seq")]
+    push = (
+        f"INSERT INTO boots (boot_id, booted_at, seq, {', '.join(cols)}) "
+        f"SELECT %s, %s, seq + 10, {', '.join(cols)} FROM boots WHERE boot_id = %s"
+    )
+    dsn = f"host=127.0.0.1 port={pg_server.port} dbname={dbname} user=postgres"
+    with psycopg.connect(dsn) as host, psycopg.connect(dsn, autocommit=True) as watch:
+        host.execute(push, (b[3], t + 9000, b[2]))  # not committed yet
+        with psycopg.connect(dsn, autocommit=True) as owner:
+            pid = owner.info.backend_pid
+            done: list[BaseException | None] = []
+
+            def retention() -> None:
+                try:
+                    owner.execute("DELETE FROM boots WHERE boot_id = %s", (b[2],))
+                    done.append(None)
+                except BaseException as e:  # reported by the assertion below
+                    done.append(e)
+
+            worker = threading.Thread(target=retention)
+            worker.start()
+            for _ in range(600):  # until the delete waits on the push (a lock), or ends
+                row = watch.execute(
+                    "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)
+                ).fetchone()
+                if done or (row and row[0] == "Lock"):
+                    break
+                threading.Event().wait(0.05)
+            host.commit()
+            worker.join(60)
+            assert done == [None]
+    store = open_store(url, create=False)
+    try:
+        rollup, full = reports(store, None, None, float(t + 10 * 86400))
+        row = next(r for r in full if (r["previous_release"], r["release"]) == ("7.0", "7.1"))
+        assert (row["boots"], row["last_booted_at"]) == (2, t + 9000)
+        assert rollup == full
+    finally:
+        store.dispose()
