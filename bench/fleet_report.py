@@ -35,6 +35,7 @@ from bench.fleetgen import KHOCTL, generate  # noqa: E402
 from tests import pgserver  # noqa: E402
 
 TRIGGERS = (
+    ("boots", "khod_rollup_hold"),
     ("boots", "khod_rollup_insert"),
     ("boots", "khod_rollup"),
     ("boots", "khod_rollup_delete"),
