@@ -147,3 +147,9 @@ def legacy_source(kind: str, path: str) -> EventSource:
     if "pstore" in path:
         return EventSource.PSTORE
     return EventSource.IDENTITY
+
+
+# report --derived: the boots through a kexec whose chain khod derived itself (its own
+# attempt record, or the boot it recorded before): counted with the others, left out,
+# or alone
+DERIVED_CHOICES = ("include", "exclude", "only")

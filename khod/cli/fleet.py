@@ -14,6 +14,7 @@ from typing import IO, Any
 
 from khod.cli.common import Cmd, fraction, print_json, print_text, whole_number
 from khod.errors import KhodError
+from khod.records import DERIVED_CHOICES
 
 SINCE_HELP = (
     "boots at or after TIME, as journalctl takes it: yesterday, -2h, '2026-11-01 08:00' "
@@ -54,7 +55,7 @@ def add_parsers(cmd: Cmd) -> None:
     )
     c.add_argument(
         "--derived",
-        choices=("include", "exclude", "only"),  # khod.fleet.report.DERIVED_CHOICES
+        choices=DERIVED_CHOICES,
         default="include",
         help="the boots through a kexec whose chain khod derived itself (metadata_source "
         "attempt or derived): counted with the kernel's (include, the default), left out "

@@ -39,6 +39,7 @@ from khod.fleet.stats import Thresholds
 from khod.fleet.verdicts import RATES, Transition, build, report, totals
 from khod.records import (
     CRASH_REASONS,
+    DERIVED_CHOICES,
     FAILED_TO_LAND,
     RAN,
     REJECTED,
@@ -59,9 +60,6 @@ __all__ = [
     "transitions",
     "transitions_query",
 ]
-# --derived: the boots through a kexec whose chain khod derived itself (its own attempt
-# record, or the boot it recorded before): counted with the others, left out, or alone
-DERIVED_CHOICES = ("include", "exclude", "only")
 DERIVED_SOURCES = (str(MetadataSource.ATTEMPT), str(MetadataSource.DERIVED))
 
 
