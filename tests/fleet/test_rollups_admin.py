@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from khod.fleet import rollups_admin
 from khod.store.db import open_store
 from khod.store.retention import retention
 from tests.builders import boot_row, write_export
@@ -139,6 +141,43 @@ def test_drifted_rollups_are_named_and_rebuilt(
     assert reports_agree(capsys, url)
     rc, out, _ = ctl(capsys, "fleet", "rollups", "--db", url)
     assert rc == 0 and out.startswith("rollups agree with ")
+
+
+def test_a_rebuild_waits_for_a_push_under_way_and_counts_it(
+    pg_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A push that has written boots but not committed when the rebuild starts: the
+    rebuild waits for it (its SHARE lock), then counts its boots; none is lost."""
+    import psycopg
+
+    db, url = new_fleet(pg_server, tmp_path, capsys, fleet())
+    known = "SELECT count(*) FROM boots WHERE kind <> 'kexec' OR previous_release IS NOT NULL"
+    n0 = int(pg_server.psql(known, db))
+    dsn = f"host=127.0.0.1 port={pg_server.port} dbname={db} user=postgres"
+    out: dict[str, Any] = {}
+    store = open_store(url, create=False, migrate=False)
+    with psycopg.connect(dsn) as push, psycopg.connect(dsn, autocommit=True) as watch:
+        push.execute(  # a kexec boot copied under a new boot id, as a push inserts it
+            "CREATE TEMP TABLE b AS SELECT * FROM boots WHERE kind = 'kexec' LIMIT 1; "
+            "UPDATE b SET id = nextval(pg_get_serial_sequence('boots', 'id')), "
+            "boot_id = gen_random_uuid()::text; INSERT INTO boots SELECT * FROM b"
+        )
+        worker = threading.Thread(target=lambda: out.update(rollups_admin.rebuild(store)))
+        worker.start()
+        waits: list[Any] = []
+        while not waits and worker.is_alive():  # until the rebuild waits for a lock
+            waits = watch.execute(
+                "SELECT l.locktype, c.relname, l.mode FROM pg_locks l "
+                "LEFT JOIN pg_class c ON c.oid = l.relation WHERE NOT l.granted"
+            ).fetchall()
+        assert waits == [("relation", "boots", "ShareLock")] and not out
+        assert worker.is_alive()
+        push.commit()
+        worker.join()
+    store.dispose()
+    assert out["boots"] == n0 + 1 == int(pg_server.psql(known, db))
+    rc, said, _ = ctl(capsys, "fleet", "rollups", "--db", url)
+    assert rc == 0 and said.startswith(f"rollups agree with {n0 + 1} boots")
 
 
 @pytest.mark.parametrize("group", ["khod_host", "khod_report"])
