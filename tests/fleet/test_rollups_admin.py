@@ -213,3 +213,23 @@ def test_sqlite_keeps_no_rollups(
         )  # fmt: skip
     rc, out, err = ctl(capsys, "fleet", "rollups", "--db", sqlite_url, "--json")
     assert rc == 0 and json.loads(out)["kept"] is False
+
+
+def test_a_database_the_owner_has_not_upgraded_is_left_so(
+    pg_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """At 0012 (no rollups yet): one line, exit 1, the database not migrated."""
+    from khod.store import migrate
+    from khod.store.db import current_revision
+
+    _, url = new_fleet(pg_server, tmp_path, capsys, fleet())
+    store = open_store(url, create=False)
+    try:
+        migrate.downgrade(store, "0012")
+        for action in ("--check", "--rebuild"):
+            rc, out, err = ctl(capsys, "fleet", "rollups", action, "--db", url)
+            assert (rc, out) == (1, "") and err.count("\n") == 1, err
+            assert "is at schema revision 0012" in err and "khoctl db upgrade" in err
+        assert current_revision(store) == "0012"
+    finally:
+        store.dispose()
