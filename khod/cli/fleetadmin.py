@@ -1,5 +1,6 @@
-"""khoctl fleet init|enroll|revoke: the operator's side of fleet trust (khod.fleet.admin),
-run against the fleet database with its owner role (``--db URL``)."""
+"""khoctl fleet init|enroll|revoke|rollups: the operator's side of fleet trust
+(khod.fleet.admin) and of the report's rollups (khod.fleet.rollups_admin), run against
+the fleet database with its owner role (``--db URL``)."""
 
 from __future__ import annotations
 
@@ -109,6 +110,24 @@ def add_parsers(cmd: Cmd) -> None:
     c.add_argument("machine_id", nargs="?", metavar="MACHINE_ID", help="the host's machine id")
     c.add_argument("--reporter", metavar="NAME", help="revoke a reporting role instead")
     c.add_argument("--drop", action="store_true", help="drop the role too (its rows stay)")
+    c = action(
+        "rollups",
+        "whether the report's rollups (PostgreSQL) agree with the rows, counted again; "
+        "rebuild them from the rows",
+    )
+    how = c.add_mutually_exclusive_group()
+    how.add_argument(
+        "--check",
+        action="store_true",
+        help="compare them with the rows (the default): exit 1 where they differ",
+    )
+    how.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="replace them with the rows' counts in one transaction, holding off every "
+        "write to boots, pstore_records and kexec_attempts (hosts' pushes wait) until it "
+        "commits; then check",
+    )
 
 
 def _ca_args(c: argparse.ArgumentParser) -> None:
@@ -146,6 +165,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
     if args.action in ("ca", "server-cert"):
         return _certs(args)
+    if args.action == "rollups":
+        return _rollups(args)
     from khod.store.db import open_store  # noqa: PLC0415
 
     if args.action == "init":
@@ -207,6 +228,56 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     else:
         print_text(line)
     return 0
+
+
+SQLITE_ROLLUPS = "a SQLite store keeps no rollups: the report counts every row"
+
+
+def _rollups(args: argparse.Namespace) -> int:
+    """Check (exit 1 where they differ) or rebuild the rollups; never migrates."""
+    from khod.fleet import rollups_admin  # noqa: PLC0415
+    from khod.store.db import open_store  # noqa: PLC0415
+
+    store = open_store(args.db, create=False, migrate=False)
+    try:
+        if store.url.get_backend_name() != "postgresql":
+            res: dict[str, object] = {"database": store.location, "kept": False}
+            lines = [SQLITE_ROLLUPS]
+            ok = True
+        else:
+            _at_head(store, "rollups")
+            res = {"database": store.location, "kept": True}
+            lines = []
+            if args.rebuild:
+                done = rollups_admin.rebuild(store)
+                res["rebuilt"] = done
+                lines.append(
+                    f"rebuilt the rollups: {done['boot_rows']} boot rows ({done['boots']} "
+                    f"boots), {done['attempt_rows']} attempt rows ({done['attempts']} "
+                    f"attempts); {done['changed_boot_rows']} boot rows and "
+                    f"{done['changed_attempt_rows']} attempt rows had differed"
+                )
+            out = rollups_admin.check(store)
+            res.update(out)
+            ok = bool(out["agree"])
+            if ok:
+                lines.append(
+                    f"rollups agree with {out['boots']} boots and {out['attempts']} attempts"
+                )
+            else:
+                lines.append(
+                    f"rollups differ: {out['differing_boot_rows']} boot rows, "
+                    f"{out['differing_attempt_rows']} attempt rows (machines "
+                    f"{', '.join(out['machines'])}: run khoctl fleet rollups --rebuild)"
+                )
+    finally:
+        store.dispose()
+    if args.json:
+        print_json(res, "rollups")
+    else:
+        for line in lines:
+            print_text(line)
+    return 0 if ok else 1
 
 
 def _root_cert_default(db: str | None, ca_cert: Path) -> str | None:
