@@ -36,20 +36,20 @@ BUCKET = 30 * 86400  # the migration's khod_bucket()
 _BIG = 2**62
 
 
-def _in(values: tuple[Any, ...]) -> str:
+def sql_list(values: tuple[Any, ...]) -> str:
+    """``values`` as an SQL list of string literals: ``('a', 'b')``."""
     return "(" + ", ".join("'" + str(v).replace("'", "''") + "'" for v in values) + ")"
 
 
 _CRASHED = (
     "EXISTS (SELECT 1 FROM pstore_records p WHERE p.describes = b.id "
-    f"AND p.reason IN {_in(CRASH_REASONS)})"
+    f"AND p.reason IN {sql_list(CRASH_REASONS)})"
 )
 # a bucket wholly in the window; :all: no window at all (the bucket of no time too)
 _WHOLE_B = "(({k} <> -1 AND {k} >= :since_i AND {k} + {w} - 1 <= :until_i) OR ({k} = -1 AND :all))"
 # a transition's boot (khod.records.THROUGH_KEXEC, as khod.fleet.report reads it)
-_KINDS_B = ", ".join(f"'{k}'" for k in THROUGH_KEXEC)
-_THROUGH_B = f"(b.kind IN ({_KINDS_B}) AND b.previous_release IS NOT NULL)"
-_KEY_B = f"CASE WHEN {_THROUGH_B} THEN b.previous_release END"
+THROUGH_B = f"(b.kind IN {sql_list(THROUGH_KEXEC)} AND b.previous_release IS NOT NULL)"
+_KEY_B = f"CASE WHEN {THROUGH_B} THEN b.previous_release END"
 _KNOWN_B = "(b.kind <> 'kexec' OR b.previous_release IS NOT NULL)"
 
 BOOTS_SQL = f"""
@@ -104,11 +104,11 @@ WITH u AS (
   FROM fleet_rollup_attempts r WHERE {_WHOLE_A.format(k="r.bucket", w=BUCKET)}
   UNION ALL
   SELECT a.expected_previous_release, {_REL_A}, a.machine_id, 1,
-         (a.verdict = '{Verdict.LANDED}')::int, (a.verdict IN {_in(FAILED_TO_LAND)})::int,
-         (a.verdict IN {_in(REJECTED)})::int, (a.verdict IN {_in(WITHOUT_HANDOVER)})::int
+         (a.verdict = '{Verdict.LANDED}')::int, (a.verdict IN {sql_list(FAILED_TO_LAND)})::int,
+         (a.verdict IN {sql_list(REJECTED)})::int, (a.verdict IN {sql_list(WITHOUT_HANDOVER)})::int
   FROM kexec_attempts a LEFT JOIN boots j ON j.id = a.verdict_boot
   WHERE NOT :all AND a.created_at >= :since AND a.created_at <= :until
-    AND a.verdict IN {_in(RAN)}
+    AND a.verdict IN {sql_list(RAN)}
     AND NOT {_WHOLE_A.format(k="khod_bucket(a.created_at)", w=BUCKET)}
 ), h AS (
   SELECT prev, release, machine_id, sum(attempts) AS attempts, sum(landed) AS landed,

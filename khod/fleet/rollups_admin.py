@@ -22,18 +22,13 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import KhodError, StoreError
-from khod.records import (
-    CRASH_REASONS,
-    FAILED_TO_LAND,
-    RAN,
-    REJECTED,
-    THROUGH_KEXEC,
-    WITHOUT_HANDOVER,
-    Verdict,
-)
+from khod.fleet.rollup import THROUGH_B
+from khod.fleet.rollup import sql_list as _in
+from khod.records import CRASH_REASONS, FAILED_TO_LAND, RAN, REJECTED, WITHOUT_HANDOVER, Verdict
 from khod.store.handle import Store, describe_db_error
 
 SAMPLE = 20  # differing keys a --json check lists
+LOCK_TIMEOUT_S = 60  # as a migration's lock (khod.store.migrate)
 KEYS = {
     "boots": ("bucket", "cold", "previous_release", "release", "machine_id"),
     "attempts": ("bucket", "has_prev", "previous_release", "release", "machine_id"),
@@ -47,11 +42,7 @@ COUNTS = {
 }  # fmt: skip
 
 
-def _in(values: tuple[Any, ...]) -> str:
-    return "(" + ", ".join("'" + str(v).replace("'", "''") + "'" for v in values) + ")"
-
-
-_THROUGH = f"(b.kind IN {_in(THROUGH_KEXEC)} AND b.previous_release IS NOT NULL)"
+_THROUGH = THROUGH_B  # a transition's boot, as the report reads it
 _COLD = f"(b.kind <> 'kexec' AND NOT {_THROUGH})"
 _CRASH = _in(CRASH_REASONS)
 
@@ -178,7 +169,12 @@ def rebuild(store: Store) -> dict[str, Any]:
         with store.writer.begin() as conn:
             _owner(conn, store, "--rebuild")
             # the tables in the order a push writes them: a push already under way
-            # finishes first
+            # finishes first; a transaction that holds them longer ends the rebuild
+            # (one line) instead of queueing every host's push behind it
+            conn.execute(
+                text("SELECT set_config('lock_timeout', :t, true)"),
+                {"t": f"{LOCK_TIMEOUT_S * 1000}ms"},
+            )
             conn.execute(text("LOCK TABLE boots, pstore_records, kexec_attempts IN SHARE MODE"))
             conn.execute(
                 text("LOCK TABLE fleet_rollup_boots, fleet_rollup_attempts IN EXCLUSIVE MODE")

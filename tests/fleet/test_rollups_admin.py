@@ -180,6 +180,31 @@ def test_a_rebuild_waits_for_a_push_under_way_and_counts_it(
     assert rc == 0 and said.startswith(f"rollups agree with {n0 + 1} boots")
 
 
+def test_a_rebuild_gives_up_on_a_transaction_that_holds_the_boots(
+    pg_server: PostgresServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A transaction that keeps writing boots open (a stuck import, a session left in a
+    transaction): the rebuild waited for it without end, and every host's push queued
+    behind the rebuild's lock. It gives up after LOCK_TIMEOUT_S in one line, and the
+    rollups are as they were."""
+    import psycopg
+
+    db, url = new_fleet(pg_server, tmp_path, capsys, fleet())
+    before = rollup_rows(pg_server, db)
+    monkeypatch.setattr(rollups_admin, "LOCK_TIMEOUT_S", 1)
+    dsn = f"host=127.0.0.1 port={pg_server.port} dbname={db} user=postgres"
+    with psycopg.connect(dsn) as stuck:
+        stuck.execute("UPDATE boots SET warnings = warnings WHERE false")  # ROW EXCLUSIVE
+        rc, _, err = ctl(capsys, "fleet", "rollups", "--rebuild", "--db", url)
+        stuck.rollback()
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert "cannot rebuild the rollups" in err and "lock timeout" in err
+    assert rollup_rows(pg_server, db) == before
+
+
 @pytest.mark.parametrize("group", ["khod_host", "khod_report"])
 @pytest.mark.parametrize("action", ["--check", "--rebuild"])
 def test_only_the_owner_checks_or_rebuilds(
