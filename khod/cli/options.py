@@ -5,6 +5,7 @@ and os only, since the daemon parses its command line with them before its boot 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -115,15 +116,11 @@ def host_paths(args: argparse.Namespace) -> HostPaths:
     return paths
 
 
-_COLUMNS: list[int] = []
-
-
+@functools.cache
 def _columns() -> int:
     """The terminal's width as ``shutil.get_terminal_size`` finds it ($COLUMNS, then
     stdout's terminal, else 80), without importing shutil (and the archive modules it
     tries to load) for a parser that may never print help; read once a process."""
-    if _COLUMNS:
-        return _COLUMNS[0]
     try:
         columns = int(os.environ.get("COLUMNS", ""))
     except ValueError:
@@ -133,8 +130,7 @@ def _columns() -> int:
             columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
         except (AttributeError, ValueError, OSError):
             columns = 0
-    _COLUMNS.append(columns or 80)
-    return _COLUMNS[0]
+    return columns or 80
 
 
 class HelpFormatter(argparse.HelpFormatter):
