@@ -265,10 +265,12 @@ def _rollups(args: argparse.Namespace) -> int:
                     f"rollups agree with {out['boots']} boots and {out['attempts']} attempts"
                 )
             else:
+                more = out["differing_machines"] - len(out["machines"])
+                named = ", ".join(out["machines"]) + (f" and {more} more" if more else "")
                 lines.append(
                     f"rollups differ: {out['differing_boot_rows']} boot rows, "
-                    f"{out['differing_attempt_rows']} attempt rows (machines "
-                    f"{', '.join(out['machines'])}: run khoctl fleet rollups --rebuild)"
+                    f"{out['differing_attempt_rows']} attempt rows (machines {named}: "
+                    "run khoctl fleet rollups --rebuild)"
                 )
     finally:
         store.dispose()

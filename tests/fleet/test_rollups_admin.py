@@ -180,6 +180,26 @@ def test_a_rebuild_waits_for_a_push_under_way_and_counts_it(
     assert rc == 0 and said.startswith(f"rollups agree with {n0 + 1} boots")
 
 
+def test_a_fleet_whose_rollups_all_drifted_is_named_in_a_line(
+    pg_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every machine's rollups wrong (a restore of the rollup tables from another day):
+    the line named every machine, one line of a million ids on a fleet that size. It
+    names the first 20 in order and says how many more; --json too."""
+    machines = [f"{i:032x}" for i in range(1, 31)]
+    objs = [boot_row(m, str(uuid.UUID(int=i + 1)), "7.0", None, T0 + i) for i, m in
+            enumerate(machines)]  # fmt: skip
+    db, url = new_fleet(pg_server, tmp_path, capsys, objs)
+    pg_server.psql("UPDATE fleet_rollup_boots SET warnings = warnings + 1", db)
+    rc, out, _ = ctl(capsys, "fleet", "rollups", "--db", url)
+    assert rc == 1 and len(out.splitlines()) == 1
+    assert f"(machines {', '.join(machines[:20])} and 10 more: run" in out
+    rc, out, _ = ctl(capsys, "fleet", "rollups", "--db", url, "--json")
+    res = json.loads(out)
+    assert (rc, res["machines"], res["differing_machines"]) == (1, machines[:20], 30)
+    assert res["differing_boot_rows"] == 30 and len(res["differing"]) == 20
+
+
 def test_a_rebuild_gives_up_on_a_transaction_that_holds_the_boots(
     pg_server: PostgresServer,
     tmp_path: Path,
