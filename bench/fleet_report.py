@@ -37,7 +37,6 @@ from bench.fleetgen import KHOCTL, generate  # noqa: E402
 from tests import pgserver  # noqa: E402
 
 TRIGGERS = (
-    ("boots", "khod_rollup_hold"),
     ("boots", "khod_rollup_insert"),
     ("boots", "khod_rollup"),
     ("boots", "khod_rollup_delete"),

@@ -400,3 +400,80 @@ def test_a_push_beside_retention_keeps_the_first_and_last_boot(
         assert rollup == full
     finally:
         store.dispose()
+
+
+def test_two_writers_of_several_machines_each_do_not_deadlock(
+    pg_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two transactions that each write boots, then crash records, of several machines
+    (two imports at once, or an import's chunk beside another): neither waits for the
+    other across statements. (A first form of migration 0014 held each inserted boot's
+    machine lock to commit: these two deadlocked, and PostgreSQL aborted one.)"""
+    import threading
+
+    import psycopg
+
+    a, b, c = ("a" * 32, "b" * 32, "c" * 32)
+    objs = [boot_row(m, f"{i:08x}-0000-4000-8000-000000000000", "7.0", None, T0 + i)
+            for i, m in enumerate((a, b, c))]  # fmt: skip
+    dbname = pg_server.create_database()
+    url = pg_server.url(dbname)
+    rc, _, err = ctl(capsys, "import", str(write_export(tmp_path / "a.jsonl", objs)), "--db", url)
+    assert rc == 0, err
+    cols = [c.name for c in boots.columns if c.name not in ("id", "boot_id", "booted_at", "seq")]
+
+    def boots_of(machines: tuple[str, ...], n: int) -> str:  # a later bucket: no shared row
+        return (
+            f"INSERT INTO boots (boot_id, booted_at, seq, {', '.join(cols)}) "
+            f"SELECT substr(machine_id, 1, 8) || '-{n:04d}-4000-8000-000000000000', "
+            f"booted_at + 100 * 86400, seq, {', '.join(cols)} FROM boots "
+            f"WHERE machine_id IN ({', '.join(repr(m) for m in machines)}) "
+            f"AND booted_at < {T0 + 86400}"
+        )
+
+    def crash_of(m: str) -> str:  # a crash record of the machine's first boot
+        return (
+            "INSERT INTO pstore_records (machine_id, sha256, collected_by, describes, "
+            "location, path, name, type, backend, reason, compressed, inflate_status, size, "
+            "raw, dump_key, collected_at) SELECT machine_id, md5(machine_id) || md5('x'), id, "
+            "id, 'pstore', 'p', 'n', 't', 'b', 'Panic', false, 'none', 1, '\\x00', 'k', 1 "
+            f"FROM boots WHERE machine_id = '{m}' AND booted_at < {T0 + 86400}"
+        )
+
+    dsn = f"host=127.0.0.1 port={pg_server.port} dbname={dbname} user=postgres"
+    errors: list[str] = []
+    with (
+        psycopg.connect(dsn) as one,
+        psycopg.connect(dsn) as two,
+        psycopg.connect(dsn, autocommit=True) as watch,
+    ):
+        one.execute(boots_of((a, c), 1))
+        two.execute(boots_of((b,), 2))
+
+        def then(s: Any, sql: str) -> None:
+            try:
+                s.execute(sql)
+                s.commit()
+            except psycopg.Error as e:
+                errors.append(str(e).splitlines()[0])
+                s.rollback()
+
+        pid = one.info.backend_pid
+        worker = threading.Thread(target=then, args=(one, crash_of(b)))
+        worker.start()
+        for _ in range(600):  # until it waits on a lock, or is done
+            row = watch.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)
+            ).fetchone()
+            if not worker.is_alive() or (row and row[0] == "Lock"):
+                break
+            threading.Event().wait(0.05)
+        then(two, crash_of(c))
+        worker.join(60)
+    assert errors == []
+    store = open_store(url, create=False)
+    try:
+        rollup, full = reports(store, None, None, float(T0 + 200 * 86400))
+        assert rollup == full
+    finally:
+        store.dispose()
