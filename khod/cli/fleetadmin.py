@@ -160,6 +160,19 @@ def _at_head(store: Store, action: str) -> None:
         )
 
 
+def _keeps_rollups(store: Store) -> None:
+    """``fleet rollups`` reads and rebuilds the tables of any revision that keeps them
+    (0013 on, as this khoctl knows them); before, or newer than this khoctl: one line."""
+    from khod.fleet.rollup import SINCE_REVISION  # noqa: PLC0415
+    from khod.store import migrate  # noqa: PLC0415
+    from khod.store.db import current_revision  # noqa: PLC0415
+
+    rev = current_revision(store)
+    if rev is not None and migrate.knows(rev) and migrate.at_or_after(rev, SINCE_REVISION):
+        return
+    _at_head(store, "rollups")  # the line that says what to do
+
+
 def cmd_fleet(args: argparse.Namespace) -> int:
     from khod.fleet import admin  # noqa: PLC0415
 
@@ -245,7 +258,7 @@ def _rollups(args: argparse.Namespace) -> int:
             lines = [SQLITE_ROLLUPS]
             ok = True
         else:
-            _at_head(store, "rollups")
+            _keeps_rollups(store)
             res = {"database": store.location, "kept": True}
             lines = []
             if args.rebuild:
@@ -260,7 +273,15 @@ def _rollups(args: argparse.Namespace) -> int:
             out = rollups_admin.check(store)
             res.update(out)
             ok = bool(out["agree"])
-            if ok:
+            if out["triggers_off"]:
+                tables = sorted({t.split(".")[0] for t in out["triggers_off"]})
+                lines.append(
+                    f"rollup triggers not firing: {', '.join(out['triggers_off'])}: the "
+                    "rollups miss every write until they do (ALTER TABLE ... ENABLE "
+                    f"TRIGGER USER on {', '.join(tables)}; then khoctl fleet rollups "
+                    "--rebuild)"
+                )
+            if not out["differing_machines"]:
                 lines.append(
                     f"rollups agree with {out['boots']} boots and {out['attempts']} attempts"
                 )

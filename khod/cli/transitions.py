@@ -283,9 +283,9 @@ def with_iso_times(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def predates_rollups(store: Any) -> bool:
-    """A store whose schema has no rollups yet (its owner upgrades it): said in one
-    line, and the report counts every row. An empty one gets the schema as before; one a
-    newer khod wrote is refused."""
+    """A store whose schema has no rollups yet (before 0013; its owner upgrades it):
+    said in one line, and the report counts every row. An empty one gets the schema as
+    before; one a newer khod wrote is refused."""
     from khod.store.db import revision_off_head  # noqa: PLC0415
     from khod.store.schema import HEAD_REVISION  # noqa: PLC0415
 
@@ -296,6 +296,10 @@ def predates_rollups(store: Any) -> bool:
 
     if not migrate.knows(rev):
         raise migrate.newer_than_head(store, rev)
+    from khod.fleet.rollup import SINCE_REVISION  # noqa: PLC0415
+
+    if migrate.at_or_after(rev, SINCE_REVISION):
+        return False  # an older revision that keeps them: its triggers count as ours
     print_text(
         f"khoctl: note: {store.location} is at schema {rev}, older than this khoctl's "
         f"{HEAD_REVISION}: counting every boot (its owner upgrades it: khoctl db upgrade)",

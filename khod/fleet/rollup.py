@@ -33,6 +33,7 @@ from khod.records import (
 )
 
 BUCKET = 30 * 86400  # the migration's khod_bucket()
+SINCE_REVISION = "0013"  # the first schema revision that keeps the rollups
 _BIG = 2**62
 
 

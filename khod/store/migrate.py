@@ -75,6 +75,12 @@ def knows(rev: str) -> bool:
         return False
 
 
+def at_or_after(rev: str, base: str) -> bool:
+    """Whether revision ``rev`` (one this khod knows) is ``base`` or comes after it."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return any(s.revision == base for s in script.iterate_revisions(rev, "base"))
+
+
 def newer_than_head(store: Store, rev: str) -> StoreError:
     """The one line for a store whose schema a newer khod wrote."""
     return StoreError(

@@ -29,6 +29,8 @@ from tests.fleet.test_fleet_trust import CHAIN, A, B, Fleet, Host, ctl, ingest, 
 
 # The previous release: main before the compatible window (move it at each release)
 PREVIOUS_RELEASE = "a20836d38764b209fd0a7a62b3f70d3a744f72d7"
+# the last revision with the rollups but not 0014's lock (head 0013): inside the window
+ROLLUPS_RELEASE = "e5de7aba995082ee275852161f1097b7ba31bac8"
 KEXEC = ["kexec1/step0", "kexec1/step1"]
 
 
@@ -63,16 +65,16 @@ class Release:
         )
 
 
-def build_previous(tmp: Path) -> Path:
-    """PREVIOUS_RELEASE's khod from this repository's history, laid out as its package
-    installs it (pyproject: ``migrations`` ships as ``khod.migrations``)."""
+def build_previous(tmp: Path, commit: str = PREVIOUS_RELEASE) -> Path:
+    """An earlier khod (PREVIOUS_RELEASE's) from this repository's history, laid out as
+    its package installs it (pyproject: ``migrations`` ships as ``khod.migrations``)."""
     # a git checkout is required (CI runs a clone): the previous release is built from
     # its history, and a missing one fails here rather than skipping the mixed fleet
     assert (REPO / ".git").exists(), "not a git checkout: the previous release comes from it"
     src, site = tmp / "src", tmp / "site"
     src.mkdir()
     archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", PREVIOUS_RELEASE, "khod", "migrations"],
+        ["git", "-C", str(REPO), "archive", commit, "khod", "migrations"],
         capture_output=True,
         check=True,
     )
@@ -195,6 +197,47 @@ def test_the_previous_release_and_this_one_share_a_fleet_database(
     assert fleet.server.psql("SELECT version_num FROM alembic_version", fleet.db).strip() == (
         HEAD_REVISION
     )
+
+
+@pytest.mark.parametrize("order", ["hosts-first", "database-first"])
+def test_a_release_inside_the_window_and_this_one_share_a_fleet_database(
+    order: str,
+    releases: tuple[Release, Release],
+    tls_server: pgserver.PostgresServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> None:
+    """The release before migration 0014 (head 0013, which knows the compatible window)
+    and this one, in both orders of upgrade: no push refused either way (0014 keeps
+    ``min_writer`` at 0011), nothing lost, and the rollups the triggers of both
+    revisions kept agree with the rows counted again (``khoctl fleet rollups``)."""
+    tmp = tmp_path_factory.mktemp("rollups-release")
+    previous = Release("0013", build_previous(tmp, ROLLUPS_RELEASE), tmp)
+    current = releases[1]
+    fleet = new_fleet(tls_server, tmp_path, previous)
+    assert current_revision_of(fleet) == "0013"
+    p = Pushes(fleet)
+    a, b = fleet.enroll(A, khoctl=previous.ctl), fleet.enroll(B, khoctl=previous.ctl)
+    p.boot(a, previous)
+    p.boot(b, previous)
+    if order == "database-first":
+        p.upgrade_database(current)
+    p.boot(a, current)
+    p.push(b, previous)  # into 0014 (database-first) or 0013
+    p.boot(b, current)
+    if order == "hosts-first":
+        p.upgrade_database(current)
+    p.boot(a, current)
+    p.push(b, current)
+    assert p.failed == []
+    assert_nothing_lost(fleet)
+    assert current_revision_of(fleet) == HEAD_REVISION
+    rc, out, err = current.ctl("fleet", "rollups", "--db", fleet.owner)
+    assert rc == 0 and out.startswith("rollups agree with "), (out, err)
+
+
+def current_revision_of(fleet: Fleet) -> str:
+    return fleet.server.psql("SELECT version_num FROM alembic_version", fleet.db).strip()
 
 
 NEXT = "9012"  # a revision this khod does not know: the next release's

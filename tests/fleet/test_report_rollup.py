@@ -477,3 +477,36 @@ def test_two_writers_of_several_machines_each_do_not_deadlock(
         assert rollup == full
     finally:
         store.dispose()
+
+
+def test_the_report_reads_the_rollups_of_a_database_at_0013(
+    pg_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fleet database at 0013 (database-first is the recommended order, but a khoctl
+    may be upgraded before it): it keeps the rollups this khoctl reads; the report read
+    them, not every row, without a note (it counted every row, saying the database was
+    older than this khoctl's)."""
+    from khod.store import migrate
+
+    db_url = pg_server.url(pg_server.create_database())
+    rc, _, err = ctl(
+        capsys, "import", str(write_export(tmp_path / "f.jsonl", fleet())), "--db", db_url
+    )
+    assert rc == 0, err
+    store = open_store(db_url, create=False)
+    try:
+        migrate.downgrade(store, "0013")
+        with store.writer.begin() as conn:  # a mark only the rollups carry
+            conn.execute(text("UPDATE fleet_rollup_boots SET warnings = warnings + 1000"))
+    finally:
+        store.dispose()
+    args = ("report", "transitions", "--db", db_url, "--json", "--include-cold")
+    rc, out, err = ctl(capsys, *args)
+    assert (rc, err) == (0, "")
+    rc, full, _ = ctl(capsys, *args, "--recompute")
+    assert rc == 0
+    assert sum(r["warnings"] for r in json.loads(out)) >= 1000 + sum(
+        r["warnings"] for r in json.loads(full)
+    )
+    rc, said, err = ctl(capsys, "fleet", "rollups", "--db", db_url)
+    assert rc == 1 and said.startswith("rollups differ: "), (said, err)

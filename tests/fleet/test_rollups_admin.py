@@ -200,6 +200,49 @@ def test_a_fleet_whose_rollups_all_drifted_is_named_in_a_line(
     assert res["differing_boot_rows"] == 30 and len(res["differing"]) == 20
 
 
+@pytest.mark.parametrize("action", ["--check", "--rebuild"])
+def test_rollups_that_agree_today_but_whose_triggers_are_off_are_not_well(
+    action: str, pg_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bulk-load path is: triggers off, import, triggers on, --rebuild. An owner who
+    forgot "triggers on" was told the rollups agree (exit 0), and the next push went
+    uncounted. Now the triggers that do not fire are named, and the exit status is 1."""
+    db, url = new_fleet(pg_server, tmp_path, capsys, fleet())
+    pg_server.psql("ALTER TABLE boots DISABLE TRIGGER USER", db)
+    pg_server.psql("ALTER TABLE pstore_records DISABLE TRIGGER khod_rollup", db)
+    rc, out, err = ctl(capsys, "fleet", "rollups", action, "--db", url)
+    assert rc == 1, (out, err)
+    assert (
+        "rollup triggers not firing: boots.khod_rollup, boots.khod_rollup_delete, "
+        "boots.khod_rollup_insert, pstore_records.khod_rollup: the rollups miss every "
+        "write until they do (ALTER TABLE ... ENABLE TRIGGER USER on boots, "
+        "pstore_records; then khoctl fleet rollups --rebuild)"
+    ) in out
+    rc, out, _ = ctl(capsys, "fleet", "rollups", "--db", url, "--json")
+    res = json.loads(out)
+    assert (rc, res["agree"], len(res["triggers_off"]), res["differing_machines"]) == (
+        1, False, 4, 0,
+    )  # fmt: skip
+    pg_server.psql("ALTER TABLE boots ENABLE TRIGGER USER", db)
+    pg_server.psql("ALTER TABLE pstore_records ENABLE TRIGGER USER", db)
+    rc, out, _ = ctl(capsys, "fleet", "rollups", "--db", url)
+    assert rc == 0 and out.startswith("rollups agree with "), out
+
+
+def test_a_database_at_0013_is_checked(
+    pg_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """0013 keeps the rollups as 0014 does: checked, not refused as "not at head"."""
+    from khod.store import migrate
+
+    _, url = new_fleet(pg_server, tmp_path, capsys, fleet())
+    store = open_store(url, create=False)
+    migrate.downgrade(store, "0013")
+    store.dispose()
+    rc, out, err = ctl(capsys, "fleet", "rollups", "--db", url)
+    assert rc == 0 and out.startswith("rollups agree with "), (out, err)
+
+
 def test_a_rebuild_gives_up_on_a_transaction_that_holds_the_boots(
     pg_server: PostgresServer,
     tmp_path: Path,
