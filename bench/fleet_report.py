@@ -92,31 +92,22 @@ WHERE a.machine_id LIKE '0000%%'
 """
 
 
+def timed_khoctl(what: str, *argv: str) -> float:
+    """Seconds one khoctl command took; its failure ends the benchmark in one line."""
+    t0 = time.perf_counter()
+    r = subprocess.run([KHOCTL, *argv], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise SystemExit(f"{what} failed: {r.stdout.strip()} {r.stderr.strip()}")
+    return time.perf_counter() - t0
+
+
 def rebuild(url: str) -> float:
     """``khoctl fleet rollups --rebuild`` (its own check after it must agree)."""
-    t0 = time.perf_counter()
-    r = subprocess.run(
-        [KHOCTL, "fleet", "rollups", "--rebuild", "--db", url],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if r.returncode != 0:
-        raise SystemExit(f"rebuild failed: {r.stdout.strip()} {r.stderr.strip()}")
-    return time.perf_counter() - t0
+    return timed_khoctl("rebuild", "fleet", "rollups", "--rebuild", "--db", url)
 
 
 def khoctl_import(path: Path, url: str) -> float:
-    t0 = time.perf_counter()
-    r = subprocess.run(
-        [KHOCTL, "import", str(path), "--db", url, "--json", "--quiet"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if r.returncode != 0:
-        raise SystemExit(f"import failed: {r.stderr.strip()}")
-    return time.perf_counter() - t0
+    return timed_khoctl("import", "import", str(path), "--db", url, "--json", "--quiet")
 
 
 def report_times(url: str, runs: int) -> dict[str, Any]:
