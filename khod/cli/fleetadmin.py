@@ -281,17 +281,24 @@ def _rollups(args: argparse.Namespace) -> int:
                     f"TRIGGER USER on {', '.join(tables)}; then khoctl fleet rollups "
                     "--rebuild)"
                 )
-            if not out["differing_machines"]:
+            if not out["differing_machines"] and not out["differing_transition_rows"]:
                 lines.append(
                     f"rollups agree with {out['boots']} boots and {out['attempts']} attempts"
                 )
             else:
                 more = out["differing_machines"] - len(out["machines"])
                 named = ", ".join(out["machines"]) + (f" and {more} more" if more else "")
+                totals = (
+                    f", {out['differing_host_rows']} host totals, "
+                    f"{out['differing_transition_rows']} transition totals"
+                    if out["differing_host_rows"] or out["differing_transition_rows"]
+                    else ""
+                )
                 lines.append(
                     f"rollups differ: {out['differing_boot_rows']} boot rows, "
-                    f"{out['differing_attempt_rows']} attempt rows (machines {named}: "
-                    "run khoctl fleet rollups --rebuild)"
+                    f"{out['differing_attempt_rows']} attempt rows{totals} ("
+                    + (f"machines {named}: " if named else "")
+                    + "run khoctl fleet rollups --rebuild)"
                 )
     finally:
         store.dispose()

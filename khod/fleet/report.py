@@ -230,9 +230,11 @@ def transitions(
     try:
         with store.engine.connect() as conn:
             if not recompute and derived == "include" and conn.dialect.name == "postgresql":
-                boot_totals, attempt_totals = rollup.read(conn, since, until, before)
+                boot_totals, attempt_totals, derived_n = rollup.read(conn, since, until, before)
                 rows = report(totals(boot_totals, attempt_totals), th, include_cold)
-                return _with_derived(rows, derived_counts_in(conn, since, until))
+                if derived_n is None:
+                    derived_n = derived_counts_in(conn, since, until)
+                return _with_derived(rows, derived_n)
             boot_rows = conn.execute(
                 transitions_query(since, observed_before=before, until=until, derived=derived)
             ).all()

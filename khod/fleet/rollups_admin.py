@@ -22,6 +22,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import KhodError, StoreError
+from khod.fleet.report import DERIVED_SOURCES
 from khod.fleet.rollup import THROUGH_B
 from khod.fleet.rollup import sql_list as _in
 from khod.records import CRASH_REASONS, FAILED_TO_LAND, RAN, REJECTED, WITHOUT_HANDOVER, Verdict
@@ -74,37 +75,136 @@ GROUP BY 1, 2, 3, 4, 5
 """
 _WANT = {"boots": WANT_BOOTS, "attempts": WANT_ATTEMPTS}
 
+# migration 0015's totals: per (transition, machine) the sums over the buckets (the
+# bucket rows' expressions), per transition the sums and the hosts above 0 (a copy, as
+# above; the migration's own backfill builds them from the bucket rollups as these do)
+HOST_SUMS = {
+    "boots": {
+        "boots": "boots",
+        "crashes": "crashes",
+        "observed_boots": "CASE WHEN bucket = -1 THEN 0 ELSE boots END",
+        "observed_crashes": "CASE WHEN bucket = -1 THEN 0 ELSE crashes END",
+        "logged_boots": "CASE WHEN bucket = -1 THEN 0 ELSE logged_boots END",
+        "warned_boots": "CASE WHEN bucket = -1 THEN 0 ELSE warned_boots END",
+        "warnings": "warnings",
+        "derived_boots": "0",  # from the boots: DERIVED_HOSTS
+    },
+    "attempts": {c: c for c in COUNTS["attempts"]},
+}
+HOSTS = {
+    "boots": {
+        "hosts": "boots",
+        "observed_hosts": "observed_boots",
+        "observed_crash_hosts": "observed_crashes",
+        "logged_hosts": "logged_boots",
+        "warned_hosts": "warned_boots",
+        "crash_hosts": "crashes",
+    },
+    "attempts": {"hosts": "attempts", "failed_hosts": "failed_to_land + rejected"},
+}
 
-def _diff(kind: str) -> str:
-    """The keys where the counted rows (w) and the rollups (r) differ, and how."""
-    keys, counts = KEYS[kind], COUNTS[kind]
+
+# the boots through a kexec whose chain khod derived, per host (report.derived_query's)
+_DERIVED = f"({_THROUGH} AND coalesce(b.metadata_source, '') IN {_in(DERIVED_SOURCES)})"
+DERIVED_HOSTS = f"""
+UPDATE khod_want_host_boots h SET derived_boots = x.n FROM (
+  SELECT b.previous_release, b.release, b.machine_id, count(*) AS n FROM boots b
+  WHERE {_DERIVED} GROUP BY 1, 2, 3) x
+WHERE NOT h.cold AND (h.previous_release, h.release, h.machine_id) =
+  (x.previous_release, x.release, x.machine_id)
+"""
+
+
+def _want_totals(kind: str) -> list[str]:
+    """Fill ``khod_want_host_*`` and ``khod_want_transition_*`` from ``khod_want_*``."""
+    key = ", ".join(KEYS[kind][1:])
+    tkey = ", ".join(KEYS[kind][1:-1])
+    sums = HOST_SUMS[kind]
+    first = next(iter(sums))
+    return [
+        f"INSERT INTO khod_want_host_{kind} SELECT {key}, "
+        + ", ".join(f"sum({e})" for e in sums.values())
+        + f" FROM khod_want_{kind} GROUP BY {key} HAVING sum({first}) > 0",
+        *([DERIVED_HOSTS] if kind == "boots" else []),
+        f"INSERT INTO khod_want_transition_{kind} SELECT {tkey}, 0, "
+        + ", ".join(f"sum({c})" for c in sums)
+        + ", "
+        + ", ".join(f"count(*) FILTER (WHERE {e} > 0)" for e in HOSTS[kind].values())
+        + f" FROM khod_want_host_{kind} GROUP BY {tkey}",
+    ]
+
+
+def _stripes_summed(table: str, kind: str) -> str:
+    """A transition table with its stripes summed; transitions all at 0 left out (what
+    is left of one whose every boot was deleted)."""
+    tkey = ", ".join(KEYS[kind][1:-1])
+    counts = (*HOST_SUMS[kind], *HOSTS[kind])
+    return (
+        f"(SELECT {tkey}, {', '.join(f'sum({c})::bigint AS {c}' for c in counts)} FROM {table} "
+        f"GROUP BY {tkey} HAVING {' OR '.join(f'sum({c}) <> 0' for c in counts)})"
+    )
+
+
+def totals_kept(conn: Connection) -> bool:
+    """Whether the database keeps migration 0015's totals (0013 and 0014 do not)."""
+    q = "SELECT to_regclass('fleet_rollup_transition_boots') IS NOT NULL"
+    return bool(conn.execute(text(q)).scalar_one())
+
+
+def _diff(keys: tuple[str, ...], counts: tuple[str, ...], want: str, found: str) -> str:
+    """The keys where the counted rows (``want``, w) and the kept ones (``found``, r)
+    differ, and how."""
     on = " AND ".join(f"w.{k} = r.{k}" for k in keys)
     cols = ", ".join(f"coalesce(w.{k}, r.{k}) AS {k}" for k in keys)
     wv, rv = (", ".join(f"{t}.{c}" for c in counts) for t in "wr")
     return f"""
-SELECT CASE WHEN r.machine_id IS NULL THEN 'missing' WHEN w.machine_id IS NULL THEN 'extra'
+SELECT CASE WHEN r.release IS NULL THEN 'missing' WHEN w.release IS NULL THEN 'extra'
             ELSE 'different' END AS how, {cols},
-       CASE WHEN w.machine_id IS NOT NULL THEN json_build_object(
+       CASE WHEN w.release IS NOT NULL THEN json_build_object(
          {", ".join(f"'{c}', w.{c}" for c in counts)}) END AS want,
-       CASE WHEN r.machine_id IS NOT NULL THEN json_build_object(
+       CASE WHEN r.release IS NOT NULL THEN json_build_object(
          {", ".join(f"'{c}', r.{c}" for c in counts)}) END AS found
-FROM khod_want_{kind} w FULL JOIN fleet_rollup_{kind} r ON {on}
-WHERE w.machine_id IS NULL OR r.machine_id IS NULL OR ({wv}) IS DISTINCT FROM ({rv})
+FROM {want} w FULL JOIN {found} r ON {on}
+WHERE w.release IS NULL OR r.release IS NULL OR ({wv}) IS DISTINCT FROM ({rv})
 """
 
 
-def _counted(conn: Connection) -> None:
+def _bucket_diff(kind: str) -> str:
+    return _diff(KEYS[kind], COUNTS[kind], f"khod_want_{kind}", f"fleet_rollup_{kind}")
+
+
+def _host_diff(kind: str) -> str:
+    counts = tuple(HOST_SUMS[kind])
+    return _diff(KEYS[kind][1:], counts, f"khod_want_host_{kind}", f"fleet_rollup_host_{kind}")
+
+
+def _transition_diff(kind: str) -> str:
+    counts = (*HOST_SUMS[kind], *HOSTS[kind])
+    return _diff(
+        KEYS[kind][1:-1],
+        counts,
+        _stripes_summed(f"khod_want_transition_{kind}", kind),
+        _stripes_summed(f"fleet_rollup_transition_{kind}", kind),
+    )
+
+
+def _counted(conn: Connection, totals: bool) -> None:
     """What the rollups must hold, into this transaction's temporary tables (the
-    rollups' own column types: what the triggers store)."""
+    rollups' own column types: what the triggers store); with ``totals``, migration
+    0015's too."""
     for kind, want in _WANT.items():
-        conn.execute(text(f"DROP TABLE IF EXISTS khod_want_{kind}"))
-        conn.execute(
-            text(f"CREATE TEMP TABLE khod_want_{kind} (LIKE fleet_rollup_{kind}) ON COMMIT DROP")
-        )
+        tables = [kind] + ([f"host_{kind}", f"transition_{kind}"] if totals else [])
+        for t in tables:
+            conn.execute(text(f"DROP TABLE IF EXISTS khod_want_{t}"))
+            conn.execute(
+                text(f"CREATE TEMP TABLE khod_want_{t} (LIKE fleet_rollup_{t}) ON COMMIT DROP")
+            )
         conn.execute(text(f"INSERT INTO khod_want_{kind} {want}"))
+        for stmt in _want_totals(kind) if totals else ():
+            conn.execute(text(stmt))
 
 
-def _compare(conn: Connection) -> dict[str, Any]:
+def _compare(conn: Connection, totals: bool) -> dict[str, Any]:
     """The counts, and where the rollups differ: how many rows and machines, the first
     ``SAMPLE`` machines and keys (a fleet whose rollups all drifted is a million
     machines: never all of them in one line or one document)."""
@@ -116,7 +216,7 @@ def _compare(conn: Connection) -> dict[str, Any]:
             text(f"SELECT coalesce(sum({kind}), 0), count(*) FROM khod_want_{kind}")
         ).one()
         out[kind], out[f"{kind[:-1]}_rows"] = int(total), int(rows)
-        d = _diff(kind)
+        d = _bucket_diff(kind)
         diffs.append(f"SELECT machine_id FROM ({d}) d{len(diffs)}")
         out[f"differing_{kind[:-1]}_rows"] = int(
             conn.execute(text(f"SELECT count(*) FROM ({d}) d")).scalar_one()
@@ -128,6 +228,16 @@ def _compare(conn: Connection) -> dict[str, Any]:
             key = {k: row[k] for k in keys}
             where = {"table": f"fleet_rollup_{kind}", "how": row["how"], **key}
             sample.append(where | {"want": row["want"], "found": row["found"]})
+    out["differing_host_rows"] = out["differing_transition_rows"] = 0
+    for kind in KEYS if totals else ():
+        d = _host_diff(kind)
+        diffs.append(f"SELECT machine_id FROM ({d}) d{len(diffs)}")
+        out["differing_host_rows"] += int(
+            conn.execute(text(f"SELECT count(*) FROM ({d}) d")).scalar_one()
+        )
+        out["differing_transition_rows"] += int(
+            conn.execute(text(f"SELECT count(*) FROM ({_transition_diff(kind)}) d")).scalar_one()
+        )
     union = " UNION ".join(diffs)
     n, first = conn.execute(
         text(
@@ -135,8 +245,8 @@ def _compare(conn: Connection) -> dict[str, Any]:
             f"({union}) f ORDER BY 1 LIMIT {SAMPLE}) s) FROM ({union}) m"
         )
     ).one()
-    out["triggers_off"] = _triggers_off(conn)
-    out["agree"] = not n and not out["triggers_off"]
+    out["triggers_off"] = _triggers_off(conn, totals)
+    out["agree"] = not n and not out["differing_transition_rows"] and not out["triggers_off"]
     out["differing_machines"] = int(n)
     out["machines"] = list(first or ())
     out["differing"] = sample[:SAMPLE]  # the first of each table's, boots first
@@ -155,7 +265,21 @@ TRIGGERS = (
 )
 
 
-def _triggers_off(conn: Connection) -> list[str]:
+TOTALS_TRIGGERS = (
+    ("fleet_rollup_boots", "khod_totals_insert"),
+    ("fleet_rollup_boots", "khod_totals_update"),
+    ("fleet_rollup_boots", "khod_totals_delete"),
+    ("fleet_rollup_attempts", "khod_totals_insert"),
+    ("fleet_rollup_attempts", "khod_totals_update"),
+    ("fleet_rollup_attempts", "khod_totals_delete"),
+    ("fleet_rollup_pending_tx", "khod_totals_commit"),
+    ("boots", "khod_totals_insert"),
+    ("boots", "khod_totals_update"),
+    ("boots", "khod_totals_delete"),
+)  # migration 0015's
+
+
+def _triggers_off(conn: Connection, totals: bool) -> list[str]:
     """The rollup triggers that do not fire on an ordinary write: disabled (``ALTER
     TABLE ... DISABLE TRIGGER``, for a bulk load), set to fire on replicas only, or
     gone. Rollups that agree with the rows today are wrong after the next push then."""
@@ -170,7 +294,8 @@ def _triggers_off(conn: Connection) -> list[str]:
             )
         )
     }
-    return [f"{rel}.{name}" for rel, name in TRIGGERS if (rel, name) not in firing]
+    every = TRIGGERS + (TOTALS_TRIGGERS if totals else ())
+    return [f"{rel}.{name}" for rel, name in every if (rel, name) not in firing]
 
 
 def _owner(conn: Connection, store: Store, action: str) -> None:
@@ -195,8 +320,9 @@ def check(store: Store) -> dict[str, Any]:
         engine = store.writer.execution_options(isolation_level="REPEATABLE READ")
         with engine.connect() as conn:  # one snapshot; rolled back: nothing written
             _owner(conn, store, "--check")
-            _counted(conn)
-            return _compare(conn)
+            totals = totals_kept(conn)
+            _counted(conn, totals)
+            return _compare(conn, totals)
     except SQLAlchemyError as e:
         raise StoreError(
             f"cannot check the rollups of {store.location}: {describe_db_error(e)}"
@@ -217,18 +343,26 @@ def rebuild(store: Store) -> dict[str, Any]:
                 {"t": f"{LOCK_TIMEOUT_S * 1000}ms"},
             )
             conn.execute(text("LOCK TABLE boots, pstore_records, kexec_attempts IN SHARE MODE"))
-            conn.execute(
-                text("LOCK TABLE fleet_rollup_boots, fleet_rollup_attempts IN EXCLUSIVE MODE")
-            )
-            _counted(conn)
-            before = _compare(conn)
+            totals = totals_kept(conn)
+            kept = [
+                f"fleet_rollup_{level}{kind}"
+                for level in ("", *(("host_", "transition_") if totals else ()))
+                for kind in KEYS
+            ]
+            conn.execute(text(f"LOCK TABLE {', '.join(kept)} IN EXCLUSIVE MODE"))
+            _counted(conn, totals)
+            before = _compare(conn, totals)
             written = {}
-            for kind in KEYS:
-                conn.execute(text(f"DELETE FROM fleet_rollup_{kind}"))
-                n = conn.execute(
-                    text(f"INSERT INTO fleet_rollup_{kind} SELECT * FROM khod_want_{kind}")
-                ).rowcount
-                written[f"{kind[:-1]}_rows"] = int(n)
+            for t in kept:  # the bucket rows first: their triggers pend changes to the rest
+                conn.execute(text(f"DELETE FROM {t}"))
+                name = t.removeprefix("fleet_rollup_")
+                n = conn.execute(text(f"INSERT INTO {t} SELECT * FROM khod_want_{name}")).rowcount
+                if name in KEYS:
+                    written[f"{name[:-1]}_rows"] = int(n)
+            if totals:  # those pending changes: counted in the refilled totals already
+                for kind in KEYS:
+                    conn.execute(text(f"DELETE FROM fleet_rollup_pending_{kind}"))
+                conn.execute(text("DELETE FROM fleet_rollup_pending_tx"))
     except SQLAlchemyError as e:
         raise StoreError(
             f"cannot rebuild the rollups of {store.location}: {describe_db_error(e)}"
@@ -239,6 +373,8 @@ def rebuild(store: Store) -> dict[str, Any]:
         "attempts": before["attempts"],
         "changed_boot_rows": before["differing_boot_rows"],
         "changed_attempt_rows": before["differing_attempt_rows"],
+        "changed_host_rows": before["differing_host_rows"],
+        "changed_transition_rows": before["differing_transition_rows"],
         "machines": before["machines"],
         "differing_machines": before["differing_machines"],
     }

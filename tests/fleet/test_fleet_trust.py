@@ -556,7 +556,11 @@ def test_hosts_neither_read_nor_forge_the_report_rollups(fleet: Fleet) -> None:
     may insert: a host reads none of them, writes none, calls none of their functions;
     the report from them, after the hosts' pushes, is the report counted again."""
     with psycopg.connect(fleet.hosts[A].conninfo(fleet), autocommit=True) as conn:
-        for table in ("fleet_rollup_boots", "fleet_rollup_attempts"):
+        for table in (
+            "fleet_rollup_boots", "fleet_rollup_attempts", "fleet_rollup_host_boots",
+            "fleet_rollup_transition_boots", "fleet_rollup_transition_attempts",
+            "fleet_rollup_pending_boots", "fleet_rollup_pending_tx",
+        ):  # fmt: skip
             assert refused(conn, f"SELECT * FROM {table}") == (
                 f"permission denied for table {table}"
             )
@@ -569,9 +573,10 @@ def test_hosts_neither_read_nor_forge_the_report_rollups(fleet: Fleet) -> None:
             )
             == "permission denied for table fleet_rollup_boots"
         )
-        assert refused(conn, "SELECT khod_rollup_crash(1)") == (
-            "permission denied for function khod_rollup_crash"
-        )
+        for fn in ("khod_rollup_crash(1)", "khod_rollup_stripe()"):
+            assert refused(conn, f"SELECT {fn}") == (
+                f"permission denied for function {fn.split('(')[0]}"
+            )
     args = ("report", "transitions", "--json", "--include-cold", "--window", "0s")
     rc, rolled, err = ctl(*args, "--db", fleet.owner)
     assert rc == 0, err

@@ -1,0 +1,227 @@
+"""The whole history's report from the transitions' totals (PostgreSQL, migration
+0015): a row per transition and stripe, not a row per host and bucket. What it says is
+the report counted from every row (test_report_rollup.py, for every cut of the last
+window); here: that it reads the totals, that hosts landing the same transition at
+once do not queue behind one row, that a database at 0014 gets its totals from its
+rollups, and that drifted totals are found and rebuilt."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from khod.fleet import rollups_admin
+from khod.store import migrate
+from khod.store.db import open_store
+from khod.store.schema import boots
+from tests.builders import boot_row, write_export
+from tests.fleet.test_fleet import ctl
+from tests.fleet.test_report import T0, fleet
+from tests.pgserver import PostgresServer
+
+ARGS = ("report", "transitions", "--json", "--include-cold", "--window", "0s")
+
+
+def imported(pg: PostgresServer, tmp_path: Path, capsys: Any, objs: list[Any]) -> tuple[str, str]:
+    db = pg.create_database()
+    url = pg.url(db)
+    rc, _, err = ctl(capsys, "import", str(write_export(tmp_path / "f.jsonl", objs)), "--db", url)
+    assert rc == 0, err
+    return db, url
+
+
+def report(capsys: Any, url: str, *extra: str) -> list[dict[str, Any]]:
+    rc, out, err = ctl(capsys, *ARGS, "--db", url, *extra)
+    assert (rc, err) == (0, "")
+    rows: list[dict[str, Any]] = json.loads(out)
+    return rows
+
+
+def test_the_whole_history_reads_the_transition_totals(
+    pg_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mark only the totals carry shows in the whole history's report and in no
+    windowed one (those still read the buckets): the report read the totals, not the
+    per-host rows or the boots."""
+    db, url = imported(pg_server, tmp_path, capsys, fleet())
+    full = report(capsys, url, "--recompute")
+    assert report(capsys, url) == full
+    pg_server.psql(
+        "UPDATE fleet_rollup_transition_boots SET warnings = warnings + 1000 "
+        "WHERE previous_release = '7.0' AND release = '7.1' AND stripe = "
+        "(SELECT min(stripe) FROM fleet_rollup_transition_boots "
+        " WHERE previous_release = '7.0' AND release = '7.1')",
+        db,
+    )
+    marked = {(r["previous_release"], r["release"]): r["warnings"] for r in report(capsys, url)}
+    want = {(r["previous_release"], r["release"]): r["warnings"] for r in full}
+    assert marked.pop(("7.0", "7.1")) == want.pop(("7.0", "7.1")) + 1000
+    assert marked == want
+    windowed = report(capsys, url, "--since", f"@{T0 - 86400}")
+    assert windowed == report(capsys, url, "--since", f"@{T0 - 86400}", "--recompute")
+    rc, said, _ = ctl(capsys, "fleet", "rollups", "--db", url)
+    assert rc == 1 and said.startswith("rollups differ: 0 boot rows, 0 attempt rows, "), said
+    assert "1 transition totals (run khoctl fleet rollups --rebuild)" in said
+    rc, _, err = ctl(capsys, "fleet", "rollups", "--rebuild", "--db", url)
+    assert rc == 0, err
+    assert report(capsys, url) == full
+
+
+def test_hosts_landing_the_same_transition_at_once_do_not_wait_for_each_other(
+    pg_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kexec wave: many hosts' first boots of the same transition commit at once.
+    One whose commit is under way (its totals written, not committed) holds its stripe
+    of the transition, not the transition: a second host's boot of it commits beside
+    it, within a lock timeout of 2 s, and both are counted."""
+    a, b = "a" * 32, "b" * 32
+    objs = [boot_row(m, f"{m[:8]}-0000-4000-8000-000000000000", "7.0", None, T0) for m in (a, b)]
+    db, url = imported(pg_server, tmp_path, capsys, objs)
+    cols = [c.name for c in boots.columns if c.name not in ("id",)]
+
+    def kexec_of(m: str) -> str:  # 7.0 -> 7.1, a day later
+        vals = {c: c for c in cols} | {
+            "boot_id": "substr(machine_id, 1, 8) || '-0001-4000-8000-000000000000'",
+            "booted_at": "booted_at + 86400",
+            "seq": "seq + 1",
+            "kind": "'kexec'",
+            "release": "'7.1'",
+            "previous_release": "'7.0'",
+            "kexec_count": "1",
+        }
+        return (
+            f"INSERT INTO boots ({', '.join(cols)}) SELECT {', '.join(vals[c] for c in cols)} "
+            f"FROM boots WHERE machine_id = '{m}'"
+        )
+
+    dsn = f"host=127.0.0.1 port={pg_server.port} dbname={db} user=postgres"
+    with psycopg.connect(dsn) as one, psycopg.connect(dsn) as two:
+        one.execute(kexec_of(a))
+        one.execute("SET CONSTRAINTS ALL IMMEDIATE")  # its commit's work, done now
+        held = one.execute(
+            "SELECT count(*) FROM fleet_rollup_transition_boots "
+            "WHERE previous_release = '7.0' AND release = '7.1'"
+        ).fetchone()
+        assert held == (1,)
+        two.execute("SET lock_timeout = '2s'")
+        two.execute(kexec_of(b))
+        two.commit()  # (before the stripes: waited for one's row, then lock timeout)
+        one.commit()
+    rows = {(r["previous_release"], r["release"]): r for r in report(capsys, url)}
+    assert rows[("7.0", "7.1")]["boots"] == 2 and rows[("7.0", "7.1")]["hosts"] == 2
+    assert report(capsys, url) == report(capsys, url, "--recompute")
+    store = open_store(url, create=False)
+    try:
+        assert rollups_admin.check(store)["agree"]
+    finally:
+        store.dispose()
+
+
+def test_a_database_at_0014_gets_its_totals_from_its_rollups(
+    pg_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The owner upgrades a fleet database with history: migration 0015 fills the
+    totals from the bucket rollups; the report from them is the report from every row,
+    and the totals agree with a count from the rows. Hosts keep pushing meanwhile
+    (one at 0014, counted in its bucket rollups only, is in the totals)."""
+    db, url = imported(pg_server, tmp_path, capsys, fleet())
+    full = report(capsys, url, "--recompute")
+    store = open_store(url, create=False)
+    try:
+        migrate.downgrade(store, "0014")
+        assert pg_server.psql("SELECT to_regclass('fleet_rollup_host_boots')", db).strip() == ""
+        cols = [c.name for c in boots.columns if c.name not in ("id", "machine_id", "boot_id")]
+        pg_server.psql(  # a push at 0014: the bucket rollups only
+            f"INSERT INTO boots (machine_id, boot_id, {', '.join(cols)}) "
+            f"SELECT repeat('f', 32), 'ffffffff' || substr(boot_id, 9), {', '.join(cols)} "
+            "FROM boots WHERE release = '7.1' AND previous_release = '7.0' LIMIT 1",
+            db,
+        )
+        assert migrate.upgrade(store, "0014") == "0015"
+        kept = rollups_admin.check(store)
+        assert kept["agree"] and kept["differing_transition_rows"] == 0
+    finally:
+        store.dispose()
+    now = report(capsys, url)
+    assert now == report(capsys, url, "--recompute") and now != full
+
+
+def test_two_transactions_commit_their_totals_without_deadlock(
+    pg_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two imports at once, each of several machines' boots of the same transitions,
+    written in opposite orders: the totals are added at commit, in key order, so
+    neither waits for the other across statements and none is aborted."""
+    ms = [f"{c}" * 32 for c in "abcd"]
+    objs = [boot_row(m, f"{m[:8]}-0000-4000-8000-000000000000", "7.0", None, T0) for m in ms]
+    db, url = imported(pg_server, tmp_path, capsys, objs)
+    cols = [c.name for c in boots.columns if c.name not in ("id",)]
+
+    def boot_of(m: str, rel: str, n: int) -> str:
+        vals = {c: c for c in cols} | {
+            "boot_id": f"substr(machine_id, 1, 8) || '-{n:04d}-4000-8000-000000000000'",
+            "booted_at": f"booted_at + {n} * 86400",
+            "seq": f"seq + {n}",
+            "kind": "'kexec'",
+            "release": f"'{rel}'",
+            "previous_release": "'7.0'",
+            "kexec_count": "1",
+        }
+        return (
+            f"INSERT INTO boots ({', '.join(cols)}) SELECT {', '.join(vals[c] for c in cols)} "
+            f"FROM boots WHERE machine_id = '{m}' AND seq = 1"
+        )
+
+    dsn = f"host=127.0.0.1 port={pg_server.port} dbname={db} user=postgres"
+    errors: list[str] = []
+
+    def run(order: list[str], rels: tuple[str, str], start: threading.Barrier) -> None:
+        try:
+            with psycopg.connect(dsn) as c:
+                for i, m in enumerate(order):
+                    c.execute(boot_of(m, rels[i % 2], 1 + i))
+                start.wait(10)
+                c.commit()
+        except psycopg.Error as e:
+            errors.append(str(e).splitlines()[0])
+
+    start = threading.Barrier(2)
+    t1 = threading.Thread(target=run, args=(ms, ("7.1", "7.2"), start))
+    t2 = threading.Thread(target=run, args=(ms[::-1], ("7.2", "7.1"), start))
+    t1.start()
+    t2.start()
+    t1.join(60)
+    t2.join(60)
+    assert errors == []
+    assert report(capsys, url) == report(capsys, url, "--recompute")
+
+
+def test_a_chain_khod_derived_later_is_counted_in_the_totals(
+    pg_server: PostgresServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A boot's ``metadata_source`` rewritten (no release, time or count changes: the
+    bucket rollups do not move): the whole history's ``derived_boots`` follows, as the
+    report counted from every row says, and the totals agree with the rows."""
+    db, url = imported(pg_server, tmp_path, capsys, fleet())
+    before = {
+        (r["previous_release"], r["release"]): r["derived_boots"] for r in report(capsys, url)
+    }
+    pg_server.psql(
+        "UPDATE boots SET metadata_source = 'derived' WHERE kind = 'kexec' "
+        "AND previous_release = '7.0' AND release = '7.1' AND id % 2 = 0",
+        db,
+    )
+    after = report(capsys, url)
+    assert after == report(capsys, url, "--recompute")
+    changed = {(r["previous_release"], r["release"]): r["derived_boots"] for r in after}
+    assert changed[("7.0", "7.1")] > before[("7.0", "7.1")]
+    store = open_store(url, create=False)
+    try:
+        assert rollups_admin.check(store)["agree"]
+    finally:
+        store.dispose()
