@@ -13,9 +13,13 @@ against a baseline measured in the same run.
    and attempts pointing at the copied boots; the rollup triggers count every copy as
    they count a push): --boots x --copies boots over --hosts x --copies hosts, or as
    many copies as --budget seconds make.
-3. `report transitions` from the rollups, the same report counted again from every
-   row (``--recompute``; identical output, asserted), and the per-host queries of
-   bench/fleet.py by hand on psycopg, at 1 copy and at the end.
+   With ``--rebuild-copies`` the copies are made with the rollup triggers disabled,
+   then `khoctl fleet rollups --rebuild` counts them (timed): the owner's bulk path,
+   and the only way to reach 10^7 boots on a small machine in a sitting.
+3. `report transitions` from the rollups (the whole history: migration 0015's totals),
+   the same report counted again from every row (``--recompute``; identical output,
+   asserted), 0013's read of the bucket rollups (the same rows, asserted), and the
+   per-host queries of bench/fleet.py by hand on psycopg, at 1 copy and at the end.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.fleet import HAND_ATTEMPTS_SQL, hand_sql, time_hand  # noqa: E402
 from bench.fleetgen import KHOCTL, generate  # noqa: E402
+from khod.fleet import rollup  # noqa: E402
 from tests import pgserver  # noqa: E402
 
 TRIGGERS = (
@@ -110,23 +115,36 @@ def khoctl_import(path: Path, url: str) -> float:
     return timed_khoctl("import", "import", str(path), "--db", url, "--json", "--quiet")
 
 
-def report_times(url: str, runs: int) -> dict[str, Any]:
+def report_times(url: str, runs: int, now: float | None = None) -> dict[str, Any]:
+    """The report at ``now`` (default: the wall clock) from the rollups (best of
+    ``runs``), counted again (once: minutes at 10^7 boots), 0013's read and the hand
+    queries (best of ``runs``)."""
     import psycopg
 
     from khod.fleet.report import transitions
     from khod.store.db import open_store
 
     store = open_store(url, create=False)
-    now = time.time()
+    now = time.time() if now is None else now
     out: dict[str, Any] = {}
-    for name, recompute in (("rollup", False), ("recompute", True)):
+    for name, recompute, n in (("rollup", False, runs), ("recompute", True, 1)):
         times, rows = [], []
-        for _ in range(runs):
+        for _ in range(n):
             t0 = time.perf_counter()
             rows = transitions(store, now=now, recompute=recompute)
             times.append(time.perf_counter() - t0)
         out[name] = min(times)
         out[name + "_rows"] = [r.as_json() for r in rows]
+    with store.engine.connect() as sa_conn:  # 0013's read: per host and bucket
+        assert rollup.keeps_totals(sa_conn), "the database keeps no totals (before 0015)"
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            buckets = rollup.read_buckets(sa_conn, None, None, now - 86400)
+            times.append(time.perf_counter() - t0)
+        out["buckets"] = min(times)
+        totals = rollup.read(sa_conn, None, None, now - 86400)
+        assert _same(buckets, totals), "the totals and the bucket rollups disagree"
     store.dispose()
     assert out["rollup_rows"] == out["recompute_rows"], "the rollups disagree"
     conn = psycopg.connect(url.replace("postgresql+psycopg", "postgresql"))
@@ -140,7 +158,10 @@ def report_times(url: str, runs: int) -> dict[str, Any]:
 
     out["hand"], _ = time_hand(run_pg, runs)
     with conn.cursor() as cur:
-        for table in ("boots", "kexec_attempts", "fleet_rollup_boots", "fleet_rollup_attempts"):
+        for table in (
+            "boots", "kexec_attempts", "fleet_rollup_boots", "fleet_rollup_attempts",
+            "fleet_rollup_host_boots", "fleet_rollup_transition_boots",
+        ):  # fmt: skip
             cur.execute(f"SELECT count(*) FROM {table}")
             row = cur.fetchone()
             out[table] = int(row[0]) if row else 0
@@ -151,13 +172,38 @@ def report_times(url: str, runs: int) -> dict[str, Any]:
     return out
 
 
+def last_boot(url: str) -> float:
+    """An hour after the fleet's last boot: its last day's boots not observed yet."""
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
+        row = conn.execute("SELECT max(booted_at) FROM boots").fetchone()
+    assert row is not None and row[0] is not None
+    return float(row[0]) + 3600
+
+
+def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """The rows of two reads alike, whatever numeric types the server gave them."""
+
+    def norm(rows: list[Any]) -> list[Any]:
+        return sorted(
+            (str(r[0]), r[1], *(None if v is None else int(v) for v in r[2:])) for r in rows
+        )
+
+    return all(norm(x) == norm(y) for x, y in zip(a[:2], b[:2], strict=True))
+
+
 def show(what: str, m: dict[str, Any]) -> None:
     print(
         f"report at {what}: {m['boots']:,} boots, {m['kexec_attempts']:,} attempts; "
         f"rollup rows {m['fleet_rollup_boots']:,} + {m['fleet_rollup_attempts']:,}, "
+        f"host totals {m['fleet_rollup_host_boots']:,}, transition totals "
+        f"{m['fleet_rollup_transition_boots']:,}; "
         f"{m['last_window']:,} boots in the last window: from the rollups "
         f"{m['rollup'] * 1000:.0f} ms; counted again from every row (--recompute) "
         f"{m['recompute'] * 1000:.0f} ms, ratio {m['rollup'] / m['recompute']:.3f}x; "
+        f"0013's read of the bucket rollups {m['buckets'] * 1000:.0f} ms, ratio "
+        f"{m['rollup'] / m['buckets']:.3f}x; "
         f"the per-host queries by hand {m['hand'] * 1000:.0f} ms, ratio "
         f"{m['rollup'] / m['hand']:.3f}x; {len(m['rollup_rows'])} transitions, identical",
         flush=True,
@@ -173,6 +219,11 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-bare", action="store_true", help="skip the import without rollups")
     ap.add_argument("--budget", type=float, default=1800, help="seconds for the copies")
+    ap.add_argument(
+        "--rebuild-copies",
+        action="store_true",
+        help="copy with the rollup triggers disabled, then fleet rollups --rebuild",
+    )
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="khod-fleet-report-"))
     try:
@@ -219,9 +270,16 @@ def main() -> int:
                 f"attempts {a1:.1f} s{bare_said}",
                 flush=True,
             )
+            with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
+                conn.autocommit = True  # the statistics autovacuum keeps on a live database
+                conn.execute("VACUUM ANALYZE")
             show(f"1 copy ({a.hosts:,} hosts)", report_times(url, a.runs))
+            show("1 copy, its last day", report_times(url, a.runs, last_boot(url)))
             copies = 1
             with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
+                if a.rebuild_copies:
+                    for table, trigger in TRIGGERS:
+                        conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}")
                 t0 = time.perf_counter()
                 for k in range(1, a.copies):
                     if time.perf_counter() - t0 > a.budget:  # the scale reached is printed
@@ -231,9 +289,15 @@ def main() -> int:
                     conn.commit()
                     copies += 1
                     print(f"  copy {k}: {time.perf_counter() - t0:.0f} s", flush=True)
+                if a.rebuild_copies:
+                    for table, trigger in TRIGGERS:
+                        conn.execute(f"ALTER TABLE {table} ENABLE TRIGGER {trigger}")
+                    conn.commit()
+                    print(f"  fleet rollups --rebuild: {rebuild(url):.0f} s", flush=True)
                 conn.autocommit = True
                 conn.execute("VACUUM ANALYZE")
             show(f"{copies} copies ({a.hosts * copies:,} hosts)", report_times(url, a.runs))
+            show(f"{copies} copies, their last day", report_times(url, a.runs, last_boot(url)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
