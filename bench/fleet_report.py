@@ -210,6 +210,36 @@ def show(what: str, m: dict[str, Any]) -> None:
     )
 
 
+def totals_cost(export: Path, attempts: Path, runs: int) -> None:
+    """What migration 0015's totals cost an import: the same fleet imported with
+    ``khoctl import`` into a database at head and into one at 0014 (the bucket rollups
+    only), alternately, ``runs`` times each; the best of each printed with the ratio."""
+    from khod.store import migrate
+    from khod.store.db import open_store
+
+    times: dict[str, list[tuple[float, float]]] = {"0015": [], "0014": []}
+    with pgserver.running_server(durable=True) as pg:
+        for _ in range(runs):
+            for rev, took in times.items():
+                url = pg.url(pg.create_database())
+                subprocess.run(
+                    [KHOCTL, "db", "upgrade", "--db", url], check=True, capture_output=True
+                )
+                if rev != "0015":
+                    store = open_store(url, create=False, migrate=False)
+                    migrate.downgrade(store, rev)
+                    store.dispose()
+                took.append((khoctl_import(export, url), khoctl_import(attempts, url)))
+    (b1, a1), (b0, a0) = (min(times[r], key=sum) for r in ("0015", "0014"))
+    print(
+        f"import with the totals (0015): boots and pstore records {b1:.1f} s, attempts "
+        f"{a1:.1f} s; at 0014 (the bucket rollups only) {b0:.1f} s, {a0:.1f} s; ratio "
+        f"{b1 / b0:.2f}x, {a1 / a0:.2f}x, together {(b1 + a1) / (b0 + a0):.2f}x "
+        f"(best of {runs} each, alternated)",
+        flush=True,
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--boots", type=int, default=1_000_000)
@@ -224,6 +254,11 @@ def main() -> int:
         action="store_true",
         help="copy with the rollup triggers disabled, then fleet rollups --rebuild",
     )
+    ap.add_argument(
+        "--totals-cost",
+        action="store_true",
+        help="only what migration 0015's totals cost an import (against 0014), then stop",
+    )
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="khod-fleet-report-"))
     try:
@@ -235,6 +270,9 @@ def main() -> int:
             f"pstore records, {made['attempts']:,} attempts in {time.perf_counter() - t0:.0f} s",
             flush=True,
         )
+        if a.totals_cost:
+            totals_cost(export, attempts, a.runs)
+            return 0
         with pgserver.running_server(durable=True) as pg:
             url, bare = pg.url(pg.create_database()), pg.url(pg.create_database())
             import psycopg

@@ -267,8 +267,10 @@ def _rollups(args: argparse.Namespace) -> int:
                 lines.append(
                     f"rebuilt the rollups: {done['boot_rows']} boot rows ({done['boots']} "
                     f"boots), {done['attempt_rows']} attempt rows ({done['attempts']} "
-                    f"attempts); {done['changed_boot_rows']} boot rows and "
-                    f"{done['changed_attempt_rows']} attempt rows had differed"
+                    f"attempts); {done['changed_boot_rows']} boot rows, "
+                    f"{done['changed_attempt_rows']} attempt rows, "
+                    f"{done['changed_host_rows']} host totals and "
+                    f"{done['changed_transition_rows']} transition totals had differed"
                 )
             out = rollups_admin.check(store)
             res.update(out)

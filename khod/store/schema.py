@@ -378,11 +378,18 @@ def _pending(name: str, flag: str, counts: tuple[str, ...]) -> Table:
         Column("release", Text, nullable=False),
         Column("machine_id", String(64), nullable=False),
         *(Column(c, BigInteger, nullable=False) for c in counts),
+        Column("xid", BigInteger, nullable=False, index=True),  # the writing transaction's
     )
 
 
 fleet_rollup_pending_boots = _pending("fleet_rollup_pending_boots", "cold", _BOOT_SUMS)
 fleet_rollup_pending_attempts = _pending("fleet_rollup_pending_attempts", "has_prev", _ATTEMPT_SUMS)
+# the 64 stripes, a row each, that a commit locks to its end (owner only)
+fleet_rollup_stripes = Table(
+    "fleet_rollup_stripes",
+    metadata,
+    Column("stripe", Integer, primary_key=True, autoincrement=False),
+)
 fleet_rollup_pending_tx = Table(
     "fleet_rollup_pending_tx",
     metadata,

@@ -23,9 +23,11 @@ id into ``fleet_rollup_pending_tx``, whose deferred constraint trigger adds the
 transaction's changes at its commit, in key order, to the host rows and, to the
 stripe the transaction holds, the transitions' sums and host counts
 (``khod_rollup_commit``). No lock on a total is held across statements (two writers of
-the same machines in opposite orders do not deadlock), and a stripe is one of 64
-claimed by a transaction-scoped advisory lock (``khod_rollup_stripe``), so that the
-hosts landing the same transition at once (a kexec wave) do not queue behind one row.
+the same machines in opposite orders do not deadlock), and a stripe is one of 64 rows
+of ``fleet_rollup_stripes`` the commit locks, skipping those other transactions hold
+(``khod_rollup_stripe``; not an advisory lock, which any role may take and hold), so
+that the hosts landing the same transition at once (a kexec wave) do not queue behind
+one row.
 
 The functions are the owner's (``SECURITY DEFINER``) as 0013's: a host reads and writes
 none of it, ``khod_report`` reads the totals. The first and last boot of a transition
@@ -50,7 +52,6 @@ branch_labels = None
 depends_on = None
 
 STRIPES = 64
-LOCK_SPACE = 0x6B686F64  # 'khod': the advisory locks' first key, the stripe the second
 
 # per kind: the bucket table's flag, the sums kept per host (as SQL over a bucket row,
 # its bucket -1 taken into account) and the host counts kept per transition (a host
@@ -91,15 +92,19 @@ def _stripe_function(schema: str) -> str:
 CREATE FUNCTION khod_rollup_stripe() RETURNS integer LANGUAGE plpgsql
 SET search_path = {schema}, pg_temp AS $$
 DECLARE
-  s integer := pg_backend_pid() % {STRIPES};
+  s integer;
 BEGIN
-  -- the first stripe from this backend's that no other transaction holds (one this
-  -- transaction holds already is taken again); all held: this backend's, and wait
-  FOR i IN 0..{STRIPES - 1} LOOP
-    IF pg_try_advisory_xact_lock({LOCK_SPACE}, (s + i) % {STRIPES}) THEN
-      RETURN (s + i) % {STRIPES};
-    END IF;
-  END LOOP;
+  -- the first stripe from this backend's that no other transaction holds (a row lock
+  -- in a table only the owner reaches: an advisory lock any role may take and hold);
+  -- one this transaction holds already is taken again; all held: wait for this
+  -- backend's own
+  SELECT stripe INTO s FROM fleet_rollup_stripes
+  ORDER BY (stripe - pg_backend_pid() % {STRIPES} + {STRIPES}) % {STRIPES}
+  LIMIT 1 FOR UPDATE SKIP LOCKED;
+  IF NOT FOUND THEN
+    SELECT stripe INTO s FROM fleet_rollup_stripes
+    WHERE stripe = pg_backend_pid() % {STRIPES} FOR UPDATE;
+  END IF;
   RETURN s;
 END $$;
 """
@@ -120,7 +125,7 @@ def _key(kind: str, machine: bool = True) -> list[str]:
 def _apply(kind: str) -> str:
     """At commit: this transaction's changes (``fleet_rollup_pending_*``, taken out)
     added to the host rows in key order, and what they did to each transition's sums
-    and host counts added to the stripe ``s``; the host rows left at 0 named in
+    and host counts added to the stripe ``s``; the host rows left with nothing named in
     ``gone_*`` (deleted by the next statement)."""
     _, sums, hosts = KINDS[kind]
     key, tkey = ", ".join(_key(kind)), ", ".join(_key(kind, False))
@@ -128,10 +133,13 @@ def _apply(kind: str) -> str:
         f"sum(({_host_sum(e, 'u')} > 0)::int - ({_host_sum(e, 'u', 'd')} > 0)::int)"
         for e in hosts.values()
     )
-    first = next(iter(sums))
+
+    def zero(t: str) -> str:  # a host row with nothing left (its derived boots too)
+        return " AND ".join(f"{t}.{c} = 0" for c in sums)
+
     return f"""
   WITH p AS (
-    DELETE FROM fleet_rollup_pending_{kind} RETURNING *
+    DELETE FROM fleet_rollup_pending_{kind} WHERE xid = txid_current() RETURNING *
   ), d AS (
     SELECT {key}, {", ".join(f"sum({c}) AS {c}" for c in sums)}
     FROM p GROUP BY {key} HAVING {" OR ".join(f"sum({c}) <> 0" for c in sums)}
@@ -149,11 +157,11 @@ def _apply(kind: str) -> str:
   )
   SELECT array_agg(u.{KINDS[kind][0]}), array_agg(u.previous_release), array_agg(u.release),
          array_agg(u.machine_id)
-  INTO gone_f, gone_p, gone_r, gone_m FROM u WHERE u.{first} <= 0;
+  INTO gone_f, gone_p, gone_r, gone_m FROM u WHERE {zero("u")};
   DELETE FROM fleet_rollup_host_{kind} h
   USING unnest(gone_f, gone_p, gone_r, gone_m) AS k(f, p, r, m)
   WHERE (h.{KINDS[kind][0]}, h.previous_release, h.release, h.machine_id) = (k.f, k.p, k.r, k.m)
-    AND h.{first} <= 0;"""
+    AND {zero("h")};"""
 
 
 def _commit_function(schema: str) -> str:
@@ -192,7 +200,7 @@ def _pending_function(kind: str, schema: str) -> str:
     def pend(source: str) -> str:
         return f"""
     INSERT INTO fleet_rollup_pending_{kind}
-    SELECT {key}, {", ".join(f"sum({c})" for c in sums)} FROM ({source}) x
+    SELECT {key}, {", ".join(f"sum({c})" for c in sums)}, txid_current() FROM ({source}) x
     GROUP BY {key} HAVING {" OR ".join(f"sum({c}) <> 0" for c in sums)};"""
 
     new, old = _signed(kind, "khod_new", ""), _signed(kind, "khod_old", "-")
@@ -232,7 +240,8 @@ def _derived_function(schema: str) -> str:
     def pend(source: str) -> str:
         return f"""
     INSERT INTO fleet_rollup_pending_boots
-    SELECT false, b.previous_release, b.release, b.machine_id, {zeros}, sum(b.sign)
+    SELECT false, b.previous_release, b.release, b.machine_id, {zeros}, sum(b.sign),
+           txid_current()
     FROM ({source}) b WHERE {_DERIVED}
     GROUP BY 2, 3, 4 HAVING sum(b.sign) <> 0;"""
 
@@ -340,8 +349,23 @@ def upgrade() -> None:
             *key(flag),
             sa.Column("machine_id", sa.String(length=64), nullable=False),
             *(n(c) for c in sums),
+            n("xid"),
             prefixes=["UNLOGGED"] if pg else [],
         )
+        op.create_index(
+            op.f(f"ix_fleet_rollup_pending_{kind}_xid"), f"fleet_rollup_pending_{kind}", ["xid"]
+        )
+    op.create_table(  # the stripes a commit claims (a row each, locked to its end)
+        "fleet_rollup_stripes",
+        sa.Column("stripe", sa.Integer(), autoincrement=False, nullable=False),
+        sa.PrimaryKeyConstraint("stripe", name=op.f("pk_fleet_rollup_stripes")),
+    )
+    op.execute(
+        sa.text(
+            "INSERT INTO fleet_rollup_stripes (stripe) "
+            f"VALUES {', '.join(f'({i})' for i in range(STRIPES))}"
+        )
+    )
     op.create_table(
         "fleet_rollup_pending_tx",
         sa.Column("xid", sa.BigInteger(), autoincrement=False, nullable=False),
@@ -399,7 +423,11 @@ def downgrade() -> None:
     for end in ("last", "first"):
         op.drop_index(op.f(f"ix_fleet_rollup_boots_{end}"), table_name="fleet_rollup_boots")
     op.drop_table("fleet_rollup_pending_tx")
+    op.drop_table("fleet_rollup_stripes")
     for kind in reversed(KINDS):
+        op.drop_index(
+            op.f(f"ix_fleet_rollup_pending_{kind}_xid"), table_name=f"fleet_rollup_pending_{kind}"
+        )
         op.drop_table(f"fleet_rollup_pending_{kind}")
         op.drop_table(f"fleet_rollup_transition_{kind}")
         op.drop_table(f"fleet_rollup_host_{kind}")

@@ -558,8 +558,9 @@ def test_hosts_neither_read_nor_forge_the_report_rollups(fleet: Fleet) -> None:
     with psycopg.connect(fleet.hosts[A].conninfo(fleet), autocommit=True) as conn:
         for table in (
             "fleet_rollup_boots", "fleet_rollup_attempts", "fleet_rollup_host_boots",
-            "fleet_rollup_transition_boots", "fleet_rollup_transition_attempts",
-            "fleet_rollup_pending_boots", "fleet_rollup_pending_tx",
+            "fleet_rollup_host_attempts", "fleet_rollup_transition_boots",
+            "fleet_rollup_transition_attempts", "fleet_rollup_pending_boots",
+            "fleet_rollup_pending_attempts", "fleet_rollup_pending_tx", "fleet_rollup_stripes",
         ):  # fmt: skip
             assert refused(conn, f"SELECT * FROM {table}") == (
                 f"permission denied for table {table}"
