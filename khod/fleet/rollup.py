@@ -145,9 +145,12 @@ WITH t AS (
   HAVING sum(boots) > 0
 ), n AS (  -- the boots whose window is not over, per host
   SELECT {_KEY_COLD_B} AS cold, coalesce({_KEY_B}, '') AS previous_release, b.release,
-         b.machine_id, count(*) AS ob, count(*) FILTER (WHERE {_CRASHED}) AS oc,
+         b.machine_id, count(*) AS ob, count(x.crashed) AS oc,
          count(b.warnings) AS lb, count(*) FILTER (WHERE b.warnings > 0) AS wb
-  FROM boots b WHERE b.booted_at > :before AND {_KNOWN_B}
+  FROM boots b LEFT JOIN LATERAL (  -- (LIMIT: a lookup per boot, not a pass over pstore)
+    SELECT true AS crashed FROM pstore_records p
+    WHERE p.describes = b.id AND p.reason IN {sql_list(CRASH_REASONS)} LIMIT 1) x ON true
+  WHERE b.booted_at > :before AND {_KNOWN_B}
   GROUP BY 1, 2, 3, 4
 ), c AS (
   SELECT n.cold, n.previous_release, n.release, sum(n.ob) AS ob, sum(n.oc) AS oc,
@@ -156,7 +159,11 @@ WITH t AS (
          count(*) FILTER (WHERE h.observed_crashes > 0 AND h.observed_crashes <= n.oc) AS hoc,
          count(*) FILTER (WHERE h.logged_boots > 0 AND h.logged_boots <= n.lb) AS hlb,
          count(*) FILTER (WHERE h.warned_boots > 0 AND h.warned_boots <= n.wb) AS hwb
-  FROM n JOIN fleet_rollup_host_boots h USING (cold, previous_release, release, machine_id)
+  FROM n CROSS JOIN LATERAL (  -- (LIMIT: a lookup per host, not a pass over every host)
+    SELECT h.observed_boots, h.observed_crashes, h.logged_boots, h.warned_boots
+    FROM fleet_rollup_host_boots h WHERE h.cold = n.cold
+      AND h.previous_release = n.previous_release AND h.release = n.release
+      AND h.machine_id = n.machine_id LIMIT 1) h
   GROUP BY 1, 2, 3
 )
 SELECT CASE WHEN t.cold THEN NULL ELSE t.previous_release END, t.release, t.boots,
