@@ -43,6 +43,8 @@ Create Date: 2026-12-06
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -204,8 +206,17 @@ def _pending_function(kind: str, schema: str) -> str:
     GROUP BY {key} HAVING {" OR ".join(f"sum({c}) <> 0" for c in sums)};"""
 
     new, old = _signed(kind, "khod_new", ""), _signed(kind, "khod_old", "-")
+    return _pending_trigger_function(f"khod_rollup_pending_{kind}", schema, pend, new, old)
+
+
+def _pending_trigger_function(
+    name: str, schema: str, pend: Callable[[str], str], new: str, old: str
+) -> str:
+    """A statement trigger's function: ``pend`` of the rows it inserted (``new``),
+    changed (both, the old ones signed -1) or deleted (``old``); the transaction marked
+    for ``khod_rollup_commit`` when it pended any."""
     return f"""
-CREATE FUNCTION khod_rollup_pending_{kind}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = {schema}, pg_temp AS $$
 DECLARE
   n bigint;
@@ -247,23 +258,7 @@ def _derived_function(schema: str) -> str:
 
     new = "SELECT n.*, 1 AS sign FROM khod_new n"
     old = "SELECT o.*, -1 AS sign FROM khod_old o"
-    return f"""
-CREATE FUNCTION khod_rollup_derived() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = {schema}, pg_temp AS $$
-DECLARE
-  n bigint;
-BEGIN
-  IF TG_OP = 'INSERT' THEN{pend(new)}
-  ELSIF TG_OP = 'UPDATE' THEN{pend(new + " UNION ALL " + old)}
-  ELSE{pend(old)}
-  END IF;
-  GET DIAGNOSTICS n = ROW_COUNT;
-  IF n > 0 THEN
-    INSERT INTO fleet_rollup_pending_tx VALUES (txid_current()) ON CONFLICT DO NOTHING;
-  END IF;
-  RETURN NULL;
-END $$;
-"""
+    return _pending_trigger_function("khod_rollup_derived", schema, pend, new, old)
 
 
 def _triggers(kind: str) -> list[str]:

@@ -35,6 +35,15 @@ def imported(pg: PostgresServer, tmp_path: Path, capsys: Any, objs: list[Any]) -
     return db, url
 
 
+def totals_agree(url: str) -> bool:
+    """``khoctl fleet rollups --check``'s verdict: the rollups and totals are the rows'."""
+    store = open_store(url, create=False)
+    try:
+        return bool(rollups_admin.check(store)["agree"])
+    finally:
+        store.dispose()
+
+
 def report(capsys: Any, url: str, *extra: str) -> list[dict[str, Any]]:
     rc, out, err = ctl(capsys, *ARGS, "--db", url, *extra)
     assert (rc, err) == (0, "")
@@ -115,11 +124,7 @@ def test_hosts_landing_the_same_transition_at_once_do_not_wait_for_each_other(
     rows = {(r["previous_release"], r["release"]): r for r in report(capsys, url)}
     assert rows[("7.0", "7.1")]["boots"] == 2 and rows[("7.0", "7.1")]["hosts"] == 2
     assert report(capsys, url) == report(capsys, url, "--recompute")
-    store = open_store(url, create=False)
-    try:
-        assert rollups_admin.check(store)["agree"]
-    finally:
-        store.dispose()
+    assert totals_agree(url)
 
 
 def test_a_database_at_0014_gets_its_totals_from_its_rollups(
@@ -230,8 +235,4 @@ def test_a_chain_khod_derived_later_is_counted_in_the_totals(
         db,
     )
     assert report(capsys, url) == report(capsys, url, "--recompute")
-    store = open_store(url, create=False)
-    try:
-        assert rollups_admin.check(store)["agree"]
-    finally:
-        store.dispose()
+    assert totals_agree(url)
