@@ -39,17 +39,8 @@ sys.path.insert(0, str(ROOT))
 from bench.fleet import HAND_ATTEMPTS_SQL, hand_sql, time_hand  # noqa: E402
 from bench.fleetgen import KHOCTL, generate  # noqa: E402
 from khod.fleet import rollup  # noqa: E402
+from khod.fleet.rollups_admin import TRIGGERS  # noqa: E402  (0013's)
 from tests import pgserver  # noqa: E402
-
-TRIGGERS = (
-    ("boots", "khod_rollup_insert"),
-    ("boots", "khod_rollup"),
-    ("boots", "khod_rollup_delete"),
-    ("kexec_attempts", "khod_rollup_insert"),
-    ("kexec_attempts", "khod_rollup"),
-    ("pstore_records", "khod_rollup_insert"),
-    ("pstore_records", "khod_rollup"),
-)
 
 # a copy of every row under machine ids whose first 4 hex digits are the copy's number
 # (bench/fleet.py's machine ids start with 0000 up to 65,535 hosts)

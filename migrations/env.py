@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine
 
+import khod.store.rollup_schema  # noqa: F401  (the fleet's rollup tables, in the metadata)
 from khod.store.schema import metadata
 
 config = context.config

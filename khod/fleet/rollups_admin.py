@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import KhodError, StoreError
 from khod.fleet.report import DERIVED_SOURCES
-from khod.fleet.rollup import THROUGH_B
+from khod.fleet.rollup import THROUGH_B, keeps_totals
 from khod.fleet.rollup import sql_list as _in
 from khod.records import CRASH_REASONS, FAILED_TO_LAND, RAN, REJECTED, WITHOUT_HANDOVER, Verdict
 from khod.store.handle import Store, describe_db_error
@@ -143,12 +143,6 @@ def _stripes_summed(table: str, kind: str) -> str:
         f"(SELECT {tkey}, {', '.join(f'sum({c})::bigint AS {c}' for c in counts)} FROM {table} "
         f"GROUP BY {tkey} HAVING {' OR '.join(f'sum({c}) <> 0' for c in counts)})"
     )
-
-
-def totals_kept(conn: Connection) -> bool:
-    """Whether the database keeps migration 0015's totals (0013 and 0014 do not)."""
-    q = "SELECT to_regclass('fleet_rollup_transition_boots') IS NOT NULL"
-    return bool(conn.execute(text(q)).scalar_one())
 
 
 def _diff(keys: tuple[str, ...], counts: tuple[str, ...], want: str, found: str) -> str:
@@ -320,7 +314,7 @@ def check(store: Store) -> dict[str, Any]:
         engine = store.writer.execution_options(isolation_level="REPEATABLE READ")
         with engine.connect() as conn:  # one snapshot; rolled back: nothing written
             _owner(conn, store, "--check")
-            totals = totals_kept(conn)
+            totals = keeps_totals(conn)
             _counted(conn, totals)
             return _compare(conn, totals)
     except SQLAlchemyError as e:
@@ -343,7 +337,7 @@ def rebuild(store: Store) -> dict[str, Any]:
                 {"t": f"{LOCK_TIMEOUT_S * 1000}ms"},
             )
             conn.execute(text("LOCK TABLE boots, pstore_records, kexec_attempts IN SHARE MODE"))
-            totals = totals_kept(conn)
+            totals = keeps_totals(conn)
             kept = [
                 f"fleet_rollup_{level}{kind}"
                 for level in ("", *(("host_", "transition_") if totals else ()))
