@@ -2,6 +2,7 @@
 the same run, at each size asked for.
 
     python bench/fleet_import.py [--sizes 100000,1000000] [--baseline-src DIR]
+        [--stores PostgreSQL,SQLite]
 
 Per size: a generated fleet (bench/fleet.py's, 50 boots a host, no pstore records)
 of N boots and about as many attempts in one export; then on PostgreSQL (fsync on)
@@ -168,7 +169,11 @@ def _empty_store(pg: Any, name: str, db: Path) -> str:
 
 
 def measure(
-    sizes: list[int], tmp: Path, baseline_src: str | None = None, baseline_max: int = 0
+    sizes: list[int],
+    tmp: Path,
+    baseline_src: str | None = None,
+    baseline_max: int = 0,
+    stores: tuple[str, ...] = ("PostgreSQL", "SQLite"),
 ) -> None:
     from bench.fleetgen import generate
 
@@ -185,7 +190,7 @@ def measure(
                 f"({both.stat().st_size / 2**20:.0f} MiB):",
                 flush=True,
             )
-            for name in ("PostgreSQL", "SQLite"):
+            for name in stores:
                 runs: dict[str, float] = {}
                 before = baseline_src and (not baseline_max or n <= baseline_max)
                 for who in ("khod", "before") if before else ("khod",):
@@ -223,10 +228,14 @@ def main() -> int:
     ap.add_argument("--sizes", default="100000,1000000", help="boots, comma-separated")
     ap.add_argument("--baseline-src", metavar="DIR", help="also time this khod's import")
     ap.add_argument("--baseline-max", type=int, default=0, help="... up to this size only")
+    ap.add_argument("--stores", default="PostgreSQL,SQLite", help="which, comma-separated")
     a = ap.parse_args()
+    stores = tuple(a.stores.split(","))
+    if not stores or not set(stores) <= {"PostgreSQL", "SQLite"}:
+        ap.error("--stores: PostgreSQL, SQLite or both")
     tmp = Path(tempfile.mkdtemp(prefix="khod-import-bench-"))
     try:
-        measure([int(s) for s in a.sizes.split(",")], tmp, a.baseline_src, a.baseline_max)
+        measure([int(s) for s in a.sizes.split(",")], tmp, a.baseline_src, a.baseline_max, stores)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

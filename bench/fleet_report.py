@@ -25,6 +25,8 @@ against a baseline measured in the same run.
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +43,8 @@ from bench.fleetgen import KHOCTL, generate  # noqa: E402
 from khod.fleet import rollup  # noqa: E402
 from khod.fleet.rollups_admin import TRIGGERS  # noqa: E402  (0013's)
 from tests import pgserver  # noqa: E402
+
+SCHEMA_PY = "khod/store/schema.py"
 
 # a copy of every row under machine ids whose first 4 hex digits are the copy's number
 # (bench/fleet.py's machine ids start with 0000 up to 65,535 hosts)
@@ -88,10 +92,14 @@ WHERE a.machine_id LIKE '0000%%'
 """
 
 
-def timed_khoctl(what: str, *argv: str) -> float:
-    """Seconds one khoctl command took; its failure ends the benchmark in one line."""
+def timed_khoctl(what: str, *argv: str, src: str | None = None) -> float:
+    """Seconds one khoctl command took (the khod in ``src``, a source tree, if given);
+    its failure ends the benchmark in one line."""
+    env = dict(os.environ, PYTHONPATH=src) if src is not None else None
     t0 = time.perf_counter()
-    r = subprocess.run([KHOCTL, *argv], capture_output=True, text=True, check=False)
+    r = subprocess.run(
+        [KHOCTL, *argv], capture_output=True, text=True, check=False, env=env, cwd=src
+    )
     if r.returncode != 0:
         raise SystemExit(f"{what} failed: {r.stdout.strip()} {r.stderr.strip()}")
     return time.perf_counter() - t0
@@ -102,8 +110,8 @@ def rebuild(url: str) -> float:
     return timed_khoctl("rebuild", "fleet", "rollups", "--rebuild", "--db", url)
 
 
-def khoctl_import(path: Path, url: str) -> float:
-    return timed_khoctl("import", "import", str(path), "--db", url, "--json", "--quiet")
+def khoctl_import(path: Path, url: str, src: str | None = None) -> float:
+    return timed_khoctl("import", "import", str(path), "--db", url, "--json", "--quiet", src=src)
 
 
 def report_times(url: str, runs: int, now: float | None = None) -> dict[str, Any]:
@@ -201,32 +209,40 @@ def show(what: str, m: dict[str, Any]) -> None:
     )
 
 
-def totals_cost(export: Path, attempts: Path, runs: int) -> None:
-    """What migration 0015's totals cost an import: the same fleet imported with
-    ``khoctl import`` into a database at head and into one at 0014 (the bucket rollups
-    only), alternately, ``runs`` times each; the best of each printed with the ratio."""
-    from khod.store import migrate
-    from khod.store.db import open_store
+def revision_cost(export: Path, attempts: Path, runs: int, baselines: list[str]) -> None:
+    """What the migrations since earlier khods cost an import: the same fleet imported
+    by this khod into a database it migrated (head) and by the khod in each of
+    ``baselines`` (source trees of earlier commits, migrations/ linked as
+    khod/migrations) into one that khod migrated (``khoctl import`` migrates the
+    database to its own head first, so each khod imports into its own schema), in turn,
+    ``runs`` times each; the best of each printed with its ratio to head's."""
+    from khod.store.schema import HEAD_REVISION
 
-    times: dict[str, list[tuple[float, float]]] = {"0015": [], "0014": []}
+    revs: dict[str, str | None] = {HEAD_REVISION: None}
+    for tree in baselines:
+        text = (Path(tree) / SCHEMA_PY).read_text()
+        m = re.search(r'^HEAD_REVISION = "(\w+)"', text, re.M)
+        assert m and m.group(1) not in revs, f"{tree}: no HEAD_REVISION, or one seen already"
+        revs[m.group(1)] = tree
+    times: dict[str, list[tuple[float, float]]] = {r: [] for r in revs}
     with pgserver.running_server(durable=True) as pg:
         for _ in range(runs):
-            for rev, took in times.items():
+            for rev, src in revs.items():
                 url = pg.url(pg.create_database())
-                subprocess.run(
-                    [KHOCTL, "db", "upgrade", "--db", url], check=True, capture_output=True
-                )
-                if rev != "0015":
-                    store = open_store(url, create=False, migrate=False)
-                    migrate.downgrade(store, rev)
-                    store.dispose()
-                took.append((khoctl_import(export, url), khoctl_import(attempts, url)))
-    (b1, a1), (b0, a0) = (min(times[r], key=sum) for r in ("0015", "0014"))
+                timed_khoctl("db upgrade", "db", "upgrade", "--db", url, src=src)
+                took = (khoctl_import(export, url, src), khoctl_import(attempts, url, src))
+                times[rev].append(took)
+    best = {r: min(t, key=sum) for r, t in times.items()}
+    b1, a1 = best[HEAD_REVISION]
+    said = "; ".join(
+        f"the khod at {r} {b0:.1f} s, {a0:.1f} s: ratio {b1 / b0:.2f}x, {a1 / a0:.2f}x, "
+        f"together {(b1 + a1) / (b0 + a0):.2f}x"
+        for r, (b0, a0) in best.items()
+        if r != HEAD_REVISION
+    )
     print(
-        f"import with the totals (0015): boots and pstore records {b1:.1f} s, attempts "
-        f"{a1:.1f} s; at 0014 (the bucket rollups only) {b0:.1f} s, {a0:.1f} s; ratio "
-        f"{b1 / b0:.2f}x, {a1 / a0:.2f}x, together {(b1 + a1) / (b0 + a0):.2f}x "
-        f"(best of {runs} each, alternated)",
+        f"import at {HEAD_REVISION}: boots and pstore records {b1:.1f} s, attempts "
+        f"{a1:.1f} s; {said} (best of {runs} each, in turn)",
         flush=True,
     )
 
@@ -246,9 +262,10 @@ def main() -> int:
         help="copy with the rollup triggers disabled, then fleet rollups --rebuild",
     )
     ap.add_argument(
-        "--totals-cost",
-        action="store_true",
-        help="only what migration 0015's totals cost an import (against 0014), then stop",
+        "--cost-against",
+        metavar="DIR[,DIR]",
+        help="only what the migrations since the khods in DIR (source trees) cost an "
+        "import, then stop",
     )
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="khod-fleet-report-"))
@@ -261,8 +278,8 @@ def main() -> int:
             f"pstore records, {made['attempts']:,} attempts in {time.perf_counter() - t0:.0f} s",
             flush=True,
         )
-        if a.totals_cost:
-            totals_cost(export, attempts, a.runs)
+        if a.cost_against:
+            revision_cost(export, attempts, a.runs, a.cost_against.split(","))
             return 0
         with pgserver.running_server(durable=True) as pg:
             url, bare = pg.url(pg.create_database()), pg.url(pg.create_database())
