@@ -147,7 +147,7 @@ def test_a_database_at_0014_gets_its_totals_from_its_rollups(
             "FROM boots WHERE release = '7.1' AND previous_release = '7.0' LIMIT 1",
             db,
         )
-        assert migrate.upgrade(store, "0014") == "0015"
+        assert migrate.upgrade(store, "0014", "0015") == "0015"
         kept = rollups_admin.check(store)
         assert kept["agree"] and kept["differing_transition_rows"] == 0
     finally:
