@@ -20,6 +20,10 @@ against a baseline measured in the same run.
    the same report counted again from every row (``--recompute``; identical output,
    asserted), 0013's read of the bucket rollups (the same rows, asserted), and the
    per-host queries of bench/fleet.py by hand on psycopg, at 1 copy and at the end.
+
+With ``--cost-against DIR[,DIR]`` it only times ``khoctl import`` of the generated
+fleet by this khod and by the khod in each DIR (a source tree of an earlier commit with
+migrations/ linked as khod/migrations), each into a database it migrated, in turn.
 """
 
 from __future__ import annotations
@@ -218,8 +222,10 @@ def revision_cost(export: Path, attempts: Path, runs: int, baselines: list[str])
     ``runs`` times each; the best of each printed with its ratio to head's."""
     from khod.store.schema import HEAD_REVISION
 
-    revs: dict[str, str | None] = {HEAD_REVISION: None}
+    revs: dict[str, str] = {HEAD_REVISION: str(ROOT)}  # this tree's khod, as labelled
     for tree in baselines:
+        # without it that khod would find this tree's migrations (the editable install)
+        assert (Path(tree) / "khod/migrations").is_dir(), f"{tree}: link migrations/ there"
         text = (Path(tree) / SCHEMA_PY).read_text()
         m = re.search(r'^HEAD_REVISION = "(\w+)"', text, re.M)
         assert m and m.group(1) not in revs, f"{tree}: no HEAD_REVISION, or one seen already"
