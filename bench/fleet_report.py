@@ -20,6 +20,12 @@ against a baseline measured in the same run.
    the same report counted again from every row (``--recompute``; identical output,
    asserted), 0013's read of the bucket rollups (the same rows, asserted), and the
    per-host queries of bench/fleet.py by hand on psycopg, at 1 copy and at the end.
+   With ``--explain``, after each "last day" line: ``EXPLAIN (ANALYZE, BUFFERS)`` of the
+   whole history's boots query (``rollup.TOTAL_BOOTS_SQL``), where its last window goes.
+
+``--shared-buffers`` sets the server's (PostgreSQL's default, 128MB, unless given): the
+last window's boots and host totals are read from the operating system's cache when they
+do not fit in it.
 
 With ``--cost-against DIR[,DIR]`` it only times ``khoctl import`` of the generated
 fleet by this khod and by the khod in each DIR (a source tree of an earlier commit with
@@ -175,6 +181,19 @@ def report_times(url: str, runs: int, now: float | None = None) -> dict[str, Any
     return out
 
 
+def explain_last_window(url: str, now: float) -> None:
+    """``EXPLAIN (ANALYZE, BUFFERS)`` of the whole history's boots query at ``now`` (its
+    last window: the day before), run twice (the second printed: the cache warm)."""
+    import psycopg
+
+    sql = rollup.TOTAL_BOOTS_SQL.replace(":before", str(int(now - 86400)))
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
+        conn.execute("SET jit = off")  # as rollup.read() does
+        for _ in range(2):
+            plan = conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql).fetchall()
+    print("\n".join("  " + str(r[0]) for r in plan), flush=True)
+
+
 def last_boot(url: str) -> float:
     """An hour after the fleet's last boot: its last day's boots not observed yet."""
     import psycopg
@@ -268,6 +287,12 @@ def main() -> int:
         help="copy with the rollup triggers disabled, then fleet rollups --rebuild",
     )
     ap.add_argument(
+        "--explain",
+        action="store_true",
+        help="after each last day's line, EXPLAIN ANALYZE of the whole history's boots query",
+    )
+    ap.add_argument("--shared-buffers", help="the server's shared_buffers (e.g. 1GB)")
+    ap.add_argument(
         "--cost-against",
         metavar="DIR[,DIR]",
         help="only what the migrations since the khods in DIR (source trees) cost an "
@@ -288,6 +313,10 @@ def main() -> int:
             revision_cost(export, attempts, a.runs, a.cost_against.split(","))
             return 0
         with pgserver.running_server(durable=True) as pg:
+            if a.shared_buffers:
+                pg.psql(f"ALTER SYSTEM SET shared_buffers = '{a.shared_buffers}'")
+                pg.stop()
+                pg.start()
             url, bare = pg.url(pg.create_database()), pg.url(pg.create_database())
             import psycopg
 
@@ -327,6 +356,8 @@ def main() -> int:
                 conn.execute("VACUUM ANALYZE")
             show(f"1 copy ({a.hosts:,} hosts)", report_times(url, a.runs))
             show("1 copy, its last day", report_times(url, a.runs, last_boot(url)))
+            if a.explain:
+                explain_last_window(url, last_boot(url))
             copies = 1
             with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
                 if a.rebuild_copies:
@@ -350,6 +381,8 @@ def main() -> int:
                 conn.execute("VACUUM ANALYZE")
             show(f"{copies} copies ({a.hosts * copies:,} hosts)", report_times(url, a.runs))
             show(f"{copies} copies, their last day", report_times(url, a.runs, last_boot(url)))
+            if a.explain:
+                explain_last_window(url, last_boot(url))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
