@@ -8,10 +8,11 @@ one machine and verdict updated the same counter row once per row in one transac
 (100,000 such rows: 95 to 134 s, against 4.7 to 6.0 s now). An insert now sums its
 new rows by machine and verdict (the statement's transition table) and upserts each
 sum once, in key order. A host's push inserts its attempts a row per statement: the
-same work as before for it. An update
-of a verdict or a machine id stays per row, as in 0011: it is one row at a time (a
-verdict given, a machine id learned). The counts are the same; a host role still
-neither reads nor writes ``counters`` (the functions are the owner's).
+same work as before for it. An update of a verdict or a machine id stays per row, as in
+0011 (a verdict given, a machine id learned, an import filling open verdicts with ON
+CONFLICT DO UPDATE, whose updated rows are not in the insert's transition table). The
+counts are the same; a host role still neither reads nor writes ``counters`` (the
+functions are the owner's).
 
 SQLite keeps 0011's triggers (its own, per row). ``schema_compat.min_writer`` stays
 0011 (docs/fleet-versions.md): an older khod's insert is counted by the same trigger.
