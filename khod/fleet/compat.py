@@ -89,3 +89,26 @@ def writable(target: Store) -> Columns | None:
             f"from {floor or 'its own release'} on)"
         )
     return _columns(target)
+
+
+# may this role raise the warning count of a boot the database has? (migration 0017
+# grants a host role UPDATE of its own boots' warnings; an owner may anywhere)
+RAISE_SQL = (
+    "SELECT has_column_privilege('boots', 'warnings', 'UPDATE') "
+    "AND has_column_privilege('boots', 'warnings', 'SELECT')"
+)
+
+
+def raises_warnings(target: Store) -> bool:
+    """Whether a push may raise the warnings of boots ``target`` has (SQLite: yes);
+    asked of the database's grants, not of its revision, so an owner's push into an
+    older database raises them too."""
+    if target.url.get_backend_name() != "postgresql":
+        return True
+    try:
+        with target.engine.connect() as conn:
+            return bool(conn.execute(text(RAISE_SQL)).scalar())
+    except SQLAlchemyError as e:
+        raise StoreError(
+            f"cannot read the grants of {target.location}: {describe_db_error(e)}"
+        ) from None

@@ -50,6 +50,12 @@ CONFLICT = {
     "pstore": ("machine_id", "sha256"),
     "attempt": ("uid",),
 }
+# a boot already in the store: its warning count raised, never lowered (an INSERT ...
+# SELECT's conflict action; migration 0017)
+RAISE_WARNINGS = (
+    " DO UPDATE SET warnings = EXCLUDED.warnings "
+    "WHERE EXCLUDED.warnings > coalesce(boots.warnings, -1)"
+)
 INT32 = 2**31
 INT64 = 2**63
 # a time every reader can show (datetime's range, from the epoch: a boot or a record

@@ -4,7 +4,8 @@ Importing is idempotent: a row is identified by its natural key (a boot by machi
 and boot id, a blob by boot, direction and name, an event by boot and fingerprint, a
 pstore record by machine and content hash, an attempt by its uid) and inserted only
 when the target lacks it; an attempt's verdict is filled in when the target's is
-still open.
+still open, and a boot's warning count raised when the target's is lower (a boot
+pushed while it ran has seen more of its log since; migration 0017).
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import StoreError
-from khod.fleet.format import CONFLICT, HARD_REFS, SHAPES, TABLES, ref_key
+from khod.fleet.format import CONFLICT, HARD_REFS, RAISE_WARNINGS, SHAPES, TABLES, ref_key
 from khod.store.handle import Store, describe_db_error
 from khod.store.schema import boots, events, kexec_attempts
 
@@ -78,6 +78,14 @@ _FILL_VERDICT_SQLITE = (
 )
 
 
+# RAISE_WARNINGS row by row, for the boots an insert found there (a host's push: it
+# reads and updates no column of boots but its own boots' warnings)
+_RAISE_ROW = (
+    "UPDATE boots SET warnings = :w WHERE machine_id = :m AND boot_id = :b "
+    "AND coalesce(warnings, -1) < :w"
+)
+
+
 def _refused_event(kind: str, message: str) -> dict[str, Any]:
     """An event of no boot: the refused object may name none this store knows."""
     from khod.observation import Event, Severity  # noqa: PLC0415
@@ -102,8 +110,12 @@ class Importer:
         chunk_rows: int = 20_000,
         chunk_bytes: int = 64 << 20,
         cache_size: int = 100_000,
+        raise_warnings: bool = True,
     ) -> None:
         self.store = store
+        # may a boot the store has get a higher warning count? (a fleet database older
+        # than 0017 lets a host role insert boots, not update them: khod.fleet.compat)
+        self.raise_warnings = raise_warnings
         self.chunk_rows = chunk_rows
         self.chunk_bytes = chunk_bytes
         self.cache_size = cache_size
@@ -184,6 +196,8 @@ class Importer:
 
         from khod.fleet import pgfast  # noqa: PLC0415
 
+        if not self.raise_warnings:  # pgfast raises them: this importer may not
+            return None
         try:
             with self.store.writer.begin() as conn:
                 return pgfast.load_chunk(conn, lines)
@@ -243,16 +257,39 @@ class Importer:
                 return 0
         if kind == "attempt":
             return self._upsert_attempts(conn, rows)
+        raising = kind == "boot" and self.raise_warnings
         if self.pg and len(rows) >= 200 and self._may_stage(conn):
-            return self._pg_copy(conn, table, rows, CONFLICT[kind])
+            action = RAISE_WARNINGS if raising else " DO NOTHING"
+            return self._pg_copy(conn, table, rows, CONFLICT[kind], action)
         if not self.pg:
-            return self._sqlite_many(conn, table, rows, CONFLICT[kind])
+            n = self._sqlite_many(conn, table, rows, CONFLICT[kind])
+            if raising and n < len(rows):  # some were there: raised (the new ones equal)
+                self._raise_warnings(conn, rows)
+            return n
+        # the rows inserted (executemany's rowcount is not kept): a boot by its key
+        back = (table.c.machine_id, table.c.boot_id) if kind == "boot" else (table.c.id,)
         ins = (
-            (pg_insert if self.pg else sqlite_insert)(table)
+            pg_insert(table)
             .on_conflict_do_nothing(index_elements=list(CONFLICT[kind]))
-            .returning(table.c.id)  # the rows inserted: executemany's rowcount is not kept
+            .returning(*back)
         )
-        return len(conn.execute(ins, rows).all())
+        new = conn.execute(ins, rows).all()
+        if raising and len(new) < len(rows):
+            added = {tuple(r) for r in new}
+            self._raise_warnings(
+                conn, [r for r in rows if (r["machine_id"], r["boot_id"]) not in added]
+            )
+        return len(new)
+
+    def _raise_warnings(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+        """Boots the store may have already: a higher warning count than it holds."""
+        params = [
+            {"w": r["warnings"], "m": r["machine_id"], "b": r["boot_id"]}
+            for r in rows
+            if r.get("warnings") is not None
+        ]
+        if params:
+            conn.execute(text(_RAISE_ROW), params)
 
     def _may_stage(self, conn: Connection) -> bool:
         if self.can_stage is None:
@@ -338,10 +375,16 @@ class Importer:
         return len(new)
 
     def _pg_copy(
-        self, conn: Connection, table: Table, rows: list[dict[str, Any]], conflict: tuple[str, ...]
+        self,
+        conn: Connection,
+        table: Table,
+        rows: list[dict[str, Any]],
+        conflict: tuple[str, ...],
+        action: str = " DO NOTHING",
     ) -> int:
         """PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT ... ON
-        CONFLICT DO NOTHING: an order of magnitude faster than row-wise inserts."""
+        CONFLICT DO NOTHING (or ``action``, an update): an order of magnitude faster
+        than row-wise inserts. The count inserted."""
         cols = [c for c in table.c if c.name != "id"]
         names = ", ".join(f'"{c.name}"' for c in cols)
         stage = f"khod_stage_{table.name}"
@@ -361,10 +404,19 @@ class Importer:
                             for c, is_json in zip(cols, json_cols, strict=True)
                         ]
                     )
-            cur.execute(
+            insert = (
                 f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {stage} "
-                f"ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
+                f"ON CONFLICT ({', '.join(conflict)}){action}"
             )
-            n: int = cur.rowcount
+            if action == " DO NOTHING":
+                cur.execute(insert)
+                n: int = cur.rowcount
+            else:  # the rows updated are not new ones
+                cur.execute(
+                    f"WITH w AS ({insert} RETURNING xmax = 0 AS new) "
+                    "SELECT count(*) FILTER (WHERE new) FROM w"
+                )
+                row = cur.fetchone()
+                n = int(row[0]) if row else 0
             cur.execute(f"TRUNCATE {stage}")
         return max(n, 0)

@@ -151,7 +151,8 @@ _FILL_VERDICT = (
 
 def _statements() -> tuple[list[str], dict[str, tuple[str, str | None]]]:
     """The check queries, and per type its INSERT and its count of unknown boots. The
-    attempts' INSERT returns how many rows it inserted (a verdict it filled is not one)."""
+    attempts' and the boots' INSERT return how many rows they inserted (a verdict filled
+    or a warning count raised is not one)."""
     known = ", ".join(_lit(k) for k in fmt.TABLES)
     checks = [
         "SELECT count(*) FROM khod_objs WHERE jsonb_typeof(j) <> 'object' "
@@ -197,6 +198,14 @@ def _statements() -> tuple[list[str], dict[str, tuple[str, str | None]]]:
             insert = (
                 f"WITH w AS (INSERT INTO {table.name} ({names}) {select} "
                 f"ON CONFLICT ({conflict}){_FILL_VERDICT} RETURNING xmax = 0 AS new) "
+                "SELECT count(*) FILTER (WHERE new) FROM w"
+            )
+        elif kind == "boot":
+            # a boot the target has: its warning count raised (a boot given twice in
+            # one chunk fails the statement: the chunk goes line by line)
+            insert = (
+                f"WITH w AS (INSERT INTO {table.name} ({names}) {select} "
+                f"ON CONFLICT ({conflict}){fmt.RAISE_WARNINGS} RETURNING xmax = 0 AS new) "
                 "SELECT count(*) FILTER (WHERE new) FROM w"
             )
         else:

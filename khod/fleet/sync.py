@@ -16,14 +16,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import KhodError, StoreError
-from khod.fleet.compat import Columns, writable
+from khod.fleet.compat import Columns, raises_warnings, writable
 from khod.fleet.export import iter_objects, rows_after
 from khod.fleet.format import TABLES, BadObject, validate
 from khod.fleet.importer import ImportCounts, Importer
 from khod.fleet.tls import TlsSettings, secure_url
 from khod.store.db import open_store
 from khod.store.handle import Store, describe_db_error
-from khod.store.schema import sync_state
+from khod.store.schema import boots, sync_state
 
 
 @dataclass
@@ -50,6 +50,25 @@ def _watermarks(local: Store, target: str) -> dict[str, int]:
 ATTEMPTS_SENT = "attempt-sent"
 
 
+# sync_state's kinds for the warning count of the newest boot sent (the running one,
+# whose count grows while it runs: docs/fleet.md), as warnings + 1 (0: not counted):
+# as the last push saw it (a push is pending when it differs) and as the target has
+# it (a push resends the boot when it differs and the target lets it raise the count)
+BOOT_SEEN = "boot-warn-seen"  # (sync_state.kind: 16 characters at most)
+BOOT_SENT = "boot-warn-sent"
+
+
+def _warnings_mark(local: Store, pk: int) -> int | None:
+    """The mark of local boot ``pk``'s warning count; None: no such boot (retention)."""
+    with local.engine.connect() as conn:
+        row = conn.execute(select(boots.c.warnings).where(boots.c.id == pk)).first()
+    return None if row is None else _mark(row[0])
+
+
+def _mark(warnings: int | None) -> int:
+    return 0 if warnings is None else int(warnings) + 1
+
+
 def _digest(rows: Sequence[tuple[int, str | None]]) -> int:
     h = hashlib.blake2b(repr(sorted(rows)).encode(), digest_size=7)
     return int.from_bytes(h.digest(), "big")
@@ -65,6 +84,10 @@ def pending(local: Store, name: str) -> bool:
         if kind != "attempt":
             if rows_after(local, kind, after_id=last):
                 return True
+            if kind == "boot" and last:
+                seen = _warnings_mark(local, last)
+                if seen is not None and seen != marks.get(BOOT_SEEN):
+                    return True
             continue
         rows = [(int(i), v) for i, v in rows_after(local, kind, min_id=last or None)]
         if rows and _digest(rows) != marks.get(ATTEMPTS_SENT):
@@ -80,24 +103,32 @@ def sync(
     name: str | None = None,
     on_row: Callable[[int], None] | None = None,
     columns: Columns | None = None,
+    raises: bool = True,
 ) -> SyncResult:
     """Push the local rows the target has not had yet. Watermarks (the last local row
     id sent, per type, under ``name``: the target's location by default) advance only
     after the target committed, so a failure at any point sends the same rows again
-    next time, and the import ignores what it has."""
+    next time, and the import ignores what it has. The newest boot sent is sent again
+    when its warning count grew since, if the target lets this push raise it
+    (``raises``; khod.fleet.compat.raises_warnings)."""
     name = name or target.location
     marks = {} if full else _watermarks(local, name)
-    importer = Importer(target)
+    importer = Importer(target, raise_warnings=raises)
     new_marks: dict[str, int] = {}
     refused: list[str] = []
     rows = 0
     for kind in TABLES:
         last = marks.get(kind, 0)
         top = last
+        top_mark = had = None  # the newest boot's warnings mark: as sent, as it was
         if kind == "attempt":
             # attempts change once (their verdict): resend from the oldest one that was
             # still open last time
             objs = iter_objects(local, kind, after_id=0, min_id=last or None, with_ids=True)
+        elif kind == "boot":
+            had = _warnings_mark(local, last) if last else None
+            again = raises and had is not None and had != marks.get(BOOT_SENT)
+            objs = iter_objects(local, kind, after_id=last - 1 if again else last, with_ids=True)
         else:
             objs = iter_objects(local, kind, after_id=last, with_ids=True)
         open_min = None
@@ -114,6 +145,8 @@ def sync(
                 sent_attempts.append((rid, obj["verdict"]))
                 if obj["verdict"] is None and open_min is None:
                     open_min = rid
+            elif kind == "boot" and rid == top:
+                top_mark = _mark(obj["warnings"])
             obj.pop("object")
             try:
                 _, values = validate({"object": kind, **obj})
@@ -127,6 +160,11 @@ def sync(
             if on_row is not None:
                 on_row(rows)
         importer.flush()
+        if kind == "boot" and top:
+            if top_mark is not None:  # the target has the count sent
+                new_marks[BOOT_SEEN] = new_marks[BOOT_SENT] = top_mark
+            elif had is not None:  # not sent: seen, so not pending again for it
+                new_marks[BOOT_SEEN] = had
         if kind != "attempt":
             new_marks[kind] = top
         elif open_min is not None:
@@ -201,7 +239,11 @@ def push(
                 if not full and not pending(local, name):
                     return quiet_result(name)
                 columns = writable(target)
-                return sync(local, target, full=full, name=name, columns=columns, on_row=on_row)
+                raises = raises_warnings(target)
+                return sync(
+                    local, target, full=full, name=name, columns=columns, on_row=on_row,
+                    raises=raises,
+                )  # fmt: skip
             finally:
                 target.dispose()
         except KhodError as e:
@@ -217,7 +259,7 @@ def record_failure(local: Store, message: str) -> None:
     from khod.observation import Event, Severity  # noqa: PLC0415
     from khod.records import EventSource  # noqa: PLC0415
     from khod.store.boots import event_values  # noqa: PLC0415
-    from khod.store.schema import boots, events  # noqa: PLC0415
+    from khod.store.schema import events  # noqa: PLC0415
 
     # info: khod_sync_failures_total counts it; a warning would count as a store error
     e = Event("sync-failed", "sync", Severity.INFO, message, origin=EventSource.STORE)
