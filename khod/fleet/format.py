@@ -50,11 +50,18 @@ CONFLICT = {
     "pstore": ("machine_id", "sha256"),
     "attempt": ("uid",),
 }
-# a boot already in the store: its warning count raised, never lowered (an INSERT ...
-# SELECT's conflict action; migration 0017)
+# boots already in the store, after the insert: their warning count raised to the
+# highest given, never lowered (migration 0017). An UPDATE after ``INSERT ... DO
+# NOTHING``, not ``DO UPDATE``: a boot given twice in one statement is no error, a boot
+# whose count is not higher is not locked, and a machine's rollup lock (its update's
+# row trigger) is taken after its rollup rows (the insert's), as a host's push takes
+# them. {rows}: a query of machine_id, boot_id and warnings of the boots given
 RAISE_WARNINGS = (
-    " DO UPDATE SET warnings = EXCLUDED.warnings "
-    "WHERE EXCLUDED.warnings > coalesce(boots.warnings, -1)"
+    "UPDATE boots b SET warnings = s.warnings "
+    "FROM (SELECT machine_id, boot_id, max(warnings) AS warnings FROM ({rows}) r "
+    "GROUP BY machine_id, boot_id) s "
+    "WHERE b.machine_id = s.machine_id AND b.boot_id = s.boot_id "
+    "AND s.warnings > coalesce(b.warnings, -1)"
 )
 INT32 = 2**31
 INT64 = 2**63

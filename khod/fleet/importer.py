@@ -79,7 +79,7 @@ _FILL_VERDICT_SQLITE = (
 
 
 # RAISE_WARNINGS row by row, for the boots an insert found there (a host's push: it
-# reads and updates no column of boots but its own boots' warnings)
+# reads and updates no column of boots but its own boots' warnings), in key order
 _RAISE_ROW = (
     "UPDATE boots SET warnings = :w WHERE machine_id = :m AND boot_id = :b "
     "AND coalesce(warnings, -1) < :w"
@@ -259,8 +259,7 @@ class Importer:
             return self._upsert_attempts(conn, rows)
         raising = kind == "boot" and self.raise_warnings
         if self.pg and len(rows) >= 200 and self._may_stage(conn):
-            action = RAISE_WARNINGS if raising else " DO NOTHING"
-            return self._pg_copy(conn, table, rows, CONFLICT[kind], action)
+            return self._pg_copy(conn, table, rows, CONFLICT[kind], raising)
         if not self.pg:
             n = self._sqlite_many(conn, table, rows, CONFLICT[kind])
             if raising and n < len(rows):  # some were there: raised (the new ones equal)
@@ -273,22 +272,22 @@ class Importer:
             .on_conflict_do_nothing(index_elements=list(CONFLICT[kind]))
             .returning(*back)
         )
-        new = conn.execute(ins, rows).all()
-        if raising and len(new) < len(rows):
-            added = {tuple(r) for r in new}
-            self._raise_warnings(
-                conn, [r for r in rows if (r["machine_id"], r["boot_id"]) not in added]
-            )
-        return len(new)
+        n = len(conn.execute(ins, rows).all())
+        if raising and n < len(rows):  # some were there: raised (the new ones equal)
+            self._raise_warnings(conn, rows)
+        return n
 
     def _raise_warnings(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
-        """Boots the store may have already: a higher warning count than it holds."""
-        params = [
-            {"w": r["warnings"], "m": r["machine_id"], "b": r["boot_id"]}
-            for r in rows
-            if r.get("warnings") is not None
-        ]
-        if params:
+        """Boots the store may have already: the highest warning count given, when
+        higher than the one it holds (row by row: a host may not stage rows)."""
+        most: dict[tuple[str, str], int] = {}
+        for r in rows:
+            w = r.get("warnings")
+            if w is not None:
+                key = (r["machine_id"], r["boot_id"])
+                most[key] = max(w, most.get(key, w))
+        if most:
+            params = [{"w": w, "m": m, "b": b} for (m, b), w in sorted(most.items())]
             conn.execute(text(_RAISE_ROW), params)
 
     def _may_stage(self, conn: Connection) -> bool:
@@ -380,11 +379,12 @@ class Importer:
         table: Table,
         rows: list[dict[str, Any]],
         conflict: tuple[str, ...],
-        action: str = " DO NOTHING",
+        raising: bool = False,
     ) -> int:
         """PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT ... ON
-        CONFLICT DO NOTHING (or ``action``, an update): an order of magnitude faster
-        than row-wise inserts. The count inserted."""
+        CONFLICT DO NOTHING: an order of magnitude faster than row-wise inserts; boots
+        the table had get their warning counts raised (``raising``). The count
+        inserted."""
         cols = [c for c in table.c if c.name != "id"]
         names = ", ".join(f'"{c.name}"' for c in cols)
         stage = f"khod_stage_{table.name}"
@@ -404,19 +404,12 @@ class Importer:
                             for c, is_json in zip(cols, json_cols, strict=True)
                         ]
                     )
-            insert = (
+            cur.execute(
                 f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {stage} "
-                f"ON CONFLICT ({', '.join(conflict)}){action}"
+                f"ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
             )
-            if action == " DO NOTHING":
-                cur.execute(insert)
-                n: int = cur.rowcount
-            else:  # the rows updated are not new ones
-                cur.execute(
-                    f"WITH w AS ({insert} RETURNING xmax = 0 AS new) "
-                    "SELECT count(*) FILTER (WHERE new) FROM w"
-                )
-                row = cur.fetchone()
-                n = int(row[0]) if row else 0
+            n: int = cur.rowcount
+            if raising and n < len(rows):
+                cur.execute(RAISE_WARNINGS.format(rows=f"SELECT * FROM {stage}"))
             cur.execute(f"TRUNCATE {stage}")
         return max(n, 0)

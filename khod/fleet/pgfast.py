@@ -151,8 +151,7 @@ _FILL_VERDICT = (
 
 def _statements() -> tuple[list[str], dict[str, tuple[str, str | None]]]:
     """The check queries, and per type its INSERT and its count of unknown boots. The
-    attempts' and the boots' INSERT return how many rows they inserted (a verdict filled
-    or a warning count raised is not one)."""
+    attempts' INSERT returns how many rows it inserted (a verdict filled is not one)."""
     known = ", ".join(_lit(k) for k in fmt.TABLES)
     checks = [
         "SELECT count(*) FROM khod_objs WHERE jsonb_typeof(j) <> 'object' "
@@ -200,14 +199,6 @@ def _statements() -> tuple[list[str], dict[str, tuple[str, str | None]]]:
                 f"ON CONFLICT ({conflict}){_FILL_VERDICT} RETURNING xmax = 0 AS new) "
                 "SELECT count(*) FILTER (WHERE new) FROM w"
             )
-        elif kind == "boot":
-            # a boot the target has: its warning count raised (a boot given twice in
-            # one chunk fails the statement: the chunk goes line by line)
-            insert = (
-                f"WITH w AS (INSERT INTO {table.name} ({names}) {select} "
-                f"ON CONFLICT ({conflict}){fmt.RAISE_WARNINGS} RETURNING xmax = 0 AS new) "
-                "SELECT count(*) FILTER (WHERE new) FROM w"
-            )
         else:
             insert = (
                 f"INSERT INTO {table.name} ({names}) {select} ON CONFLICT ({conflict}) DO NOTHING"
@@ -217,6 +208,12 @@ def _statements() -> tuple[list[str], dict[str, tuple[str, str | None]]]:
 
 
 CHECKS, INSERTS = _statements()
+# the chunk's boots the target had already: their warning counts raised
+RAISE_BOOTS = fmt.RAISE_WARNINGS.format(
+    rows="SELECT j->>'machine_id' AS machine_id, j->>'boot_id' AS boot_id, "
+    "(j->>'warnings')::numeric::integer AS warnings FROM khod_objs "
+    "WHERE j->>'object' = 'boot' AND jsonb_typeof(j->'warnings') = 'number'"
+)
 
 
 @dataclass
@@ -262,5 +259,7 @@ def load_chunk(conn: Connection, lines: list[bytes]) -> ChunkResult:
             cur.execute(insert)
             row = cur.fetchone() if cur.description else (cur.rowcount,)
             res.new[kind] = max(int(row[0]), 0) if row else 0
+            if kind == "boot" and res.new[kind] < res.read[kind]:
+                cur.execute(RAISE_BOOTS)
         cur.execute("TRUNCATE khod_objs")
     return res

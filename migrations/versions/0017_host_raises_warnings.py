@@ -8,9 +8,9 @@ warnings per transition undercounted what the hosts saw. Now a host may raise it
 - ``khod_host`` gets ``UPDATE (warnings)`` and ``SELECT (warnings)`` on ``boots``, and
   policy ``host_warnings`` keeps it to the host's own boots (as 0010's ``host_verdict``
   keeps verdicts to its own open attempts);
-- a host may only raise it (``khod_host_raises_warnings``, before the row is written):
-  a lower count or none after a count is refused in one line; the owner's import is not
-  held to it;
+- a host may only raise it (``khod_host_raises_warnings``, before the row is written;
+  it reads the row and ``session_user`` only, so runs as the updater): a lower count or
+  none after a count is refused in one line; the owner's import is not held to it;
 - the bound and quota triggers are made again from the catalog (``khod.fleet.bounds``):
   an updated boot counts against the host's quota as an inserted one does;
 - the rollups count the update as they counted any update of a boot since 0013 (the
@@ -41,7 +41,7 @@ MACHINE = "khod_host_machine()"  # 0010's, 0012's form
 
 _RAISES = r"""
 CREATE FUNCTION khod_host_raises_warnings() RETURNS trigger LANGUAGE plpgsql
-SECURITY DEFINER SET search_path = @SCHEMA@, pg_temp AS $$
+SET search_path = @SCHEMA@, pg_temp AS $$
 BEGIN
     IF session_user::text NOT LIKE 'host\_%' OR NEW.warnings IS NOT DISTINCT FROM OLD.warnings
     THEN

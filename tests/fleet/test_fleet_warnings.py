@@ -177,9 +177,9 @@ def test_a_database_without_the_grant_takes_the_count_after_its_upgrade(fleet: F
 def test_an_import_raises_a_count_the_store_holds_lower(
     fleet: Fleet, tmp_path: Path, where: str
 ) -> None:
-    """A later export of the same boot: its count raised, nothing new. The boot given
-    twice in one chunk (``postgresql-lines``) is more than one statement may update:
-    that chunk goes line by line, to the same end."""
+    """A later export of the same boot, given twice: its count raised, nothing new, no
+    error. ``postgresql-lines``: 250 more boots and a bad line in the same chunk, which
+    goes line by line (a staged COPY of its boots)."""
     local = f"sqlite:///{tmp_path / 'host.db'}"
     ingest(tmp_path, local, "kexec1/step0")
     early, late = tmp_path / "early.jsonl.gz", tmp_path / "late.jsonl.gz"
@@ -190,27 +190,37 @@ def test_an_import_raises_a_count_the_store_holds_lower(
     (boot,) = [x for x in lines if json.loads(x)["object"] == "boot"]
     want = json.loads(boot)["warnings"]
     assert want == int(local_warnings(local)[0]) and want >= 2
+    more = []
     if where == "postgresql-lines":
-        lines.insert(lines.index(boot), boot)
+        obj = json.loads(boot)
+        for i in range(250):
+            more.append(
+                (json.dumps({**obj, "boot_id": f"{i:032x}", "warnings": 0}) + "\n").encode()
+            )
+        more.append(b'{"object": "boot", "machine_id": 5}\n')
+    at = lines.index(boot)
     plain = tmp_path / "late.jsonl"
-    plain.write_bytes(b"".join(lines))
+    plain.write_bytes(b"".join([*lines[: at + 1], boot, *more, *lines[at + 1 :]]))
     if where == "sqlite":
         target = f"sqlite:///{tmp_path / 'fleet.db'}"
     else:
         target = fleet.server.url(fleet.server.create_database())
     assert ctl("import", str(early), "--db", target)[0] == 0
     rc, out, err = ctl("import", str(plain), "--db", target, "--json")
-    assert rc == 0, err
     said = json.loads(out)
-    assert said["new"]["boot"] == 0
-    assert said["read"]["boot"] == 1 + (where == "postgresql-lines")
+    assert (rc, said["bad"]) == ((1, 1) if more else (0, 0)), err
+    assert said["new"]["boot"] == 250 * bool(more)
+    assert said["read"]["boot"] == 2 + 250 * bool(more)
     if where != "sqlite":
         lined = int(where == "postgresql-lines")
         assert said["chunks"] == {"bulk": 1 - lined, "line_by_line": lined}, said
     store = open_store(target, migrate=False)
     try:
         with store.engine.connect() as conn:
-            got = conn.execute(text("SELECT warnings FROM boots")).scalar_one()
+            got = conn.execute(
+                text("SELECT warnings FROM boots WHERE boot_id = :b"),
+                {"b": json.loads(boot)["boot_id"]},
+            ).scalar_one()
     finally:
         store.dispose()
     assert got == want
