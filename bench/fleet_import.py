@@ -2,7 +2,7 @@
 the same run, at each size asked for.
 
     python bench/fleet_import.py [--sizes 100000,1000000] [--baseline-src DIR]
-        [--stores PostgreSQL,SQLite]
+        [--stores PostgreSQL,SQLite] [--again]
 
 Per size: a generated fleet (bench/fleet.py's, 50 boots a host, no pstore records)
 of N boots and about as many attempts in one export; then on PostgreSQL (fsync on)
@@ -12,7 +12,9 @@ the attempts on PostgreSQL, executemany on SQLite; no checks, no dedupe, into ta
 without indexes, keys or triggers; and again into an empty store's own tables, with
 them). Rows/s and the ratios of the times. With --baseline-src (a khod source tree,
 e.g. `git archive` of an earlier commit with migrations/ moved to khod/migrations)
-that khod's import is timed too, in the same run.
+that khod's import is timed too, in the same run. With --again each khod imports the
+file a second time into the store it filled (every row known: a restored database fed
+its export again).
 """
 
 from __future__ import annotations
@@ -159,13 +161,19 @@ def _hand(name: str, url: str, both: Path, schema: bool = False) -> float:
     return hand_load_sqlite(both, Path(url[len("sqlite:///") :]), schema)
 
 
-def _empty_store(pg: Any, name: str, db: Path) -> str:
-    """A migrated store with nothing in it."""
+def _empty_store(pg: Any, name: str, db: Path, src: str | None = None) -> str:
+    """A store with nothing in it, migrated by this khod or by the khod in ``src`` (a
+    khod refuses a store of a revision newer than its own)."""
     from khod.store.db import open_store
 
-    url = pg.url(pg.create_database()) if name == "PostgreSQL" else f"sqlite:///{db}"
-    open_store(url).dispose()
-    return str(url)
+    url = str(pg.url(pg.create_database()) if name == "PostgreSQL" else f"sqlite:///{db}")
+    if src is None:
+        open_store(url).dispose()
+        return url
+    code = "import sys; from khod.store.db import open_store; open_store(sys.argv[1]).dispose()"
+    env = {**os.environ, "PYTHONPATH": src}
+    subprocess.run([sys.executable, "-c", code, url], check=True, env=env, cwd="/")
+    return url
 
 
 def measure(
@@ -174,6 +182,8 @@ def measure(
     baseline_src: str | None = None,
     baseline_max: int = 0,
     stores: tuple[str, ...] = ("PostgreSQL", "SQLite"),
+    *,
+    again: bool = False,
 ) -> None:
     from bench.fleetgen import generate
 
@@ -195,11 +205,14 @@ def measure(
                 before = baseline_src and (not baseline_max or n <= baseline_max)
                 for who in ("khod", "before") if before else ("khod",):
                     # migrated beforehand: the import is timed, not the schema's creation
-                    url = _empty_store(pg, name, tmp / f"{n}-{who}.db")
                     src = baseline_src if who == "before" else None
+                    url = _empty_store(pg, name, tmp / f"{n}-{who}.db", src)
                     runs[who], res = khoctl_import(both, url, src)
                     assert res["new"]["boot"] == made["boots"], res
                     assert res["new"]["attempt"] == made["attempts"], res
+                    if again:  # the same file into the store holding it: nothing new
+                        runs[f"{who}-again"], res = khoctl_import(both, url, src)
+                        assert set(res["new"].values()) == {0}, res
                     if who == "khod":
                         runs["hand"] = _hand(name, url, both)
                         # the same loader into the store's own tables (an empty store)
@@ -219,6 +232,13 @@ def measure(
                         f"; before: {runs['before']:.1f} s = {rows / runs['before']:,.0f} "
                         f"rows/s, ratio {runs['before'] / hand:.2f}x"
                     )
+                if again:
+                    line += f"; again into the same store {runs['khod-again']:.1f} s"
+                    if "before-again" in runs:
+                        line += (
+                            f", before {runs['before-again']:.1f} s, ratio "
+                            f"{runs['khod-again'] / runs['before-again']:.2f}x"
+                        )
                 print(line, flush=True)
             both.unlink()
 
@@ -229,13 +249,17 @@ def main() -> int:
     ap.add_argument("--baseline-src", metavar="DIR", help="also time this khod's import")
     ap.add_argument("--baseline-max", type=int, default=0, help="... up to this size only")
     ap.add_argument("--stores", default="PostgreSQL,SQLite", help="which, comma-separated")
+    ap.add_argument(
+        "--again", action="store_true", help="also import the file a second time (all known)"
+    )
     a = ap.parse_args()
     stores = tuple(a.stores.split(","))
     if not stores or not set(stores) <= {"PostgreSQL", "SQLite"}:
         ap.error("--stores: PostgreSQL, SQLite or both")
     tmp = Path(tempfile.mkdtemp(prefix="khod-import-bench-"))
     try:
-        measure([int(s) for s in a.sizes.split(",")], tmp, a.baseline_src, a.baseline_max, stores)
+        sizes = [int(s) for s in a.sizes.split(",")]
+        measure(sizes, tmp, a.baseline_src, a.baseline_max, stores, again=a.again)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
