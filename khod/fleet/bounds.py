@@ -4,10 +4,11 @@ Every column of every table the ``khod_host`` group may INSERT into or UPDATE co
 a fixed-size column its ``attlen``, a variable-length one its bytes (``bytea`` and the
 character types as stored, any other type as its text form). ``weigh()`` makes, for
 each such table, a row trigger refusing a row heavier than ``fleet_limits.max_row_bytes``
-(on INSERT and on UPDATE, before the row is written) and the statement triggers adding
-inserted and updated rows to the host's usage. A migration that adds a column a host
-writes calls ``weigh()`` again (tests/fleet/test_fleet_trust.py walks the schema and tries
-an oversize value in every host-writable column, so a forgotten one fails there).
+(on INSERT and on UPDATE by a host's session, before the row is written) and the
+statement triggers adding inserted and updated rows to the host's usage. A migration
+that adds a column a host writes calls ``weigh()`` again (tests/fleet/test_fleet_trust.py
+walks the schema and tries an oversize value in every host-writable column, so a
+forgotten one fails there).
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ WHERE a.attrelid = CAST(:t AS regclass) AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """
 _STORED_AS_IS = {"bytea", "text", "varchar", "bpchar"}
+# the sessions whose rows are weighed: a host's (the row trigger's WHEN, so that the
+# owner's import, millions of rows, does not call it per row only for it to return;
+# its function asks again, and who the host is)
+HOST_SESSION = r"session_user::text LIKE 'host\_%'"
 
 _ROW_BOUND = r"""
 CREATE OR REPLACE FUNCTION khod_row_bound_@TABLE@() RETURNS trigger LANGUAGE plpgsql
@@ -95,8 +100,8 @@ def weigh(conn: Connection) -> list[str]:
         conn.execute(text(f"DROP TRIGGER IF EXISTS khod_row_bound ON {table}"))
         conn.execute(
             text(
-                f"CREATE TRIGGER khod_row_bound BEFORE {events} ON {table} "
-                f"FOR EACH ROW EXECUTE FUNCTION khod_row_bound_{table}()"
+                f"CREATE TRIGGER khod_row_bound BEFORE {events} ON {table} FOR EACH ROW "
+                f"WHEN ({HOST_SESSION}) EXECUTE FUNCTION khod_row_bound_{table}()"
             )
         )
         w = weight(conn, table).replace("'", "''")

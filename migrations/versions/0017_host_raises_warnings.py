@@ -12,7 +12,9 @@ warnings per transition undercounted what the hosts saw. Now a host may raise it
   it reads the row and ``session_user`` only, so runs as the updater): a lower count or
   none after a count is refused in one line; the owner's import is not held to it;
 - the bound and quota triggers are made again from the catalog (``khod.fleet.bounds``):
-  an updated boot counts against the host's quota as an inserted one does;
+  an updated boot counts against the host's quota as an inserted one does; the row
+  bound triggers of every table now fire for a host's session only (a ``WHEN``), so
+  the owner's import no longer calls them once per row only for them to return;
 - the rollups count the update as they counted any update of a boot since 0013 (the
   old row out, the new one in).
 
