@@ -112,7 +112,8 @@ def sync(
     when its warning count grew since, if the target lets this push raise it
     (``raises``; khod.fleet.compat.raises_warnings)."""
     name = name or target.location
-    marks = {} if full else _watermarks(local, name)
+    held = _watermarks(local, name)
+    marks = {} if full else held
     importer = Importer(target, raise_warnings=raises)
     new_marks: dict[str, int] = {}
     refused: list[str] = []
@@ -161,8 +162,12 @@ def sync(
                 on_row(rows)
         importer.flush()
         if kind == "boot" and top:
-            if top_mark is not None:  # the target has the count sent
-                new_marks[BOOT_SEEN] = new_marks[BOOT_SENT] = top_mark
+            if top_mark is not None:
+                new_marks[BOOT_SEEN] = top_mark
+                # the target has the count sent: raised, or a boot never sent before
+                # (a --full push resends boots a target that may not raise them has)
+                if raises or top > held.get(kind, 0):
+                    new_marks[BOOT_SENT] = top_mark
             elif had is not None:  # not sent: seen, so not pending again for it
                 new_marks[BOOT_SEEN] = had
         if kind != "attempt":

@@ -162,6 +162,9 @@ def test_a_database_without_the_grant_takes_the_count_after_its_upgrade(fleet: F
             assert said["sent"] == {} and said["new"] == {}, said
             assert fleet_warnings(fleet, B) == held
             assert pushed(b)["sent"] == {}  # quiet: no push for a count it cannot raise
+            rc, out, err = sync(b, "--full", "--json")  # all again: nothing raised either
+            assert rc == 0 and json.loads(out)["sent"]["boot"] == 1, err
+            assert fleet_warnings(fleet, B) == held
         finally:
             migrate.upgrade(owner, "0016", "head")
     finally:
