@@ -51,6 +51,8 @@ class ImportCounts:
     read: dict[str, int] = field(default_factory=dict)
     new: dict[str, int] = field(default_factory=dict)
     unknown_boot: int = 0
+    # boots the store had whose warning count was raised (migration 0017)
+    raised: int = 0
     # chunks written in bulk by PostgreSQL, and chunks checked line by line in Python
     bulk_chunks: int = 0
     line_chunks: int = 0
@@ -59,10 +61,11 @@ class ImportCounts:
         return {k: counts[k] for k in PLURAL if k in counts}
 
     def summary(self) -> list[str]:
-        """``N boots (M new)``, ... for each type read."""
+        """``N boots (M new, K with more warnings)``, ... for each type read."""
         return [
             f"{self.read[k]} {PLURAL[k] if self.read[k] != 1 else PLURAL[k][:-1]}"
-            f" ({self.new.get(k, 0)} new)"
+            f" ({self.new.get(k, 0)} new"
+            f"{f', {self.raised} with more warnings' if k == 'boot' and self.raised else ''})"
             for k in PLURAL
             if self.read.get(k)
         ]
@@ -78,8 +81,13 @@ _FILL_VERDICT_SQLITE = (
 )
 
 
-# RAISE_WARNINGS row by row, for the boots an insert found there (a host's push: it
-# reads and updates no column of boots but its own boots' warnings), in key order
+# RAISE_WARNINGS of rows given as arrays (a host's push: it may not stage rows; it
+# reads and updates no column of boots but its own boots' warnings), and on SQLite
+# row by row
+_RAISE_ARRAYS = RAISE_WARNINGS.format(
+    rows="SELECT * FROM unnest(CAST(:m AS text[]), CAST(:b AS text[]), "
+    "CAST(:w AS integer[])) AS u(machine_id, boot_id, warnings)"
+)
 _RAISE_ROW = (
     "UPDATE boots SET warnings = :w WHERE machine_id = :m AND boot_id = :b "
     "AND coalesce(warnings, -1) < :w"
@@ -211,6 +219,7 @@ class Importer:
         for k, n in res.new.items():
             self.counts.new[k] = self.counts.new.get(k, 0) + n
         self.counts.unknown_boot += res.unknown_boot
+        self.counts.raised += res.raised
         self.counts.bulk_chunks += 1
 
     # boot references -> ids in the target
@@ -279,16 +288,29 @@ class Importer:
 
     def _raise_warnings(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
         """Boots the store may have already: the highest warning count given, when
-        higher than the one it holds (row by row: a host may not stage rows)."""
+        higher than the one it holds."""
         most: dict[tuple[str, str], int] = {}
         for r in rows:
             w = r.get("warnings")
             if w is not None:
                 key = (r["machine_id"], r["boot_id"])
                 most[key] = max(w, most.get(key, w))
-        if most:
-            params = [{"w": w, "m": m, "b": b} for (m, b), w in sorted(most.items())]
-            conn.execute(text(_RAISE_ROW), params)
+        if not most:
+            return
+        keys = sorted(most)
+        if self.pg:
+            params = {
+                "m": [m for m, _ in keys],
+                "b": [b for _, b in keys],
+                "w": [most[k] for k in keys],
+            }
+            self.counts.raised += max(conn.execute(text(_RAISE_ARRAYS), params).rowcount, 0)
+            return
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        before = raw.total_changes
+        conn.execute(text(_RAISE_ROW), [{"w": most[k], "m": k[0], "b": k[1]} for k in keys])
+        self.counts.raised += int(raw.total_changes - before)
 
     def _may_stage(self, conn: Connection) -> bool:
         if self.can_stage is None:
@@ -411,5 +433,6 @@ class Importer:
             n: int = cur.rowcount
             if raising and n < len(rows):
                 cur.execute(RAISE_WARNINGS.format(rows=f"SELECT * FROM {stage}"))
+                self.counts.raised += max(cur.rowcount, 0)
             cur.execute(f"TRUNCATE {stage}")
         return max(n, 0)

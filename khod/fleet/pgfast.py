@@ -221,6 +221,7 @@ class ChunkResult:
     read: dict[str, int] = field(default_factory=dict)
     new: dict[str, int] = field(default_factory=dict)
     unknown_boot: int = 0
+    raised: int = 0  # boots the target had whose warning count was raised
 
 
 def copy_data(lines: list[bytes]) -> bytes:
@@ -261,5 +262,6 @@ def load_chunk(conn: Connection, lines: list[bytes]) -> ChunkResult:
             res.new[kind] = max(int(row[0]), 0) if row else 0
             if kind == "boot" and res.new[kind] < res.read[kind]:
                 cur.execute(RAISE_BOOTS)
+                res.raised += max(cur.rowcount, 0)
         cur.execute("TRUNCATE khod_objs")
     return res

@@ -95,17 +95,18 @@ def test_a_warning_count_grown_after_its_push_reaches_the_fleet(fleet: Fleet) ->
     assert grown[0] == first[0] and grown[1] == str(int(first[1]) + 2)
     said = pushed(a)
     assert said["sent"] == {"boot": 1} and said["new"]["boot"] == 0
+    assert said["raised_warnings"] == 1
     assert fleet_warnings(fleet, A) == grown
     after = warned(report(fleet))
     (key,) = [k for k in after if after[k] != before.get(k)]
     assert after[key][1] == before.get(key, (0, 0))[1] + 2 and after[key][0] >= 1
     assert pushed(a)["sent"] == {}  # sent: quiet again
 
-    # the next boot's push carries the last count of the boot before it
+    # the next boot's push carries the last count of the boot before it (said in words)
     warn_again(fleet.tmp, a.local, CHAIN[1])
     ingest(fleet.tmp, a.local, CHAIN[2])
-    said = pushed(a)
-    assert said["sent"]["boot"] == 2 and said["new"]["boot"] == 1
+    rc, out, err = sync(a)
+    assert rc == 0 and out.startswith("synced 2 boots (1 new, 1 with more warnings), "), err
     assert fleet_warnings(fleet, A) == local_warnings(a.local)
     report(fleet)
 
@@ -159,7 +160,7 @@ def test_a_database_without_the_grant_takes_the_count_after_its_upgrade(fleet: F
             held = fleet_warnings(fleet, B)
             assert held != local_warnings(b.local)
             said = pushed(b)
-            assert said["sent"] == {} and said["new"] == {}, said
+            assert said["sent"] == {} and said["new"] == {} and said["raised_warnings"] == 0
             assert fleet_warnings(fleet, B) == held
             assert pushed(b)["sent"] == {}  # quiet: no push for a count it cannot raise
             rc, out, err = sync(b, "--full", "--json")  # all again: nothing raised either
@@ -172,6 +173,7 @@ def test_a_database_without_the_grant_takes_the_count_after_its_upgrade(fleet: F
     ingest(fleet.tmp, b.local, steps[1])
     said = pushed(b)
     assert said["sent"]["boot"] == 2 and said["new"]["boot"] == 1
+    assert said["raised_warnings"] == 1
     assert fleet_warnings(fleet, B) == local_warnings(b.local)
     report(fleet)
 
@@ -212,7 +214,7 @@ def test_an_import_raises_a_count_the_store_holds_lower(
     rc, out, err = ctl("import", str(plain), "--db", target, "--json")
     said = json.loads(out)
     assert (rc, said["bad"]) == ((1, 1) if more else (0, 0)), err
-    assert said["new"]["boot"] == 250 * bool(more)
+    assert said["new"]["boot"] == 250 * bool(more) and said["raised_warnings"] == 1
     assert said["read"]["boot"] == 2 + 250 * bool(more)
     if where != "sqlite":
         lined = int(where == "postgresql-lines")
