@@ -83,7 +83,7 @@ _FILL_VERDICT_SQLITE = (
 
 # RAISE_WARNINGS of rows given as arrays (a host's push: it may not stage rows; it
 # reads and updates no column of boots but its own boots' warnings), and on SQLite
-# row by row
+# row by row (no rollups there)
 _RAISE_ARRAYS = RAISE_WARNINGS.format(
     rows="SELECT * FROM unnest(CAST(:m AS text[]), CAST(:b AS text[]), "
     "CAST(:w AS integer[])) AS u(machine_id, boot_id, warnings)"
@@ -136,6 +136,9 @@ class Importer:
         # may this role make the temporary table COPY stages rows in? (a fleet host may
         # not: `khoctl fleet init` takes TEMP away from everyone but the owner)
         self.can_stage: bool | None = None
+        # boots the store had, their highest warning count given: raised after the
+        # transaction that inserted the others
+        self.to_raise: dict[tuple[str, str], int] = {}
 
     def add(self, kind: str, values: dict[str, Any]) -> None:
         self.pending[kind].append(values)
@@ -159,6 +162,7 @@ class Importer:
                         self.counts.new[kind] = self.counts.new.get(kind, 0) + new
         except SQLAlchemyError as e:
             self.boot_ids.clear()  # ids cached in the failed transaction may be gone
+            self.to_raise.clear()  # (their chunk goes again, or the import stops)
             raise StoreError(
                 f"cannot write to database {self.store.location}: {describe_db_error(e)}"
             ) from None
@@ -168,6 +172,16 @@ class Importer:
         self.bytes_pending = 0
         if len(self.boot_ids) > self.cache_size:
             self.boot_ids.clear()
+        most, self.to_raise = self.to_raise, {}
+        if most:  # the inserts committed: nothing of them is lost if this fails
+            try:
+                with self.store.writer.begin() as conn:
+                    self.counts.raised += self.raise_counts(conn, most)
+            except SQLAlchemyError as e:
+                raise StoreError(
+                    f"cannot raise boots' warning counts in {self.store.location}: "
+                    f"{describe_db_error(e)}"
+                ) from None
 
     def record_refused(self, kind: str, lines: list[str], more: int = 0) -> None:
         """Each refused object (``lines``, one line each, naming where and which field)
@@ -198,18 +212,25 @@ class Importer:
 
     def bulk(self, lines: list[bytes]) -> Any:
         """PostgreSQL: the whole chunk in SQL (khod.fleet.pgfast), in a transaction of
-        its own; None when it needs the line-by-line path (nothing of it was written).
+        its own (and the raise of boots it had, in another); None when it needs the
+        line-by-line path (nothing of it was written, or a raise failed).
         Safe to run in a worker thread: it touches no state of the importer."""
         from psycopg import Error as PgError  # noqa: PLC0415
 
         from khod.fleet import pgfast  # noqa: PLC0415
 
-        if not self.raise_warnings:  # pgfast raises them: this importer may not
+        if not self.raise_warnings:  # pgfast finds boots to raise: this importer may not
             return None
         try:
             with self.store.writer.begin() as conn:
-                return pgfast.load_chunk(conn, lines)
+                res = pgfast.load_chunk(conn, lines)
+            if res.to_raise:  # the chunk committed: a transaction of its own
+                with self.store.writer.begin() as conn:
+                    res.raised = self.raise_counts(conn, res.to_raise)
+            return res
         except (pgfast.Fallback, PgError, SQLAlchemyError):
+            # (a failed raise after its chunk committed: the line path, rows known
+            # and skipped, raises them again and says so if it fails too)
             return None
 
     def apply(self, res: Any) -> None:
@@ -266,37 +287,33 @@ class Importer:
                 return 0
         if kind == "attempt":
             return self._upsert_attempts(conn, rows)
-        raising = kind == "boot" and self.raise_warnings
         if self.pg and len(rows) >= 200 and self._may_stage(conn):
-            return self._pg_copy(conn, table, rows, CONFLICT[kind], raising)
-        if not self.pg:
+            n = self._pg_copy(conn, table, rows, CONFLICT[kind])
+        elif not self.pg:
             n = self._sqlite_many(conn, table, rows, CONFLICT[kind])
-            if raising and n < len(rows):  # some were there: raised (the new ones equal)
-                self._raise_warnings(conn, rows)
-            return n
-        # the rows inserted (executemany's rowcount is not kept): a boot by its key
-        back = (table.c.machine_id, table.c.boot_id) if kind == "boot" else (table.c.id,)
-        ins = (
-            pg_insert(table)
-            .on_conflict_do_nothing(index_elements=list(CONFLICT[kind]))
-            .returning(*back)
-        )
-        n = len(conn.execute(ins, rows).all())
-        if raising and n < len(rows):  # some were there: raised (the new ones equal)
-            self._raise_warnings(conn, rows)
+        else:
+            ins = (
+                pg_insert(table)
+                .on_conflict_do_nothing(index_elements=list(CONFLICT[kind]))
+                .returning(table.c.id)  # the rows inserted: executemany's rowcount is not kept
+            )
+            n = len(conn.execute(ins, rows).all())
+        if kind == "boot" and self.raise_warnings and n < len(rows):
+            # some were there: raised once this transaction committed (the new equal)
+            for r in rows:
+                w = r.get("warnings")
+                if w is not None:
+                    key = (r["machine_id"], r["boot_id"])
+                    self.to_raise[key] = max(w, self.to_raise.get(key, w))
         return n
 
-    def _raise_warnings(self, conn: Connection, rows: list[dict[str, Any]]) -> None:
+    def raise_counts(self, conn: Connection, most: dict[tuple[str, str], int]) -> int:
         """Boots the store may have already: the highest warning count given, when
-        higher than the one it holds."""
-        most: dict[tuple[str, str], int] = {}
-        for r in rows:
-            w = r.get("warnings")
-            if w is not None:
-                key = (r["machine_id"], r["boot_id"])
-                most[key] = max(w, most.get(key, w))
+        higher than the one it holds, in the caller's transaction (one with no insert
+        of boots in it: RAISE_WARNINGS); how many were raised. Touches no state of the
+        importer (a bulk chunk's worker thread calls it)."""
         if not most:
-            return
+            return 0
         keys = sorted(most)
         if self.pg:
             params = {
@@ -304,13 +321,12 @@ class Importer:
                 "b": [b for _, b in keys],
                 "w": [most[k] for k in keys],
             }
-            self.counts.raised += max(conn.execute(text(_RAISE_ARRAYS), params).rowcount, 0)
-            return
+            return max(conn.execute(text(_RAISE_ARRAYS), params).rowcount, 0)
         raw = conn.connection.driver_connection
         assert raw is not None
         before = raw.total_changes
         conn.execute(text(_RAISE_ROW), [{"w": most[k], "m": k[0], "b": k[1]} for k in keys])
-        self.counts.raised += int(raw.total_changes - before)
+        return int(raw.total_changes - before)
 
     def _may_stage(self, conn: Connection) -> bool:
         if self.can_stage is None:
@@ -401,12 +417,10 @@ class Importer:
         table: Table,
         rows: list[dict[str, Any]],
         conflict: tuple[str, ...],
-        raising: bool = False,
     ) -> int:
         """PostgreSQL: COPY into a temporary table, then one INSERT ... SELECT ... ON
-        CONFLICT DO NOTHING: an order of magnitude faster than row-wise inserts; boots
-        the table had get their warning counts raised (``raising``). The count
-        inserted."""
+        CONFLICT DO NOTHING: an order of magnitude faster than row-wise inserts. The
+        count inserted."""
         cols = [c for c in table.c if c.name != "id"]
         names = ", ".join(f'"{c.name}"' for c in cols)
         stage = f"khod_stage_{table.name}"
@@ -431,8 +445,5 @@ class Importer:
                 f"ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
             )
             n: int = cur.rowcount
-            if raising and n < len(rows):
-                cur.execute(RAISE_WARNINGS.format(rows=f"SELECT * FROM {stage}"))
-                self.counts.raised += max(cur.rowcount, 0)
             cur.execute(f"TRUNCATE {stage}")
         return max(n, 0)

@@ -208,11 +208,12 @@ def _statements() -> tuple[list[str], dict[str, tuple[str, str | None]]]:
 
 
 CHECKS, INSERTS = _statements()
-# the chunk's boots the target had already: their warning counts raised
-RAISE_BOOTS = fmt.RAISE_WARNINGS.format(
-    rows="SELECT j->>'machine_id' AS machine_id, j->>'boot_id' AS boot_id, "
-    "(j->>'warnings')::numeric::integer AS warnings FROM khod_objs "
-    "WHERE j->>'object' = 'boot' AND jsonb_typeof(j->'warnings') = 'number'"
+# the chunk's boots with a warning count, the highest given each: those the target
+# had are raised after the chunk committed (khod.fleet.format.RAISE_WARNINGS)
+COUNTED_BOOTS = (
+    "SELECT j->>'machine_id', j->>'boot_id', max((j->>'warnings')::numeric::integer) "
+    "FROM khod_objs WHERE j->>'object' = 'boot' AND jsonb_typeof(j->'warnings') = 'number' "
+    "GROUP BY 1, 2"
 )
 
 
@@ -222,6 +223,8 @@ class ChunkResult:
     new: dict[str, int] = field(default_factory=dict)
     unknown_boot: int = 0
     raised: int = 0  # boots the target had whose warning count was raised
+    # boots of the chunk the target may have had: their highest warning count given
+    to_raise: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def copy_data(lines: list[bytes]) -> bytes:
@@ -261,7 +264,7 @@ def load_chunk(conn: Connection, lines: list[bytes]) -> ChunkResult:
             row = cur.fetchone() if cur.description else (cur.rowcount,)
             res.new[kind] = max(int(row[0]), 0) if row else 0
             if kind == "boot" and res.new[kind] < res.read[kind]:
-                cur.execute(RAISE_BOOTS)
-                res.raised += max(cur.rowcount, 0)
+                cur.execute(COUNTED_BOOTS)
+                res.to_raise = {(m, b): int(w) for m, b, w in cur.fetchall()}
         cur.execute("TRUNCATE khod_objs")
     return res

@@ -11,6 +11,8 @@ from __future__ import annotations
 import gzip
 import json
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         fleet = Fleet(server, db, server.url(db), tmp, {}, {})
         rc, _, err = ctl("fleet", "init", "--db", fleet.owner, "--json")
         assert rc == 0, err
+        a = fleet.enroll(A)  # A's first two boots pushed
+        for step in CHAIN[:2]:
+            ingest(tmp, a.local, step)
+        fleet.synced["a1"] = pushed(a)
         yield fleet
 
 
@@ -81,10 +87,8 @@ def warned(rows: list[dict[str, Any]]) -> dict[tuple[Any, Any], tuple[int, int]]
 
 
 def test_a_warning_count_grown_after_its_push_reaches_the_fleet(fleet: Fleet) -> None:
-    a = fleet.enroll(A)
-    for step in CHAIN[:2]:
-        ingest(fleet.tmp, a.local, step)
-    assert pushed(a)["new"]["boot"] == 2
+    a = fleet.hosts[A]
+    assert fleet.synced["a1"]["new"]["boot"] == 2
     first = fleet_warnings(fleet, A)
     assert first == local_warnings(a.local)
     before = warned(report(fleet))
@@ -113,11 +117,12 @@ def test_a_warning_count_grown_after_its_push_reaches_the_fleet(fleet: Fleet) ->
 
 def test_a_host_may_only_raise_its_own_boots_count(fleet: Fleet) -> None:
     a = fleet.hosts[A]
-    # its boot with the most warnings (more than none, from the test before)
     ids = fleet.server.psql(
-        f"SELECT id FROM boots WHERE machine_id = '{A}' AND warnings > 0 ORDER BY warnings",
-        fleet.db,
+        f"SELECT id FROM boots WHERE machine_id = '{A}' ORDER BY id", fleet.db
     ).split()
+    fleet.server.psql(  # its newest boot has 3 warnings at least
+        f"UPDATE boots SET warnings = greatest(warnings, 3) WHERE id = {ids[-1]}", fleet.db
+    )
     cols = fleet.server.psql(
         "SELECT string_agg(quote_ident(column_name), ', ') FROM information_schema.columns "
         "WHERE table_schema = current_schema() AND table_name = 'boots' "
@@ -229,3 +234,59 @@ def test_an_import_raises_a_count_the_store_holds_lower(
     finally:
         store.dispose()
     assert got == want
+
+
+def test_an_import_that_inserts_and_raises_does_not_deadlock_a_raise(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """An import of a new boot of A's and a higher count of another, in bulk, while
+    another writer raises a count of A's: it holds A's rollup lock, then needs A's rollup
+    row. The import's raise waits for it, after its insert committed (which held the
+    row); raised in the insert's transaction, each waited for the other (deadlock)."""
+    dsn = fleet.owner.replace("postgresql+psycopg", "postgresql")
+    ids = fleet.server.psql(
+        f"SELECT id FROM boots WHERE machine_id = '{A}' ORDER BY id", fleet.db
+    ).split()
+    lines = [json.dumps({"object": "header", "format": "khod-export", "version": 1})]
+    dump = tmp_path / "a.jsonl"
+    assert ctl("export", "--db", fleet.hosts[A].local, "-o", str(dump))[0] == 0
+    header, *objs = dump.read_text().splitlines()
+    boots_of_a = [json.loads(x) for x in objs if json.loads(x)["object"] == "boot"]
+    newest = boots_of_a[-1]
+    lines = [
+        header,
+        json.dumps({**newest, "boot_id": "deadlock-probe"}),  # new: the same rollup row
+        json.dumps({**newest, "warnings": (newest["warnings"] or 0) + 50}),  # raised
+    ]
+    dump.write_text("\n".join(lines) + "\n")
+    done: list[tuple[int, str, str]] = []
+    errors: list[str] = []
+    with psycopg.connect(dsn) as other, psycopg.connect(dsn, autocommit=True) as watch:
+        other.execute("SELECT khod_rollup_lock(%s)", (A,))  # a raise of A's, under way
+        t = threading.Thread(
+            target=lambda: done.append(ctl("import", str(dump), "--db", fleet.owner, "--json"))
+        )
+        t.start()
+        for _ in range(600):  # until the import waits for A's lock
+            waiting = watch.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            ).fetchone()
+            if not t.is_alive() or (waiting and waiting[0]):
+                break
+            time.sleep(0.05)
+        try:  # the raise goes on: A's rollup rows
+            other.execute("UPDATE fleet_rollup_boots SET boots = boots WHERE machine_id = %s", (A,))
+            other.commit()
+        except psycopg.Error as e:
+            errors.append(str(e).splitlines()[0])
+            other.rollback()
+        t.join(60)
+    assert errors == []
+    ((rc, out, err),) = done
+    said = json.loads(out)
+    assert rc == 0 and said["chunks"] == {"bulk": 1, "line_by_line": 0}, (err, said)
+    assert said["new"]["boot"] == 1 and said["raised_warnings"] == 1
+    assert fleet_warnings(fleet, A)[len(ids) - 1] == str((newest["warnings"] or 0) + 50)
+    fleet.server.psql("DELETE FROM boots WHERE boot_id = 'deadlock-probe'", fleet.db)
+    report(fleet)
