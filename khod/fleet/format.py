@@ -50,22 +50,6 @@ CONFLICT = {
     "pstore": ("machine_id", "sha256"),
     "attempt": ("uid",),
 }
-# boots already in the store: their warning count raised to the highest given, never
-# lowered (migration 0017). An UPDATE after ``INSERT ... DO NOTHING`` committed, in a
-# transaction of its own, not ``DO UPDATE``: a boot given twice in one statement is no
-# error, a boot whose count is not higher is not locked, and the update's row triggers
-# take their machines' rollup locks (in machine order) before their rollup rows, as
-# every update and delete of a boot does, while no insert of the same writer holds a
-# rollup row (an insert holds them to its commit; one that then waited for a machine's
-# lock deadlocked with an update of that machine). {rows}: a query of machine_id,
-# boot_id and warnings of the boots given
-RAISE_WARNINGS = (
-    "UPDATE boots b SET warnings = s.warnings "
-    "FROM (SELECT machine_id, boot_id, max(warnings) AS warnings FROM ({rows}) r "
-    "GROUP BY machine_id, boot_id ORDER BY machine_id, boot_id) s "
-    "WHERE b.machine_id = s.machine_id AND b.boot_id = s.boot_id "
-    "AND s.warnings > coalesce(b.warnings, -1)"
-)
 INT32 = 2**31
 INT64 = 2**63
 # a time every reader can show (datetime's range, from the epoch: a boot or a record

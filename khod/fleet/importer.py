@@ -32,7 +32,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from khod.errors import StoreError
-from khod.fleet.format import CONFLICT, HARD_REFS, RAISE_WARNINGS, SHAPES, TABLES, ref_key
+from khod.fleet.format import CONFLICT, HARD_REFS, SHAPES, TABLES, ref_key
+from khod.fleet.raising import note_counts, raise_counts
 from khod.store.handle import Store, describe_db_error
 from khod.store.schema import boots, events, kexec_attempts
 
@@ -78,19 +79,6 @@ _FILL_VERDICT_SQLITE = (
     "DO UPDATE SET verdict = excluded.verdict, verdict_boot = excluded.verdict_boot, "
     "verdict_detail = excluded.verdict_detail "
     "WHERE kexec_attempts.verdict IS NULL AND excluded.verdict IS NOT NULL"
-)
-
-
-# RAISE_WARNINGS of rows given as arrays (a host's push: it may not stage rows; it
-# reads and updates no column of boots but its own boots' warnings), and on SQLite
-# row by row (no rollups there)
-_RAISE_ARRAYS = RAISE_WARNINGS.format(
-    rows="SELECT * FROM unnest(CAST(:m AS text[]), CAST(:b AS text[]), "
-    "CAST(:w AS integer[])) AS u(machine_id, boot_id, warnings)"
-)
-_RAISE_ROW = (
-    "UPDATE boots SET warnings = :w WHERE machine_id = :m AND boot_id = :b "
-    "AND coalesce(warnings, -1) < :w"
 )
 
 
@@ -176,7 +164,7 @@ class Importer:
         if most:  # the inserts committed: nothing of them is lost if this fails
             try:
                 with self.store.writer.begin() as conn:
-                    self.counts.raised += self.raise_counts(conn, most)
+                    self.counts.raised += raise_counts(conn, self.pg, most)
             except SQLAlchemyError as e:
                 raise StoreError(
                     f"cannot raise boots' warning counts in {self.store.location}: "
@@ -226,7 +214,7 @@ class Importer:
                 res = pgfast.load_chunk(conn, lines)
             if res.to_raise:  # the chunk committed: a transaction of its own
                 with self.store.writer.begin() as conn:
-                    res.raised = self.raise_counts(conn, res.to_raise)
+                    res.raised = raise_counts(conn, self.pg, res.to_raise)
             return res
         except (pgfast.Fallback, PgError, SQLAlchemyError):
             # (a failed raise after its chunk committed: the line path, rows known
@@ -300,33 +288,8 @@ class Importer:
             n = len(conn.execute(ins, rows).all())
         if kind == "boot" and self.raise_warnings and n < len(rows):
             # some were there: raised once this transaction committed (the new equal)
-            for r in rows:
-                w = r.get("warnings")
-                if w is not None:
-                    key = (r["machine_id"], r["boot_id"])
-                    self.to_raise[key] = max(w, self.to_raise.get(key, w))
+            note_counts(self.to_raise, rows)
         return n
-
-    def raise_counts(self, conn: Connection, most: dict[tuple[str, str], int]) -> int:
-        """Boots the store may have already: the highest warning count given, when
-        higher than the one it holds, in the caller's transaction (one with no insert
-        of boots in it: RAISE_WARNINGS); how many were raised. Touches no state of the
-        importer (a bulk chunk's worker thread calls it)."""
-        if not most:
-            return 0
-        keys = sorted(most)
-        if self.pg:
-            params = {
-                "m": [m for m, _ in keys],
-                "b": [b for _, b in keys],
-                "w": [most[k] for k in keys],
-            }
-            return max(conn.execute(text(_RAISE_ARRAYS), params).rowcount, 0)
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        before = raw.total_changes
-        conn.execute(text(_RAISE_ROW), [{"w": most[k], "m": k[0], "b": k[1]} for k in keys])
-        return int(raw.total_changes - before)
 
     def _may_stage(self, conn: Connection) -> bool:
         if self.can_stage is None:

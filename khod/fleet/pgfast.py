@@ -209,7 +209,7 @@ def _statements() -> tuple[list[str], dict[str, tuple[str, str | None]]]:
 
 CHECKS, INSERTS = _statements()
 # the chunk's boots with a warning count, the highest given each: those the target
-# had are raised after the chunk committed (khod.fleet.format.RAISE_WARNINGS)
+# had are raised after the chunk committed (khod.fleet.raising.RAISE_WARNINGS)
 COUNTED_BOOTS = (
     "SELECT j->>'machine_id', j->>'boot_id', max((j->>'warnings')::numeric::integer) "
     "FROM khod_objs WHERE j->>'object' = 'boot' AND jsonb_typeof(j->'warnings') = 'number' "
