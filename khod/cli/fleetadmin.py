@@ -1,6 +1,7 @@
-"""khoctl fleet init|enroll|revoke|rollups: the operator's side of fleet trust
-(khod.fleet.admin) and of the report's rollups (khod.fleet.rollups_admin), run against
-the fleet database with its owner role (``--db URL``)."""
+"""khoctl fleet init|enroll|revoke|rollups|retain: the operator's side of fleet trust
+(khod.fleet.admin), of the report's rollups (khod.fleet.rollups_admin) and of what the
+fleet database keeps (khod.fleet.retain), run against the fleet database with its owner
+role (``--db URL``)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,24 @@ def _seconds(text: str) -> int:
     s = duration(text)
     if s is None:
         raise argparse.ArgumentTypeError(f"expected a duration like '60s', got {text!r}")
+    return s
+
+
+def _age(text: str) -> int:
+    """A retention age: with its unit (``400`` alone is not taken for seconds, nor ``0``
+    for "no limit" as in khod.toml: either would delete nearly everything), a day or
+    more."""
+    from khod.timespec import duration  # noqa: PLC0415
+
+    s = duration(text, unit_required=True)
+    if s is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a duration with its unit like '400d', got {text!r}"
+        )
+    if s < 86400:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is less than a day: every boot but each machine's newest would go"
+        )
     return s
 
 
@@ -129,6 +148,33 @@ def add_parsers(cmd: Cmd) -> None:
         "commits; then check",
     )
 
+    c = action(
+        "retain",
+        "delete the boots older than --max-age, with what hangs off them (each machine's "
+        "newest boot is kept)",
+    )
+    c.add_argument(
+        "--max-age",
+        type=_age,
+        required=True,
+        metavar="D",
+        help="keep the boots younger than D (e.g. 400d; a unit and at least 1d), by the "
+        "database's clock",
+    )
+    c.add_argument("--dry-run", action="store_true", help="count what would go, delete nothing")
+    c.add_argument(
+        "--force",
+        action="store_true",
+        help="delete even when nothing in the fleet booted within --max-age (a clock ahead?)",
+    )
+    c.add_argument(
+        "--batch",
+        type=whole_number(1, 1000000),
+        default=5000,
+        metavar="N",
+        help="boots one transaction deletes (default 5000): a host's push waits for one",
+    )
+
 
 def _ca_args(c: argparse.ArgumentParser) -> None:
     c.add_argument("--ca-cert", type=Path, metavar="PATH", help="the fleet CA's certificate")
@@ -180,6 +226,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         return _certs(args)
     if args.action == "rollups":
         return _rollups(args)
+    if args.action == "retain":
+        return _retain(args)
     from khod.store.db import open_store  # noqa: PLC0415
 
     if args.action == "init":
@@ -310,6 +358,50 @@ def _rollups(args: argparse.Namespace) -> int:
         for line in lines:
             print_text(line)
     return 0 if ok else 1
+
+
+def _retain(args: argparse.Namespace) -> int:
+    """Delete (or count) the boots older than --max-age; never migrates."""
+    from khod.cli.views import iso  # noqa: PLC0415
+    from khod.fleet import retain  # noqa: PLC0415
+    from khod.store import migrate  # noqa: PLC0415
+    from khod.store.db import current_revision, open_store  # noqa: PLC0415
+
+    store = open_store(args.db, create=False, migrate=False)
+    try:
+        rev = current_revision(store)
+        if rev is not None and not migrate.knows(rev):
+            _at_head(store, "retain")  # a newer khod's schema: the line that says so
+        out = retain.retain(
+            store, args.max_age, force=args.force, dry_run=args.dry_run, batch=args.batch
+        )
+    finally:
+        store.dispose()
+    verb = "would delete" if args.dry_run else "deleted"
+    if args.json:
+        print_json(
+            {
+                "database": store.location,
+                "dry_run": args.dry_run,
+                "max_age": args.max_age,
+                "now": iso(out.now),
+                "cutoff": iso(out.cutoff),
+                "machines": out.machines,
+                "batches": out.batches,
+                "retried": out.retried,
+                "deleted": out.deleted,
+            },
+            "retain",
+        )
+        return 0
+    d = out.deleted
+    print_text(
+        f"{verb} {d['boots']} boots of {out.machines} machines older than {iso(out.cutoff)} "
+        f"(blobs {d['blobs']}, events {d['events']}, pstore records {d['pstore_records']}, "
+        f"kexec attempts {d['kexec_attempts']}) in {out.batches} batches; each machine's "
+        "newest boot kept"
+    )
+    return 0
 
 
 def _root_cert_default(db: str | None, ca_cert: Path) -> str | None:

@@ -57,6 +57,8 @@ def test_deb_contents(built: dict[str, Path | str]) -> None:
         "/usr/lib/systemd/system/khod-pstore.service",
         "/usr/lib/systemd/system/khod-kexec.service",
         "/usr/lib/systemd/system/khod-fleet-report.timer",
+        "/usr/lib/systemd/system/khod-fleet-retain.service",
+        "/usr/lib/systemd/system/khod-fleet-retain.timer",
         "/usr/lib/systemd/system/khod-once.service",
         "/usr/lib/udev/rules.d/60-khod-once.rules",
         "/usr/lib/systemd/catalog/khod.catalog",

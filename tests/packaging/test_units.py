@@ -21,8 +21,10 @@ SERVICES = (
     "khod-pstore.service",
     "khod-kexec.service",
     "khod-fleet-report.service",
+    "khod-fleet-retain.service",
     "khod-once.service",
 )
+TIMERS = ("khod-fleet-report.timer", "khod-fleet-retain.timer")
 
 
 def installed_copy(tmp_path: Path, name: str) -> Path:
@@ -35,7 +37,7 @@ def installed_copy(tmp_path: Path, name: str) -> Path:
 
 
 def test_units_verify_cleanly(tmp_path: Path) -> None:
-    units = [str(installed_copy(tmp_path, n)) for n in (*SERVICES, "khod-fleet-report.timer")]
+    units = [str(installed_copy(tmp_path, n)) for n in (*SERVICES, *TIMERS)]
     # verify runs man(1) on each Documentation=man:...: the pages the package installs
     from khod.cli import docgen
 

@@ -92,7 +92,9 @@ def show(r: Run, *extra: str) -> None:
 
 def khod_lines(b: Boot) -> list[str]:
     """The journal's lines from khod's own units (the test's khod-e2e units aside)."""
-    unit = re.compile(r"\bkhod(-pstore|-kexec|-fleet-report)?(\.service|\.timer|\[\d+\])")
+    unit = re.compile(
+        r"\bkhod(-pstore|-kexec|-fleet-report|-fleet-retain)?(\.service|\.timer|\[\d+\])"
+    )
     journal = b.out("journal").splitlines()
     return [line for line in journal if unit.search(line) and "khod-e2e" not in line]
 

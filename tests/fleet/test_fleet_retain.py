@@ -1,0 +1,333 @@
+"""``khoctl fleet retain --max-age D`` on a real fleet store (PostgreSQL and SQLite): the
+boots older than D by the database's clock go with what hangs off them, each machine's
+newest stays, and the age of a boot follows the order its machine recorded it in, not
+a clock set back or years ahead; the report read from the rollups is still the report
+counted from every row, and the rollups agree with the rows."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from khod.store.db import open_store
+from tests.builders import boot_row, pstore_row, write_export
+from tests.fleet.test_fleet import ctl
+from tests.fleet.test_report import T0
+from tests.fleet.test_report_rollup import random_fleet
+from tests.fleet.test_rollups_admin import reports_agree
+
+DAY = 86400
+# each row naming a boot, by the column that names it
+HANGING = (
+    ("blobs", "boot_pk"),
+    ("events", "boot_pk"),
+    ("pstore_records", "describes"),
+    ("pstore_records", "collected_by"),
+    ("kexec_attempts", "verdict_boot"),
+    ("kexec_attempts", "from_boot"),
+)
+MAX_AGE = 200 * DAY
+
+
+def blob(machine: str, boot: str, name: str) -> dict[str, Any]:
+    data = f"{boot}/{name}".encode()
+    return {
+        "object": "blob", "machine_id": machine, "boot_id": boot, "direction": "in",
+        "name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+        "data": base64.b64encode(data).decode(),
+    }  # fmt: skip
+
+
+def event(machine: str, boot: str, now: float) -> dict[str, Any]:
+    return {
+        "object": "event", "machine_id": machine, "boot_id": boot, "created_at": now,
+        "kind": "parse-error", "source": "/sys/kernel/debug/kho/in/fdt", "severity": "error",
+        "message": "truncated", "fingerprint": hashlib.sha256(boot.encode()).hexdigest(),
+        "origin": "kho",
+    }  # fmt: skip
+
+
+def machine(name: str) -> str:
+    return name.encode().hex().ljust(32, "0")[:32]
+
+
+# machines whose clocks did what hosts' clocks do: (name, boot times in the order the
+# host recorded them, in days before now (negative: ahead), the boots expected to go)
+CLOCKS: list[tuple[str, list[int | None], set[int]]] = [
+    ("set-back", [500, 100, 600, 10], {0}),  # the 3rd is as old as the 2nd: kept
+    ("ahead-once", [500, -3000, 450, 300, 5], {0, 2, 3}),  # the boot ahead stays, ages none
+    ("silent", [900, 800], {0}),  # the newest is kept, however old
+    ("alone", [900], set()),
+    ("untimed-first", [None, 700, None, 20], {1, 2}),  # no time before it: no age
+    ("all-future", [-10, -20], set()),
+]
+
+
+def clock_fleet(now: float) -> list[dict[str, Any]]:
+    objs: list[dict[str, Any]] = []
+    for name, days, _ in CLOCKS:
+        m = machine(name)
+        for i, d in enumerate(days):
+            boot = f"{m[:8]}-0000-4000-8000-{i:012x}"
+            t = None if d is None else int(now - d * DAY)
+            objs.append(boot_row(m, boot, "7.3.4", None, 0, booted_at=t, seq=i + 1))
+            objs.append(blob(m, boot, "fdt"))
+            objs.append(event(m, boot, now))
+            if i:
+                prev = f"{m[:8]}-0000-4000-8000-{i - 1:012x}"
+                objs.append(pstore_row(m, boot, prev, "Panic", salt=name))
+    return objs
+
+
+def shifted_random_fleet(now: float) -> list[dict[str, Any]]:
+    """tests/fleet/test_report_rollup.py's random fleet (~650 days from T0, crash records,
+    attempts of every verdict), moved so that it began 300 days ago: boots on both sides
+    of the cutoff and some ahead of the clock."""
+    _, judged = random_fleet(random.Random(20261206), hosts=10)
+    delta = int(now - 300 * DAY) - T0
+    for o in judged:
+        if o["object"] == "boot" and o["booted_at"] is not None:
+            o["booted_at"] += delta
+        if o["object"] == "attempt":
+            o["created_at"] += delta
+    return judged
+
+
+def expected_doomed(url: str, now: float) -> set[int]:
+    """The rule worked out again in Python, from the rows: per machine in recorded order,
+    a boot's age is the latest time up to it that is not ahead of ``now``; a boot goes
+    when its age is before the cutoff, it is not ahead itself and not the newest."""
+    store = open_store(url, create=False, migrate=False)
+    try:
+        with store.engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "SELECT id, machine_id, booted_at FROM boots "
+                    "ORDER BY machine_id, coalesce(seq, 0), id"
+                )
+            ).all()
+    finally:
+        store.dispose()
+    by_machine: dict[str, list[tuple[int, float | None]]] = {}
+    for pk, m, t in rows:
+        by_machine.setdefault(m, []).append((pk, t))
+    out: set[int] = set()
+    for boots_ in by_machine.values():
+        age: float | None = None
+        for pk, t in boots_[:-1]:
+            if t is not None and t <= now:
+                age = t if age is None else max(age, t)
+            if age is not None and age < now - MAX_AGE and (t is None or t <= now):
+                out.add(pk)
+    return out
+
+
+def counts(url: str) -> dict[str, int]:
+    store = open_store(url, create=False, migrate=False)
+    try:
+        with store.engine.connect() as conn:
+            return {
+                t: int(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one())
+                for t in ("boots", "blobs", "events", "pstore_records", "kexec_attempts")
+            }
+    finally:
+        store.dispose()
+
+
+def boot_ids(url: str) -> set[int]:
+    store = open_store(url, create=False, migrate=False)
+    try:
+        with store.engine.connect() as conn:
+            return set(conn.execute(text("SELECT id FROM boots")).scalars())
+    finally:
+        store.dispose()
+
+
+def load(capsys: pytest.CaptureFixture[str], tmp: Path, url: str, objs: list[Any]) -> bool:
+    rc, _, err = ctl(capsys, "import", str(write_export(tmp / "f.jsonl", objs)), "--db", url)
+    assert rc == 0, err
+    return True
+
+
+def retain(capsys: pytest.CaptureFixture[str], url: str, *argv: str) -> dict[str, Any]:
+    rc, out, err = ctl(capsys, "fleet", "retain", "--db", url, "--max-age", "200d", "--json", *argv)
+    assert rc == 0, err
+    return dict(json.loads(out))
+
+
+def test_old_boots_go_by_the_order_their_machine_recorded_them(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = time.time()
+    objs = shifted_random_fleet(now) + clock_fleet(now)
+    rc, _, err = ctl(
+        capsys, "import", str(write_export(tmp_path / "f.jsonl", objs)), "--db", db_url
+    )
+    assert rc == 0, err
+    before, ids = counts(db_url), boot_ids(db_url)
+    want = expected_doomed(db_url, now + 3600)  # the command runs within the hour
+    assert want == expected_doomed(db_url, now), "a boot within an hour of the cutoff"
+    assert 20 < len(want) < len(ids) - 20  # both sides of the cutoff
+    for name, _, gone in CLOCKS:  # the hand-made machines, by their boots' order
+        m = machine(name)
+        store = open_store(db_url, create=False, migrate=False)
+        with store.engine.connect() as conn:
+            seqs = {
+                int(pk): int(s) - 1
+                for pk, s in conn.execute(
+                    text("SELECT id, seq FROM boots WHERE machine_id = :m"), {"m": m}
+                )
+            }
+        store.dispose()
+        assert {seqs[pk] for pk in want if pk in seqs} == gone, name
+
+    dry = retain(capsys, db_url, "--dry-run")
+    assert dry["dry_run"] is True and dry["deleted"]["boots"] == len(want)
+    assert counts(db_url) == before  # nothing deleted
+    done = retain(capsys, db_url, "--batch", "7")
+    assert done["deleted"] == dry["deleted"]
+    assert done["batches"] == -(-len(want) // 7)
+    assert boot_ids(db_url) == ids - want
+    after = counts(db_url)
+    assert {t: before[t] - after[t] for t in before} == done["deleted"]
+    assert done["deleted"]["blobs"] >= sum(1 for name, _, g in CLOCKS for _ in g)
+    assert done["deleted"]["pstore_records"] and done["deleted"]["kexec_attempts"]
+    # nothing hangs off a deleted boot; what named one forgot it
+    store = open_store(db_url, create=False, migrate=False)
+    with store.engine.connect() as conn:
+        for t, c in HANGING:
+            left = conn.execute(
+                text(
+                    f"SELECT count(*) FROM {t} t LEFT JOIN boots b ON b.id = t.{c} "
+                    f"WHERE t.{c} IS NOT NULL AND b.id IS NULL"
+                )
+            )
+            assert left.scalar_one() == 0, (t, c)
+    store.dispose()
+    assert reports_agree(capsys, db_url)
+    if db_url.startswith("postgresql"):
+        rc, out, err = ctl(capsys, "fleet", "rollups", "--check", "--db", db_url)
+        assert rc == 0, out + err
+    again = retain(capsys, db_url)
+    assert again["deleted"]["boots"] == 0 and again["machines"] == 0
+
+
+def test_a_fleet_silent_for_longer_than_max_age_is_refused_without_force(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing in the fleet booted within --max-age of the clock: the clock (or every
+    host) is suspect, so nothing goes until the operator says --force."""
+    now = time.time()
+    m = machine("old")
+    objs = [
+        boot_row(
+            m, f"{m[:8]}-0000-4000-8000-{i:012x}", "7.3.4", None, int(now - d * DAY), seq=i + 1
+        )
+        for i, d in enumerate((700, 600, 500))
+    ]
+    rc, _, err = ctl(
+        capsys, "import", str(write_export(tmp_path / "f.jsonl", objs)), "--db", db_url
+    )
+    assert rc == 0, err
+    rc, out, err = ctl(capsys, "fleet", "retain", "--db", db_url, "--max-age", "200d")
+    assert rc == 1 and out == ""
+    assert err.count("\n") == 1 and "500 days older than the database's clock" in err, err
+    assert "--force" in err
+    assert counts(db_url)["boots"] == 3
+    rc, out, err = ctl(capsys, "fleet", "retain", "--db", db_url, "--max-age", "200d", "--force")
+    assert rc == 0, err
+    assert out.startswith("deleted 2 boots of 1 machines older than ")
+    assert counts(db_url)["boots"] == 1
+
+
+def test_only_the_owner_deletes(
+    pg_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A role other than the owner: row-level security hides the rows from it, so it
+    would find nothing to delete and say so; it is told, in one line, that it may not,
+    and every row is still there, with or without a DELETE grant."""
+    db = pg_server.create_database()
+    url = pg_server.url(db)
+    now = time.time()
+    assert load(capsys, tmp_path, url, clock_fleet(now))
+    before = counts(url)
+    pg_server.psql(
+        "CREATE ROLE khod_test_reader LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public "
+        "TO khod_test_reader",
+        db,
+    )
+    reader = url.replace("postgres@", "khod_test_reader@", 1)
+    rc, out, err = ctl(capsys, "fleet", "retain", "--db", reader, "--max-age", "200d")
+    assert rc == 1 and out == "", out + err
+    assert err.count("\n") == 1, err
+    assert "fleet retain: role khod_test_reader may not delete from" in err
+    assert "row-level security" in err and "owner role" in err
+    pg_server.psql("GRANT DELETE ON ALL TABLES IN SCHEMA public TO khod_test_reader", db)
+    rc, out, err = ctl(capsys, "fleet", "retain", "--db", reader, "--max-age", "200d")
+    assert rc == 1 and out == "" and err.count("\n") == 1, out + err
+    assert "may not delete" in err
+    assert counts(url) == before
+
+
+@pytest.mark.parametrize(
+    ("age", "said"),
+    [
+        ("400", "expected a duration with its unit like '400d', got '400'"),
+        ("0", "expected a duration with its unit like '400d', got '0'"),
+        ("0d", "'0d' is less than a day: every boot but each machine's newest would go"),
+        ("12h", "'12h' is less than a day: every boot but each machine's newest would go"),
+    ],
+)
+def test_an_age_without_its_unit_or_under_a_day_deletes_nothing(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], age: str, said: str
+) -> None:
+    """``400`` (days meant, seconds read) or ``0`` (no limit in khod.toml) would delete
+    every boot but each machine's newest: a usage error, nothing read or deleted."""
+    assert load(capsys, tmp_path, sqlite_url, clock_fleet(time.time()))
+    before = counts(sqlite_url)
+    with pytest.raises(SystemExit) as exit_:
+        ctl(capsys, "fleet", "retain", "--db", sqlite_url, "--max-age", age)
+    out, err = capsys.readouterr()
+    assert (exit_.value.code, out) == (2, "")
+    assert err.splitlines()[-1] == f"khoctl fleet retain: error: argument --max-age: {said}"
+    assert counts(sqlite_url) == before
+
+
+def test_a_database_lost_midway_says_what_stayed_deleted(
+    pg_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The connection is cut after the first batch committed (the server ends the
+    session, as a restart would): one line that says how many boots are gone for good;
+    the rollups still agree with what is left, and the next run deletes the rest."""
+    db = pg_server.create_database()
+    url = pg_server.url(db)
+    now = time.time()
+    assert load(capsys, tmp_path, url, clock_fleet(now))
+    want, ids = expected_doomed(url, now), boot_ids(url)
+    # the second batch's delete of its boots ends the session (a statement trigger: the
+    # foreign keys' cascades delete nothing from boots)
+    pg_server.psql(
+        "CREATE SEQUENCE cut_seq; CREATE FUNCTION cut() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN IF nextval('cut_seq') > 1 THEN PERFORM pg_terminate_backend(pg_backend_pid()); "
+        "END IF; RETURN NULL; END $$; "
+        "CREATE TRIGGER cut BEFORE DELETE ON boots FOR EACH STATEMENT EXECUTE FUNCTION cut()",
+        db,
+    )
+    rc, out, err = ctl(capsys, "fleet", "retain", "--db", url, "--max-age", "200d", "--batch", "1")
+    assert rc == 1 and out == "" and err.count("\n") == 1, out + err
+    assert "fleet retain: cannot delete from" in err
+    assert "(after 1 boots deleted in 1 batches, which stay deleted)" in err
+    assert len(want) > 1 and len(boot_ids(url)) == len(ids) - 1
+    pg_server.psql("DROP TRIGGER cut ON boots", db)
+    rc, out, err = ctl(capsys, "fleet", "rollups", "--check", "--db", url)
+    assert rc == 0, out + err
+    done = retain(capsys, url)  # the rest at the next run
+    assert done["deleted"]["boots"] == len(want) - 1
