@@ -331,3 +331,81 @@ def test_a_database_lost_midway_says_what_stayed_deleted(
     assert rc == 0, out + err
     done = retain(capsys, url)  # the rest at the next run
     assert done["deleted"]["boots"] == len(want) - 1
+
+
+def test_a_push_in_flight_beside_retention_of_its_machine(
+    pg_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A host's push (a new boot and the crash record of the boot before it, not
+    committed yet) while the owner's retention deletes the same machine's old boots: the
+    retention waits for the push's lock, both commit, nothing of the push is lost, and
+    the rollups and the report agree with the rows."""
+    import threading
+
+    import psycopg
+
+    from khod.fleet import retain as fleet_retain
+
+    db = pg_server.create_database()
+    url = pg_server.url(db)
+    now = time.time()
+    m = machine("pushing")
+    b = [f"{m[:8]}-0000-4000-8000-{i:012x}" for i in range(4)]
+    objs = [
+        boot_row(m, b[0], "7.0", None, int(now - 500 * DAY)) | {"seq": 1},
+        boot_row(m, b[1], "7.1", "7.0", int(now - 400 * DAY)) | {"seq": 2},
+        boot_row(m, b[2], "7.1", "7.0", int(now - DAY)) | {"seq": 3},
+    ]
+    assert load(capsys, tmp_path, url, objs)
+    new = boot_row(m, b[3], "7.1", "7.0", int(now)) | {"seq": 4}
+    crash = pstore_row(m, b[3], b[2], "Panic", salt="push")
+    dsn = f"host=127.0.0.1 port={pg_server.port} dbname={db} user=postgres"
+    with psycopg.connect(dsn) as host, psycopg.connect(dsn, autocommit=True) as watch:
+        cols = [c for c in new if c not in ("object", "machine_id", "boot_id", "seq")]
+        host.execute(
+            f"INSERT INTO boots (machine_id, boot_id, seq, {', '.join(cols)}) "
+            f"SELECT machine_id, %s, 4, {', '.join(cols)} FROM boots WHERE boot_id = %s",
+            (b[3], b[2]),
+        )
+        host.execute(
+            "INSERT INTO pstore_records (machine_id, sha256, collected_by, describes, location,"
+            " path, name, type, backend, reason, compressed, inflate_status, size, raw,"
+            " dump_key, collected_at) SELECT %s, %s, n.id, d.id, 'pstore', 'p', 'p', 'dmesg',"
+            " 'efi', 'Panic', false, 'plain', 1, '\\x00', 'k', 0 FROM boots n, boots d"
+            " WHERE n.boot_id = %s AND d.boot_id = %s",
+            (m, crash["sha256"], b[3], b[2]),
+        )
+        store = open_store(url, create=False, migrate=False)
+        done: list[Any] = []
+
+        def retention() -> None:
+            try:
+                done.append(fleet_retain.retain(store, MAX_AGE))
+            except BaseException as e:  # reported by the assertion below
+                done.append(e)
+
+        worker = threading.Thread(target=retention)
+        worker.start()
+        waited = False
+        for _ in range(600):  # until a delete waits on the push (a lock), or it ends
+            row = watch.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                "AND wait_event_type = 'Lock'",
+                (db,),
+            ).fetchone()
+            if done or (row and row[0]):
+                waited = not done
+                break
+            threading.Event().wait(0.05)
+        host.commit()
+        worker.join(60)
+        store.dispose()
+    assert len(done) == 1 and isinstance(done[0], fleet_retain.Outcome), done
+    assert waited, "the retention did not wait for the push"
+    assert done[0].deleted["boots"] == 2  # b0, b1: b2 booted a day ago, b3 is the newest
+    left = {r for r in pg_server.psql("SELECT boot_id FROM boots", db).split()}
+    assert left == {b[2], b[3]}
+    assert pg_server.psql("SELECT count(*) FROM pstore_records", db).strip() == "1"
+    rc, out, err = ctl(capsys, "fleet", "rollups", "--check", "--db", url)
+    assert rc == 0, out + err
+    assert reports_agree(capsys, url)
