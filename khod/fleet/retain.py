@@ -36,6 +36,7 @@ from khod.errors import StoreError
 from khod.store.handle import Store, describe_db_error
 
 BATCH = 5000  # boots a transaction deletes
+PARAMS = 10000  # ids one statement names
 RETRIES = 3  # a batch aborted for a deadlock or a serialization failure
 _RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 
@@ -130,10 +131,15 @@ def _delete(conn: Connection, table: str, column: str, ids: Sequence[int]) -> in
 
 
 def _batch(store: Store, ids: Sequence[int], *, dry_run: bool) -> dict[str, int]:
+    """One transaction: the batch's rows, each statement naming at most ``PARAMS`` ids
+    (PostgreSQL's protocol takes 65,535 parameters a statement)."""
     act = _count if dry_run else _delete
+    parts = [ids[i : i + PARAMS] for i in range(0, len(ids), PARAMS)]
+    got = dict.fromkeys(TABLES, 0)
     with store.writer.begin() as conn:
-        got = {t: act(conn, t, c, ids) for t, c in CHILDREN}
-        got["boots"] = act(conn, "boots", "id", ids)
+        for table, column in (*CHILDREN, ("boots", "id")):
+            for part in parts:
+                got[table] += act(conn, table, column, part)
     return got
 
 

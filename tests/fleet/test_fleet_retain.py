@@ -409,3 +409,32 @@ def test_a_push_in_flight_beside_retention_of_its_machine(
     rc, out, err = ctl(capsys, "fleet", "rollups", "--check", "--db", url)
     assert rc == 0, out + err
     assert reports_agree(capsys, url)
+
+
+def test_a_batch_larger_than_a_statement_takes(
+    pg_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    """PostgreSQL's protocol takes 65,535 parameters a statement: a --batch of 70,000
+    boots failed in one line before deleting anything (``number of parameters must be
+    between 0 and 65535``). A batch's statements now name at most PARAMS ids each, in
+    one transaction: split small here, the same boots go."""
+    from khod.fleet import retain as fleet_retain
+
+    db = pg_server.create_database()
+    url = pg_server.url(db)
+    now = time.time()
+    assert load(capsys, tmp_path, url, clock_fleet(now))
+    want, ids = expected_doomed(url, now), boot_ids(url)
+    store = open_store(url, create=False, migrate=False)
+    try:
+        no_such = list(range(10**9, 10**9 + 70_000))
+        assert fleet_retain._batch(store, no_such, dry_run=False) == dict.fromkeys(
+            fleet_retain.TABLES, 0
+        )
+        monkeypatch.setattr(fleet_retain, "PARAMS", 2)
+        out = fleet_retain.retain(store, MAX_AGE, batch=5)
+    finally:
+        store.dispose()
+    assert out.deleted["boots"] == len(want) > 5 and out.batches == -(-len(want) // 5)
+    assert boot_ids(url) == ids - want
+    assert out.deleted["blobs"] == out.deleted["events"] == len(want)
