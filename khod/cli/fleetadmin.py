@@ -6,6 +6,7 @@ role (``--db URL``)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -162,6 +163,7 @@ def add_parsers(cmd: Cmd) -> None:
         "database's clock",
     )
     c.add_argument("--dry-run", action="store_true", help="count what would go, delete nothing")
+    c.add_argument("--quiet", action="store_true", help="no progress line")
     c.add_argument(
         "--force",
         action="store_true",
@@ -367,16 +369,30 @@ def _retain(args: argparse.Namespace) -> int:
     from khod.store import migrate  # noqa: PLC0415
     from khod.store.db import current_revision, open_store  # noqa: PLC0415
 
+    bar = None
+    if sys.stderr.isatty() and not args.quiet and not args.json:
+        from khod.cli.fleet import Progress  # noqa: PLC0415
+
+        bar = Progress("fleet retain", None, sys.stderr)
+
+    def progress(o: retain.Outcome) -> None:
+        if bar is not None:
+            bar.total = o.planned
+            bar.update(o.deleted["boots"], sum(o.deleted.values()))
+
     store = open_store(args.db, create=False, migrate=False)
     try:
         rev = current_revision(store)
         if rev is not None and not migrate.knows(rev):
             _at_head(store, "retain")  # a newer khod's schema: the line that says so
         out = retain.retain(
-            store, args.max_age, force=args.force, dry_run=args.dry_run, batch=args.batch
-        )
+            store, args.max_age, force=args.force, dry_run=args.dry_run, batch=args.batch,
+            progress=progress,
+        )  # fmt: skip
     finally:
         store.dispose()
+        if bar is not None:
+            bar.done()
     verb = "would delete" if args.dry_run else "deleted"
     if args.json:
         print_json(

@@ -73,6 +73,7 @@ TABLES = (*(t for t, _ in CHILDREN), "boots")
 class Outcome:
     now: float
     cutoff: float
+    planned: int = 0  # boots found to go
     machines: int = 0
     batches: int = 0
     retried: int = 0
@@ -170,7 +171,7 @@ def retain(
                     "that clock right? --force deletes by it)"
                 )
             plan = doomed(conn, now, cutoff)
-        out = Outcome(now=now, cutoff=cutoff, machines=len({m for _, m in plan}))
+        out = Outcome(now=now, cutoff=cutoff, planned=len(plan), machines=len({m for _, m in plan}))
         for start in range(0, len(plan), batch):
             ids = [i for i, _ in plan[start : start + batch]]
             for attempt in range(RETRIES + 1):

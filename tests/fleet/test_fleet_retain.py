@@ -438,3 +438,41 @@ def test_a_batch_larger_than_a_statement_takes(
     assert out.deleted["boots"] == len(want) > 5 and out.batches == -(-len(want) // 5)
     assert boot_ids(url) == ids - want
     assert out.deleted["blobs"] == out.deleted["events"] == len(want)
+
+
+def test_a_progress_line_on_a_terminal_only(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A first retention of a large database takes a while: on a terminal, a line of
+    the boots gone so far against those found, cleared at the end; not otherwise."""
+    import os
+    import subprocess
+    import sys
+
+    assert load(capsys, tmp_path, sqlite_url, clock_fleet(time.time()))
+    khoctl_bin = str(Path(sys.executable).parent / "khoctl")
+    argv = [khoctl_bin, "fleet", "retain", "--db", sqlite_url, "--max-age", "200d"]
+    primary, secondary = os.openpty()
+    try:
+        r = subprocess.run(
+            [*argv, "--batch", "1", "--dry-run"],
+            stderr=secondary, stdout=subprocess.PIPE, text=True, check=False, timeout=120,
+        )  # fmt: skip
+        os.close(secondary)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the other side is closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(primary)
+    assert r.returncode == 0 and r.stdout.startswith("would delete 7 boots of 4 machines")
+    text = seen.decode()
+    assert "\rfleet retain [" in text and " rows, " in text
+    assert text.endswith("\r\x1b[K")  # cleared at the end
+    r = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
+    assert r.returncode == 0 and r.stderr == "" and r.stdout.startswith("deleted 7 boots")
