@@ -35,6 +35,9 @@ def _seconds(text: str) -> int:
     return s
 
 
+MAX_AGE_DAYS = 36500  # a century: a time past it is no time
+
+
 def _age(text: str) -> int:
     """A retention age: with its unit (``400`` alone is not taken for seconds, nor ``0``
     for "no limit" as in khod.toml: either would delete nearly everything), a day or
@@ -46,6 +49,8 @@ def _age(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"expected a duration with its unit like '400d', got {text!r}"
         )
+    if s > MAX_AGE_DAYS * 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is over {MAX_AGE_DAYS} days")
     if s < 86400:
         raise argparse.ArgumentTypeError(
             f"{text!r} is less than a day: every boot but each machine's newest would go"
@@ -380,6 +385,11 @@ def _retain(args: argparse.Namespace) -> int:
             bar.total = o.planned
             bar.update(o.deleted["boots"], sum(o.deleted.values()))
 
+    if not getattr(args, "db_given", args.db):
+        raise KhodError(
+            "fleet retain: name the fleet database with --db URL (it never deletes from "
+            "the store khod.toml, KHOD_DB or the default name)"
+        )
     store = open_store(args.db, create=False, migrate=False)
     try:
         rev = current_revision(store)
@@ -403,20 +413,30 @@ def _retain(args: argparse.Namespace) -> int:
                 "now": iso(out.now),
                 "cutoff": iso(out.cutoff),
                 "machines": out.machines,
+                "wiped": out.wiped,
                 "batches": out.batches,
                 "retried": out.retried,
+                "held": out.held,
                 "deleted": out.deleted,
             },
             "retain",
         )
-        return 0
-    d = out.deleted
-    print_text(
-        f"{verb} {d['boots']} boots of {out.machines} machines older than {iso(out.cutoff)} "
-        f"(blobs {d['blobs']}, events {d['events']}, pstore records {d['pstore_records']}, "
-        f"kexec attempts {d['kexec_attempts']}) in {out.batches} batches; each machine's "
-        "newest boot kept"
-    )
+    else:
+        d = out.deleted
+        print_text(
+            f"{verb} {d['boots']} boots of {out.machines} machines older than "
+            f"{iso(out.cutoff)} (blobs {d['blobs']}, events {d['events']}, pstore records "
+            f"{d['pstore_records']}, kexec attempts {d['kexec_attempts']}) in {out.batches} "
+            "batches; each machine's newest boot kept"
+        )
+    if out.held:
+        print_text(
+            f"khoctl: error: fleet retain: {out.held} boots left for the next run: their "
+            f"batch waited over {retain.LOCK_TIMEOUT_S} s on a lock (a session holding "
+            "their rows)",
+            sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -61,6 +61,7 @@ def configured_store(args: argparse.Namespace) -> None:
     from khod.config import load_config  # noqa: PLC0415
     from khod.store.location import store_url  # noqa: PLC0415
 
+    args.db_given = args.db  # what --db said, before any default (fleet retain wants it)
     configured = ""
     if args.db is None:  # the configuration is read only when --db does not say
         configured = load_config(args.config, required=args.config is not None).db

@@ -14,18 +14,24 @@ or attempt of a kept boot that named one of them keeps its row, the name forgott
 
 The doomed boots are found in one query that reads only the machines with a boot older
 than the cutoff (``ix_boots_booted_at``), and deleted in batches, each a transaction of
-its own in (machine, id) order, so a host's push waits at most one batch; the rollup
-triggers take each deleted boot out of the report as any delete does. A batch that
-PostgreSQL aborts for a deadlock with a push is tried again.
+its own, cut from the (machine, id) order, so a host's push waits at most one batch; the
+rollup triggers take each deleted boot out of the report as any delete does. A batch that
+PostgreSQL aborts for a deadlock with a push is tried again; one that waits on a lock
+over ``LOCK_TIMEOUT_S`` (a session holding rows) is left for the next run.
 
 The clock is the database server's (PostgreSQL's ``clock_timestamp()``; SQLite's is
-this machine's). When nothing in the fleet booted within ``max_age`` of it, the clock
-or the hosts are suspect and nothing is deleted without ``--force``.
+this machine's). When the run would leave more machines with their newest boot only
+than booted in the last 30 days (or ``max_age``, if less), that clock is suspect (years
+ahead, every machine's history would go) and nothing is deleted without ``--force``: a
+count of machines, not of boots, so that no one host (a machine of its own) can make a
+wrong clock pass.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -39,10 +45,15 @@ BATCH = 5000  # boots a transaction deletes
 PARAMS = 10000  # ids one statement names
 RETRIES = 3  # a batch aborted for a deadlock or a serialization failure
 _RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
+_LOCKED = "55P03"  # lock_not_available: lock_timeout passed
+LOCK_TIMEOUT_S = 60  # a batch waiting longer on a lock is left for the next run
+RECENT = 30 * 86400  # "booted lately", for the clock's check (at most max_age)
 
 # every boot of the machines with one older than the cutoff, its age the running
 # maximum of the times up to it (those ahead of the clock left out), its rank from the
-# machine's newest; a boot ahead of the clock itself stays
+# machine's newest and how many the machine has; a boot ahead of the clock itself stays.
+# Times are bound as integers, as the column is: a float would cast every row's time
+# and read the whole table instead of ix_boots_booted_at.
 DOOMED_SQL = """
 WITH m AS (SELECT DISTINCT machine_id FROM boots WHERE booted_at < :cutoff),
 aged AS (
@@ -51,13 +62,17 @@ aged AS (
            PARTITION BY b.machine_id ORDER BY coalesce(b.seq, 0), b.id
            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS age,
          row_number() OVER (
-           PARTITION BY b.machine_id ORDER BY coalesce(b.seq, 0) DESC, b.id DESC) AS from_newest
+           PARTITION BY b.machine_id ORDER BY coalesce(b.seq, 0) DESC, b.id DESC) AS from_newest,
+         count(*) OVER (PARTITION BY b.machine_id) AS n
   FROM boots b WHERE b.machine_id IN (SELECT machine_id FROM m))
-SELECT id, machine_id FROM aged
+SELECT id, machine_id, n FROM aged
 WHERE from_newest > 1 AND age < :cutoff AND (booted_at IS NULL OR booted_at <= :now)
 ORDER BY machine_id, id
 """
-NEWEST_SQL = "SELECT max(booted_at) FROM boots WHERE booted_at <= :now"
+# the machines that booted lately, by the database's clock
+RECENT_SQL = """
+SELECT count(DISTINCT machine_id) FROM boots WHERE booted_at >= :recent AND booted_at <= :now
+"""
 # what hangs off a boot, deleted before it so that each is counted (the foreign keys'
 # CASCADE would delete the same rows)
 CHILDREN = (
@@ -75,9 +90,21 @@ class Outcome:
     cutoff: float
     planned: int = 0  # boots found to go
     machines: int = 0
+    wiped: int = 0  # machines left with their newest boot only
     batches: int = 0
     retried: int = 0
+    held: int = 0  # boots of batches that waited on a lock too long: left for the next run
     deleted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
+
+
+@dataclass
+class Plan:
+    """The boots to delete, in (machine, id) order: ids only, 8 bytes each (a first
+    retention of years of a large fleet finds tens of millions)."""
+
+    ids: array[int] = field(default_factory=lambda: array("q"))
+    machines: int = 0
+    wiped: int = 0
 
 
 class Refused(StoreError):
@@ -112,9 +139,28 @@ def may_delete(conn: Connection, location: str) -> None:
         )
 
 
-def doomed(conn: Connection, now: float, cutoff: float) -> list[tuple[int, str]]:
-    rows = conn.execute(text(DOOMED_SQL), {"now": now, "cutoff": cutoff})
-    return [(int(i), str(m)) for i, m in rows]
+def doomed(conn: Connection, now: int, cutoff: int) -> Plan:
+    """The boots to delete, streamed from the server (a cursor, not every row at once)."""
+    plan = Plan()
+    last: str | None = None
+    run = total = 0
+
+    def close() -> None:
+        if last is not None and run == total - 1:
+            plan.wiped += 1
+
+    rows = conn.execution_options(stream_results=True, yield_per=PARAMS).execute(
+        text(DOOMED_SQL), {"now": now, "cutoff": cutoff}
+    )
+    for pk, machine, n in rows:
+        if machine != last:
+            close()
+            last, run, total = machine, 0, int(n)
+            plan.machines += 1
+        plan.ids.append(int(pk))
+        run += 1
+    close()
+    return plan
 
 
 def _count(conn: Connection, table: str, column: str, ids: Sequence[int]) -> int:
@@ -133,15 +179,22 @@ def _delete(conn: Connection, table: str, column: str, ids: Sequence[int]) -> in
 
 def _batch(store: Store, ids: Sequence[int], *, dry_run: bool) -> dict[str, int]:
     """One transaction: the batch's rows, each statement naming at most ``PARAMS`` ids
-    (PostgreSQL's protocol takes 65,535 parameters a statement)."""
+    (PostgreSQL's protocol takes 65,535 parameters a statement); on PostgreSQL a lock
+    waited on for ``LOCK_TIMEOUT_S`` ends it (a host's session holding its boots' rows)."""
     act = _count if dry_run else _delete
     parts = [ids[i : i + PARAMS] for i in range(0, len(ids), PARAMS)]
     got = dict.fromkeys(TABLES, 0)
     with store.writer.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'"))
         for table, column in (*CHILDREN, ("boots", "id")):
             for part in parts:
                 got[table] += act(conn, table, column, part)
     return got
+
+
+def _sqlstate(e: DBAPIError) -> str | None:
+    return getattr(e.orig, "sqlstate", None) or getattr(e.orig, "pgcode", None)
 
 
 def retain(
@@ -154,48 +207,62 @@ def retain(
     progress: Callable[[Outcome], None] | None = None,
 ) -> Outcome:
     """Delete (or, ``dry_run``, count) the boots older than ``max_age`` seconds by the
-    rule above. Raises :class:`Refused` when the fleet's newest boot is older than
-    ``max_age`` by the database's clock, unless ``force``; a database error is one line."""
+    rule above. Raises :class:`Refused`, unless ``force``, when it would leave more
+    machines with their newest boot only than booted lately (a clock ahead: the clock's
+    check); a database error is one line. A batch that waits on a lock too long is
+    left (``held``) and the next one goes on."""
     out: Outcome | None = None
     try:
         with store.engine.connect() as conn:
             may_delete(conn, store.location)
             now = server_now(conn)
             cutoff = now - max_age
-            newest = conn.execute(text(NEWEST_SQL), {"now": now}).scalar()
-            if newest is not None and float(newest) < cutoff and not force:
-                days = int((now - float(newest)) // 86400)
-                raise Refused(
-                    f"fleet retain: the newest boot in {store.location} is {days} days older "
-                    "than the database's clock, more than --max-age: nothing deleted (is "
-                    "that clock right? --force deletes by it)"
-                )
-            plan = doomed(conn, now, cutoff)
-        out = Outcome(now=now, cutoff=cutoff, planned=len(plan), machines=len({m for _, m in plan}))
-        for start in range(0, len(plan), batch):
-            ids = [i for i, _ in plan[start : start + batch]]
+            now_i, cut_i = math.floor(now), math.ceil(cutoff)  # times are whole seconds
+            plan = doomed(conn, now_i, cut_i)
+            if plan.wiped and not force:
+                recent = min(RECENT, max_age)
+                lately = conn.execute(
+                    text(RECENT_SQL), {"recent": math.ceil(now - recent), "now": now_i}
+                ).scalar_one()
+                if plan.wiped > lately:
+                    days = recent // 86400
+                    raise Refused(
+                        f"fleet retain: it would leave {plan.wiped} machines of {store.location} "
+                        f"with their newest boot only, more than the {lately} that booted in "
+                        f"the last {days} days: nothing deleted (is the database's clock "
+                        "right? --force deletes by it)"
+                    )
+        out = Outcome(
+            now=now, cutoff=cutoff, planned=len(plan.ids), machines=plan.machines,
+            wiped=plan.wiped,
+        )  # fmt: skip
+        for start in range(0, len(plan.ids), batch):
+            ids = plan.ids[start : start + batch]
+            got = None
             for attempt in range(RETRIES + 1):
                 try:
                     got = _batch(store, ids, dry_run=dry_run)
                     break
                 except DBAPIError as e:
-                    code = getattr(e.orig, "pgcode", None) or getattr(e.orig, "sqlstate", None)
-                    if code not in _RETRYABLE or attempt == RETRIES:
+                    if _sqlstate(e) == _LOCKED:
+                        out.held += len(ids)
+                        break
+                    if _sqlstate(e) not in _RETRYABLE or attempt == RETRIES:
                         raise
                     out.retried += 1
-            for t, n in got.items():
-                out.deleted[t] += n
-            out.batches += 1
+            if got is not None:
+                for t, n in got.items():
+                    out.deleted[t] += n
+                out.batches += 1
             if progress is not None:
                 progress(out)
         return out
     except SQLAlchemyError as e:
         done = ""
         if out is not None and out.batches:
-            done = (
-                f" (after {out.deleted['boots']} boots deleted in {out.batches} batches, "
-                "which stay deleted)"
-            )
+            verb = "counted" if dry_run else "deleted"
+            stay = "" if dry_run else ", which stay deleted"
+            done = f" (after {out.deleted['boots']} boots {verb} in {out.batches} batches{stay})"
         raise StoreError(
             f"fleet retain: cannot delete from {store.location}: {describe_db_error(e)}{done}"
         ) from None

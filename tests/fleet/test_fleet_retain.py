@@ -223,29 +223,53 @@ def test_old_boots_go_by_the_order_their_machine_recorded_them(
 def test_a_fleet_silent_for_longer_than_max_age_is_refused_without_force(
     db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Nothing in the fleet booted within --max-age of the clock: the clock (or every
-    host) is suspect, so nothing goes until the operator says --force."""
+    """Nothing in the fleet booted within --max-age of the clock: every machine would
+    keep its newest boot only, more machines than booted lately (none). The clock (or
+    every host) is suspect, so nothing goes until the operator says --force."""
     now = time.time()
     m = machine("old")
     objs = [
-        boot_row(
-            m, f"{m[:8]}-0000-4000-8000-{i:012x}", "7.3.4", None, int(now - d * DAY), seq=i + 1
-        )
+        boot_row(m, f"{m[:8]}-0000-4000-8000-{i:012x}", "7.3.4", None, int(now - d * DAY))
+        | {"seq": i + 1}
         for i, d in enumerate((700, 600, 500))
     ]
-    rc, _, err = ctl(
-        capsys, "import", str(write_export(tmp_path / "f.jsonl", objs)), "--db", db_url
-    )
-    assert rc == 0, err
+    assert load(capsys, tmp_path, db_url, objs)
     rc, out, err = ctl(capsys, "fleet", "retain", "--db", db_url, "--max-age", "200d")
     assert rc == 1 and out == ""
-    assert err.count("\n") == 1 and "500 days older than the database's clock" in err, err
+    assert err.count("\n") == 1 and "it would leave 1 machines of " in err, err
+    assert "with their newest boot only, more than the 0 that booted in the last 30 days" in err
     assert "--force" in err
     assert counts(db_url)["boots"] == 3
     rc, out, err = ctl(capsys, "fleet", "retain", "--db", db_url, "--max-age", "200d", "--force")
     assert rc == 0, err
     assert out.startswith("deleted 2 boots of 1 machines older than ")
     assert counts(db_url)["boots"] == 1
+
+
+def test_one_host_cannot_vouch_for_a_clock_ahead(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The database's clock jumped years ahead: 20 machines' histories would go. One
+    host (a machine of its own: it writes no other) with a boot dated yesterday made the
+    first form of the check (the fleet's newest boot within --max-age) pass, and 80 boots
+    went; machines are counted now, and one is not 20."""
+    now = time.time()
+    objs = []
+    for h in range(20):
+        m = machine(f"old{h}")
+        objs += [
+            boot_row(m, f"{m[:8]}-0000-4000-8000-{i:012x}", "7.3.4", None, int(now - d * DAY))
+            | {"seq": i + 1}
+            for i, d in enumerate((700, 600, 500, 400, 300))
+        ]
+    fresh = machine("fresh")
+    objs.append(boot_row(fresh, f"{fresh[:8]}-0000-4000-8000-0", "7.3.4", None, int(now - DAY)))
+    assert load(capsys, tmp_path, db_url, objs)
+    before = counts(db_url)
+    rc, out, err = ctl(capsys, "fleet", "retain", "--db", db_url, "--max-age", "200d", "--dry-run")
+    assert rc == 1 and out == "", out + err
+    assert "it would leave 20 machines of " in err and "more than the 1 that booted" in err
+    assert counts(db_url) == before
 
 
 def test_only_the_owner_deletes(
@@ -476,3 +500,120 @@ def test_a_progress_line_on_a_terminal_only(
     assert text.endswith("\r\x1b[K")  # cleared at the end
     r = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120)
     assert r.returncode == 0 and r.stderr == "" and r.stdout.startswith("deleted 7 boots")
+
+
+def test_a_batch_held_by_a_lock_is_left_and_the_rest_go(
+    pg_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    """A session holds one doomed boot's row (a host may lock its own boots: it holds
+    UPDATE on their warnings) and never lets go. Its batch gives up after the lock
+    timeout (a second here) and is left for the next run; the other batches go; exit 1
+    with one line that says so."""
+    import psycopg
+
+    from khod.fleet import retain as fleet_retain
+
+    monkeypatch.setattr(fleet_retain, "LOCK_TIMEOUT_S", 1)
+    db = pg_server.create_database()
+    url = pg_server.url(db)
+    now = time.time()
+    assert load(capsys, tmp_path, url, clock_fleet(now))
+    want = expected_doomed(url, now)
+    held = min(want)
+    dsn = f"host=127.0.0.1 port={pg_server.port} dbname={db} user=postgres"
+    with psycopg.connect(dsn) as holder:
+        holder.execute("SELECT 1 FROM boots WHERE id = %s FOR UPDATE", (held,))
+        rc, out, err = ctl(
+            capsys, "fleet", "retain", "--db", url, "--max-age", "200d", "--batch", "1",
+            "--json",
+        )  # fmt: skip
+        holder.rollback()
+    said = json.loads(out)
+    assert rc == 1 and said["held"] == 1 and said["deleted"]["boots"] == len(want) - 1
+    assert err.count("\n") == 1 and "1 boots left for the next run" in err, err
+    assert boot_ids(url) & want == {held}
+    rc, out, err = ctl(capsys, "fleet", "rollups", "--check", "--db", url)
+    assert rc == 0, out + err
+    assert retain(capsys, url)["deleted"]["boots"] == 1  # the next run
+
+
+def test_a_batch_aborted_for_a_deadlock_is_run_again(
+    pg_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PostgreSQL aborts a batch for a deadlock (with a push, say): it is run again, up
+    to three times, and counted in ``retried``; a fourth in a row ends the command in one
+    line."""
+    db = pg_server.create_database()
+    url = pg_server.url(db)
+    now = time.time()
+    assert load(capsys, tmp_path, url, clock_fleet(now))
+    want = expected_doomed(url, now)
+    pg_server.psql(
+        "CREATE SEQUENCE dl_seq; CREATE TABLE dl_limit (n bigint); INSERT INTO dl_limit "
+        "VALUES (2); CREATE FUNCTION dl() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF nextval('dl_seq') <= (SELECT n FROM dl_limit) THEN RAISE EXCEPTION 'deadlock "
+        "detected (made by the test)' USING ERRCODE = 'deadlock_detected'; END IF; "
+        "RETURN NULL; END $$; CREATE TRIGGER dl BEFORE DELETE ON boots FOR EACH STATEMENT "
+        "EXECUTE FUNCTION dl()",
+        db,
+    )
+    said = retain(capsys, url)
+    assert said["retried"] == 2 and said["deleted"]["boots"] == len(want)
+    pg_server.psql("SELECT setval('dl_seq', 1, false); UPDATE dl_limit SET n = 1000", db)
+    assert load(capsys, tmp_path, url, clock_fleet(now))  # the deleted boots again
+    before = counts(url)
+    rc, out, err = ctl(capsys, "fleet", "retain", "--db", url, "--max-age", "200d")
+    assert rc == 1 and out == "" and err.count("\n") == 1, out + err
+    assert "deadlock detected (made by the test)" in err
+    assert counts(url) == before  # nothing deleted
+    assert pg_server.psql("SELECT last_value FROM dl_seq", db).strip() == "4"
+
+
+def test_finding_the_boots_reads_the_index_of_boot_times(
+    pg_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The machines with an old boot are found through a range of ``ix_boots_booted_at``:
+    its entries before the cutoff, no more. The times were bound as floats at first:
+    PostgreSQL cast every row's bigint time to compare it, so no range of the index
+    could serve, and the whole table (or, with sequential scans off, the whole index)
+    was read: a daily run at 10^6 hosts read every boot."""
+    db = pg_server.create_database()
+    url = pg_server.url(db)
+    now = time.time()
+    m = machine("set-back")  # 500, 100, 600 and 10 days old: two before the cutoff
+    objs = [o for o in clock_fleet(now) if o.get("machine_id") == m]
+    assert load(capsys, tmp_path, url, objs)
+    pg_server.psql(f"ALTER DATABASE {db} SET enable_seqscan = off", db)
+    q = (
+        "SELECT idx_scan, idx_tup_read FROM pg_stat_user_indexes "
+        "WHERE indexrelname = 'ix_boots_booted_at'"
+    )
+
+    def read() -> tuple[int, int]:
+        scans, tuples = pg_server.psql(q, db).strip().split("|")
+        return int(scans), int(tuples)
+
+    before = read()
+    assert retain(capsys, url, "--dry-run")["deleted"]["boots"] == 1
+    for _ in range(100):  # the server's statistics arrive within a second or so
+        if read() != before:
+            break
+        time.sleep(0.1)
+    after = read()
+    assert (after[0] - before[0], after[1] - before[1]) == (1, 2)
+
+
+def test_it_names_its_database_or_runs_not(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    """No --db (or an empty one, as the unit's ``--db ${KHOD_DB}`` with KHOD_DB unset):
+    it refuses in one line, whatever KHOD_DB or khod.toml would name: it is never run by
+    accident on a host's own store."""
+    assert load(capsys, tmp_path, sqlite_url, clock_fleet(time.time()))
+    before = counts(sqlite_url)
+    monkeypatch.setenv("KHOD_DB", sqlite_url)
+    for db in ([], ["--db", ""]):
+        rc, out, err = ctl(capsys, "fleet", "retain", *db, "--max-age", "200d")
+        assert rc == 1 and out == "" and err.count("\n") == 1, out + err
+        assert "fleet retain: name the fleet database with --db URL" in err
+    assert counts(sqlite_url) == before
