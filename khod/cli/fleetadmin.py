@@ -6,6 +6,7 @@ role (``--db URL``)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -172,7 +173,8 @@ def add_parsers(cmd: Cmd) -> None:
     c.add_argument(
         "--force",
         action="store_true",
-        help="delete even when nothing in the fleet booted within --max-age (a clock ahead?)",
+        help="delete even when more of the machines it deletes from have not booted since "
+        "the cutoff than have (the clock's check: a clock ahead?)",
     )
     c.add_argument(
         "--batch",
@@ -385,12 +387,13 @@ def _retain(args: argparse.Namespace) -> int:
             bar.total = o.planned
             bar.update(o.deleted["boots"], sum(o.deleted.values()))
 
-    if not getattr(args, "db_given", args.db):
+    url = getattr(args, "db_given", args.db) or os.environ.get("KHOD_DB")
+    if not url:
         raise KhodError(
-            "fleet retain: name the fleet database with --db URL (it never deletes from "
-            "the store khod.toml, KHOD_DB or the default name)"
+            "fleet retain: name the fleet database with --db URL or KHOD_DB (it never "
+            "deletes from the store khod.toml or the default names)"
         )
-    store = open_store(args.db, create=False, migrate=False)
+    store = open_store(url, create=False, migrate=False)
     try:
         rev = current_revision(store)
         if rev is not None and not migrate.knows(rev):
@@ -413,7 +416,8 @@ def _retain(args: argparse.Namespace) -> int:
                 "now": iso(out.now),
                 "cutoff": iso(out.cutoff),
                 "machines": out.machines,
-                "wiped": out.wiped,
+                "silent": out.silent,
+                "alive": out.alive,
                 "batches": out.batches,
                 "retried": out.retried,
                 "held": out.held,
@@ -429,6 +433,8 @@ def _retain(args: argparse.Namespace) -> int:
             f"{d['pstore_records']}, kexec attempts {d['kexec_attempts']}) in {out.batches} "
             "batches; each machine's newest boot kept"
         )
+    if out.suspect:
+        print_text(f"khoctl: warning: fleet retain: {out.suspect}", sys.stderr)
     if out.held:
         print_text(
             f"khoctl: error: fleet retain: {out.held} boots left for the next run: their "

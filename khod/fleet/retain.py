@@ -17,14 +17,17 @@ than the cutoff (``ix_boots_booted_at``), and deleted in batches, each a transac
 its own, cut from the (machine, id) order, so a host's push waits at most one batch; the
 rollup triggers take each deleted boot out of the report as any delete does. A batch that
 PostgreSQL aborts for a deadlock with a push is tried again; one that waits on a lock
-over ``LOCK_TIMEOUT_S`` (a session holding rows) is left for the next run.
+over ``LOCK_TIMEOUT_S`` (a session holding rows; on SQLite, its busy timeout) is left
+for the next run, and after three such in a row (a lock on a whole table) the rest too.
 
 The clock is the database server's (PostgreSQL's ``clock_timestamp()``; SQLite's is
-this machine's). When the run would leave more machines with their newest boot only
-than booted in the last 30 days (or ``max_age``, if less), that clock is suspect (years
-ahead, every machine's history would go) and nothing is deleted without ``--force``: a
-count of machines, not of boots, so that no one host (a machine of its own) can make a
-wrong clock pass.
+this machine's). The clock's check: when more of the machines the run deletes from
+have not booted since the cutoff (silent: every boot of theirs old) than machines have
+(alive), that clock may be ahead by more than ``max_age`` (then every machine is silent
+and none alive) and nothing is deleted without ``--force``. Machines are counted, not
+boots, so that no one host (a machine of its own, the only one it writes) makes a wrong
+clock pass; a fleet that reboots now and then has machines alive, however rarely each
+reboots. A clock ahead by less than ``max_age`` passes: the boots it ages early go.
 """
 
 from __future__ import annotations
@@ -47,13 +50,13 @@ RETRIES = 3  # a batch aborted for a deadlock or a serialization failure
 _RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 _LOCKED = "55P03"  # lock_not_available: lock_timeout passed
 LOCK_TIMEOUT_S = 60  # a batch waiting longer on a lock is left for the next run
-RECENT = 30 * 86400  # "booted lately", for the clock's check (at most max_age)
+HELD_IN_A_ROW = 3  # batches held in a row: a table's lock, the rest held too
 
 # every boot of the machines with one older than the cutoff, its age the running
 # maximum of the times up to it (those ahead of the clock left out), its rank from the
-# machine's newest and how many the machine has; a boot ahead of the clock itself stays.
-# Times are bound as integers, as the column is: a float would cast every row's time
-# and read the whole table instead of ix_boots_booted_at.
+# machine's newest and the machine's latest time (not ahead of the clock); a boot ahead
+# of the clock itself stays. Times are bound as integers, as the column is: a float
+# would cast every row's time and read the whole table instead of ix_boots_booted_at.
 DOOMED_SQL = """
 WITH m AS (SELECT DISTINCT machine_id FROM boots WHERE booted_at < :cutoff),
 aged AS (
@@ -63,15 +66,17 @@ aged AS (
            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS age,
          row_number() OVER (
            PARTITION BY b.machine_id ORDER BY coalesce(b.seq, 0) DESC, b.id DESC) AS from_newest,
-         count(*) OVER (PARTITION BY b.machine_id) AS n
+         max(CASE WHEN b.booted_at <= :now THEN b.booted_at END) OVER (
+           PARTITION BY b.machine_id) AS latest
   FROM boots b WHERE b.machine_id IN (SELECT machine_id FROM m))
-SELECT id, machine_id, n FROM aged
+SELECT id, machine_id, latest FROM aged
 WHERE from_newest > 1 AND age < :cutoff AND (booted_at IS NULL OR booted_at <= :now)
 ORDER BY machine_id, id
 """
-# the machines that booted lately, by the database's clock
-RECENT_SQL = """
-SELECT count(DISTINCT machine_id) FROM boots WHERE booted_at >= :recent AND booted_at <= :now
+# the machines that booted since the cutoff, newest first (read until enough are seen)
+ALIVE_SQL = """
+SELECT machine_id FROM boots WHERE booted_at >= :cutoff AND booted_at <= :now
+ORDER BY booted_at DESC
 """
 # what hangs off a boot, deleted before it so that each is counted (the foreign keys'
 # CASCADE would delete the same rows)
@@ -90,7 +95,9 @@ class Outcome:
     cutoff: float
     planned: int = 0  # boots found to go
     machines: int = 0
-    wiped: int = 0  # machines left with their newest boot only
+    silent: int = 0  # of them, machines with no boot since the cutoff
+    alive: int = 0  # machines with a boot since the cutoff (counted up to silent + 1)
+    suspect: str | None = None  # the clock's check failed (a --dry-run or --force went on)
     batches: int = 0
     retried: int = 0
     held: int = 0  # boots of batches that waited on a lock too long: left for the next run
@@ -104,7 +111,7 @@ class Plan:
 
     ids: array[int] = field(default_factory=lambda: array("q"))
     machines: int = 0
-    wiped: int = 0
+    silent: int = 0  # machines with no boot since the cutoff: every boot of theirs old
 
 
 class Refused(StoreError):
@@ -143,24 +150,31 @@ def doomed(conn: Connection, now: int, cutoff: int) -> Plan:
     """The boots to delete, streamed from the server (a cursor, not every row at once)."""
     plan = Plan()
     last: str | None = None
-    run = total = 0
-
-    def close() -> None:
-        if last is not None and run == total - 1:
-            plan.wiped += 1
-
     rows = conn.execution_options(stream_results=True, yield_per=PARAMS).execute(
         text(DOOMED_SQL), {"now": now, "cutoff": cutoff}
     )
-    for pk, machine, n in rows:
+    for pk, machine, latest in rows:
         if machine != last:
-            close()
-            last, run, total = machine, 0, int(n)
+            last = machine
             plan.machines += 1
+            plan.silent += latest is not None and latest < cutoff
         plan.ids.append(int(pk))
-        run += 1
-    close()
     return plan
+
+
+def alive(conn: Connection, now: int, cutoff: int, enough: int) -> int:
+    """The machines that booted since the cutoff, counted up to ``enough`` (the newest
+    boots first: in a fleet that boots, a few rows)."""
+    seen: set[str] = set()
+    rows = conn.execution_options(stream_results=True, yield_per=1000).execute(
+        text(ALIVE_SQL), {"now": now, "cutoff": cutoff}
+    )
+    for (machine,) in rows:
+        seen.add(machine)
+        if len(seen) >= enough:
+            break
+    rows.close()
+    return len(seen)
 
 
 def _count(conn: Connection, table: str, column: str, ids: Sequence[int]) -> int:
@@ -197,6 +211,11 @@ def _sqlstate(e: DBAPIError) -> str | None:
     return getattr(e.orig, "sqlstate", None) or getattr(e.orig, "pgcode", None)
 
 
+def _held(e: DBAPIError) -> bool:
+    """A lock waited on too long: PostgreSQL's lock_timeout, SQLite's busy timeout."""
+    return _sqlstate(e) == _LOCKED or "database is locked" in str(e.orig)
+
+
 def retain(
     store: Store,
     max_age: int,
@@ -207,10 +226,11 @@ def retain(
     progress: Callable[[Outcome], None] | None = None,
 ) -> Outcome:
     """Delete (or, ``dry_run``, count) the boots older than ``max_age`` seconds by the
-    rule above. Raises :class:`Refused`, unless ``force``, when it would leave more
-    machines with their newest boot only than booted lately (a clock ahead: the clock's
-    check); a database error is one line. A batch that waits on a lock too long is
-    left (``held``) and the next one goes on."""
+    rule above. The clock's check: more machines with every boot old (silent) than
+    machines with a boot since the cutoff (alive) raises :class:`Refused`, unless
+    ``force`` (or ``dry_run``: counted all the same, ``suspect`` says why). A database
+    error is one line. A batch that waits on a lock too long is left (``held``) and the
+    next one goes on; three in a row (a table's lock), the rest are left too."""
     out: Outcome | None = None
     try:
         with store.engine.connect() as conn:
@@ -219,37 +239,39 @@ def retain(
             cutoff = now - max_age
             now_i, cut_i = math.floor(now), math.ceil(cutoff)  # times are whole seconds
             plan = doomed(conn, now_i, cut_i)
-            if plan.wiped and not force:
-                recent = min(RECENT, max_age)
-                lately = conn.execute(
-                    text(RECENT_SQL), {"recent": math.ceil(now - recent), "now": now_i}
-                ).scalar_one()
-                if plan.wiped > lately:
-                    days = recent // 86400
-                    raise Refused(
-                        f"fleet retain: it would leave {plan.wiped} machines of {store.location} "
-                        f"with their newest boot only, more than the {lately} that booted in "
-                        f"the last {days} days: nothing deleted (is the database's clock "
-                        "right? --force deletes by it)"
+            out = Outcome(now=now, cutoff=cutoff, planned=len(plan.ids), machines=plan.machines)
+            out.silent = plan.silent
+            if plan.silent:
+                out.alive = alive(conn, now_i, cut_i, plan.silent + 1)
+                if plan.silent > out.alive:
+                    out.suspect = (
+                        f"{plan.silent} machines of {store.location} have not booted since "
+                        f"{_day(cutoff)} by the database's clock, more than the {out.alive} "
+                        "that have: is that clock right?"
                     )
-        out = Outcome(
-            now=now, cutoff=cutoff, planned=len(plan.ids), machines=plan.machines,
-            wiped=plan.wiped,
-        )  # fmt: skip
+                    if not (force or dry_run):
+                        raise Refused(
+                            f"fleet retain: {out.suspect} Nothing deleted (--force deletes by it)"
+                        )
+        in_a_row = 0
         for start in range(0, len(plan.ids), batch):
             ids = plan.ids[start : start + batch]
+            if in_a_row >= HELD_IN_A_ROW:
+                out.held += len(ids)
+                continue
             got = None
             for attempt in range(RETRIES + 1):
                 try:
                     got = _batch(store, ids, dry_run=dry_run)
                     break
                 except DBAPIError as e:
-                    if _sqlstate(e) == _LOCKED:
+                    if _held(e):
                         out.held += len(ids)
                         break
                     if _sqlstate(e) not in _RETRYABLE or attempt == RETRIES:
                         raise
                     out.retried += 1
+            in_a_row = 0 if got is not None else in_a_row + 1
             if got is not None:
                 for t, n in got.items():
                     out.deleted[t] += n
@@ -266,3 +288,7 @@ def retain(
         raise StoreError(
             f"fleet retain: cannot delete from {store.location}: {describe_db_error(e)}{done}"
         ) from None
+
+
+def _day(t: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(t))

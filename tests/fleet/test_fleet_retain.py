@@ -223,9 +223,10 @@ def test_old_boots_go_by_the_order_their_machine_recorded_them(
 def test_a_fleet_silent_for_longer_than_max_age_is_refused_without_force(
     db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Nothing in the fleet booted within --max-age of the clock: every machine would
-    keep its newest boot only, more machines than booted lately (none). The clock (or
-    every host) is suspect, so nothing goes until the operator says --force."""
+    """Nothing in the fleet booted within --max-age of the clock: every machine it would
+    delete from is silent since the cutoff, none alive. The clock (or every host) is
+    suspect, so nothing goes until the operator says --force; --dry-run counts all the
+    same, with a warning."""
     now = time.time()
     m = machine("old")
     objs = [
@@ -236,10 +237,13 @@ def test_a_fleet_silent_for_longer_than_max_age_is_refused_without_force(
     assert load(capsys, tmp_path, db_url, objs)
     rc, out, err = ctl(capsys, "fleet", "retain", "--db", db_url, "--max-age", "200d")
     assert rc == 1 and out == ""
-    assert err.count("\n") == 1 and "it would leave 1 machines of " in err, err
-    assert "with their newest boot only, more than the 0 that booted in the last 30 days" in err
-    assert "--force" in err
+    assert err.count("\n") == 1 and "fleet retain: 1 machines of " in err, err
+    assert "have not booted since " in err and "more than the 0 that have" in err
+    assert "is that clock right? Nothing deleted (--force deletes by it)" in err
     assert counts(db_url)["boots"] == 3
+    rc, out, err = ctl(capsys, "fleet", "retain", "--db", db_url, "--max-age", "200d", "--dry-run")
+    assert rc == 0 and out.startswith("would delete 2 boots of 1 machines"), out + err
+    assert err.startswith("khoctl: warning: fleet retain: 1 machines of ") and "--force" not in err
     rc, out, err = ctl(capsys, "fleet", "retain", "--db", db_url, "--max-age", "200d", "--force")
     assert rc == 0, err
     assert out.startswith("deleted 2 boots of 1 machines older than ")
@@ -252,7 +256,7 @@ def test_one_host_cannot_vouch_for_a_clock_ahead(
     """The database's clock jumped years ahead: 20 machines' histories would go. One
     host (a machine of its own: it writes no other) with a boot dated yesterday made the
     first form of the check (the fleet's newest boot within --max-age) pass, and 80 boots
-    went; machines are counted now, and one is not 20."""
+    went; machines are counted now, and one alive is not 20 silent."""
     now = time.time()
     objs = []
     for h in range(20):
@@ -267,8 +271,10 @@ def test_one_host_cannot_vouch_for_a_clock_ahead(
     assert load(capsys, tmp_path, db_url, objs)
     before = counts(db_url)
     rc, out, err = ctl(capsys, "fleet", "retain", "--db", db_url, "--max-age", "200d", "--dry-run")
-    assert rc == 1 and out == "", out + err
-    assert "it would leave 20 machines of " in err and "more than the 1 that booted" in err
+    assert rc == 0 and out.startswith("would delete 80 boots of 20 machines"), out + err
+    assert "20 machines of " in err and "more than the 1 that have" in err
+    rc, out, err = ctl(capsys, "fleet", "retain", "--db", db_url, "--max-age", "200d")
+    assert rc == 1 and out == "" and "more than the 1 that have" in err, out + err
     assert counts(db_url) == before
 
 
@@ -522,6 +528,7 @@ def test_a_batch_held_by_a_lock_is_left_and_the_rest_go(
     held = min(want)
     dsn = f"host=127.0.0.1 port={pg_server.port} dbname={db} user=postgres"
     with psycopg.connect(dsn) as holder:
+        holder.execute("SET idle_in_transaction_session_timeout = '20s'")  # never a hang
         holder.execute("SELECT 1 FROM boots WHERE id = %s FOR UPDATE", (held,))
         rc, out, err = ctl(
             capsys, "fleet", "retain", "--db", url, "--max-age", "200d", "--batch", "1",
@@ -606,14 +613,112 @@ def test_finding_the_boots_reads_the_index_of_boot_times(
 def test_it_names_its_database_or_runs_not(
     sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
 ) -> None:
-    """No --db (or an empty one, as the unit's ``--db ${KHOD_DB}`` with KHOD_DB unset):
-    it refuses in one line, whatever KHOD_DB or khod.toml would name: it is never run by
-    accident on a host's own store."""
+    """Without --db or KHOD_DB (or with an empty --db) it refuses in one line, whatever
+    khod.toml names: it is never run by accident on a host's own store. KHOD_DB, as the
+    unit gives it (in the environment, not on a command line other users can read),
+    names it."""
     assert load(capsys, tmp_path, sqlite_url, clock_fleet(time.time()))
     before = counts(sqlite_url)
-    monkeypatch.setenv("KHOD_DB", sqlite_url)
+    conf = tmp_path / "khod.toml"
+    conf.write_text(f'[store]\ndb = "{sqlite_url}"\n')
+    monkeypatch.delenv("KHOD_DB", raising=False)
     for db in ([], ["--db", ""]):
-        rc, out, err = ctl(capsys, "fleet", "retain", *db, "--max-age", "200d")
+        rc, out, err = ctl(
+            capsys, "fleet", "retain", *db, "--config", str(conf), "--max-age", "200d"
+        )
         assert rc == 1 and out == "" and err.count("\n") == 1, out + err
-        assert "fleet retain: name the fleet database with --db URL" in err
+        assert "fleet retain: name the fleet database with --db URL or KHOD_DB" in err
     assert counts(sqlite_url) == before
+    monkeypatch.setenv("KHOD_DB", sqlite_url)
+    rc, out, err = ctl(capsys, "fleet", "retain", "--max-age", "200d")
+    assert rc == 0 and out.startswith("deleted 7 boots of 4 machines"), out + err
+
+
+def test_a_table_lock_leaves_the_rest_after_three_batches(
+    pg_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    """A lock on the whole table (``fleet rollups --rebuild``'s SHARE lock on boots, a
+    long migration): every batch would wait the lock timeout in turn (a first retention
+    of 10^7 boots, 2,000 batches: 33 hours). Three in a row, and the rest are left for
+    the next run without waiting."""
+    import psycopg
+
+    from khod.fleet import retain as fleet_retain
+
+    monkeypatch.setattr(fleet_retain, "LOCK_TIMEOUT_S", 1)
+    tried: list[int] = []
+    batch = fleet_retain._batch
+
+    def counted(*a: Any, **k: Any) -> Any:
+        tried.append(1)
+        return batch(*a, **k)
+
+    monkeypatch.setattr(fleet_retain, "_batch", counted)
+    db = pg_server.create_database()
+    url = pg_server.url(db)
+    assert load(capsys, tmp_path, url, clock_fleet(time.time()))
+    before = counts(url)
+    dsn = f"host=127.0.0.1 port={pg_server.port} dbname={db} user=postgres"
+    with psycopg.connect(dsn) as holder:
+        holder.execute("SET idle_in_transaction_session_timeout = '20s'")
+        holder.execute("LOCK TABLE boots IN SHARE MODE")
+        rc, out, err = ctl(capsys, "fleet", "retain", "--db", url, "--max-age", "200d",
+                           "--batch", "1", "--json")  # fmt: skip
+        holder.rollback()
+    said = json.loads(out)
+    assert rc == 1 and said["held"] == 7 and said["batches"] == 0, out + err
+    assert "7 boots left for the next run" in err
+    assert len(tried) == 3  # three lock timeouts waited, not seven
+    assert counts(url) == before
+
+
+def test_machines_that_reboot_rarely_pass_the_clocks_check(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """20 servers patched in one campaign every 270 days (their boot 400 days old goes,
+    the one 130 days old stays) beside 5 machines of a CI pool, none booted in the last
+    month: a right clock. A first form of the check counted machines left with their
+    newest boot only against those booted in the last 30 days and refused this every day
+    until the next campaign; what counts now is whether a machine booted since the
+    cutoff."""
+    now = time.time()
+    objs = []
+    for h in range(20):
+        m = machine(f"srv{h}")
+        objs += [
+            boot_row(m, f"{m[:8]}-0000-4000-8000-{i:012x}", "7.3.4", None, int(now - d * DAY))
+            | {"seq": i + 1}
+            for i, d in enumerate((400.5, 130.5))
+        ]
+    for h in range(5):
+        m = machine(f"ci{h}")
+        objs.append(boot_row(m, f"{m[:8]}-0000-4000-8000-0", "7.3.4", None, int(now - 40 * DAY)))
+    assert load(capsys, tmp_path, db_url, objs)
+    said = retain(capsys, db_url, "--max-age", "400d")
+    assert said["deleted"]["boots"] == 20 and (said["silent"], said["alive"]) == (0, 0)
+
+
+def test_a_clock_years_ahead_is_caught_with_untimed_or_future_boots_kept(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every boot older than --max-age, as a clock years ahead sees them, but each
+    machine keeps a boot besides its newest (one without a time first, or one ahead of
+    the clock): none is left with its newest only, so a first form of the check
+    (machines left so) saw nothing and deleted 160 of 180 boots. Silent machines are
+    counted whatever they keep."""
+    now = time.time()
+    objs = []
+    for h in range(10):
+        m = machine(f"jump{h}")
+        days: list[int | None] = [None, 900, 800, 700] if h % 2 else [-9000, 900, 800, 700]
+        for i, d in enumerate(days):
+            t = None if d is None else int(now - d * DAY)
+            objs.append(
+                boot_row(m, f"{m[:8]}-0000-4000-8000-{i:012x}", "7.3.4", None, 0)
+                | {"seq": i + 1, "booted_at": t}
+            )
+    assert load(capsys, tmp_path, db_url, objs)
+    before = counts(db_url)
+    rc, out, err = ctl(capsys, "fleet", "retain", "--db", db_url, "--max-age", "200d")
+    assert rc == 1 and out == "" and "10 machines of " in err and "than the 0 that have" in err
+    assert counts(db_url) == before
