@@ -37,6 +37,8 @@ def _seconds(text: str) -> int:
 
 
 MAX_AGE_DAYS = 36500  # a century: a time past it is no time
+# fleet retain's database when --db does not name it (not KHOD_DB: a host's own store)
+FLEET_DB_ENV = "KHOD_FLEET_DB"
 
 
 def _age(text: str) -> int:
@@ -387,11 +389,14 @@ def _retain(args: argparse.Namespace) -> int:
             bar.total = o.planned
             bar.update(o.deleted["boots"], sum(o.deleted.values()))
 
-    url = getattr(args, "db_given", args.db) or os.environ.get("KHOD_DB")
+    url = getattr(args, "db_given", args.db)
+    if url == "":
+        raise KhodError("fleet retain: --db is empty: name the fleet database")
+    url = url or os.environ.get(FLEET_DB_ENV)
     if not url:
         raise KhodError(
-            "fleet retain: name the fleet database with --db URL or KHOD_DB (it never "
-            "deletes from the store khod.toml or the default names)"
+            f"fleet retain: name the fleet database with --db URL or {FLEET_DB_ENV} (it "
+            "never deletes from the store khod.toml, KHOD_DB or the default names)"
         )
     store = open_store(url, create=False, migrate=False)
     try:
@@ -421,6 +426,8 @@ def _retain(args: argparse.Namespace) -> int:
                 "batches": out.batches,
                 "retried": out.retried,
                 "held": out.held,
+                "held_machines": out.held_machines,
+                "table_locked": out.table_locked,
                 "deleted": out.deleted,
             },
             "retain",
@@ -436,10 +443,20 @@ def _retain(args: argparse.Namespace) -> int:
     if out.suspect:
         print_text(f"khoctl: warning: fleet retain: {out.suspect}", sys.stderr)
     if out.held:
+        if store.url.get_backend_name() != "postgresql":
+            why = "the database stayed locked past its busy timeout"
+        elif out.table_locked:
+            why = (
+                f"a lock on a whole table (fleet rollups --rebuild, a migration?) held "
+                f"their batch over {retain.LOCK_TIMEOUT_S} s"
+            )
+        else:
+            why = (
+                f"a session held rows of {out.held_machines} machines over "
+                f"{retain.LOCK_TIMEOUT_S} s (their boots all wait)"
+            )
         print_text(
-            f"khoctl: error: fleet retain: {out.held} boots left for the next run: their "
-            f"batch waited over {retain.LOCK_TIMEOUT_S} s on a lock (a session holding "
-            "their rows)",
+            f"khoctl: error: fleet retain: {out.held} boots left for the next run: {why}",
             sys.stderr,
         )
         return 1

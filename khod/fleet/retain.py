@@ -17,8 +17,9 @@ than the cutoff (``ix_boots_booted_at``), and deleted in batches, each a transac
 its own, cut from the (machine, id) order, so a host's push waits at most one batch; the
 rollup triggers take each deleted boot out of the report as any delete does. A batch that
 PostgreSQL aborts for a deadlock with a push is tried again; one that waits on a lock
-over ``LOCK_TIMEOUT_S`` (a session holding rows; on SQLite, its busy timeout) is left
-for the next run, and after three such in a row (a lock on a whole table) the rest too.
+over ``LOCK_TIMEOUT_S`` is run again machine by machine, and a machine whose rows a
+session holds (a host may lock its own boots) is left whole for the next run, holding up
+no other; a lock on a whole table (or SQLite's database) leaves every boot from there.
 
 The clock is the database server's (PostgreSQL's ``clock_timestamp()``; SQLite's is
 this machine's). The clock's check: when more of the machines the run deletes from
@@ -35,6 +36,7 @@ from __future__ import annotations
 import math
 import time
 from array import array
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -50,7 +52,11 @@ RETRIES = 3  # a batch aborted for a deadlock or a serialization failure
 _RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 _LOCKED = "55P03"  # lock_not_available: lock_timeout passed
 LOCK_TIMEOUT_S = 60  # a batch waiting longer on a lock is left for the next run
-HELD_IN_A_ROW = 3  # batches held in a row: a table's lock, the rest held too
+# the tables a batch writes, locked as its DELETEs lock them: NOWAIT tells a lock on a
+# whole table (fleet rollups --rebuild, a migration) from a session holding some rows
+TABLE_LOCK_SQL = (
+    "LOCK TABLE blobs, events, pstore_records, kexec_attempts, boots IN ROW EXCLUSIVE MODE NOWAIT"
+)
 
 # every boot of the machines with one older than the cutoff, its age the running
 # maximum of the times up to it (those ahead of the clock left out), its rank from the
@@ -100,7 +106,9 @@ class Outcome:
     suspect: str | None = None  # the clock's check failed (a --dry-run or --force went on)
     batches: int = 0
     retried: int = 0
-    held: int = 0  # boots of batches that waited on a lock too long: left for the next run
+    held: int = 0  # boots left for the next run: their rows, or a table, locked too long
+    held_machines: int = 0  # machines whose rows a session held over LOCK_TIMEOUT_S
+    table_locked: bool = False  # a lock on a whole table: every boot after it held
     deleted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
 
 
@@ -110,8 +118,17 @@ class Plan:
     retention of years of a large fleet finds tens of millions)."""
 
     ids: array[int] = field(default_factory=lambda: array("q"))
-    machines: int = 0
+    starts: array[int] = field(default_factory=lambda: array("q"))  # each machine's first
     silent: int = 0  # machines with no boot since the cutoff: every boot of theirs old
+
+    @property
+    def machines(self) -> int:
+        return len(self.starts)
+
+    def machine_end(self, i: int) -> int:
+        """Where in ``ids`` the boots of the machine of ``ids[i]`` end."""
+        k = bisect_right(self.starts, i)
+        return self.starts[k] if k < len(self.starts) else len(self.ids)
 
 
 class Refused(StoreError):
@@ -156,7 +173,7 @@ def doomed(conn: Connection, now: int, cutoff: int) -> Plan:
     for pk, machine, latest in rows:
         if machine != last:
             last = machine
-            plan.machines += 1
+            plan.starts.append(len(plan.ids))
             plan.silent += latest is not None and latest < cutoff
         plan.ids.append(int(pk))
     return plan
@@ -229,8 +246,8 @@ def retain(
     rule above. The clock's check: more machines with every boot old (silent) than
     machines with a boot since the cutoff (alive) raises :class:`Refused`, unless
     ``force`` (or ``dry_run``: counted all the same, ``suspect`` says why). A database
-    error is one line. A batch that waits on a lock too long is left (``held``) and the
-    next one goes on; three in a row (a table's lock), the rest are left too."""
+    error is one line. What a lock holds too long is left for the next run (``held``):
+    ``_delete_all``."""
     out: Outcome | None = None
     try:
         with store.engine.connect() as conn:
@@ -241,7 +258,7 @@ def retain(
             plan = doomed(conn, now_i, cut_i)
             out = Outcome(now=now, cutoff=cutoff, planned=len(plan.ids), machines=plan.machines)
             out.silent = plan.silent
-            if plan.silent:
+            if plan.silent and not force:
                 out.alive = alive(conn, now_i, cut_i, plan.silent + 1)
                 if plan.silent > out.alive:
                     out.suspect = (
@@ -249,35 +266,11 @@ def retain(
                         f"{_day(cutoff)} by the database's clock, more than the {out.alive} "
                         "that have: is that clock right?"
                     )
-                    if not (force or dry_run):
+                    if not dry_run:
                         raise Refused(
                             f"fleet retain: {out.suspect} Nothing deleted (--force deletes by it)"
                         )
-        in_a_row = 0
-        for start in range(0, len(plan.ids), batch):
-            ids = plan.ids[start : start + batch]
-            if in_a_row >= HELD_IN_A_ROW:
-                out.held += len(ids)
-                continue
-            got = None
-            for attempt in range(RETRIES + 1):
-                try:
-                    got = _batch(store, ids, dry_run=dry_run)
-                    break
-                except DBAPIError as e:
-                    if _held(e):
-                        out.held += len(ids)
-                        break
-                    if _sqlstate(e) not in _RETRYABLE or attempt == RETRIES:
-                        raise
-                    out.retried += 1
-            in_a_row = 0 if got is not None else in_a_row + 1
-            if got is not None:
-                for t, n in got.items():
-                    out.deleted[t] += n
-                out.batches += 1
-            if progress is not None:
-                progress(out)
+        _delete_all(store, plan, out=out, batch=batch, dry_run=dry_run, progress=progress)
         return out
     except SQLAlchemyError as e:
         done = ""
@@ -288,6 +281,80 @@ def retain(
         raise StoreError(
             f"fleet retain: cannot delete from {store.location}: {describe_db_error(e)}{done}"
         ) from None
+
+
+def _try(store: Store, ids: Sequence[int], dry_run: bool, out: Outcome) -> dict[str, int] | None:
+    """One batch, run again after a deadlock (``RETRIES``); None: a lock held it."""
+    for attempt in range(RETRIES + 1):
+        try:
+            return _batch(store, ids, dry_run=dry_run)
+        except DBAPIError as e:
+            if _held(e):
+                return None
+            if _sqlstate(e) not in _RETRYABLE or attempt == RETRIES:
+                raise
+            out.retried += 1
+    return None  # (not reached)
+
+
+def _table_locked(store: Store) -> bool:
+    """Whether a lock on a whole table would hold any batch (SQLite: always, one lock)."""
+    if store.url.get_backend_name() != "postgresql":
+        return True
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(text(TABLE_LOCK_SQL))
+    except DBAPIError as e:
+        if _sqlstate(e) == _LOCKED:
+            return True
+        raise
+    return False
+
+
+def _delete_all(
+    store: Store,
+    plan: Plan,
+    *,
+    out: Outcome,
+    batch: int,
+    dry_run: bool,
+    progress: Callable[[Outcome], None] | None,
+) -> None:
+    """The batches, in (machine, id) order. A batch a lock held is run again machine by
+    machine, unless a whole table is locked (then it and every boot after it are left):
+    a machine whose rows a session holds (a host may lock its own boots) is left whole,
+    its later boots too, and holds up no other machine."""
+
+    def add(got: dict[str, int]) -> None:
+        for t, n in got.items():
+            out.deleted[t] += n
+        out.batches += 1
+
+    i = 0
+    while i < len(plan.ids):
+        end = min(i + batch, len(plan.ids))
+        got = _try(store, plan.ids[i:end], dry_run, out)
+        if got is not None:
+            add(got)
+        elif _table_locked(store):
+            out.table_locked = True
+            out.held += len(plan.ids) - i
+            break
+        else:
+            j = i
+            while j < end:  # machine by machine
+                last = plan.machine_end(j)
+                part = _try(store, plan.ids[j : min(last, end)], dry_run, out)
+                if part is None:  # this machine's rows are held: all of them left
+                    out.held_machines += 1
+                    out.held += last - j
+                    end = max(end, last)
+                else:
+                    add(part)
+                j = min(last, end)
+        i = end
+        if progress is not None:
+            progress(out)
 
 
 def _day(t: float) -> str:

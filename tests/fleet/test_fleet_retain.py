@@ -536,12 +536,21 @@ def test_a_batch_held_by_a_lock_is_left_and_the_rest_go(
         )  # fmt: skip
         holder.rollback()
     said = json.loads(out)
-    assert rc == 1 and said["held"] == 1 and said["deleted"]["boots"] == len(want) - 1
-    assert err.count("\n") == 1 and "1 boots left for the next run" in err, err
-    assert boot_ids(url) & want == {held}
+    store = open_store(url, create=False, migrate=False)
+    with store.engine.connect() as conn:
+        m = conn.execute(text("SELECT machine_id FROM boots WHERE id = :i"), {"i": held}).one()[0]
+        mine = set(
+            conn.execute(text("SELECT id FROM boots WHERE machine_id = :m"), {"m": m}).scalars()
+        )
+    store.dispose()
+    assert rc == 1 and (said["held"], said["held_machines"]) == (len(want & mine), 1)
+    assert said["deleted"]["boots"] == len(want - mine)
+    assert err.count("\n") == 1 and f"{len(want & mine)} boots left for the next run" in err
+    assert "a session held rows of 1 machines over 1 s" in err
+    assert boot_ids(url) & want == want & mine
     rc, out, err = ctl(capsys, "fleet", "rollups", "--check", "--db", url)
     assert rc == 0, out + err
-    assert retain(capsys, url)["deleted"]["boots"] == 1  # the next run
+    assert retain(capsys, url)["deleted"]["boots"] == len(want & mine)  # the next run
 
 
 def test_a_batch_aborted_for_a_deadlock_is_run_again(
@@ -613,23 +622,24 @@ def test_finding_the_boots_reads_the_index_of_boot_times(
 def test_it_names_its_database_or_runs_not(
     sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
 ) -> None:
-    """Without --db or KHOD_DB (or with an empty --db) it refuses in one line, whatever
-    khod.toml names: it is never run by accident on a host's own store. KHOD_DB, as the
-    unit gives it (in the environment, not on a command line other users can read),
-    names it."""
+    """Without --db or KHOD_FLEET_DB it refuses in one line, whatever khod.toml or
+    KHOD_DB (a host's own store, for every other command) name: it is never run by
+    accident on a host's store; an empty --db is an error, not a fallback. KHOD_FLEET_DB,
+    as the unit gives it (in the environment, not on a command line other users can
+    read), names it."""
     assert load(capsys, tmp_path, sqlite_url, clock_fleet(time.time()))
     before = counts(sqlite_url)
     conf = tmp_path / "khod.toml"
     conf.write_text(f'[store]\ndb = "{sqlite_url}"\n')
-    monkeypatch.delenv("KHOD_DB", raising=False)
-    for db in ([], ["--db", ""]):
-        rc, out, err = ctl(
-            capsys, "fleet", "retain", *db, "--config", str(conf), "--max-age", "200d"
-        )
-        assert rc == 1 and out == "" and err.count("\n") == 1, out + err
-        assert "fleet retain: name the fleet database with --db URL or KHOD_DB" in err
-    assert counts(sqlite_url) == before
     monkeypatch.setenv("KHOD_DB", sqlite_url)
+    monkeypatch.delenv("KHOD_FLEET_DB", raising=False)
+    rc, out, err = ctl(capsys, "fleet", "retain", "--config", str(conf), "--max-age", "200d")
+    assert rc == 1 and out == "" and err.count("\n") == 1, out + err
+    assert "fleet retain: name the fleet database with --db URL or KHOD_FLEET_DB" in err
+    monkeypatch.setenv("KHOD_FLEET_DB", sqlite_url)
+    rc, out, err = ctl(capsys, "fleet", "retain", "--db", "", "--max-age", "200d")
+    assert rc == 1 and out == "" and "fleet retain: --db is empty" in err, out + err
+    assert counts(sqlite_url) == before
     rc, out, err = ctl(capsys, "fleet", "retain", "--max-age", "200d")
     assert rc == 0 and out.startswith("deleted 7 boots of 4 machines"), out + err
 
@@ -639,8 +649,8 @@ def test_a_table_lock_leaves_the_rest_after_three_batches(
 ) -> None:
     """A lock on the whole table (``fleet rollups --rebuild``'s SHARE lock on boots, a
     long migration): every batch would wait the lock timeout in turn (a first retention
-    of 10^7 boots, 2,000 batches: 33 hours). Three in a row, and the rest are left for
-    the next run without waiting."""
+    of 10^7 boots, 2,000 batches: 33 hours). A batch held, a look at the tables without
+    waiting finds the lock, and the rest are left for the next run."""
     import psycopg
 
     from khod.fleet import retain as fleet_retain
@@ -666,9 +676,9 @@ def test_a_table_lock_leaves_the_rest_after_three_batches(
                            "--batch", "1", "--json")  # fmt: skip
         holder.rollback()
     said = json.loads(out)
-    assert rc == 1 and said["held"] == 7 and said["batches"] == 0, out + err
-    assert "7 boots left for the next run" in err
-    assert len(tried) == 3  # three lock timeouts waited, not seven
+    assert rc == 1 and (said["held"], said["table_locked"], said["batches"]) == (7, True, 0)
+    assert "7 boots left for the next run: a lock on a whole table" in err, err
+    assert len(tried) == 1  # one lock timeout waited, then a look without waiting
     assert counts(url) == before
 
 
@@ -722,3 +732,38 @@ def test_a_clock_years_ahead_is_caught_with_untimed_or_future_boots_kept(
     rc, out, err = ctl(capsys, "fleet", "retain", "--db", db_url, "--max-age", "200d")
     assert rc == 1 and out == "" and "10 machines of " in err and "than the 0 that have" in err
     assert counts(db_url) == before
+
+
+def test_a_host_holding_its_rows_holds_up_no_other_machine(
+    pg_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    """A host locks its own boots (it may: it holds UPDATE on their warnings) across the
+    batches that reach them. A first form gave up after three held batches in a row,
+    taking them for a lock on a table, and every machine after that host kept its old
+    boots on every run. A held batch is run again machine by machine: that host's boots
+    wait, the others go."""
+    import psycopg
+
+    from khod.fleet import retain as fleet_retain
+
+    monkeypatch.setattr(fleet_retain, "LOCK_TIMEOUT_S", 1)
+    db = pg_server.create_database()
+    url = pg_server.url(db)
+    now = time.time()
+    assert load(capsys, tmp_path, url, clock_fleet(now))
+    want = expected_doomed(url, now)
+    hostile = machine("ahead-once")  # 3 old boots, first in machine order
+    dsn = f"host=127.0.0.1 port={pg_server.port} dbname={db} user=postgres"
+    with psycopg.connect(dsn) as holder:
+        holder.execute("SET idle_in_transaction_session_timeout = '20s'")
+        locked = holder.execute(
+            "SELECT id FROM boots WHERE machine_id = %s FOR UPDATE", (hostile,)
+        ).fetchall()
+        rc, out, err = ctl(capsys, "fleet", "retain", "--db", url, "--max-age", "200d",
+                           "--batch", "1", "--json")  # fmt: skip
+        holder.rollback()
+    said = json.loads(out)
+    mine = {i for (i,) in locked}
+    assert rc == 1 and (said["held"], said["held_machines"]) == (3, 1), out + err
+    assert said["deleted"]["boots"] == len(want - mine) == 4
+    assert boot_ids(url) & want == want & mine
