@@ -445,16 +445,19 @@ def _retain(args: argparse.Namespace) -> int:
     if out.held:
         if store.url.get_backend_name() != "postgresql":
             why = "the database stayed locked past its busy timeout"
-        elif out.table_locked:
-            why = (
-                f"a lock on a whole table (fleet rollups --rebuild, a migration?) held "
-                f"their batch over {retain.LOCK_TIMEOUT_S} s"
-            )
         else:
-            why = (
-                f"a session held rows of {out.held_machines} machines over "
-                f"{retain.LOCK_TIMEOUT_S} s (their boots all wait)"
-            )
+            whys = []
+            if out.held_machines:
+                whys.append(
+                    f"a session held rows of {out.held_machines} machines over "
+                    f"{retain.LOCK_TIMEOUT_S} s (their boots all wait)"
+                )
+            if out.table_locked:
+                whys.append(
+                    "a lock on a whole table (fleet rollups --rebuild, a migration?) held "
+                    f"a batch over {retain.LOCK_TIMEOUT_S} s (every boot after it waits)"
+                )
+            why = "; ".join(whys)
         print_text(
             f"khoctl: error: fleet retain: {out.held} boots left for the next run: {why}",
             sys.stderr,

@@ -52,11 +52,16 @@ RETRIES = 3  # a batch aborted for a deadlock or a serialization failure
 _RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 _LOCKED = "55P03"  # lock_not_available: lock_timeout passed
 LOCK_TIMEOUT_S = 60  # a batch waiting longer on a lock is left for the next run
-# the tables a batch writes, locked as its DELETEs lock them: NOWAIT tells a lock on a
-# whole table (fleet rollups --rebuild, a migration) from a session holding some rows
-TABLE_LOCK_SQL = (
-    "LOCK TABLE blobs, events, pstore_records, kexec_attempts, boots IN ROW EXCLUSIVE MODE NOWAIT"
-)
+# the tables a batch writes (its DELETEs, and the rollup triggers' writes), locked as
+# they lock them: NOWAIT tells a lock on a whole table (fleet rollups --rebuild, a
+# migration, a VACUUM FULL) from a session holding some rows
+WRITTEN_SQL = r"""
+SELECT quote_ident(c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
+  AND (c.relname IN ('blobs', 'events', 'pstore_records', 'kexec_attempts', 'boots')
+       OR c.relname LIKE 'fleet\_rollup\_%')
+ORDER BY 1
+"""
 
 # every boot of the machines with one older than the cutoff, its age the running
 # maximum of the times up to it (those ahead of the clock left out), its rank from the
@@ -216,8 +221,9 @@ def _batch(store: Store, ids: Sequence[int], *, dry_run: bool) -> dict[str, int]
     parts = [ids[i : i + PARAMS] for i in range(0, len(ids), PARAMS)]
     got = dict.fromkeys(TABLES, 0)
     with store.writer.begin() as conn:
-        if conn.dialect.name == "postgresql":
+        if conn.dialect.name == "postgresql":  # a lock's wait ends the batch, nothing else
             conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_S}s'"))
+            conn.execute(text("SET LOCAL statement_timeout = 0"))
         for table, column in (*CHILDREN, ("boots", "id")):
             for part in parts:
                 got[table] += act(conn, table, column, part)
@@ -303,7 +309,8 @@ def _table_locked(store: Store) -> bool:
         return True
     try:
         with store.engine.begin() as conn:
-            conn.execute(text(TABLE_LOCK_SQL))
+            tables = list(conn.execute(text(WRITTEN_SQL)).scalars())
+            conn.execute(text(f"LOCK TABLE {', '.join(tables)} IN ROW EXCLUSIVE MODE NOWAIT"))
     except DBAPIError as e:
         if _sqlstate(e) == _LOCKED:
             return True
@@ -330,31 +337,45 @@ def _delete_all(
             out.deleted[t] += n
         out.batches += 1
 
+    def table_locked(i: int) -> bool:
+        """A whole table locked: the boots from ``i`` on are left."""
+        if not _table_locked(store):
+            return False
+        out.table_locked = True
+        out.held += len(plan.ids) - i
+        return True
+
+    def shown() -> None:
+        if progress is not None:
+            progress(out)
+
     i = 0
     while i < len(plan.ids):
         end = min(i + batch, len(plan.ids))
         got = _try(store, plan.ids[i:end], dry_run, out)
         if got is not None:
             add(got)
-        elif _table_locked(store):
-            out.table_locked = True
-            out.held += len(plan.ids) - i
+        elif table_locked(i):
             break
         else:
             j = i
             while j < end:  # machine by machine
                 last = plan.machine_end(j)
                 part = _try(store, plan.ids[j : min(last, end)], dry_run, out)
-                if part is None:  # this machine's rows are held: all of them left
+                if part is not None:
+                    add(part)
+                elif table_locked(j):  # a table's lock taken since: not this machine's
+                    shown()
+                    return
+                else:  # this machine's rows are held: all of them left
                     out.held_machines += 1
                     out.held += last - j
                     end = max(end, last)
-                else:
-                    add(part)
                 j = min(last, end)
+                shown()
         i = end
-        if progress is not None:
-            progress(out)
+        shown()
+    shown()
 
 
 def _day(t: float) -> str:

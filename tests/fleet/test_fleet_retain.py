@@ -513,8 +513,8 @@ def test_a_batch_held_by_a_lock_is_left_and_the_rest_go(
 ) -> None:
     """A session holds one doomed boot's row (a host may lock its own boots: it holds
     UPDATE on their warnings) and never lets go. Its batch gives up after the lock
-    timeout (a second here) and is left for the next run; the other batches go; exit 1
-    with one line that says so."""
+    timeout (a second here), is run again machine by machine, and that machine's boots
+    are left for the next run; the others go; exit 1 with one line that says so."""
     import psycopg
 
     from khod.fleet import retain as fleet_retain
@@ -644,7 +644,7 @@ def test_it_names_its_database_or_runs_not(
     assert rc == 0 and out.startswith("deleted 7 boots of 4 machines"), out + err
 
 
-def test_a_table_lock_leaves_the_rest_after_three_batches(
+def test_a_table_lock_leaves_the_rest_without_waiting(
     pg_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
 ) -> None:
     """A lock on the whole table (``fleet rollups --rebuild``'s SHARE lock on boots, a
@@ -767,3 +767,99 @@ def test_a_host_holding_its_rows_holds_up_no_other_machine(
     assert rc == 1 and (said["held"], said["held_machines"]) == (3, 1), out + err
     assert said["deleted"]["boots"] == len(want - mine) == 4
     assert boot_ids(url) & want == want & mine
+
+
+def test_a_held_machine_inside_a_batch_of_several(
+    pg_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    """One batch over every machine, one machine's rows held: the batch is run again
+    machine by machine, that machine's boot waits, the six others go."""
+    import psycopg
+
+    from khod.fleet import retain as fleet_retain
+
+    monkeypatch.setattr(fleet_retain, "LOCK_TIMEOUT_S", 1)
+    db = pg_server.create_database()
+    url = pg_server.url(db)
+    assert load(capsys, tmp_path, url, clock_fleet(time.time()))
+    dsn = f"host=127.0.0.1 port={pg_server.port} dbname={db} user=postgres"
+    with psycopg.connect(dsn) as holder:
+        holder.execute("SET idle_in_transaction_session_timeout = '20s'")
+        holder.execute(
+            "SELECT id FROM boots WHERE machine_id = %s FOR UPDATE", (machine("set-back"),)
+        )
+        rc, out, err = ctl(capsys, "fleet", "retain", "--db", url, "--max-age", "200d",
+                           "--batch", "10", "--json")  # fmt: skip
+        holder.rollback()
+    said = json.loads(out)
+    assert rc == 1 and (said["held"], said["held_machines"], said["table_locked"]) == (
+        1, 1, False,
+    ), out + err  # fmt: skip
+    assert said["deleted"]["boots"] == 6 and said["batches"] == 3  # the other 3 machines
+
+
+@pytest.mark.parametrize("lock", ["fleet_rollup_boots IN ACCESS EXCLUSIVE MODE",
+                                  "fleet_rollup_locks IN EXCLUSIVE MODE"])  # fmt: skip
+def test_a_lock_on_a_table_the_rollup_triggers_write(
+    pg_server: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any,
+    lock: str,
+) -> None:  # fmt: skip
+    """A delete writes the rollups too: a lock on one of their tables (a migration's
+    index, a VACUUM FULL) held every machine in turn, each taken for one whose rows a
+    session held (every machine waited the lock timeout, then 'a session held rows of 4
+    machines'). The look without waiting covers every table a batch writes."""
+    import psycopg
+
+    from khod.fleet import retain as fleet_retain
+
+    monkeypatch.setattr(fleet_retain, "LOCK_TIMEOUT_S", 1)
+    tried: list[int] = []
+    batch = fleet_retain._batch
+
+    def counted(*a: Any, **k: Any) -> Any:
+        tried.append(1)
+        return batch(*a, **k)
+
+    monkeypatch.setattr(fleet_retain, "_batch", counted)
+    db = pg_server.create_database()
+    url = pg_server.url(db)
+    assert load(capsys, tmp_path, url, clock_fleet(time.time()))
+    dsn = f"host=127.0.0.1 port={pg_server.port} dbname={db} user=postgres"
+    with psycopg.connect(dsn) as holder:
+        holder.execute("SET idle_in_transaction_session_timeout = '20s'")
+        holder.execute(f"LOCK TABLE {lock}")
+        rc, out, err = ctl(capsys, "fleet", "retain", "--db", url, "--max-age", "200d",
+                           "--batch", "10", "--json")  # fmt: skip
+        holder.rollback()
+    said = json.loads(out)
+    assert rc == 1 and (said["held"], said["held_machines"], said["table_locked"]) == (
+        7, 0, True,
+    ), out + err  # fmt: skip
+    assert "a lock on a whole table" in err and len(tried) == 1
+
+
+def test_sqlite_locked_past_its_busy_timeout(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    """SQLite locks the whole database: a writer that does not let go past the busy
+    timeout (half a second here) leaves every boot for the next run, in one line."""
+    import sqlite3
+
+    from khod.store import db as store_db
+
+    assert load(capsys, tmp_path, sqlite_url, clock_fleet(time.time()))
+    before = counts(sqlite_url)
+    monkeypatch.setattr(store_db, "BUSY_TIMEOUT_MS", 500)
+    holder = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        rc, out, err = ctl(
+            capsys, "fleet", "retain", "--db", sqlite_url, "--max-age", "200d", "--json"
+        )
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    said = json.loads(out)
+    assert rc == 1 and (said["held"], said["table_locked"], said["batches"]) == (7, True, 0)
+    assert "the database stayed locked past its busy timeout" in err
+    assert counts(sqlite_url) == before
