@@ -639,22 +639,13 @@ def test_bulk_path_refuses_exactly_what_the_line_path_refuses(
     assert disagree == []
 
 
-def test_import_draws_a_progress_bar_on_a_terminal_only(
-    sysroot: SysrootFactory, sqlite_url: str, db_url: str, tmp_path: Path
-) -> None:
-    host_store(sysroot, sqlite_url, CHAIN)
-    dump = tmp_path / "x.jsonl"
-    assert run_main("khoctl", khoctl.main, ["export", "--db", sqlite_url, "-o", str(dump)]) == 0
-    khoctl_bin = str(Path(sys.executable).parent / "khoctl")
+def stderr_on_a_terminal(argv: list[str]) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Run ``argv`` with its standard error on a pseudo-terminal: what it printed there
+    (progress lines are drawn on a terminal only), its standard output captured."""
     primary, secondary = os.openpty()
     try:
         r = subprocess.run(
-            [khoctl_bin, "import", str(dump), "--db", db_url],
-            stderr=secondary,
-            stdout=subprocess.PIPE,
-            text=True,
-            check=False,
-            timeout=120,
+            argv, stderr=secondary, stdout=subprocess.PIPE, text=True, check=False, timeout=120
         )
         os.close(secondary)
         seen = b""
@@ -668,10 +659,20 @@ def test_import_draws_a_progress_bar_on_a_terminal_only(
             seen += chunk
     finally:
         os.close(primary)
+    return r, seen.decode()
+
+
+def test_import_draws_a_progress_bar_on_a_terminal_only(
+    sysroot: SysrootFactory, sqlite_url: str, db_url: str, tmp_path: Path
+) -> None:
+    host_store(sysroot, sqlite_url, CHAIN)
+    dump = tmp_path / "x.jsonl"
+    assert run_main("khoctl", khoctl.main, ["export", "--db", sqlite_url, "-o", str(dump)]) == 0
+    khoctl_bin = str(Path(sys.executable).parent / "khoctl")
+    r, text = stderr_on_a_terminal([khoctl_bin, "import", str(dump), "--db", db_url])
     assert r.returncode == 0 and r.stdout.startswith(
         "imported 4 boots (4 new), 26 blobs (26 new), 1 event (1 new), 3 pstore records (3 new)"
     )
-    text = seen.decode()
     assert f"\r{dump} [" in text and "100%" in text and " rows, " in text
     assert text.endswith("\r\x1b[K")  # the bar is cleared at the end
     # not a terminal: no bar
