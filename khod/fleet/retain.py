@@ -51,7 +51,7 @@ PARAMS = 10000  # ids one statement names
 RETRIES = 3  # a batch aborted for a deadlock or a serialization failure
 _RETRYABLE = {"40P01", "40001"}  # deadlock_detected, serialization_failure
 _LOCKED = "55P03"  # lock_not_available: lock_timeout passed
-LOCK_TIMEOUT_S = 60  # a batch waiting longer on a lock is left for the next run
+LOCK_TIMEOUT_S = 60  # a batch waiting longer on a lock is looked at again (_delete_all)
 # the tables a batch writes (its DELETEs, and the rollup triggers' writes), locked as
 # they lock them: NOWAIT tells a lock on a whole table (fleet rollups --rebuild, a
 # migration, a VACUUM FULL) from a session holding some rows
@@ -108,7 +108,7 @@ class Outcome:
     machines: int = 0
     silent: int = 0  # of them, machines with no boot since the cutoff
     alive: int = 0  # machines with a boot since the cutoff (counted up to silent + 1)
-    suspect: str | None = None  # the clock's check failed (a --dry-run or --force went on)
+    suspect: str | None = None  # the clock's check failed (a --dry-run went on)
     batches: int = 0
     retried: int = 0
     held: int = 0  # boots left for the next run: their rows, or a table, locked too long
