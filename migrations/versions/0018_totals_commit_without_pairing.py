@@ -16,8 +16,17 @@ turned).
 Here the rows after and the changes are stacked (``UNION ALL``) and grouped by the key:
 each key once, in a hash or a sort, whatever the planner expects. The upsert gives
 exactly one row after for each change (the changes are grouped by the key, and the
-upsert has no condition), so the sums and host counts are the join's. Nothing else
-changes: no table, column, trigger or grant; ``schema_compat.min_writer`` stays 0011.
+upsert has no condition), so the sums and host counts are the join's.
+
+The host rows a commit leaves with nothing (a retention's or any delete's) were deleted
+by their keys, joined with arrays of them: the planner, told by the statistics that no
+host row is empty, scanned the host rows for the empty ones and compared each with
+every key (1,641 rows of a retention batch: 2.7 million comparisons, 0.65 s of each
+batch of 5,000 boots). They are now deleted by the row ids the upsert returned (a TID
+scan: this transaction holds those rows since, so the ids stand).
+
+Nothing else changes: no table, column, trigger or grant; ``schema_compat.min_writer``
+stays 0011.
 
 Revision ID: 0018
 Revises: 0017
@@ -40,8 +49,9 @@ m0015 = import_module("khod.migrations.versions.0015_rollup_totals")
 
 
 def _apply(kind: str) -> str:
-    """0015's ``_apply`` with the rows after and the changes grouped (``j``), not joined."""
-    flag, sums, hosts = m0015.KINDS[kind]
+    """0015's ``_apply`` with the rows after and the changes grouped (``j``), not joined,
+    and the host rows left with nothing deleted by their row ids."""
+    _, sums, hosts = m0015.KINDS[kind]
     keys = m0015._key(kind)
     key, tkey = ", ".join(keys), ", ".join(m0015._key(kind, False))
 
@@ -74,7 +84,7 @@ def _apply(kind: str) -> str:
   ), u AS (
     INSERT INTO fleet_rollup_host_{kind} AS h SELECT * FROM d ORDER BY {key}
     ON CONFLICT ({key}) DO UPDATE SET {", ".join(f"{c} = h.{c} + excluded.{c}" for c in sums)}
-    RETURNING h.*
+    RETURNING h.*, h.ctid AS at
   ), j AS (  -- each host row after (a_) beside its change (d_): one group per key
     SELECT {key}, {", ".join(f"sum(a_{c}) AS a_{c}" for c in sums)},
            {", ".join(f"sum(d_{c}) AS d_{c}" for c in sums)}
@@ -87,13 +97,9 @@ def _apply(kind: str) -> str:
     ON CONFLICT ({tkey}, stripe) DO UPDATE SET
       {", ".join(f"{c} = t.{c} + excluded.{c}" for c in (*sums, *hosts))}
   )
-  SELECT array_agg(u.{flag}), array_agg(u.previous_release), array_agg(u.release),
-         array_agg(u.machine_id)
-  INTO gone_f, gone_p, gone_r, gone_m FROM u WHERE {zero("u")};
-  DELETE FROM fleet_rollup_host_{kind} h
-  USING unnest(gone_f, gone_p, gone_r, gone_m) AS k(f, p, r, m)
-  WHERE (h.{flag}, h.previous_release, h.release, h.machine_id) = (k.f, k.p, k.r, k.m)
-    AND {zero("h")};"""
+  SELECT array_agg(u.at) INTO gone FROM u WHERE {zero("u")};
+  -- (this transaction holds those rows since its upsert: their row ids stand)
+  DELETE FROM fleet_rollup_host_{kind} h WHERE h.ctid = ANY(gone) AND {zero("h")};"""
 
 
 def _commit_function(schema: str) -> str:
@@ -102,10 +108,7 @@ CREATE OR REPLACE FUNCTION khod_rollup_commit() RETURNS trigger LANGUAGE plpgsql
 SECURITY DEFINER SET search_path = {schema}, pg_temp AS $$
 DECLARE
   s integer;
-  gone_f boolean[];
-  gone_p text[];
-  gone_r text[];
-  gone_m text[];
+  gone tid[];
 BEGIN
   DELETE FROM fleet_rollup_pending_tx WHERE xid = NEW.xid;
   s := khod_rollup_stripe();{_apply("boots")}{_apply("attempts")}
