@@ -22,8 +22,10 @@ The host rows a commit leaves with nothing (a retention's or any delete's) were 
 by their keys, joined with arrays of them: the planner, told by the statistics that no
 host row is empty, scanned the host rows for the empty ones and compared each with
 every key (1,641 rows of a retention batch: 2.7 million comparisons, 0.65 s of each
-batch of 5,000 boots). They are now deleted by the row ids the upsert returned (a TID
-scan: this transaction holds those rows since, so the ids stand).
+batch of 5,000 boots). They are now deleted by the row ids the upsert returned
+(``ctid = ANY``: a TID scan for a few rows, a scan of the host rows with a hashed
+filter when they are more than a percent or two of them, linear either way; this
+transaction holds those rows since the upsert, so the ids stand).
 
 Nothing else changes: no table, column, trigger or grant; ``schema_compat.min_writer``
 stays 0011.

@@ -261,7 +261,9 @@ def commit_plans(
         text = f.read().decode(errors="replace")
     plans = []
     for part in text.split("plan:\n")[1:]:
-        body = part.split("\n20")[0]  # up to the next line of the log (its date)
+        # up to the log's next line: tests/pgserver.py keeps the default
+        # log_line_prefix, which starts with the date (each message is one write)
+        body = part.split("\n20")[0]
         plan = json.loads(body)
         if marker in plan["Query Text"]:
             plans.append(plan)
@@ -269,8 +271,13 @@ def commit_plans(
 
 
 def rows_compared_and_dropped(node: dict[str, Any]) -> int:
-    """The rows a plan's joins compared and threw away, all its nodes."""
-    n = int(node.get("Rows Removed by Join Filter", 0))
+    """The rows a plan's nodes compared and threw away: by its joins, and by the nodes
+    run more than once (a nested loop's inner side) over all their runs. EXPLAIN gives
+    each per run; a node run once filtering a table is linear and not counted."""
+    loops = int(node.get("Actual Loops", 1))
+    n = int(node.get("Rows Removed by Join Filter", 0)) * loops
+    if loops > 1:
+        n += int(node.get("Rows Removed by Filter", 0)) * loops
     return n + sum(rows_compared_and_dropped(c) for c in node.get("Plans", []))
 
 
