@@ -30,10 +30,15 @@ class Event:
     severity: Severity
     message: str
     origin: EventSource = field(kw_only=True)  # where it comes from (the metric's label)
+    # what makes a second look's event the same fact, when its message quotes what may
+    # change between looks at one boot (memory the kernel freed and reuses); the store
+    # keeps the first look's message. None: the message itself.
+    same_as: str | None = field(default=None, kw_only=True)
 
     @property
     def fingerprint(self) -> str:
-        h = hashlib.sha256(f"{self.kind}\0{self.source}\0{self.message}".encode())
+        said = self.message if self.same_as is None else self.same_as
+        h = hashlib.sha256(f"{self.kind}\0{self.source}\0{said}".encode())
         return h.hexdigest()
 
 

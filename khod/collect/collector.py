@@ -23,9 +23,16 @@ class Collector:
         self.events: list[Event] = []
 
     def event(
-        self, kind: str, source: str, severity: Severity, message: str, *, origin: EventSource
+        self,
+        kind: str,
+        source: str,
+        severity: Severity,
+        message: str,
+        *,
+        origin: EventSource,
+        same_as: str | None = None,
     ) -> None:
-        self.events.append(Event(kind, source, severity, message, origin=origin))
+        self.events.append(Event(kind, source, severity, message, origin=origin, same_as=same_as))
 
     def failed(
         self, e: KhodError, severity: Severity = Severity.ERROR, *, origin: EventSource

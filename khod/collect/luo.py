@@ -67,6 +67,7 @@ def _collect(
             f"(it frees it once read; debugfs shows that memory reused: {seen}): the "
             "number is the kernel's log line, the compatible its own, the sessions not told",
             origin=EventSource.KHO,
+            same_as=f"liveupdate number {logged}",  # not what the reused page holds now
         )
         if out is not None:
             _check_outgoing_luo(c, out, logged + 1)

@@ -15,6 +15,7 @@ from khod.observation import BootKind, Severity
 from khod.paths import HostPaths
 from khod.sources import capture as cap
 from tests import variants
+from tests.builders import Host
 from tests.conftest import FIXTURES, SysrootFactory, fixture_steps
 from tests.fdtbuild import Node, kho_root, v1_subtree, v2_subtree, v3_subtree
 from tests.parse.test_parse_luo import luo_fdt, luo_ser
@@ -467,6 +468,30 @@ def test_luo_state_the_kernel_took_and_freed_is_the_kernels_word(
     assert by_kind["luo-state-freed"].severity == "info"
     assert not [e for e in obs.events if e.severity == "error"], obs.events
     assert "outgoing-luo-mismatch" not in by_kind  # 2 = 1 + 1
+
+
+def test_a_second_look_at_a_boot_whose_freed_luo_memory_changed_adds_no_second_event(
+    sysroot: SysrootFactory, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """khod records the boot, and khoctl kexec looks at it again at its end; the freed
+    LUO page goes on being reused in between (the e2e saw it hold other bytes on each
+    look). It is one fact about the boot: one event, the first look's words."""
+    root = luo_step(
+        sysroot,
+        FREED_LUO["reused"],
+        luo_ser("luo-v5", 2),
+        b"luo: Retrieved live update data, liveupdate number: 1",
+    )
+    h = Host(root, sqlite_url, capsys=capsys)
+    h.ingest()
+    first = [e for e in h.khoctl_json("show")["events"] if e["kind"] == "luo-state-freed"]
+    for seen in ("zeroed", "string", "reused"):
+        variants.replace(root, LUO_IN, FREED_LUO[seen])
+        h.ingest()
+    got = [e for e in h.khoctl_json("show")["events"] if e["kind"] == "luo-state-freed"]
+    assert len(first) == 1, first
+    assert got == first
+    assert h.khoctl_json("show")["luo"]["liveupdate_num"] == 1
 
 
 @pytest.mark.parametrize("step", fixture_steps())
