@@ -23,6 +23,12 @@ against a baseline measured in the same run.
    With ``--explain``, after each "last day" line: ``EXPLAIN (ANALYZE, BUFFERS)`` of the
    whole history's boots query (``rollup.TOTAL_BOOTS_SQL``), where its last window goes.
 
+The copies lay each copy's boots host by host, as the import of a history does: the
+last day's boots of a copy lie one on each of its hosts' stretches of the table. With
+``--time-ordered`` each copy's boots are written in the order they booted, as a fleet's
+pushes lay them (a host pushes its boot within minutes): the last day's boots of a copy
+lie together.
+
 ``--shared-buffers`` sets the server's (PostgreSQL's default, 128MB, unless given): the
 last window's boots and host totals are read from the operating system's cache when they
 do not fit in it.
@@ -70,6 +76,9 @@ SELECT {_M.format(c="machine_id")}, boot_id, booted_at, seq, release, cmdline, k
   out_kexec_count, scratch, warnings, ingested_at, khod_version
 FROM boots WHERE machine_id LIKE '0000%%'
 """
+# --time-ordered: each copy's boots written in the order they booted, as pushes lay them
+# (a host pushes within minutes of its boot); the import writes host by host
+COPY_BOOTS_IN_TIME = COPY_BOOTS.rstrip() + " ORDER BY booted_at, id\n"
 COPY_PSTORE = f"""
 INSERT INTO pstore_records (machine_id, sha256, collected_by, describes, location, path,
   name, type, backend, record_id, part, reason, count, record_time, compressed,
@@ -293,6 +302,11 @@ def main() -> int:
     )
     ap.add_argument("--shared-buffers", help="the server's shared_buffers (e.g. 1GB)")
     ap.add_argument(
+        "--time-ordered",
+        action="store_true",
+        help="write each copy's boots in the order they booted, as pushes lay them",
+    )
+    ap.add_argument(
         "--cost-against",
         metavar="DIR[,DIR]",
         help="only what the migrations since the khods in DIR (source trees) cost an "
@@ -367,7 +381,8 @@ def main() -> int:
                 for k in range(1, a.copies):
                     if time.perf_counter() - t0 > a.budget:  # the scale reached is printed
                         break
-                    for sql in (COPY_BOOTS, COPY_PSTORE, COPY_ATTEMPTS):
+                    boots_sql = COPY_BOOTS_IN_TIME if a.time_ordered else COPY_BOOTS
+                    for sql in (boots_sql, COPY_PSTORE, COPY_ATTEMPTS):
                         conn.execute(sql, {"k": k})
                     conn.commit()
                     copies += 1
