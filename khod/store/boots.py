@@ -207,14 +207,24 @@ def _save(conn: Connection, obs: BootObservation, *, adopted: bool = False) -> S
     ]
     if new_blobs:
         conn.execute(insert(blobs), new_blobs)
-    have_events = set(
-        conn.execute(select(events.c.fingerprint).where(events.c.boot_pk == pk)).scalars()
-    )
+    have_events: set[str] = set()
+    have_kinds: set[tuple[str, str]] = set()
+    for fingerprint, kind, source in conn.execute(
+        select(events.c.fingerprint, events.c.kind, events.c.source).where(events.c.boot_pk == pk)
+    ):
+        have_events.add(fingerprint)
+        have_kinds.add((kind, source))
     new_events = []
     for e in obs.events:
-        if e.fingerprint not in have_events:
-            have_events.add(e.fingerprint)
-            new_events.append(event_values(pk, e, now))
+        # an event keyed by ``same_as`` is one per kind and source on a boot: a row an
+        # earlier khod keyed by its message (before same_as) is that event too
+        if e.fingerprint in have_events or (
+            e.same_as is not None and (e.kind, e.source) in have_kinds
+        ):
+            continue
+        have_events.add(e.fingerprint)
+        have_kinds.add((e.kind, e.source))
+        new_events.append(event_values(pk, e, now))
     if new_events:
         conn.execute(insert(events), new_events)
     pstore_saved = _save_pstore(conn, obs.machine_id, pk, obs.pstore, now)

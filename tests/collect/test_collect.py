@@ -3,7 +3,9 @@ lab recorded it in each scenario's README, and over variants derived from them."
 
 from __future__ import annotations
 
+import hashlib
 import re
+import sqlite3
 import struct
 from pathlib import Path
 
@@ -473,9 +475,10 @@ def test_luo_state_the_kernel_took_and_freed_is_the_kernels_word(
 def test_a_second_look_at_a_boot_whose_freed_luo_memory_changed_adds_no_second_event(
     sysroot: SysrootFactory, sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """khod records the boot, and khoctl kexec looks at it again at its end; the freed
-    LUO page goes on being reused in between (the e2e saw it hold other bytes on each
-    look). It is one fact about the boot: one event, the first look's words."""
+    """khod records the boot, and khoctl kexec looks at it again at its end (here khod
+    --once again: both save the look the same way); the freed LUO page goes on being
+    reused in between (the e2e saw it hold other bytes on each look). It is one fact
+    about the boot: one event, the first look's words."""
     root = luo_step(
         sysroot,
         FREED_LUO["reused"],
@@ -492,6 +495,34 @@ def test_a_second_look_at_a_boot_whose_freed_luo_memory_changed_adds_no_second_e
     assert len(first) == 1, first
     assert got == first
     assert h.khoctl_json("show")["luo"]["liveupdate_num"] == 1
+
+
+def test_a_freed_luo_event_an_earlier_khod_recorded_is_not_recorded_again(
+    sysroot: SysrootFactory, sqlite_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """khod upgraded during a boot an earlier khod recorded: that khod keyed the event by
+    its words; the next look (khoctl kexec's) sees the same fact, whatever the page
+    holds by then, and adds no second event."""
+    root = luo_step(
+        sysroot,
+        FREED_LUO["reused"],
+        luo_ser("luo-v5", 2),
+        b"luo: Retrieved live update data, liveupdate number: 1",
+    )
+    h = Host(root, sqlite_url, capsys=capsys)
+    h.ingest()
+    db = sqlite_url.removeprefix("sqlite:///")
+    with sqlite3.connect(db) as c:  # the row as the earlier khod wrote it
+        kind, source, message = c.execute(
+            "SELECT kind, source, message FROM events WHERE kind = 'luo-state-freed'"
+        ).fetchone()
+        by_words = hashlib.sha256(f"{kind}\0{source}\0{message}".encode()).hexdigest()
+        c.execute("UPDATE events SET fingerprint = ? WHERE kind = ?", (by_words, kind))
+    for seen in ("reused", "zeroed"):
+        variants.replace(root, LUO_IN, FREED_LUO[seen])
+        h.ingest()
+    got = [e for e in h.khoctl_json("show")["events"] if e["kind"] == "luo-state-freed"]
+    assert [e["message"] for e in got] == [message]
 
 
 @pytest.mark.parametrize("step", fixture_steps())
