@@ -472,6 +472,22 @@ def test_luo_state_the_kernel_took_and_freed_is_the_kernels_word(
     assert "outgoing-luo-mismatch" not in by_kind  # 2 = 1 + 1
 
 
+def recorded_freed_luo_boot(
+    sysroot: SysrootFactory, url: str, capsys: pytest.CaptureFixture[str]
+) -> tuple[Path, Host]:
+    """A boot whose kernel took LUO state number 1 and freed it (the page reused),
+    recorded by khod --once into ``url``: its tree and the host."""
+    root = luo_step(
+        sysroot,
+        FREED_LUO["reused"],
+        luo_ser("luo-v5", 2),
+        b"luo: Retrieved live update data, liveupdate number: 1",
+    )
+    h = Host(root, url, capsys=capsys)
+    h.ingest()
+    return root, h
+
+
 def test_a_second_look_at_a_boot_whose_freed_luo_memory_changed_adds_no_second_event(
     sysroot: SysrootFactory, sqlite_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -479,14 +495,7 @@ def test_a_second_look_at_a_boot_whose_freed_luo_memory_changed_adds_no_second_e
     --once again: both save the look the same way); the freed LUO page goes on being
     reused in between (the e2e saw it hold other bytes on each look). It is one fact
     about the boot: one event, the first look's words."""
-    root = luo_step(
-        sysroot,
-        FREED_LUO["reused"],
-        luo_ser("luo-v5", 2),
-        b"luo: Retrieved live update data, liveupdate number: 1",
-    )
-    h = Host(root, sqlite_url, capsys=capsys)
-    h.ingest()
+    root, h = recorded_freed_luo_boot(sysroot, sqlite_url, capsys)
     first = [e for e in h.khoctl_json("show")["events"] if e["kind"] == "luo-state-freed"]
     for seen in ("zeroed", "string", "reused"):
         variants.replace(root, LUO_IN, FREED_LUO[seen])
@@ -503,14 +512,7 @@ def test_a_freed_luo_event_an_earlier_khod_recorded_is_not_recorded_again(
     """khod upgraded during a boot an earlier khod recorded: that khod keyed the event by
     its words; the next look (khoctl kexec's) sees the same fact, whatever the page
     holds by then, and adds no second event."""
-    root = luo_step(
-        sysroot,
-        FREED_LUO["reused"],
-        luo_ser("luo-v5", 2),
-        b"luo: Retrieved live update data, liveupdate number: 1",
-    )
-    h = Host(root, sqlite_url, capsys=capsys)
-    h.ingest()
+    root, h = recorded_freed_luo_boot(sysroot, sqlite_url, capsys)
     db = sqlite_url.removeprefix("sqlite:///")
     with sqlite3.connect(db) as c:  # the row as the earlier khod wrote it
         kind, source, message = c.execute(
